@@ -1,0 +1,155 @@
+"""Observe: the top-k attended key positions of selected query rows, for every head.
+
+>>> import torch
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+...                   num_attention_heads=4, num_key_value_heads=2)
+>>> model = LlamaForCausalLM(cfg).eval()
+>>> with capture_attention(model, top_k=2) as rec:      # default rows: the last row of each forward
+...     _ = model(torch.randint(0, 64, (1, 10)))
+>>> rec.stacked().indices.shape                          # (steps, layers, batch, heads, rows, k)
+torch.Size([1, 2, 1, 4, 1, 2])
+
+Rows are addressed by *absolute key index* (the position in the KV cache,
+counting left padding). ``rows="last"`` takes the last query row of every
+forward — the row that predicts the next token, one per decode step.
+``recorder.set_rows(positions)`` selects explicit rows ``(B, R)`` for the next
+forward (e.g. the answer-predicting rows of a teacher-forced pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .attention import RECORDER_ATTR, engine_installed, selected_row_probs
+from .model_spec import ModelSpec
+
+
+@dataclass
+class CapturedAttention:
+    """Stacked records: ``indices``/``weights`` ``(S, L, B, H, R, k)``, ``positions`` ``(S, B, R)``."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    positions: torch.Tensor
+
+
+class AttentionRecorder:
+    """Collects, per layer and forward call, the top-k keys of the selected query rows."""
+
+    def __init__(self, n_layers: int, top_k: int = 1, rows: str = "last", layers: list[int] | None = None):
+        if rows not in ("last", "explicit"):
+            raise ValueError("rows must be 'last' or 'explicit'")
+        self.n_layers = n_layers
+        self.top_k = top_k
+        self.rows = rows
+        self.layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
+        self._explicit: torch.Tensor | None = None
+        self.indices: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self.weights: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self.positions: list[torch.Tensor] = []
+
+    def set_rows(self, positions: torch.Tensor) -> None:
+        """Select absolute query positions ``(B, R)`` for the following forward calls."""
+        if positions.ndim != 2:
+            raise ValueError(f"positions must be (batch, rows), got {tuple(positions.shape)}")
+        self.rows = "explicit"
+        self._explicit = positions.long()
+
+    def clear(self) -> None:
+        for layer in self.layers:
+            self.indices[layer].clear()
+            self.weights[layer].clear()
+        self.positions.clear()
+
+    def observe_layer(
+        self,
+        layer: int,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        bsz, _, q_len, _ = query.shape
+        k_len = key.shape[2]
+        offset = k_len - q_len  # absolute key index of this block's first query row
+        if self.rows == "last":
+            row_index = torch.full((bsz, 1), q_len - 1, device=query.device, dtype=torch.long)
+        else:
+            if self._explicit is None:
+                raise RuntimeError("rows='explicit' but set_rows() was not called before the forward")
+            row_index = self._explicit.to(query.device) - offset
+            if row_index.shape[0] != bsz:
+                raise ValueError(f"set_rows got batch {row_index.shape[0]}, the forward has batch {bsz}")
+            if (row_index < 0).any() or (row_index >= q_len).any():
+                raise ValueError(
+                    f"selected positions must lie in this forward's query block [{offset}, {k_len}), "
+                    f"got {self._explicit.min().item()}..{self._explicit.max().item()}"
+                )
+        # (B, H, R, D): only the selected query rows are scored
+        q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
+        probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
+        weights, indices = probs.topk(self.top_k, dim=-1)  # (B, H, R, k)
+        self.indices[layer].append(indices.to(torch.int32))
+        self.weights[layer].append(weights.to(torch.float16 if weights.is_cuda else torch.float32))
+        if layer == self.layers[0]:
+            self.positions.append(row_index + offset)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.positions)
+
+    def stacked(self) -> CapturedAttention:
+        """All forward calls so far as tensors (rows must have the same count in every call)."""
+        if not self.positions:
+            raise RuntimeError("nothing was captured: run a forward inside capture_attention()")
+        indices = torch.stack([torch.stack(self.indices[layer]) for layer in self.layers], dim=1)
+        weights = torch.stack([torch.stack(self.weights[layer]) for layer in self.layers], dim=1)
+        return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
+
+
+class _LayerObserver:
+    """Binds a recorder to one layer's attention module."""
+
+    def __init__(self, recorder: AttentionRecorder, layer: int):
+        self.recorder, self.layer = recorder, layer
+
+    def observe(self, module, query, key, attention_mask, kwargs) -> None:  # noqa: ANN001 - see AttentionObserver
+        self.recorder.observe_layer(self.layer, module, query, key, attention_mask, kwargs)
+
+
+@contextmanager
+def capture_attention(
+    model: PreTrainedModel,
+    top_k: int = 1,
+    rows: str = "last",
+    layers: list[int] | None = None,
+    spec: ModelSpec | None = None,
+) -> Iterator[AttentionRecorder]:
+    """Record the top-``k`` attended key positions (and weights) of selected query rows, per head.
+
+    The model's outputs are exactly those of its own attention backend; the
+    extra cost is one ``rows x context`` score matrix per layer.
+    """
+    spec = spec or ModelSpec.from_model(model)
+    recorder = AttentionRecorder(spec.n_layers, top_k=top_k, rows=rows, layers=layers)
+    attached = []
+    with engine_installed(model):
+        try:
+            for layer in recorder.layers:
+                module = spec.attention_modules[layer]
+                if getattr(module, RECORDER_ATTR, None) is not None:
+                    raise RuntimeError(f"layer {layer} is already being captured (nested capture_attention?)")
+                setattr(module, RECORDER_ATTR, _LayerObserver(recorder, layer))
+                attached.append(module)
+            yield recorder
+        finally:
+            for module in attached:
+                setattr(module, RECORDER_ATTR, None)

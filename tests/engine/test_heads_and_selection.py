@@ -1,0 +1,117 @@
+"""Head types, score files (ours and the reference's), selection and concentration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from retrieval_heads import Head, HeadScoreFileError, HeadScores, ModelSpec, UnsupportedModelError
+from retrieval_heads.selection import concentration, gini, overlap, random_heads, select_heads, top_k
+from tests.conftest import make_tiny_model
+
+
+def scores_4x4():
+    s = torch.zeros(4, 4)
+    s[3, 1], s[2, 2], s[3, 3], s[0, 0] = 0.9, 0.5, 0.2, 0.05
+    return HeadScores(s, {"model": "toy", "seed": 0})
+
+
+def test_roundtrip_json(tmp_path):
+    s = scores_4x4()
+    path = s.save(tmp_path / "head_scores.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "retrieval-heads/head-scores" and len(data["scores"]) == 4
+    back = HeadScores.load(path)
+    assert torch.equal(back.scores, s.scores) and back.meta == s.meta
+
+
+def test_reference_format_roundtrip(tmp_path):
+    ref = {"3-1": [1.0, 0.8], "2-2": [0.5], "0-0": []}
+    s = HeadScores.from_reference(ref, n_layers=4, n_heads=4)
+    assert s[Head(3, 1)] == pytest.approx(0.9) and s[Head(0, 0)] == 0.0
+    out = s.to_reference()
+    assert out["3-1"] == [pytest.approx(0.9)] and len(out) == 16
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    assert HeadScores.load(tmp_path / "ref.json")[Head(2, 2)] == 0.5  # load() detects the format
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("{not json", "corrupt"),
+        ('{"format": "retrieval-heads/head-scores", "scores": [[0.1, 0.2], [0.3]]}', "different head counts"),
+        ('{"format": "retrieval-heads/head-scores", "n_layers": 3, "scores": [[0.1], [0.2]]}', "header says"),
+        ('{"format": "retrieval-heads/head-scores", "scores": [["a"]]}', "non-numbers"),
+        ('{"format": "something-else"}', "not a head-score file"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_corrupt_files_raise_clear_errors(tmp_path, payload, message):
+    (tmp_path / "bad.json").write_text(payload)
+    with pytest.raises(HeadScoreFileError, match=message):
+        HeadScores.load(tmp_path / "bad.json")
+
+
+def test_mismatched_model_raises():
+    model = make_tiny_model("llama")
+    spec = ModelSpec.from_model(model)
+    with pytest.raises(HeadScoreFileError, match=r"4 layers x 4 heads \(made for toy\).*3 x 8"):
+        scores_4x4().check_model(spec.n_layers, spec.n_heads)
+
+
+def test_unsupported_architecture_raises():
+    from transformers import MambaConfig, MambaForCausalLM
+
+    model = MambaForCausalLM(MambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1))
+    with pytest.raises(UnsupportedModelError, match="Supported: Llama"):
+        ModelSpec.from_model(model)
+
+
+def test_spec_reads_config_not_names(family):
+    model = make_tiny_model(family)
+    spec = ModelSpec.from_model(model)
+    assert spec.n_layers == 3 and spec.n_heads == 8
+    assert len(spec.output_projections) == 3 and spec.max_positions
+
+
+def test_selection():
+    s = scores_4x4()
+    assert top_k(s, 2) == [Head(3, 1), Head(2, 2)]
+    assert select_heads(s, threshold=0.1) == [Head(3, 1), Head(2, 2), Head(3, 3)]
+    assert top_k(s, 2, exclude=[Head(3, 1)]) == [Head(2, 2), Head(3, 3)]
+    with pytest.raises(ValueError):
+        select_heads(s, top=1, threshold=0.1)
+
+
+def test_random_controls_exclude_and_are_seeded():
+    banned = [Head(layer, h) for layer in range(4) for h in range(3)]
+    for seed in range(20):
+        picked = random_heads(4, 4, k=4, seed=seed, exclude=banned)
+        assert not set(picked) & set(banned)
+        assert picked == random_heads(4, 4, k=4, seed=seed, exclude=banned)
+    with pytest.raises(ValueError, match="only 4 heads"):
+        random_heads(4, 4, k=5, seed=0, exclude=banned)
+
+
+def test_layer_matched_random_controls():
+    target = [Head(3, 1), Head(3, 3), Head(2, 2)]
+    picked = random_heads(4, 4, k=3, seed=1, exclude=target, layer_matched_to=target)
+    assert sorted(h.layer for h in picked) == [2, 3, 3] and not set(picked) & set(target)
+
+
+def test_concentration_statistics():
+    s = scores_4x4()
+    c = concentration(s, threshold=0.1, top=2)
+    assert c["n_above_0.1"] == 3
+    assert c["top_2_share"] == pytest.approx(1.4 / 1.65)
+    assert gini([1, 1, 1, 1]) == pytest.approx(0.0)
+    assert gini([0, 0, 0, 1]) == pytest.approx(0.75)
+    assert overlap([Head(0, 0), Head(1, 1)], [Head(1, 1)])["jaccard"] == pytest.approx(0.5)
+
+
+def test_head_parse():
+    assert Head.parse("12.5") == Head(12, 5) == Head.parse("12-5")
+    with pytest.raises(ValueError):
+        Head.parse("x")
