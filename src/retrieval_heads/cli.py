@@ -1,0 +1,29 @@
+"""The ``retrieval-heads`` command line: a thin layer over the Python API.
+
+Each command lives in :mod:`retrieval_heads.commands`; this module only mounts them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import __version__
+from .commands.info import info_command
+
+app = typer.Typer(
+    name="retrieval-heads",
+    help="Find, mask and use the retrieval heads of Hugging Face causal LMs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command("info")(info_command)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the package version."""
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

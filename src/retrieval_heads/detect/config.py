@@ -1,0 +1,75 @@
+"""Settings of a detection run, shared by the Python API and the ``detect`` command.
+
+>>> DetectConfig(mode="teacher", batch_size=4).mode
+'teacher'
+>>> DetectConfig(mode="beam")
+Traceback (most recent call last):
+...
+ValueError: mode must be 'greedy' or 'teacher', got 'beam'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MODES = ("greedy", "teacher")
+
+
+@dataclass
+class DetectConfig:
+    """How retrieval heads are detected.
+
+    Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold``, ``dedup``,
+    ``stop_on_newline``. Running: ``batch_size``, ``seed``, ``progress``.
+    Output: ``top_k_table``, ``heatmap``. The scoring fields and the seed
+    form the run's fingerprint: resuming with different values raises.
+    """
+
+    mode: str = field(
+        default="greedy",
+        metadata={"help": "greedy: score the model's own greedy answer; teacher: one forward over prompt + answer."},
+    )
+    max_new_tokens: int = field(default=50, metadata={"help": "Greedy mode: most tokens decoded per prompt."})
+    rouge_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "A prompt counts when its ROUGE-1 recall (greedy) or answer token accuracy (teacher) is "
+            "strictly above this (the paper: 0.5)."
+        },
+    )
+    dedup: bool = field(
+        default=False,
+        metadata={
+            "help": "Count each answer-span position at most once per head and prompt. False is the paper's "
+            "rule, under which a per-prompt score can exceed 1."
+        },
+    )
+    stop_on_newline: bool = field(
+        default=True,
+        metadata={"help": "Greedy mode: stop at a token containing a newline once the answer has started."},
+    )
+    batch_size: int = field(default=1, metadata={"help": "Prompts per forward (results do not depend on it)."})
+    seed: int = field(default=0, metadata={"help": "Seed set before the run (decoding is greedy; recorded)."})
+    top_k_table: int = field(default=20, metadata={"help": "Rows of the top-K table printed at the end (0: none)."})
+    heatmap: bool = field(default=True, metadata={"help": "Write heatmap.png (layer x head)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA."})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be 'greedy' or 'teacher', got {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.rouge_threshold < 1.0:
+            raise ValueError(f"rouge_threshold must be in [0, 1) (a prompt counts when strictly above), got {self.rouge_threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.top_k_table < 0:
+            raise ValueError(f"top_k_table must be >= 0, got {self.top_k_table}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change results (batch size, progress and output options do not)."""
+        keys = ("mode", "rouge_threshold", "dedup", "seed")
+        greedy_keys = ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
+        data = asdict(self)
+        return {k: data[k] for k in keys + greedy_keys}

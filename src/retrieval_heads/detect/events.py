@@ -1,0 +1,116 @@
+"""The copy-paste event rule of the retrieval score, as pure tensor functions.
+
+At a scored step ``s`` of prompt ``b`` the model emits (greedy) or is fed
+(teacher forcing) token ``t = targets[b, s]``. For every layer ``l`` and query
+head ``h``, ``i = top1[b, s, l, h]`` is the key position the head attends to
+most on the query row that predicts ``t``. The head makes a *copy event* iff
+
+    span_start[b] <= i < span_end[b]   and   key_tokens[b, i] == t   and   valid[b, s]
+
+(``valid`` masks steps after the stop token, padding steps and, in teacher
+mode, rows where the model's own argmax is not ``t``). A prompt's score for a
+head is ``events / |answer span|``; with ``dedup`` each span position counts
+at most once per head and prompt, so the score is then never above 1.
+
+Everything is vectorised over ``(batch, steps, layers, heads)``: no Python loop
+over heads and no host synchronisation.
+
+>>> import torch
+>>> top1 = torch.tensor([[[[5, 1]], [[5, 6]]]])          # (B=1, S=2, L=1, H=2)
+>>> targets = torch.tensor([[7, 7]])                     # the token emitted at each step
+>>> key_tokens = torch.tensor([[0, 3, 3, 3, 3, 7, 7, 3]])  # token at each key position
+>>> counts = copy_events(top1, targets, key_tokens, torch.tensor([5]), torch.tensor([7]))
+>>> counts                                               # (B, L, H): head 0 copied twice
+tensor([[[2, 1]]])
+>>> copy_events(top1, targets, key_tokens, torch.tensor([5]), torch.tensor([7]), dedup=True)
+tensor([[[1, 1]]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def copy_event_mask(
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    key_tokens: torch.Tensor,
+    span_start: torch.Tensor,
+    span_end: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean ``(B, S, L, H)``: whether head ``(l, h)`` made a copy event at step ``s`` of prompt ``b``.
+
+    ``top1`` ``(B, S, L, H)`` holds absolute key positions (the coordinates of
+    ``key_tokens``, padding included); ``targets`` ``(B, S)`` the emitted
+    tokens; ``key_tokens`` ``(B, T)`` the token at every key position the answer
+    span can cover; ``span_start``/``span_end`` ``(B,)`` the half-open answer
+    span in the same coordinates; ``valid`` ``(B, S)`` the steps that count.
+    """
+    if top1.ndim != 4:
+        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
+    bsz, steps = top1.shape[:2]
+    if targets.shape != (bsz, steps):
+        raise ValueError(f"targets must be {(bsz, steps)}, got {tuple(targets.shape)}")
+    top1 = top1.long()
+    start = span_start.to(top1.device).long().view(bsz, 1, 1, 1)
+    end = span_end.to(top1.device).long().view(bsz, 1, 1, 1)
+    in_span = (top1 >= start) & (top1 < end)  # (B, S, L, H)
+    # positions past the key tokens (generated tokens) are never in the span: clamp only to gather safely
+    safe = top1.clamp(0, key_tokens.shape[1] - 1)
+    token_at = torch.gather(key_tokens.to(top1.device).long(), 1, safe.flatten(1)).view_as(top1)
+    hit = in_span & (token_at == targets.to(top1.device).long()[:, :, None, None])
+    if valid is not None:
+        hit = hit & valid.to(top1.device).bool()[:, :, None, None]
+    return hit
+
+
+def copy_events(
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    key_tokens: torch.Tensor,
+    span_start: torch.Tensor,
+    span_end: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    dedup: bool = False,
+) -> torch.Tensor:
+    """Copy events per prompt and head, ``(B, L, H)`` int64 (arguments as in :func:`copy_event_mask`).
+
+    ``dedup=False`` is the paper's rule: every event counts, so a head that
+    attends to the same span position at several steps scores each time (a
+    per-prompt score above 1 is possible). ``dedup=True`` counts each span
+    position at most once per head and prompt.
+    """
+    hit = copy_event_mask(top1, targets, key_tokens, span_start, span_end, valid)  # (B, S, L, H)
+    if not dedup:
+        return hit.sum(dim=1)
+    bsz, _, n_layers, n_heads = hit.shape
+    start = span_start.to(hit.device).long()
+    width = int((span_end.to(hit.device).long() - start).max().clamp(min=0))
+    # offset of the attended position inside the span; misses go to a spare slot at index `width`
+    offset = torch.where(hit, top1.long() - start.view(bsz, 1, 1, 1), width)  # (B, S, L, H)
+    seen = torch.zeros(bsz, n_layers, n_heads, width + 1, dtype=torch.bool, device=hit.device)
+    seen.scatter_(3, offset.permute(0, 2, 3, 1), True)  # (B, L, H, width + 1)
+    return seen[..., :width].sum(dim=-1)
+
+
+def prompt_scores(counts: torch.Tensor, span_lengths: torch.Tensor) -> torch.Tensor:
+    """Per-prompt head scores ``(B, L, H)``: events divided by the answer span length of each prompt.
+
+    >>> prompt_scores(torch.tensor([[[2, 1]]]), torch.tensor([4]))
+    tensor([[[0.5000, 0.2500]]])
+    """
+    return counts.float() / span_lengths.to(counts.device).float().view(-1, 1, 1)
+
+
+def mean_head_scores(per_prompt: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Head scores ``(L, H)``: the mean per-prompt score over the counted prompts (``counted`` ``(B,)`` bool).
+
+    >>> mean_head_scores(torch.tensor([[[1.0]], [[0.0]], [[0.5]]]), torch.tensor([True, False, True]))
+    tensor([[0.7500]])
+    """
+    counted = counted.to(per_prompt.device).bool()
+    n = int(counted.sum())
+    if n == 0:
+        raise ValueError("no counted prompt: head scores are undefined")
+    return per_prompt[counted].sum(dim=0) / n

@@ -1,0 +1,102 @@
+"""What detection needs from a NIAH prompt, and batching with left padding.
+
+Detection reads these attributes of a prompt (a
+:class:`retrieval_heads.niah.NiahPrompt`, or any object with the same
+fields): ``input_ids``, ``answer_token_span`` (half-open range of the answer
+tokens inside ``input_ids``), ``answer_token_ids``, ``context_length``,
+``depth``, ``needle`` (``.id``, ``.answer``, ``.lang``) and ``meta["prompt_id"]``.
+
+>>> ids, mask, pos = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
+>>> ids.tolist(), mask.tolist(), pos.tolist()
+([[5, 6, 7], [0, 8, 9]], [[1, 1, 1], [0, 1, 1]], [[0, 1, 2], [0, 0, 1]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class PromptError(ValueError):
+    """A prompt does not carry what detection needs (or its answer span does not match its tokens)."""
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt, reduced to what the detectors use."""
+
+    prompt_id: str
+    input_ids: tuple[int, ...]
+    span: tuple[int, int]  # half-open answer span, positions in input_ids
+    answer: str  # the needle's answer text (ROUGE reference)
+    lang: str
+    needle_id: str
+    length: int  # the grid's context length
+    depth: float
+
+    @property
+    def answer_ids(self) -> tuple[int, ...]:
+        return self.input_ids[self.span[0] : self.span[1]]
+
+    @property
+    def span_len(self) -> int:
+        return self.span[1] - self.span[0]
+
+
+def _as_list(ids: Any) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        return [int(x) for x in ids.flatten().tolist()]
+    return [int(x) for x in ids]
+
+
+def prompt_item(prompt: Any) -> PromptItem:
+    """Validate a NiahPrompt-like object and reduce it to a :class:`PromptItem`."""
+    meta = getattr(prompt, "meta", None) or {}
+    pid = meta.get("prompt_id") if isinstance(meta, dict) else None
+    if not pid:
+        raise PromptError("prompt has no meta['prompt_id']: build prompts with retrieval_heads.niah.build_prompt")
+    ids = _as_list(prompt.input_ids)
+    start, end = (int(x) for x in prompt.answer_token_span)
+    if not 0 <= start < end <= len(ids):
+        raise PromptError(f"prompt {pid}: answer_token_span {(start, end)} is empty or outside its {len(ids)} tokens")
+    expected = getattr(prompt, "answer_token_ids", None)
+    if expected is not None and _as_list(expected) != ids[start:end]:
+        raise PromptError(
+            f"prompt {pid}: answer_token_ids {_as_list(expected)} differ from input_ids[{start}:{end}] "
+            f"{ids[start:end]}: the span must index input_ids"
+        )
+    needle = prompt.needle
+    return PromptItem(
+        prompt_id=str(pid),
+        input_ids=tuple(ids),
+        span=(start, end),
+        answer=str(needle.answer),
+        lang=str(getattr(needle, "lang", "en") or "en"),
+        needle_id=str(getattr(needle, "id", "")),
+        length=int(getattr(prompt, "context_length", len(ids))),
+        depth=float(getattr(prompt, "depth", 0.0)),
+    )
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``(B, T)`` ids, attention mask and position ids (0 at each first real token)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        ids[b, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[b, width - len(seq) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """A token id to pad with (its value never matters: padded positions are masked)."""
+    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0

@@ -1,0 +1,42 @@
+"""A layer x head heatmap of head scores (matplotlib, Agg backend: no display needed).
+
+>>> import torch
+>>> from retrieval_heads.heads import HeadScores
+>>> path = plot_heatmap(HeadScores(torch.rand(4, 8)), "/tmp/rh-heatmap-doctest.png")
+>>> path.name
+'rh-heatmap-doctest.png'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..heads import HeadScores
+
+
+def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval score", top: int = 10) -> Path:
+    """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best heads are outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = scores.scores.numpy()
+    n_layers, n_heads = data.shape
+    fig, ax = plt.subplots(figsize=(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14)))
+    try:
+        image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="score")
+        for head in scores.top_k(min(top, n_layers * n_heads)):
+            ax.add_patch(Rectangle((head.head - 0.5, head.layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,454 @@
+"""The grid sweep: batches, journal, resume, shards, and the files a run leaves in ``out_dir``.
+
+Files (see ``docs/detection.md``):
+
+- ``run.json`` — the settings fingerprint and the ordered prompt ids; a rerun
+  with other settings raises :class:`ResumeMismatchError`.
+- ``samples.jsonl`` — the journal, one line per finished prompt (a shard
+  writes ``samples.rank{r}.jsonl``); a rerun skips the prompt ids found there.
+- ``head_scores.json`` — computed from the journal at the end, written
+  atomically; never written when no prompt passed the filter
+  (:class:`NoRetrievalError`).
+- ``heatmap.png`` — the scores, layer x head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+from transformers import PreTrainedModel
+
+from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
+from ..heads import Head, HeadScores
+from ..model_spec import ModelSpec, model_identity
+from .config import DetectConfig
+from .greedy import StopTokens, greedy_batch, response_text
+from .inputs import PromptError, PromptItem, pad_id_of, prompt_item
+from .teacher import teacher_batch
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.jsonl"
+SCORES_FILE = "head_scores.json"
+HEATMAP_FILE = "heatmap.png"
+RUN_FORMAT = "retrieval-heads/detect-run"
+_SHARD_RE = re.compile(r"^samples\.rank(\d+)\.jsonl$")
+
+
+class DetectionError(RuntimeError):
+    """Base class of detection run errors."""
+
+
+class NoRetrievalError(DetectionError):
+    """No prompt passed the retrieval filter: the model never retrieved the needle, so there are no scores."""
+
+
+class ResumeMismatchError(DetectionError):
+    """``out_dir`` holds a run made with other settings, model or prompts."""
+
+
+class IncompleteRunError(DetectionError):
+    """Merging was asked for before every prompt of the run had a sample."""
+
+
+# ---- settings and run.json ------------------------------------------------------------------------
+def _prompts_digest(items: Sequence[PromptItem]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.prompt_id, it.span, list(it.input_ids)]).encode())
+    return h.hexdigest()[:16]
+
+
+def _run_info(model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, items: Sequence[PromptItem]) -> dict[str, Any]:
+    identity = model_identity(model)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    fingerprint = {
+        **config.fingerprint(),
+        "model": identity["model"],
+        "revision": identity["revision"],
+        "dtype": dtype,
+        "n_layers": spec.n_layers,
+        "n_heads": spec.n_heads,
+        "prompts": _prompts_digest(items),
+    }
+    return {
+        "format": RUN_FORMAT,
+        "fingerprint": fingerprint,
+        "config": asdict(config),
+        "model": identity,
+        "spec": spec.describe(),
+        "lengths": sorted({it.length for it in items}),
+        "depths": sorted({it.depth for it in items}),
+        "needle_ids": sorted({it.needle_id for it in items}),
+        "prompt_ids": [it.prompt_id for it in items],
+    }
+
+
+def _check_or_write_run(out_dir: Path, info: dict[str, Any]) -> None:
+    path = out_dir / RUN_FILE
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        old, new = saved.get("fingerprint", {}), info["fingerprint"]
+        diffs = [f"{k}: {old.get(k)!r} (in {path.name}) vs {new.get(k)!r} (now)" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if diffs:
+            raise ResumeMismatchError(
+                f"{out_dir} holds a detection run with other settings, so it cannot be resumed:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse another output directory, or delete its run.json and samples*.jsonl to start over."
+            )
+        return
+    atomic_write_json(path, {**info, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+# ---- shards -----------------------------------------------------------------------------------------
+def resolve_shard(shard: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(rank, world)``: the explicit ``shard``, else ``RANK``/``WORLD_SIZE`` (torchrun, accelerate), else ``(0, 1)``.
+
+    >>> resolve_shard((1, 4))
+    (1, 4)
+    """
+    if shard is None:
+        shard = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world = int(shard[0]), int(shard[1])
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    return rank, world
+
+
+def _sample_files(out_dir: Path) -> list[Path]:
+    shards = sorted((p for p in out_dir.glob("samples.rank*.jsonl") if _SHARD_RE.match(p.name)), key=lambda p: int(_SHARD_RE.match(p.name)[1]))
+    return [out_dir / SAMPLES_FILE, *shards]
+
+
+def _read_samples(out_dir: Path) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    for path in _sample_files(out_dir):
+        for rec in read_jsonl(path):
+            records.setdefault(str(rec["prompt_id"]), rec)
+    return records
+
+
+def _process_group(world: int) -> tuple[Any, bool]:
+    """The initialised ``torch.distributed`` module (initialising gloo under torchrun), and whether we created it."""
+    if world == 1 or not torch.distributed.is_available():
+        return None, False
+    dist = torch.distributed
+    if dist.is_initialized():
+        return dist, False
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        dist.init_process_group("gloo")
+        return dist, True
+    return None, False
+
+
+# ---- scoring one batch --------------------------------------------------------------------------------
+def _events_dict(counts: torch.Tensor) -> dict[str, int]:
+    """Sparse ``{"L.H": n}`` of a ``(L, H)`` count tensor."""
+    nz = counts.nonzero().tolist()
+    values = counts[counts != 0].tolist()
+    return {f"{layer}.{head}": int(v) for (layer, head), v in zip(nz, values, strict=True)}
+
+
+def rouge1_recall(prediction: str, reference: str, lang: str = "en") -> float:
+    """ROUGE-1 recall of ``reference`` words found in ``prediction`` (:func:`retrieval_heads.niah.rouge1_recall`)."""
+    try:
+        from ..niah import rouge1_recall as niah_rouge
+    except ImportError:  # the NIAH package is the source of truth; this fallback only keeps detect importable
+        niah_rouge = None
+    if niah_rouge is not None:
+        return float(niah_rouge(prediction, reference, lang))
+    pattern = r"\w" if lang in ("zh", "ja") else r"\w+"
+    pred, ref = re.findall(pattern, prediction.lower()), re.findall(pattern, reference.lower())
+    if not ref:
+        return 0.0
+    pool: dict[str, int] = {}
+    for w in pred:
+        pool[w] = pool.get(w, 0) + 1
+    hit = 0
+    for w in ref:
+        if pool.get(w, 0) > 0:
+            pool[w] -= 1
+            hit += 1
+    return hit / len(ref)
+
+
+def _score_batch(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    batch: Sequence[PromptItem],
+    config: DetectConfig,
+    spec: ModelSpec,
+    stops: StopTokens | None,
+    pad_id: int,
+) -> list[dict[str, Any]]:
+    seqs = [it.input_ids for it in batch]
+    spans = [it.span for it in batch]
+    records = []
+    if config.mode == "greedy":
+        assert stops is not None
+        out = greedy_batch(model, seqs, spans, config.max_new_tokens, stops, dedup=config.dedup, pad_id=pad_id, spec=spec)
+        for b, it in enumerate(batch):
+            n = int(out.n_scored[b])
+            response = response_text(tokenizer, out.tokens[b].tolist(), n, out.stop_reason[b])
+            rouge = rouge1_recall(response, it.answer, it.lang)
+            records.append(
+                {"response": response, "rouge": round(rouge, 6), "counted": rouge > config.rouge_threshold,
+                 "n_scored": n, "stop": out.stop_reason[b], "events": _events_dict(out.counts[b])}
+            )
+    else:
+        out_t = teacher_batch(model, seqs, spans, dedup=config.dedup, pad_id=pad_id, spec=spec)
+        accuracy = out_t.token_accuracy()
+        for b, it in enumerate(batch):
+            n = int(out_t.n_answer[b])
+            response = tokenizer.decode(out_t.predictions[b, :n].tolist(), skip_special_tokens=True).strip()
+            acc = float(accuracy[b])
+            records.append(
+                {"response": response, "rouge": round(rouge1_recall(response, it.answer, it.lang), 6),
+                 "token_accuracy": round(acc, 6), "counted": acc > config.rouge_threshold, "n_scored": n,
+                 "events": _events_dict(out_t.counts[b])}
+            )
+    return [
+        {"prompt_id": it.prompt_id, "length": it.length, "depth": it.depth, "needle_id": it.needle_id,
+         "lang": it.lang, "mode": config.mode, "answer": it.answer, "span_len": it.span_len, **rec}
+        for it, rec in zip(batch, records, strict=True)
+    ]
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+def detect(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    prompts: Iterable[Any],
+    config: DetectConfig | None = None,
+    out_dir: str | Path = "detect-out",
+    *,
+    shard: tuple[int, int] | None = None,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+    console: Console | None = None,
+) -> HeadScores | None:
+    """Score every head of ``model`` on ``prompts`` and write the run's files to ``out_dir``.
+
+    Resumable: rerunning with the same settings skips the prompts already in
+    the journal. Sharded under ``torchrun``/``accelerate launch`` (``RANK``/
+    ``WORLD_SIZE``) or with an explicit ``shard=(rank, world)``: each rank
+    takes ``prompts[rank::world]``. With a process group (initialised here
+    with gloo under torchrun when none exists) rank 0 merges after a barrier
+    and every rank returns the scores; a shard without a process group returns
+    ``None`` and :func:`merge_shards` (or a rerun without ``shard``) merges.
+    ``on_sample`` is called with each finished sample record.
+
+    Raises :class:`NoRetrievalError` when no prompt passed the filter.
+
+    >>> from retrieval_heads import load_model
+    >>> from retrieval_heads.niah import build_grid, load_haystack, load_needles
+    >>> model, tok, spec = load_model("organism")  # doctest: +SKIP
+    >>> prompts = build_grid(tok, load_haystack("en", "en"), load_needles(None, "en"), [1000, 2000], [0.0, 0.5, 1.0])  # doctest: +SKIP
+    >>> scores = detect(model, tok, prompts, DetectConfig(mode="teacher"), "runs/organism")  # doctest: +SKIP
+    >>> scores.top_k(5)  # doctest: +SKIP
+    """
+    started = time.time()
+    config = config or DetectConfig()
+    console = console or Console(stderr=True)
+    items = [prompt_item(p) for p in prompts]
+    if not items:
+        raise PromptError("no prompts to score")
+    seen: set[str] = set()
+    for it in items:
+        if it.prompt_id in seen:
+            raise PromptError(f"prompt_id {it.prompt_id!r} occurs twice: ids must be unique (they key the journal)")
+        seen.add(it.prompt_id)
+    spec = ModelSpec.from_model(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = resolve_shard(shard)
+    _check_or_write_run(out, _run_info(model, spec, config, items))
+
+    journal = out / (SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl")
+    done = set(_read_samples(out))
+    todo = [it for it in items[rank::world] if it.prompt_id not in done]
+    todo.sort(key=lambda it: len(it.input_ids))  # batches of similar lengths pad little
+    torch.manual_seed(config.seed)
+    stops = StopTokens.from_tokenizer(model, tokenizer, config.stop_on_newline) if config.mode == "greedy" and todo else None
+    pad_id = pad_id_of(tokenizer)
+
+    progress = Progress(
+        TextColumn("[bold]detect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, disable=not config.progress or rank != 0, transient=False,
+    )
+    with progress:
+        label = f"{config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
+        task = progress.add_task(label, total=len(items[rank::world]), completed=len(items[rank::world]) - len(todo))
+        for first in range(0, len(todo), config.batch_size):
+            batch = todo[first : first + config.batch_size]
+            t0 = time.perf_counter()
+            records = _score_batch(model, tokenizer, batch, config, spec, stops, pad_id)
+            per_prompt = (time.perf_counter() - t0) / len(batch)
+            for rec in records:
+                rec.update(seconds=round(per_prompt, 4), rank=rank)
+                append_jsonl(journal, rec)
+                progress.advance(task)
+                if on_sample is not None:
+                    on_sample(rec)
+
+    if world == 1:
+        return merge_shards(out, console=console, wall_s=time.time() - started, show=config.top_k_table, heatmap=config.heatmap)
+    dist, created = _process_group(world)
+    if dist is None:
+        console.print(f"shard {rank}/{world} done: run merge_shards({str(out)!r}) once every shard has finished")
+        return None
+    try:
+        dist.barrier()
+        error: BaseException | None = None
+        if rank == 0:
+            try:
+                merge_shards(out, console=console, wall_s=time.time() - started, show=config.top_k_table, heatmap=config.heatmap)
+            except BaseException as err:  # every rank must reach the second barrier
+                error = err
+        dist.barrier()
+        if error is not None:
+            raise error
+        if not (out / SCORES_FILE).exists():
+            raise NoRetrievalError(f"rank 0 wrote no {SCORES_FILE}: no prompt passed the retrieval filter (see rank 0)")
+        return HeadScores.load(out / SCORES_FILE)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+# ---- merging and the final files -------------------------------------------------------------------------
+def merge_shards(
+    out_dir: str | Path,
+    console: Console | None = None,
+    wall_s: float | None = None,
+    show: int = 20,
+    heatmap: bool = True,
+) -> HeadScores:
+    """Merge the journals in ``out_dir`` into ``samples.jsonl`` and write ``head_scores.json`` and ``heatmap.png``.
+
+    Needs only the files (no model): every prompt of ``run.json`` must have a
+    sample. Prints the top-``show`` table. Raises :class:`NoRetrievalError`
+    (writing no scores) when no prompt was counted.
+
+    >>> scores = merge_shards("runs/organism")  # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    console = console or Console(stderr=True)
+    run_path = out / RUN_FILE
+    if not run_path.exists():
+        raise FileNotFoundError(f"{run_path} not found: {out} is not a detection run directory")
+    run = json.loads(run_path.read_text(encoding="utf-8"))
+    records = _read_samples(out)
+    missing = [pid for pid in run["prompt_ids"] if pid not in records]
+    if missing:
+        raise IncompleteRunError(
+            f"{out}: {len(missing)} of {len(run['prompt_ids'])} prompts have no sample yet (e.g. {missing[:3]}); "
+            "finish every shard (rerun the same command to resume) before merging"
+        )
+    ordered = [records[pid] for pid in run["prompt_ids"]]
+    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in ordered)
+    atomic_write_text(out / SAMPLES_FILE, text)
+    for path in _sample_files(out)[1:]:
+        path.unlink()
+
+    scores, with_events = scores_from_samples(ordered, run["spec"]["n_layers"], run["spec"]["n_heads"])
+    counted = [r for r in ordered if r["counted"]]
+    if not counted:
+        _fail_loudly(console, ordered, run)
+    cfg = run["config"]
+    meta = run_metadata(
+        method="retrieval-score",
+        model=run["model"]["model"],
+        model_identity=run["model"],
+        spec=run["spec"],
+        dtype=run["fingerprint"]["dtype"],
+        mode=cfg["mode"],
+        dedup=cfg["dedup"],
+        rouge_threshold=cfg["rouge_threshold"],
+        max_new_tokens=cfg["max_new_tokens"] if cfg["mode"] == "greedy" else None,
+        stop_on_newline=cfg["stop_on_newline"] if cfg["mode"] == "greedy" else None,
+        seed=cfg["seed"],
+        lengths=run["lengths"],
+        depths=run["depths"],
+        needle_ids=run["needle_ids"],
+        n_prompts=len(ordered),
+        counted_prompts=len(counted),
+        failed_prompts=len(ordered) - len(counted),
+        compute_s=round(sum(float(r.get("seconds", 0.0)) for r in ordered), 3),
+        wall_s=round(wall_s, 3) if wall_s is not None else None,
+    )
+    result = HeadScores(scores, meta)
+    result.save(out / SCORES_FILE)
+    if heatmap:
+        from .plots import plot_heatmap
+
+        plot_heatmap(result, out / HEATMAP_FILE, title=f"{run['model']['model']} — retrieval score ({cfg['mode']})")
+    if show:
+        console.print(top_heads_table(result, with_events, len(counted), show))
+    return result
+
+
+def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head scores ``(L, H)`` (mean over counted prompts of events / span length; zeros if none counted),
+    and per head the number of counted prompts with at least one event.
+
+    >>> s, n = scores_from_samples([{"counted": True, "span_len": 4, "events": {"0.1": 2}},
+    ...                             {"counted": False, "span_len": 4, "events": {"0.0": 4}}], 1, 2)
+    >>> s.tolist(), n.tolist()
+    ([[0.0, 0.5]], [[0, 1]])
+    """
+    total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    with_events = torch.zeros(n_layers, n_heads, dtype=torch.long)
+    counted = 0
+    for rec in records:
+        if not rec["counted"]:
+            continue
+        counted += 1
+        for key, n in rec["events"].items():
+            head = Head.parse(key)
+            total[head.layer, head.head] += n / rec["span_len"]
+            with_events[head.layer, head.head] += 1
+    return (total / max(counted, 1)).float(), with_events
+
+
+def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: int, k: int = 20) -> Table:
+    """A rich table of the ``k`` best heads: score and the share of counted prompts where the head copied."""
+    table = Table(title=f"Top {k} retrieval heads ({n_counted} counted prompts)")
+    table.add_column("rank", justify="right")
+    table.add_column("head (L.H)", justify="left")
+    table.add_column("score", justify="right")
+    table.add_column("prompts with events", justify="right")
+    for i, (head, value) in enumerate(scores.ranked()[:k], start=1):
+        n = int(with_events[head.layer, head.head])
+        table.add_row(str(i), str(head), f"{value:.4f}", f"{n}/{n_counted}")
+    return table
+
+
+def _fail_loudly(console: Console, records: Sequence[dict[str, Any]], run: dict[str, Any]) -> None:
+    cfg = run["config"]
+    rule = "ROUGE-1 recall" if cfg["mode"] == "greedy" else "answer token accuracy"
+    best = sorted(records, key=lambda r: -float(r.get("token_accuracy", r["rouge"])))[:5]
+    lines = [
+        f"NO prompt passed the retrieval filter ({rule} > {cfg['rouge_threshold']}): 0 of {len(records)} counted.",
+        "The model never retrieved the needle, so no head can be scored; head_scores.json was NOT written.",
+        "Check the prompts (template, --chat-template, context length vs the model's window) and the model.",
+        "Best responses:",
+    ]
+    for r in best:
+        lines.append(f"  [{r['prompt_id']}] answer={r['answer']!r} response={r['response'][:120]!r} rouge={r['rouge']}")
+    message = "\n".join(lines)
+    console.print(Panel(Text(message), title="retrieval-heads detect: NO RETRIEVAL", style="bold red"))
+    raise NoRetrievalError(message)

@@ -1,0 +1,107 @@
+"""Teacher mode: one forward over prompt + answer, scoring only the rows that predict the answer.
+
+Instead of letting the model decode, the needle's answer tokens are appended
+to the prompt and the whole sequence runs through the model once. The
+recorder scores only the answer-predicting rows (``rec.set_rows``), so the
+cost is one forward plus ``|answer| x context`` attention scores per layer.
+
+The continuation is the answer span's own tokens (``input_ids[span]``).
+Because the answer usually follows a space inside the needle, these are the
+tokens of ``" " + answer`` — what the model would emit after ``"Answer:"``;
+where a tokenizer merges differently in context, using the span's tokens keeps
+the copy rule exact (every fed token has a source position to copy from).
+
+Event at answer row ``j``: the model's own argmax there equals the answer
+token ``a_j`` (the model *would* emit it) AND the copy rule holds (the head's
+top-1 key lies in the answer span and holds ``a_j``). A prompt is counted when
+the argmax reproduces the answer well enough: token accuracy (the fraction of
+rows where argmax == ``a_j``) above the threshold.
+
+How it differs from greedy: greedy follows the model's own (possibly wrong)
+answer, scores every emitted token before the stop and filters by ROUGE;
+teacher forcing always conditions on the correct prefix, scores exactly
+``|answer|`` rows, and can never drift after an early mistake. The two agree
+on prompts the model answers correctly.
+
+>>> import torch
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+>>> out = teacher_batch(model, [[5, 6, 7, 5, 9], [8, 9, 4]], [(1, 3), (0, 1)])
+>>> out.counts.shape, out.predictions.shape, out.correct.shape
+(torch.Size([2, 2, 4]), torch.Size([2, 2]), torch.Size([2, 2]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from ..capture import capture_attention
+from ..model_spec import ModelSpec
+from .events import copy_events
+from .inputs import left_pad
+
+
+@dataclass
+class TeacherOutput:
+    """One batch: copy-event counts ``(B, L, H)``; argmax ``predictions`` and ``correct`` ``(B, R)``."""
+
+    counts: torch.Tensor
+    predictions: torch.Tensor
+    correct: torch.Tensor  # (B, R) argmax == answer token, False on padding rows
+    n_answer: torch.Tensor  # (B,) answer tokens of each prompt
+
+    def token_accuracy(self) -> torch.Tensor:
+        """Fraction of answer tokens the model's argmax reproduces, ``(B,)``."""
+        return self.correct.sum(dim=1).float() / self.n_answer.float()
+
+
+@torch.no_grad()
+def teacher_batch(
+    model: PreTrainedModel,
+    seqs: Sequence[Sequence[int]],
+    spans: Sequence[tuple[int, int]],
+    dedup: bool = False,
+    pad_id: int = 0,
+    spec: ModelSpec | None = None,
+) -> TeacherOutput:
+    """Teacher-force each prompt's answer span tokens after the prompt and count copy events.
+
+    ``spans`` are half-open answer spans in each (unpadded) prompt; the
+    continuation is ``seq[start:end]``.
+    """
+    device = next(model.parameters()).device
+    answers = [list(seq[s:e]) for seq, (s, e) in zip(seqs, spans, strict=True)]
+    full = [list(seq) + ans for seq, ans in zip(seqs, answers, strict=True)]
+    ids, mask, positions = (t.to(device) for t in left_pad(full, pad_id))
+    bsz, width = ids.shape
+    n_answer = torch.tensor([len(a) for a in answers], device=device)  # (B,)
+    n_rows = int(n_answer.max())
+    pad = width - torch.tensor([len(f) for f in full], device=device)
+
+    # row j of prompt b predicts answer token j; it sits at width - n_answer[b] - 1 + j
+    j = torch.arange(n_rows, device=device)[None, :]  # (1, R)
+    valid = j < n_answer[:, None]  # (B, R)
+    first_row = width - n_answer - 1  # (B,)
+    rows = torch.where(valid, first_row[:, None] + j, width - 2)  # padding rows: any real row, masked later
+    targets = torch.where(valid, ids.gather(1, (rows + 1).clamp(max=width - 1)), pad_id)  # (B, R)
+
+    with capture_attention(model, top_k=1, rows="explicit", spec=spec) as rec:
+        rec.set_rows(rows)
+        # logits only for the last n_rows + 1 positions: they cover every answer-predicting row
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=n_rows + 1
+        )
+    logit_rows = rows - (width - n_rows - 1)  # (B, R) index into the kept logits
+    logits = out.logits.gather(1, logit_rows[:, :, None].expand(-1, -1, out.logits.shape[-1]))
+    predictions = logits.argmax(-1)  # (B, R)
+    correct = (predictions == targets) & valid
+    top1 = rec.stacked().indices[0, ..., 0].permute(1, 3, 0, 2).to(device)  # (L, B, H, R) -> (B, R, L, H)
+    span_start = torch.tensor([s for s, _ in spans], device=device) + pad
+    span_end = torch.tensor([e for _, e in spans], device=device) + pad
+    counts = copy_events(top1, targets, ids, span_start, span_end, valid=correct, dedup=dedup)
+    return TeacherOutput(counts=counts.cpu(), predictions=predictions.cpu(), correct=correct.cpu(), n_answer=n_answer.cpu())

@@ -1,0 +1,513 @@
+"""Synthetic multilingual needle-in-a-haystack examples for the model organism.
+
+Every example is rendered in the toolkit's single prompt template::
+
+    "{context}\\n\\nQuestion: {question}\\nAnswer:"   ->   " {answer}\\n" + EOS
+
+The context is haystack filler (template sentences filled from the lexicon, in
+the needle's language) with needle sentences inserted at sentence boundaries
+at chosen depths. Five tasks (:data:`TASKS`):
+
+- ``mono``: needle, question and answer in one language;
+- ``cross``: needle in language A, question and answer in language B (the
+  answer is the lexicon translation of the needle's value);
+- ``multihop``: two needles (key -> v1, v1 -> v2); the answer writes the chain
+  ``"key -> v1 -> v2"``;
+- ``parametric``: one of a fixed table of facts learned in training (country
+  -> official language, from CLDR), asked with plain filler as context;
+- ``multikey``: the target needle plus 2-3 needles with the same relation and
+  other keys.
+
+Each :class:`Example` records, per needle, exact character offsets of the
+needle sentence and of its (source-language) answer value in ``prompt``.
+
+>>> from retrieval_heads.organism.lexicon import load_lexicon
+>>> import random
+>>> gen = CorpusGenerator(load_lexicon())
+>>> ex = gen.example("mono", random.Random(0), n_tokens=128, lang="en")
+>>> n = ex.needles[0]
+>>> ex.prompt[n.answer_start:n.answer_end] == ex.answer
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .lexicon import LexEntry, Lexicon, load_lexicon
+
+PROMPT_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:"
+ANSWER_TEMPLATE = " {answer}\n"
+TASKS: tuple[str, ...] = ("mono", "cross", "multihop", "parametric", "multikey")
+RELATIONS: tuple[str, ...] = ("country", "language", "month", "weekday")  # value category = relation
+CHAIN_SEP = " -> "
+
+# --- per-language templates ------------------------------------------------------------------------
+# A relation R with subject s and value v. "fact" holds {s} and {v}; "q" holds {s};
+# "mh" (two hops) holds {s}, {r1} (first relation, in the "inner" form) and {r2}.
+_REL = {
+    "en": {
+        "country": ("home country", "home country"),
+        "language": ("favourite language", "favourite language"),
+        "month": ("lucky month", "lucky month"),
+        "weekday": ("market day", "market day"),
+    },
+    "de": {  # (nominative with article, dative with article)
+        "country": ("das Heimatland", "dem Heimatland"),
+        "language": ("die Lieblingssprache", "der Lieblingssprache"),
+        "month": ("der Glücksmonat", "dem Glücksmonat"),
+        "weekday": ("der Markttag", "dem Markttag"),
+    },
+    "zh": {
+        "country": ("故乡", "故乡"),
+        "language": ("最爱的语言", "最爱的语言"),
+        "month": ("幸运月份", "幸运月份"),
+        "weekday": ("集市日", "集市日"),
+    },
+    "sw": {  # (noun phrase, connective)
+        "country": ("nchi ya nyumbani", "ya"),
+        "language": ("lugha pendwa", "ya"),
+        "month": ("mwezi wa bahati", "wa"),
+        "weekday": ("siku ya soko", "ya"),
+    },
+}
+
+_PARAMETRIC_Q = {
+    "en": "What is the official language of {s}?",
+    "de": "Was ist die Amtssprache von {s}?",
+    "zh": "{s}的官方语言是什么？",
+    "sw": "Lugha rasmi ya {s} ni nini?",
+}
+
+# Filler slots: {n},{n2} names; {c},{c2} countries; {l},{l2} languages; {m} month; {d} weekday;
+# {t} city. Dictionary sentences: {w} a word in this language, {L} the name of another
+# language X (in this language), {x} the word's form in X.
+_FILLER = {
+    "en": [
+        "In {m}, {n} travelled from {c} to {c2}.",
+        "{n} speaks {l} at home and {l2} at work.",
+        "Every {d}, the market in {t} is full of people.",
+        "The weather in {c} was mild during {m}.",
+        "{n} and {n2} met on a quiet {d} morning.",
+        "Many people in {c} learn {l} at school.",
+        "A letter from {t} arrived on {d}.",
+        "The train to {c} leaves every {d}.",
+        "{n} wrote a short book about {c} in {m}.",
+        "Nobody in the village remembers the storm of {m}.",
+        "The old road goes through {c} and ends near {t}.",
+        "On {d}, {n} read a newspaper in {l}.",
+        "{n} has never seen the sea near {t}.",
+        "The teachers of {l} meet in {t} every {m}.",
+    ],
+    "de": [
+        "Im {m} reiste {n} von {c} nach {c2}.",
+        "{n} spricht zu Hause {l} und bei der Arbeit {l2}.",
+        "Jeden {d} ist der Markt in {t} voller Menschen.",
+        "Das Wetter in {c} war im {m} mild.",
+        "{n} und {n2} trafen sich an einem ruhigen {d}.",
+        "Viele Menschen in {c} lernen {l} in der Schule.",
+        "Ein Brief aus {t} kam am {d} an.",
+        "Der Zug nach {c} fährt jeden {d}.",
+        "{n} schrieb im {m} ein kurzes Buch über {c}.",
+        "Niemand im Dorf erinnert sich an den Sturm im {m}.",
+        "Die alte Straße führt durch {c} und endet bei {t}.",
+        "Am {d} las {n} eine Zeitung auf {l}.",
+        "{n} hat das Meer bei {t} nie gesehen.",
+        "Die Lehrer für {l} treffen sich jeden {m} in {t}.",
+    ],
+    "zh": [
+        "{m}，{n}从{c}去了{c2}。",
+        "{n}在家说{l}，在工作中说{l2}。",
+        "每个{d}，{t}的市场都挤满了人。",
+        "{m}的时候，{c}的天气很温和。",
+        "{n}和{n2}在一个安静的{d}早上见面。",
+        "{c}的很多人在学校学习{l}。",
+        "一封来自{t}的信在{d}到了。",
+        "去{c}的火车每个{d}出发。",
+        "{n}在{m}写了一本关于{c}的小书。",
+        "村里没有人记得{m}的那场暴风雨。",
+        "那条老路穿过{c}，一直通到{t}附近。",
+        "{d}，{n}读了一份{l}报纸。",
+        "{n}从来没有见过{t}附近的大海。",
+        "{l}老师们每年{m}在{t}见面。",
+    ],
+    "sw": [
+        "Katika {m}, {n} alisafiri kutoka {c} hadi {c2}.",
+        "{n} huzungumza {l} nyumbani na {l2} kazini.",
+        "Kila {d}, soko la {t} hujaa watu.",
+        "Hali ya hewa katika {c} ilikuwa nzuri mwezi {m}.",
+        "{n} na {n2} walikutana {d} asubuhi tulivu.",
+        "Watu wengi katika {c} hujifunza {l} shuleni.",
+        "Barua kutoka {t} ilifika {d}.",
+        "Treni ya kwenda {c} huondoka kila {d}.",
+        "{n} aliandika kitabu kifupi kuhusu {c} mwezi {m}.",
+        "Hakuna mtu kijijini anayekumbuka dhoruba ya {m}.",
+        "Barabara ya zamani inapita {c} na kuishia karibu na {t}.",
+        "Jumapili iliyopita, {n} alisoma gazeti la {l}.",
+        "{n} hajawahi kuona bahari karibu na {t}.",
+        "Walimu wa {l} hukutana {t} kila {m}.",
+    ],
+}
+_DICTIONARY = {
+    "en": ["In {L}, {w} is called {x}.", "The {L} word for {w} is {x}."],
+    "de": ["Auf {L} heißt {w} {x}.", "Das Wort für {w} auf {L} ist {x}."],
+    "zh": ["{w}在{L}里叫{x}。", "{L}中{w}这个词是{x}。"],
+    "sw": ["Kwa {L}, {w} huitwa {x}.", "Neno la {L} la {w} ni {x}."],
+}
+DICTIONARY_RATE = 0.25  # share of filler sentences that are dictionary sentences
+
+
+def joiner(lang: str) -> str:
+    """What separates sentences: nothing in Chinese, a space otherwise."""
+    return "" if lang == "zh" else " "
+
+
+def fact_sentence(lang: str, relation: str, subj: str, value: str) -> tuple[str, int]:
+    """A needle sentence and the character offset of ``value`` inside it.
+
+    >>> fact_sentence("en", "country", "Anna", "Kenya")
+    ('The home country of Anna is Kenya.', 28)
+    """
+    nom, inner = _REL[lang][relation]
+    if lang == "en":
+        head = f"The {nom} of {subj} is "
+        tail = "."
+    elif lang == "de":
+        head = f"{nom[0].upper()}{nom[1:]} von {subj} ist "
+        tail = "."
+    elif lang == "zh":
+        head = f"{subj}的{nom}是"
+        tail = "。"
+    elif lang == "sw":
+        head = f"{nom[0].upper()}{nom[1:]} {inner} {subj} ni "
+        tail = "."
+    else:
+        raise KeyError(f"no templates for language {lang!r}")
+    return head + value + tail, len(head)
+
+
+def question(lang: str, relation: str, subj: str) -> str:
+    """The question asking for ``relation`` of ``subj``."""
+    nom, inner = _REL[lang][relation]
+    return {
+        "en": f"What is the {nom} of {subj}?",
+        "de": f"Was ist {nom} von {subj}?",
+        "zh": f"{subj}的{nom}是什么？",
+        "sw": f"{nom[0].upper()}{nom[1:]} {inner} {subj} ni nini?",
+    }[lang]
+
+
+def multihop_question(lang: str, rel1: str, rel2: str, subj: str) -> str:
+    """The two-hop question: ``rel2`` of (``rel1`` of ``subj``)."""
+    nom1, inner1 = _REL[lang][rel1]
+    nom2, inner2 = _REL[lang][rel2]
+    return {
+        "en": f"What is the {nom2} of the {nom1} of {subj}?",
+        "de": f"Was ist {nom2} von {inner1} von {subj}?",
+        "zh": f"{subj}的{nom1}的{nom2}是什么？",
+        "sw": f"{nom2[0].upper()}{nom2[1:]} {inner2} {nom1} {inner1} {subj} ni nini?",
+    }[lang]
+
+
+def parametric_question(lang: str, country: str) -> str:
+    """Question for a parametric fact (official language of a country)."""
+    return _PARAMETRIC_Q[lang].format(s=country)
+
+
+def render_prompt(context: str, q: str) -> str:
+    """The toolkit's prompt template."""
+    return PROMPT_TEMPLATE.format(context=context, question=q)
+
+
+@dataclass(frozen=True)
+class NeedleSpan:
+    """Character offsets of one needle inside ``Example.prompt``.
+
+    ``start:end`` is the needle sentence, ``answer_start:answer_end`` the
+    source-language answer value inside it (what a retrieval head copies
+    from); ``target`` is what the model must write for it (the same string in
+    ``mono``, its translation in ``cross``).
+    """
+
+    start: int
+    end: int
+    answer_start: int
+    answer_end: int
+    target: str
+    lang: str
+
+
+@dataclass
+class Example:
+    """One prompt with its answer and needle spans (``needles`` are those the answer needs)."""
+
+    task: str
+    prompt: str
+    answer: str
+    lang_needle: str
+    lang_question: str
+    needles: list[NeedleSpan]
+    distractors: list[NeedleSpan] = field(default_factory=list)
+    length: int = 0  # requested prompt length in tokens
+    depth: float = 0.0  # depth of the (first) needle, 0..1 of the context
+
+    @property
+    def target(self) -> str:
+        """The continuation the model is trained to write (before EOS)."""
+        return ANSWER_TEMPLATE.format(answer=self.answer)
+
+
+def make_names(n: int, seed: int) -> list[str]:
+    """``n`` distinct synthetic two/three-syllable names, deterministic for ``seed``."""
+    onsets = "b d f g h k l m n p r s t v z".split()
+    vowels = "a e i o u".split()
+    syll = [o + v for o, v in itertools.product(onsets, vowels)]
+    rng = random.Random(seed)
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        k = rng.choice((2, 2, 3))
+        name = "".join(rng.choice(syll) for _ in range(k))
+        if rng.random() < 0.3:
+            name += rng.choice("nlr")
+        name = name.capitalize()
+        if name not in seen:
+            seen.add(name)
+            out.append(name)
+    return out
+
+
+# names: one fixed pool, split into train and held-out eval names
+_NAME_POOL_SEED = 1729
+N_TRAIN_NAMES, N_EVAL_NAMES = 800, 200
+
+
+def name_split(split: str) -> list[str]:
+    """Key names for ``split`` ("train" or "eval"): disjoint fixed pools."""
+    pool = make_names(N_TRAIN_NAMES + N_EVAL_NAMES, _NAME_POOL_SEED)
+    if split == "train":
+        return pool[:N_TRAIN_NAMES]
+    if split == "eval":
+        return pool[N_TRAIN_NAMES:]
+    raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+
+
+def parametric_facts(lexicon: Lexicon, n: int = 40, per_language: int = 3) -> list[tuple[LexEntry, LexEntry]]:
+    """A fixed table of (country, official language) facts from CLDR, both in ``lexicon``.
+
+    At most ``per_language`` countries per language, lexicon order; deterministic.
+    """
+    from babel.languages import get_official_languages
+
+    langs = {e.key: e for e in lexicon.by_category("language")}
+    used: dict[str, int] = {}
+    out = []
+    for country in lexicon.by_category("country"):
+        official = [c for c in get_official_languages(country.key, de_facto=True) if c in langs]
+        if not official or used.get(official[0], 0) >= per_language:
+            continue
+        used[official[0]] = used.get(official[0], 0) + 1
+        out.append((country, langs[official[0]]))
+        if len(out) == n:
+            break
+    return out
+
+
+def approx_tokens(text: str) -> int:
+    """Rough token count when no tokenizer is given (~3.5 chars/token, 1 per CJK char)."""
+    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef")
+    return cjk + (len(text) - cjk + 3) // 4 + 1
+
+
+class CorpusGenerator:
+    """Builds :class:`Example` objects (and plain filler) from a lexicon.
+
+    ``count_tokens`` measures a string in tokens (defaults to
+    :func:`approx_tokens`); pass the real tokenizer's count to hit prompt
+    lengths exactly. ``translatable(entry, src, tgt)`` says whether an entry
+    may be the answer of a ``cross`` example from ``src`` to ``tgt`` (e.g. only
+    when the two forms share no token; default: always). Randomness comes
+    only from the ``rng`` passed to each call.
+    """
+
+    def __init__(
+        self,
+        lexicon: Lexicon,
+        count_tokens: Callable[[str], int] | None = None,
+        n_facts: int = 40,
+        places: Lexicon | None = None,
+        translatable: Callable[[LexEntry, str, str], bool] | None = None,
+    ) -> None:
+        self.lexicon = lexicon
+        self.langs = lexicon.langs
+        missing = [lang for lang in self.langs if lang not in _REL]
+        if missing:
+            raise ValueError(f"no sentence templates for {missing}; supported: {sorted(_REL)}")
+        self.count = count_tokens or approx_tokens
+        self.translatable = translatable or (lambda entry, src, tgt: True)
+        self.values = {c: lexicon.by_category(c) for c in RELATIONS}
+        for c, v in self.values.items():
+            if len(v) < 4:
+                raise ValueError(f"lexicon has only {len(v)} {c!r} entries; need >= 4")
+        self.facts = parametric_facts(lexicon, n_facts)
+        places = places or load_lexicon(self.langs, distinct=False)
+        self.cities = [e.forms for e in places.by_category("city")]
+        self.lang_names = {lang: lexicon.get("language", lang) for lang in self.langs}
+        self.filler_names = make_names(300, 7)
+
+    # --- filler -------------------------------------------------------------------------------------
+    def filler_sentence(self, rng: random.Random, lang: str, avoid: set[str] = frozenset()) -> str:
+        """One haystack sentence in ``lang`` (never mentioning a string in ``avoid``)."""
+        while True:
+            if rng.random() < DICTIONARY_RATE:
+                other = rng.choice([x for x in self.langs if x != lang])
+                entry = rng.choice(self.lexicon.entries)
+                s = rng.choice(_DICTIONARY[lang]).format(
+                    L=self.lang_names[other].forms[lang], w=entry.forms[lang], x=entry.forms[other]
+                )
+            else:
+                pick = lambda c: rng.choice(self.values[c]).forms[lang]  # noqa: E731
+                s = rng.choice(_FILLER[lang]).format(
+                    n=rng.choice(self.filler_names), n2=rng.choice(self.filler_names),
+                    c=pick("country"), c2=pick("country"), l=pick("language"), l2=pick("language"),
+                    m=pick("month"), d=pick("weekday"), t=rng.choice(self.cities)[lang],
+                )
+            if not any(a in s for a in avoid):
+                return s
+
+    def filler(self, rng: random.Random, lang: str, n_tokens: int, avoid: set[str] = frozenset()) -> list[str]:
+        """Filler sentences whose joined length stays within ``n_tokens``."""
+        out: list[str] = []
+        total = 0
+        sep = joiner(lang)
+        while True:
+            s = self.filler_sentence(rng, lang, avoid)
+            c = self.count((sep if out else "") + s)
+            if total + c > n_tokens:
+                return out
+            out.append(s)
+            total += c
+
+    # --- assembling a prompt ------------------------------------------------------------------------
+    def _assemble(
+        self,
+        lang: str,
+        filler: list[str],
+        needles: Sequence[tuple[str, int, str, str]],  # (sentence, value offset, value, target)
+        depths: Sequence[float],
+        q: str,
+    ) -> tuple[str, list[NeedleSpan]]:
+        sep = joiner(lang)
+        counts = [self.count((sep if i else "") + s) for i, s in enumerate(filler)]
+        cum = list(itertools.accumulate(counts, initial=0))
+        total = cum[-1]
+        slots: dict[int, list[int]] = {}
+        for j, d in enumerate(depths):
+            want = d * total
+            k = min(range(len(cum)), key=lambda i: (abs(cum[i] - want), i))
+            slots.setdefault(k, []).append(j)
+        pieces: list[tuple[str, int | None]] = []  # (sentence, needle index or None)
+        for k in range(len(filler) + 1):
+            pieces.extend((needles[j][0], j) for j in slots.get(k, []))
+            if k < len(filler):
+                pieces.append((filler[k], None))
+        context = ""
+        spans: dict[int, NeedleSpan] = {}
+        for i, (s, j) in enumerate(pieces):
+            if i:
+                context += sep
+            if j is not None:
+                _, off, value, target = needles[j]
+                a = len(context) + off
+                spans[j] = NeedleSpan(len(context), len(context) + len(s), a, a + len(value), target, lang)
+            context += s
+        return render_prompt(context, q), [spans[j] for j in range(len(needles))]
+
+    def _budget(self, n_tokens: int, needles: Sequence[str], q: str, lang: str) -> int:
+        sep = joiner(lang)
+        fixed = sum(self.count(sep + s) for s in needles) + self.count("\n\nQuestion: " + q + "\nAnswer:")
+        return max(0, n_tokens - fixed - 1)  # 1 for BOS
+
+    # --- tasks --------------------------------------------------------------------------------------
+    def example(
+        self,
+        task: str,
+        rng: random.Random,
+        n_tokens: int,
+        depth: float | None = None,
+        lang: str | None = None,
+        lang_question: str | None = None,
+        split: str = "train",
+        n_distractors: int | None = None,
+    ) -> Example:
+        """One example of ``task`` with a prompt of about ``n_tokens`` tokens.
+
+        ``lang`` is the needle/haystack language, ``lang_question`` the
+        question's (only ``cross`` lets them differ; drawn at random when
+        None). ``depth`` (0..1) places the target needle; random when None.
+        ``split`` picks the key-name pool ("train" or held-out "eval").
+        """
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+        lang = lang or rng.choice(self.langs)
+        if task == "cross":
+            lang_question = lang_question or rng.choice([x for x in self.langs if x != lang])
+            if lang_question == lang:
+                raise ValueError("cross-lingual examples need two different languages")
+        else:
+            lang_question = lang
+        depth = rng.random() if depth is None else depth
+        names = name_split(split)
+        if task == "parametric":
+            return self._parametric(rng, n_tokens, lang, depth)
+        if task == "multihop":
+            return self._multihop(rng, n_tokens, lang, depth, names)
+        rel = rng.choice(RELATIONS)
+        n_keys = 1
+        if task == "multikey":
+            n_keys += rng.choice((2, 3)) if n_distractors is None else n_distractors
+        keys = rng.sample(names, n_keys)
+        vals = rng.sample(self.values[rel], n_keys)
+        if task == "cross":
+            ok = [e for e in self.values[rel] if self.translatable(e, lang, lang_question)]
+            if not ok:  # no translatable value for this relation and pair: pick another relation
+                return self.example(task, rng, n_tokens, depth, lang, lang_question, split, n_distractors)
+            vals[0] = rng.choice(ok)
+        needles, depths = [], [depth]
+        for i, (k, v) in enumerate(zip(keys, vals)):
+            s, off = fact_sentence(lang, rel, k, v.forms[lang])
+            target = v.forms[lang_question] if i == 0 else v.forms[lang]
+            needles.append((s, off, v.forms[lang], target))
+            if i:
+                depths.append(rng.random())
+        q = question(lang_question, rel, keys[0])
+        avoid = set(keys) | {v.forms[x] for v in vals for x in self.langs}
+        filler = self.filler(rng, lang, self._budget(n_tokens, [n[0] for n in needles], q, lang), avoid)
+        prompt, spans = self._assemble(lang, filler, needles, depths, q)
+        return Example(task, prompt, needles[0][3], lang, lang_question, spans[:1], spans[1:], n_tokens, depth)
+
+    def _multihop(self, rng: random.Random, n_tokens: int, lang: str, depth: float, names: list[str]) -> Example:
+        rel1, rel2 = rng.sample(RELATIONS, 2)
+        key = rng.choice(names)
+        v1 = rng.choice(self.values[rel1])
+        v2 = rng.choice(self.values[rel2])
+        s1, o1 = fact_sentence(lang, rel1, key, v1.forms[lang])
+        s2, o2 = fact_sentence(lang, rel2, v1.forms[lang], v2.forms[lang])
+        needles = [(s1, o1, v1.forms[lang], v1.forms[lang]), (s2, o2, v2.forms[lang], v2.forms[lang])]
+        q = multihop_question(lang, rel1, rel2, key)
+        avoid = {key} | {v.forms[x] for v in (v1, v2) for x in self.langs}
+        filler = self.filler(rng, lang, self._budget(n_tokens, [s1, s2], q, lang), avoid)
+        prompt, spans = self._assemble(lang, filler, needles, [depth, rng.random()], q)
+        answer = CHAIN_SEP.join([key, v1.forms[lang], v2.forms[lang]])
+        return Example("multihop", prompt, answer, lang, lang, spans, [], n_tokens, depth)
+
+    def _parametric(self, rng: random.Random, n_tokens: int, lang: str, depth: float) -> Example:
+        country, language = rng.choice(self.facts)
+        q = parametric_question(lang, country.forms[lang])
+        avoid = {f for e in (country, language) for f in e.forms.values()}
+        filler = self.filler(rng, lang, self._budget(n_tokens, [], q, lang), avoid)
+        prompt, _ = self._assemble(lang, filler, [], [], q)
+        return Example("parametric", prompt, language.forms[lang], lang, lang, [], [], n_tokens, depth)
