@@ -6,7 +6,7 @@
 >>> top_k(s, 1)
 [Head(layer=0, head=0)]
 >>> random_heads(2, 3, k=2, seed=0, exclude=[Head(0, 0), Head(1, 0)])  # never a given head
-[Head(layer=0, head=2), Head(layer=1, head=1)]
+[Head(layer=0, head=2), Head(layer=1, head=2)]
 >>> round(concentration(s)["top_10_share"], 3)
 1.0
 """

@@ -1,0 +1,1 @@
+"""Multilingual retrieval heads and retrieval-transition heads (Patel et al., 2026)."""

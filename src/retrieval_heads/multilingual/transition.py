@@ -1,0 +1,159 @@
+"""The retrieval-transition event rule (this project's definition; see docs/multilingual.md).
+
+The needle is in a source language; the model answers in a target language.
+At a scored step ``s`` of prompt ``b`` the model emits (greedy) or is fed
+(teacher forcing) target-language token ``t``. Head ``(l, h)`` makes a
+*transition event* iff its top-1 key position ``i``
+
+1. lies in the needle's source answer span,
+2. holds a source word whose target-language rendering contains ``t``
+   (``aligned[b, s, i - span_start]``; alignments from a parallel lexicon), and
+3. does not hold ``t`` itself (a copy is a retrieval event, not a transition).
+
+Per-prompt score = events / |target answer tokens|; the head score is the
+mean over prompts answered correctly in the target language.
+
+Pivot-free variant (``alignment="span"``): every source-span position is
+aligned with every token of the target answer (2 becomes "t is part of the
+target answer"), so no lexicon is needed.
+
+>>> import torch
+>>> top1 = torch.tensor([[[[5, 2]], [[6, 5]]]])           # (B=1, S=2, L=1, H=2)
+>>> targets = torch.tensor([[40, 41]])                    # target-language tokens emitted
+>>> key_tokens = torch.tensor([[0, 1, 2, 3, 4, 30, 31, 9]])
+>>> aligned = torch.ones(1, 2, 2, dtype=torch.bool)       # (B, S, span width)
+>>> transition_events(top1, targets, key_tokens, torch.tensor([5]), torch.tensor([7]), aligned)
+tensor([[[2, 1]]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def transition_event_mask(
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    key_tokens: torch.Tensor,
+    span_start: torch.Tensor,
+    span_end: torch.Tensor,
+    aligned: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean ``(B, S, L, H)`` transition events.
+
+    ``top1`` ``(B, S, L, H)`` absolute key positions; ``targets`` ``(B, S)``;
+    ``key_tokens`` ``(B, T)``; ``span_start``/``span_end`` ``(B,)`` the source
+    answer span; ``aligned`` ``(B, S, W)`` whether the token emitted at step
+    ``s`` belongs to the target rendering of the source word at span offset
+    ``w`` (``W`` >= the widest span); ``valid`` ``(B, S)`` the steps that count.
+    """
+    if top1.ndim != 4:
+        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
+    bsz, steps = top1.shape[:2]
+    top1 = top1.long()
+    start = span_start.to(top1.device).long().view(bsz, 1, 1, 1)
+    end = span_end.to(top1.device).long().view(bsz, 1, 1, 1)
+    if aligned.shape[:2] != (bsz, steps):
+        raise ValueError(f"aligned must start with {(bsz, steps)}, got {tuple(aligned.shape)}")
+    width = aligned.shape[2]
+    if int((span_end - span_start).max()) > width:
+        raise ValueError("aligned is narrower than the widest source span")
+    in_span = (top1 >= start) & (top1 < end)
+    offset = (top1 - start).clamp(0, max(width - 1, 0))  # (B, S, L, H)
+    flat = aligned.to(top1.device).bool().reshape(bsz * steps, width)
+    is_aligned = torch.gather(flat, 1, offset.reshape(bsz * steps, -1)).view_as(top1)
+    safe = top1.clamp(0, key_tokens.shape[1] - 1)
+    token_at = torch.gather(key_tokens.to(top1.device).long(), 1, safe.flatten(1)).view_as(top1)
+    not_copy = token_at != targets.to(top1.device).long()[:, :, None, None]
+    hit = in_span & is_aligned & not_copy
+    if valid is not None:
+        hit = hit & valid.to(top1.device).bool()[:, :, None, None]
+    return hit
+
+
+def transition_events(
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    key_tokens: torch.Tensor,
+    span_start: torch.Tensor,
+    span_end: torch.Tensor,
+    aligned: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Transition events per prompt and head ``(B, L, H)`` (arguments as in :func:`transition_event_mask`)."""
+    return transition_event_mask(top1, targets, key_tokens, span_start, span_end, aligned, valid).sum(dim=1)
+
+
+# ---- alignment: which target tokens render which source position --------------------------------
+@dataclass(frozen=True)
+class WordPair:
+    """A source phrase inside the source answer and its target-language rendering."""
+
+    source: str
+    target: str
+
+
+def align_answer(
+    source_answer: str,
+    target_answer: str,
+    lexicon_pairs: Sequence[tuple[str, str]] = (),
+) -> list[tuple[tuple[int, int], str]]:
+    """Aligned units of an answer: ``[((char_start, char_end) in source_answer, target phrase)]``.
+
+    The needle's own (answer, target answer) is an aligned pair; lexicon pairs
+    found in both answers refine it into word pairs (longest first, without
+    overlaps). Source characters no pair covers are aligned to the whole
+    target answer only when no lexicon pair matched at all.
+
+    >>> align_answer("Paris and Kenya", "Paris und Kenia", [("Kenya", "Kenia"), ("Paris", "Paris")])
+    [((0, 5), 'Paris'), ((10, 15), 'Kenia')]
+    >>> align_answer("Nairobi", "内罗毕")
+    [((0, 7), '内罗毕')]
+    """
+    units: list[tuple[tuple[int, int], str]] = []
+    taken = [False] * len(source_answer)
+    for src, tgt in sorted(lexicon_pairs, key=lambda p: -len(p[0])):
+        if not src or tgt not in target_answer:
+            continue
+        pos = source_answer.find(src)
+        while pos >= 0 and any(taken[pos : pos + len(src)]):
+            pos = source_answer.find(src, pos + 1)
+        if pos < 0:
+            continue
+        for i in range(pos, pos + len(src)):
+            taken[i] = True
+        units.append(((pos, pos + len(src)), tgt))
+    if not units:
+        units = [((0, len(source_answer)), target_answer)]
+    return sorted(units)
+
+
+def aligned_table(
+    source_token_char_spans: Sequence[tuple[int, int]],
+    units: Sequence[tuple[tuple[int, int], str]],
+    target_unit_token_ids: Sequence[set[int]],
+    step_tokens: Sequence[int],
+    width: int | None = None,
+) -> torch.Tensor:
+    """``(S, W)`` bool: step token ``s`` renders the source token at span offset ``w``.
+
+    ``source_token_char_spans``: each source-span token's character range
+    relative to the source answer; ``units`` from :func:`align_answer`;
+    ``target_unit_token_ids[u]``: the token ids of unit ``u``'s target phrase
+    (as tokenized in context, with and without a leading space);
+    ``step_tokens``: the token emitted/fed at each scored step.
+    """
+    width = width or len(source_token_char_spans)
+    table = torch.zeros(len(step_tokens), width, dtype=torch.bool)
+    for w, (a, b) in enumerate(source_token_char_spans):
+        for u, ((ua, ub), _target) in enumerate(units):
+            if a < ub and ua < b:  # the token overlaps the unit's characters
+                ids = target_unit_token_ids[u]
+                for s, tok in enumerate(step_tokens):
+                    if tok in ids:
+                        table[s, w] = True
+    return table
