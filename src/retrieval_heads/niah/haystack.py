@@ -37,12 +37,15 @@ CJK_LANGS: frozenset[str] = frozenset({"zh", "ja"})
 
 # Sentence end: Latin/Cyrillic '.', '!', '?', '…' (possibly followed by closing
 # quotes or brackets) then whitespace or the end of the text; CJK '。！？' (and
-# the half-width '｡') then optional closers and optional whitespace. The
-# boundary is the position *after* that whitespace: where the next sentence
-# starts. "Dr. Smith" is a (harmless) false boundary; "3.14" is not one.
+# the half-width '｡') then optional whitespace, or closing quotes/brackets that
+# are followed by whitespace, an opening quote or the end (so the '。」' of
+# 「行こう。」と彼は言った is not an end). The boundary is the position *after*
+# that whitespace: where the next sentence starts. "Dr. Smith" is a (harmless)
+# false boundary; "3.14" is not one.
+_CJK_CLOSERS = "\u300d\u300f\u201d\u2019\uff09)\\]"
 _BOUNDARY = re.compile(
     r"[.!?\u2026]+[\"'\u201d\u2019\u00bb)\]]*(?:\s+|$)"
-    r"|[\u3002\uff01\uff1f\uff61]+[\u300d\u300f\u201d\u2019\uff09)\]]*\s*"
+    rf"|[\u3002\uff01\uff1f\uff61]+(?:[{_CJK_CLOSERS}]+(?=[\s\u300c\u300e\u201c\uff08(]|$))?(?![{_CJK_CLOSERS}])\s*"
 )
 
 _DEFAULT_MAX_CHARS = 2_000_000
@@ -94,7 +97,8 @@ class Haystack:
 
     Attributes:
         lang: language code of the text (e.g. ``"en"``, ``"zh"``).
-        text: the text itself (non-empty).
+        text: the text itself (non-empty; leading and trailing whitespace is
+            removed, so a context never starts or ends with it).
         source: where it came from (for metadata), e.g. ``"builtin:en"``.
 
     Example:
@@ -110,6 +114,7 @@ class Haystack:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError(f"haystack {self.source!r} is empty: it has no text to hide a needle in")
+        self.text = self.text.strip()
         if not self.lang:
             raise ValueError("haystack lang must be a non-empty language code")
 
@@ -136,6 +141,16 @@ class Haystack:
 
         The offsets come from ``tokenizer(text, add_special_tokens=False,
         return_offsets_mapping=True)``, so the tokenizer must be a fast one.
+
+        Example:
+            >>> from tokenizers import Tokenizer, models, pre_tokenizers
+            >>> from transformers import PreTrainedTokenizerFast
+            >>> raw = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+            >>> raw.pre_tokenizer = pre_tokenizers.Whitespace()
+            >>> tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+            >>> text, offsets = Haystack("en", "Sun. Rain.").tokenized_text(tok, 3)
+            >>> offsets[:4]
+            [(0, 3), (3, 4), (5, 9), (9, 10)]
         """
         if n_tokens < 0:
             raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
@@ -192,9 +207,7 @@ def _read_dir(path: Path) -> str:
     return "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
 
 
-def _read_dataset(
-    spec: str, *, text_column: str, split: str, max_chars: int | None, streaming: bool
-) -> str:
+def _read_dataset(spec: str, *, text_column: str, split: str, max_chars: int | None, streaming: bool) -> str:
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -268,7 +281,9 @@ def load_haystack(
     """
     src = str(source)
     if src.startswith(("dataset:", "dataset-disk:")):
-        text = _read_dataset(src, text_column=text_column, split=split, max_chars=max_chars, streaming=streaming)
+        text = _read_dataset(
+            src, text_column=text_column, split=split, max_chars=max_chars, streaming=streaming
+        )
         return Haystack(lang=lang, text=text, source=src)
     if src in BUILTIN_LANGS:
         return Haystack(lang=src, text=_read_builtin(src), source=f"builtin:{src}")

@@ -154,7 +154,9 @@ def load_needles(source: str | Path | None = None, lang: str = "en") -> list[Nee
     if source is None or (isinstance(source, str) and source in BUILTIN_LANGS and not Path(source).exists()):
         code = lang if source is None else str(source)
         if code not in BUILTIN_LANGS:
-            raise ValueError(f"no built-in needles for language {code!r}; built-in: {', '.join(BUILTIN_LANGS)}")
+            raise ValueError(
+                f"no built-in needles for language {code!r}; built-in: {', '.join(BUILTIN_LANGS)}"
+            )
         text = resources.files("retrieval_heads.niah").joinpath("needles", f"{code}.jsonl").read_text("utf-8")
         return _read_jsonl(text, f"built-in needles/{code}.jsonl", code, code)
     path = Path(source)
