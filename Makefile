@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv browser test demo lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-test: venv
+browser:
+	sh scripts/install_browser.sh
+
+test: venv browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q --timeout=900
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import typer
 
 from . import __version__
+from .commands.compare import LM_EVAL_CONTEXT, compare_command, lm_eval_command
 from .commands.info import info_command
+from .commands.niah_eval import niah_eval_command
+from .commands.report import report_command
 
 app = typer.Typer(
     name="retrieval-heads",
@@ -17,6 +20,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command("info")(info_command)
+app.command("report")(report_command)
+app.command("compare")(compare_command)
+app.command("niah-eval")(niah_eval_command)
+app.command("lm-eval", context_settings=LM_EVAL_CONTEXT)(lm_eval_command)
 
 
 @app.command("version")

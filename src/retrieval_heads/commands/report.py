@@ -1,0 +1,29 @@
+"""``retrieval-heads report DIR...``: one self-contained HTML page from run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (detection, evaluation, RetMask, multilingual)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: report.html in the first DIR)."),
+) -> None:
+    """Write report.html: head-score heatmaps, top heads, NIAH accuracy, comparisons, RetMask, sharing, metadata.
+
+    The page is self-contained (no network): open it from disk in any browser.
+    Example: retrieval-heads report runs/organism runs/organism-eval --out runs/report.html
+    """
+    from ..report import build_report
+
+    missing = [str(d) for d in run_dirs if not d.exists()]
+    if missing:
+        raise typer.BadParameter(f"no such run directory: {', '.join(missing)}", param_hint="RUN_DIRS")
+    path, report = build_report(run_dirs, out)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if report.empty:
+        typer.echo(f"warning: no recognised artifacts in {', '.join(map(str, run_dirs))}", err=True)
+    typer.echo(f"report written to {path}")

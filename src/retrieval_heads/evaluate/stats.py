@@ -1,0 +1,122 @@
+"""Bootstrap intervals over items: a score's, and a paired change's.
+
+Every benchmark score in a comparison is a mean over items (exact match,
+F1, ...). Its uncertainty is estimated by the percentile bootstrap: resample
+the items with replacement ``n_resamples`` times, take the mean each time, and
+report the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles.
+A change against the unmasked model is bootstrapped *paired*: the same
+resampled items are used for both conditions, so item difficulty cancels.
+
+The generator is seeded, so an interval is a deterministic function of its
+inputs.
+
+>>> bootstrap_ci([1.0, 1.0, 1.0])
+(1.0, 1.0, 1.0)
+>>> mean, low, high = bootstrap_ci([0.0, 1.0], n_resamples=4000)
+>>> mean, low, high
+(0.5, 0.0, 1.0)
+>>> paired_bootstrap_ci([0.0, 0.5, 1.0], [0.0, 0.25, 0.5])[0]
+-0.25
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 2000
+DEFAULT_CONFIDENCE = 0.95
+
+
+def _check(values: Sequence[float], confidence: float, n_resamples: int) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("need a non-empty 1-D sequence of per-item scores")
+    if not np.isfinite(x).all():
+        raise ValueError("per-item scores contain NaN or infinite values")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    return x
+
+
+def _percentile_interval(x: np.ndarray, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_resamples, x.size))  # (B, n) resampled item indices
+    means = x[idx].mean(axis=1)  # (B,)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean of ``values`` and its percentile-bootstrap interval: ``(mean, low, high)``.
+
+    With a single item, or all items equal, the interval collapses to the mean.
+
+    >>> bootstrap_ci([0.0, 0.0, 1.0, 1.0], seed=1)[0]
+    0.5
+    """
+    x = _check(values, confidence, n_resamples)
+    mean = float(x.mean())
+    if np.all(x == x[0]):
+        return mean, mean, mean
+    low, high = _percentile_interval(x, n_resamples, confidence, seed)
+    return mean, low, high
+
+
+def paired_bootstrap_ci(
+    reference: Sequence[float],
+    treated: Sequence[float],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean change ``treated - reference`` over the same items and its paired bootstrap interval.
+
+    ``reference[i]`` and ``treated[i]`` must be the same item's scores.
+
+    >>> paired_bootstrap_ci([0.25, 0.5, 1.0], [0.125, 0.375, 0.875])  # every item lost 0.125
+    (-0.125, -0.125, -0.125)
+    """
+    a = _check(reference, confidence, n_resamples)
+    b = _check(treated, confidence, n_resamples)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same items: {a.size} vs {b.size}")
+    return bootstrap_ci(b - a, n_resamples=n_resamples, confidence=confidence, seed=seed)
+
+
+def mean_and_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of per-seed scores (sd 0 for one seed).
+
+    >>> mean_and_spread([0.25, 0.75])
+    {'mean': 0.5, 'sd': 0.3535533905932738, 'min': 0.25, 'max': 0.75, 'n': 2}
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("need at least one value")
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    return {"mean": float(x.mean()), "sd": sd, "min": float(x.min()), "max": float(x.max()), "n": int(x.size)}
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from ``parts`` that is the same in every process (unlike ``hash``).
+
+    >>> stable_seed("organism_mono", "unmasked") == stable_seed("organism_mono", "unmasked")
+    True
+    """
+    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8")) & 0x7FFFFFFF
+
+
+def is_close(a: float, b: float, tol: float = 1e-9) -> bool:
+    """``True`` when two scores agree to ``tol`` (used to cross-check lm-eval's own aggregate)."""
+    return math.isclose(a, b, rel_tol=0.0, abs_tol=tol)

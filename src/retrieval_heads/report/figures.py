@@ -1,0 +1,133 @@
+"""Static figures for the report: matplotlib (Agg) PNGs returned as ``data:`` URIs.
+
+They are what a reader sees with JavaScript disabled (and what prints); the
+interactive page draws the same data with ``assets/report.js``. Every figure
+is a bare :class:`~matplotlib.figure.Figure` on an Agg canvas — no pyplot
+state, no display.
+
+>>> uri = heatmap_png([[0.0, 0.5], [0.2, 0.9]], ["0", "1"], ["0", "1"], "layer", "head", "score")
+>>> uri.startswith("data:image/png;base64,")
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+
+DPI = 80
+MAX_TICKS = 24
+
+
+def _to_uri(fig) -> str:  # noqa: ANN001 - matplotlib.figure.Figure (lazy import)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _new_figure(width: float, height: float, right: float = 0.25):  # noqa: ANN202 - (Figure, Axes)
+    """A figure with one axes placed by fixed margins in inches (much faster than constrained layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    left, bottom, top = 0.65, 0.6, 0.32
+    ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
+    return fig, ax
+
+
+def _ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
+    step = max(1, math.ceil(len(labels) / MAX_TICKS))
+    idx = list(range(0, len(labels), step))
+    return idx, [str(labels[i]) for i in idx]
+
+
+def heatmap_png(
+    values: Sequence[Sequence[float | None]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    row_name: str,
+    col_name: str,
+    value_name: str,
+    title: str = "",
+    diverging: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    outline: Sequence[tuple[int, int]] = (),
+) -> str:
+    """A heatmap (row 0 at the top) as a PNG data URI; ``None`` cells are blank; ``outline`` cells get a red box.
+
+    ``diverging`` centres a red-blue map on 0 (for differences).
+    """
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    data = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
+    n_rows, n_cols = data.shape
+    width, height = min(3.2 + 0.28 * n_cols, 12), min(1.8 + 0.26 * n_rows, 10)
+    fig, ax = _new_figure(width, height, right=1.2)
+    finite = data[np.isfinite(data)]
+    if diverging:
+        bound = float(np.abs(finite).max()) if finite.size else 1.0
+        vmin, vmax, cmap = -(bound or 1.0), bound or 1.0, "RdBu_r"
+    else:
+        cmap = "viridis"
+        vmin = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+        vmax = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        if vmax <= vmin:
+            vmax = vmin + 1.0
+    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                      interpolation="nearest")
+    pos = ax.get_position()
+    cax = fig.add_axes((pos.x1 + 0.12 / width, pos.y0, 0.14 / width, pos.height))
+    fig.colorbar(image, cax=cax, label=value_name)
+    for r, c in outline:
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
+    xi, xl = _ticks(col_labels)
+    yi, yl = _ticks(row_labels)
+    ax.set_xticks(xi, xl, fontsize=7, rotation=90 if max((len(s) for s in xl), default=0) > 4 else 0)
+    ax.set_yticks(yi, yl, fontsize=7)
+    ax.set_xlabel(col_name)
+    ax.set_ylabel(row_name)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _to_uri(fig)
+
+
+def bars_png(
+    categories: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+    x_name: str,
+    y_name: str,
+    title: str = "",
+) -> str:
+    """Grouped bars (one group per category, one bar per series) as a PNG data URI."""
+    fig, ax = _new_figure(min(3.5 + 0.3 * len(categories) * max(1, len(series)), 11), 2.8)
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
+        ax.bar(xs, [0.0 if v is None else float(v) for v in values], width=width, label=name)
+    xi, xl = _ticks(categories)
+    ax.set_xticks(xi, xl, fontsize=7, rotation=90 if max((len(s) for s in xl), default=0) > 6 else 0)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.axhline(0, color="black", linewidth=0.6)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _to_uri(fig)
+
+
+def line_png(xs: Sequence[float], ys: Sequence[float], x_name: str, y_name: str, title: str = "") -> str:
+    """A single line (e.g. the DPO training loss) as a PNG data URI."""
+    fig, ax = _new_figure(5.5, 2.6)
+    ax.plot(list(xs), list(ys), marker="." if len(xs) < 40 else None)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _to_uri(fig)

@@ -1,0 +1,546 @@
+"""Render a :class:`~retrieval_heads.report.collect.Report` as one self-contained HTML page.
+
+The page carries everything inline: the CSS and JS from ``assets/``, the data
+as JSON in ``<script type="application/json" id="report-data">``, and a
+matplotlib PNG (``data:`` URI) for every interactive figure. The PNG shows
+until the script has drawn the interactive figure, so the page still reads
+with JavaScript disabled; tables are plain HTML (the script only adds
+sorting). Sections appear only for the artifacts that were found.
+
+>>> from retrieval_heads.report.collect import Report
+>>> html = render_report(Report(run_dirs=[]))
+>>> html.startswith("<!DOCTYPE html>") and 'id="report-data"' in html
+True
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+from .. import __version__
+from ..selection import concentration, layer_histogram
+from . import figures
+from .collect import CompareRow, Grid, ModelComparison, NiahResult, Report, ScoreMap
+
+THRESHOLD = 0.1  # the paper's retrieval-head threshold
+SECTIONS = {  # id -> title, in page order
+    "head-scores": "Head scores",
+    "rh-vs-rth": "Retrieval vs retrieval-transition heads",
+    "sharing": "Cross-language sharing",
+    "detection": "Detection outcomes",
+    "niah": "NIAH accuracy",
+    "compare": "Comparisons",
+    "retmask": "RetMask",
+    "metadata": "Run metadata",
+}
+META_KEYS = ("model", "base_model", "method", "mode", "dtype", "seed", "lengths", "depths", "needle_ids", "n_prompts",
+             "counted_prompts", "failed_prompts", "rouge_threshold", "dedup", "max_new_tokens", "heads",
+             "condition", "masking", "created", "versions", "python", "host")
+DURATION_KEYS = ("wall_s", "compute_s", "duration_s", "seconds", "elapsed_s")
+
+
+# ---- small helpers -------------------------------------------------------------------------------
+def esc(value: Any) -> str:
+    """HTML-escape ``str(value)``."""
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number for a table: 4 decimals for floats, as-is for ints, a dash for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _num_td(value: Any, digits: int = 4, signed: bool = False) -> str:
+    cls = "num"
+    if signed and isinstance(value, (int, float)) and value:
+        cls += " pos" if value > 0 else " neg"
+    text = fmt(value, digits)
+    if signed and isinstance(value, (int, float)) and value > 0:
+        text = "+" + text
+    data = "" if value is None else f' data-value="{esc(value)}"'
+    return f'<td class="{cls}"{data}>{esc(text)}</td>'
+
+
+def _table(headers: Sequence[tuple[str, bool]], rows: Iterable[str], table_id: str = "", sortable: bool = True) -> str:
+    """``headers``: (title, numeric); ``rows``: ready ``<tr>`` strings."""
+    num_attr = ' data-type="num"'
+    ths = "".join(f"<th{num_attr if num else ''}>{esc(title)}</th>" for title, num in headers)
+    ident = f' id="{esc(table_id)}"' if table_id else ""
+    cls = ' class="sortable"' if sortable else ""
+    return f"<table{ident}{cls}><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _kv_table(items: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v) if not isinstance(v, str) else v)}</td></tr>" for k, v in items)
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _label(value: Any, key: str) -> str:
+    """Axis label of a grid row/column: depths as percentages, integral lengths without decimals."""
+    if isinstance(value, float) and key == "depth" and 0.0 <= value <= 1.0:
+        return f"{value * 100:g}%"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _asset(name: str) -> str:
+    return (resources.files("retrieval_heads.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+# ---- the page ----------------------------------------------------------------------------------------
+class _Page:
+    """Collects the interactive figures' data while the sections are rendered."""
+
+    def __init__(self, top_k: int):
+        self.top_k = top_k
+        self.heatmaps: dict[str, dict[str, Any]] = {}
+        self.bars: dict[str, dict[str, Any]] = {}
+
+    def heatmap(
+        self, values: Sequence[Sequence[float | None]], rows: Sequence[Any], cols: Sequence[Any], row_key: str,
+        col_key: str, value_name: str, title: str, diverging: bool = False, vmin: float | None = None,
+        vmax: float | None = None, outline: Sequence[tuple[int, int]] = (), caption: str = "",
+    ) -> str:
+        """A figure: the static PNG plus a placeholder the script fills with a grid of ``.cell`` elements."""
+        finite = [v for row in values for v in row if v is not None]
+        lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
+        hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
+        if hi <= lo:
+            hi = lo + 1.0
+        row_labels, col_labels = [_label(r, row_key) for r in rows], [_label(c, col_key) for c in cols]
+        fig_id = f"hm-{len(self.heatmaps)}"
+        self.heatmaps[fig_id] = {
+            "title": title, "rows": row_labels, "cols": col_labels, "rowValues": list(rows), "colValues": list(cols),
+            "rowKey": row_key, "colKey": col_key, "rowName": row_key, "colName": col_key, "valueName": value_name,
+            "values": [list(r) for r in values], "diverging": diverging, "vmin": lo, "vmax": hi,
+            "outline": [list(rc) for rc in outline],
+        }
+        png = figures.heatmap_png(values, row_labels, col_labels, row_key, col_key, value_name, title,
+                                  diverging=diverging, vmin=lo, vmax=hi, outline=outline)
+        return self._figure("data-heatmap", fig_id, png, title, caption)
+
+    def bar_chart(self, categories: Sequence[Any], series: Sequence[tuple[str, Sequence[float | None]]],
+                  x_name: str, y_name: str, title: str, caption: str = "") -> str:
+        """A figure: grouped bars (static PNG plus an SVG drawn by the script)."""
+        cats = [str(c) for c in categories]
+        fig_id = f"bars-{len(self.bars)}"
+        self.bars[fig_id] = {"title": title, "categories": cats, "xName": x_name, "yName": y_name,
+                             "series": [{"name": n, "values": list(v)} for n, v in series]}
+        return self._figure("data-bars", fig_id, figures.bars_png(cats, series, x_name, y_name, title), title, caption)
+
+    @staticmethod
+    def _figure(attr: str, fig_id: str, png: str, title: str, caption: str) -> str:
+        cap = f'<div class="caption">{esc(caption)}</div>' if caption else ""
+        return (f'<div class="figure"><div class="static-fig"><img alt="{esc(title)}" src="{png}"></div>'
+                f'<div class="js-fig" {attr}="{fig_id}"></div>{cap}</div>')
+
+
+def render_report(report: Report, top_k: int = 20, title: str | None = None) -> str:
+    """The report page as one HTML string (CSS, JS, data and static figures inline; no external URLs)."""
+    page = _Page(top_k)
+    sections = {
+        "head-scores": _head_scores_section(page, report.score_maps),
+        "rh-vs-rth": _rh_vs_rth_section(page, report.rh_vs_rth),
+        "sharing": _sharing_section(report.sharing),
+        "detection": _detection_section(page, report.detect_outcomes),
+        "niah": _niah_section(page, report.niah),
+        "compare": _compare_section(report.compare),
+        "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training),
+        "metadata": _metadata_section(report.metadata),
+    }
+    present = {k: v for k, v in sections.items() if v}
+    models = sorted({str(m.scores.meta["model"]) for m in report.score_maps if m.scores.meta.get("model")})
+    title = title or "Retrieval-heads report" + (f": {', '.join(models)}" if models else "")
+    toc = "".join(f'<a href="#{k}">{esc(SECTIONS[k])}</a>' for k in present)
+    body = "".join(f'<section id="{k}"><h2>{esc(SECTIONS[k])}</h2>{v}</section>' for k, v in present.items())
+    if not present:
+        body = (f'<p class="note">No recognised artifacts were found in {esc(", ".join(map(str, report.run_dirs)))}. '
+                "See docs/report.md for the files a report reads.</p>")
+    warnings = ""
+    if report.warnings:
+        items = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
+        warnings = f'<div class="warnings" id="warnings"><h2>Warnings</h2><ul>{items}</ul></div>'
+    data = _json_safe({"title": title, "version": __version__, "heatmaps": page.heatmaps, "bars": page.bars,
+                       "scoreMaps": [_score_map_data(m) for m in report.score_maps],
+                       "runDirs": [str(d) for d in report.run_dirs]})
+    data_json = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
+    css = _asset("report.css").replace("</style", "<\\/style")
+    js = _asset("report.js").replace("</script", "<\\/script")
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    runs = ", ".join(str(d) for d in report.run_dirs)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="retrieval-heads {esc(__version__)}">
+<title>{esc(title)}</title>
+<style>
+{css}
+</style>
+</head>
+<body>
+<header class="page"><h1>{esc(title)}</h1>
+<div class="sub">runs: {esc(runs)} · generated {esc(generated)} by retrieval-heads {esc(__version__)}</div></header>
+<nav class="toc">{toc}{'<a href="#warnings">Warnings</a>' if warnings else ''}</nav>
+<main>
+{warnings}
+{body}
+</main>
+<script type="application/json" id="report-data">{data_json}</script>
+<script>
+{js}
+</script>
+</body>
+</html>
+"""
+
+
+def _score_map_data(m: ScoreMap) -> dict[str, Any]:
+    return {"label": m.label, "kind": m.kind, "lang": m.lang, "source": m.source, "n_layers": m.scores.n_layers,
+            "n_heads": m.scores.n_heads, "model": m.scores.meta.get("model"), "method": m.scores.meta.get("method")}
+
+
+# ---- sections ------------------------------------------------------------------------------------------
+CONCENTRATION_LABELS = {
+    "n_heads_total": "heads in the model",
+    f"n_above_{THRESHOLD:g}": f"heads with score > {THRESHOLD:g}",
+    f"frac_above_{THRESHOLD:g}": f"share of heads > {THRESHOLD:g}",
+    "top_10_share": "top-10 share of the total score",
+    "gini": "Gini coefficient",
+    "entropy": "entropy (nats)",
+    "entropy_normalised": "entropy (normalised, 0..1)",
+}
+
+
+OUTLINED = 10  # heads outlined on a heatmap (the ones behind the top-10 share)
+
+
+def _map_order(m: ScoreMap) -> tuple[int, str]:
+    """Model-wide retrieval scores first, then transition scores, then per-language maps."""
+    return (0 if m.kind == "retrieval" and not m.lang else 1 if m.kind == "transition" else 2, m.source)
+
+
+def _head_scores_section(page: _Page, maps: list[ScoreMap]) -> str:
+    if not maps:
+        return ""
+    parts = ['<p class="note">Each cell is one head: rows are layers, columns are query heads (zero-based). '
+             f"The {OUTLINED} best heads are outlined in red. Hover a cell for its score; click a table header "
+             "to sort.</p>"]
+    for i, m in enumerate(sorted(maps, key=_map_order)):
+        s = m.scores
+        k = min(page.top_k, s.n_layers * s.n_heads)
+        ranked = s.ranked()[:k]
+        heatmap = page.heatmap(
+            s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
+            "score", f"{m.label} score", outline=[(h.layer, h.head) for h, _ in ranked[:OUTLINED]],
+            caption=f"{s.n_layers} layers x {s.n_heads} heads",
+        )
+        rows = [f'<tr>{_num_td(r)}<td data-value="{h}">{h}</td>{_num_td(h.layer)}{_num_td(h.head)}{_num_td(v)}</tr>'
+                for r, (h, v) in enumerate(ranked, start=1)]
+        table = _table([("rank", True), ("L.H", False), ("layer", True), ("head", True), ("score", True)], rows,
+                       table_id=f"topk-{i}")
+        conc = concentration(s, threshold=THRESHOLD, top=10)
+        conc_table = _kv_table((CONCENTRATION_LABELS.get(key, key), value) for key, value in conc.items())
+        top_heads = [h for h, _ in ranked]
+        above = s.above(THRESHOLD)
+        bars = page.bar_chart(
+            list(range(s.n_layers)),
+            [(f"top-{k}", layer_histogram(top_heads, s.n_layers)),
+             (f"score > {THRESHOLD:g}", layer_histogram(above, s.n_layers))],
+            "layer", "heads", f"{m.label}: heads per layer",
+        )
+        model = s.meta.get("model", "")
+        summary = f"{esc(m.label)}" + (f" — {esc(model)}" if model else "")
+        is_open = i == 0 or m.kind == "transition" or not m.lang
+        parts.append(
+            f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
+            f'<summary>{summary}</summary><div class="source">{esc(m.source)}</div>'
+            f'<div class="row"><div>{heatmap}</div><div><h4>Top-{k} heads</h4>{table}</div></div>'
+            f'<div class="row"><div><h4>Concentration</h4>{conc_table}</div>'
+            f"<div><h4>Layer distribution</h4>{bars}</div></div></details>"
+        )
+    return "".join(parts)
+
+
+def _rh_vs_rth_section(page: _Page, items: list[tuple[str, dict[str, Any]]]) -> str:
+    parts = []
+    for source, d in items:
+        ov = d.get("overlap", {})
+        k = d.get("top_k")
+        rh, rth = d.get("rh_top_k", []), d.get("rth_top_k", [])
+        shared = [h for h in rh if h in set(rth)]
+        stats = [(f"top-K (K = {k})", k), ("shared heads", ov.get("intersection")), ("Jaccard", ov.get("jaccard")),
+                 ("overlap coefficient", ov.get("overlap_coefficient")), ("RH mean layer", d.get("rh_mean_layer")),
+                 ("RTH mean layer", d.get("rth_mean_layer"))]
+        stats += [(key.replace("_", " "), v) for key, v in d.items() if key.startswith(("rh_above", "rth_above"))]
+        parts.append(f'<h3>Top-{esc(k)} overlap</h3><div class="source">{esc(source)}</div>'
+                     f'<div class="row"><div>{_kv_table(stats)}'
+                     f'<p class="note">shared: {esc(", ".join(shared) or "none")}</p></div>')
+        hist_rh, hist_rth = d.get("rh_layer_histogram"), d.get("rth_layer_histogram")
+        if isinstance(hist_rh, list) and isinstance(hist_rth, list) and len(hist_rh) == len(hist_rth):
+            parts.append("<div>" + page.bar_chart(list(range(len(hist_rh))), [("RH", hist_rh), ("RTH", hist_rth)],
+                                                  "layer", "heads", f"top-{k} heads per layer") + "</div>")
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _color_cell(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return f"<td>{esc(fmt(value))}</td>"
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    rgba = colormaps["viridis"](max(0.0, min(1.0, float(value))))
+    light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55
+    return (f'<td class="num" data-value="{value}" style="background:{to_hex(rgba)};'
+            f'color:{"#000" if light else "#fff"}">{fmt(float(value), 2)}</td>')
+
+
+def _sharing_section(items: list[tuple[str, dict[str, Any]]]) -> str:
+    parts = []
+    for source, d in items:
+        langs = [str(x) for x in d.get("languages", [])]
+        matrix = d.get("jaccard_matrix") or []
+        parts.append(f'<h3>Top-{esc(d.get("top_k", "K"))} Jaccard overlap between languages</h3>'
+                     f'<div class="source">{esc(source)}</div>')
+        if len(matrix) == len(langs):
+            head = "".join(f"<th>{esc(lang)}</th>" for lang in langs)
+            body = "".join(f"<tr><th>{esc(a)}</th>{''.join(_color_cell(v) for v in row)}</tr>"
+                           for a, row in zip(langs, matrix, strict=False))
+            parts.append(f'<table class="matrix"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>')
+        pairs = d.get("pairs") or {}
+        if pairs:
+            rows = [f"<tr><td>{esc(p.replace('|', ' / '))}</td>{_num_td(v.get('intersection'))}"
+                    f"{_num_td(v.get('jaccard'))}{_num_td(v.get('overlap_coefficient'))}</tr>"
+                    for p, v in pairs.items() if isinstance(v, dict)]
+            parts.append(_table([("pair", False), ("shared", True), ("Jaccard", True), ("overlap coef.", True)], rows))
+        n_rh = d.get("n_retrieval_heads") or {}
+        shared = d.get("shared_by_all") or {}
+        strong = d.get("strong") or {}
+        facts = [(f"retrieval heads (> {d.get('threshold', THRESHOLD)}) in {lang}", n) for lang, n in n_rh.items()]
+        if shared:
+            facts += [("retrieval heads in every language", shared.get("count")),
+                      ("share of their union", shared.get("share_of_union")),
+                      ("those heads", ", ".join(shared.get("heads", [])) or "none")]
+        if strong:
+            facts += [(f"strong heads (>= {strong.get('threshold')})", len(strong.get("heads", {}))),
+                      ("language-agnostic strong heads", ", ".join(strong.get("language_agnostic", [])) or "none"),
+                      ("share language-agnostic", strong.get("share_language_agnostic"))]
+        if facts:
+            parts.append(_kv_table(facts))
+    return "".join(parts)
+
+
+def _grid_figure(page: _Page, grid: Grid, title: str, diverging: bool = False) -> str:
+    finite = [v for row in grid.values for v in row if v is not None]
+    unit = bool(finite) and min(finite) >= 0.0 and max(finite) <= 1.0
+    vmin, vmax = ((0.0, 1.0) if unit and not diverging else (None, None))
+    return page.heatmap(grid.values, grid.rows, grid.cols, grid.row_key, grid.col_key, grid.metric, title,
+                        diverging=diverging, vmin=vmin, vmax=vmax)
+
+
+def _detection_section(page: _Page, items: list[tuple[str, Grid, dict[str, Any]]]) -> str:
+    parts = []
+    for source, grid, summary in items:
+        parts.append(f'<h3>Prompts that passed the retrieval filter</h3><div class="source">{esc(source)}</div>'
+                     f'<div class="row"><div>{_grid_figure(page, grid, "share retrieved (length x depth)")}</div>'
+                     f"<div>{_kv_table(summary.items())}</div></div>")
+    return "".join(parts)
+
+
+def _difference(grid: Grid, base: Grid) -> Grid:
+    ref = {(r, c): base.values[i][j] for i, r in enumerate(base.rows) for j, c in enumerate(base.cols)}
+    values = [[None if v is None or ref.get((r, c)) is None else v - ref[(r, c)]  # type: ignore[operator]
+               for c, v in zip(grid.cols, row, strict=True)] for r, row in zip(grid.rows, grid.values, strict=True)]
+    return Grid(f"{grid.name} − {base.name}", grid.rows, grid.cols, values, grid.row_key, grid.col_key, f"Δ {grid.metric}")
+
+
+def _grid_mean(grid: Grid) -> float | None:
+    finite = [v for row in grid.values for v in row if v is not None]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _niah_section(page: _Page, results: list[NiahResult]) -> str:
+    parts = []
+    for result in results:
+        base = next((g for g in result.grids if g.name == result.baseline), None)
+        metric = result.metric.replace("_", " ")
+        figs = "".join(f"<div><h4>{esc(g.name)}</h4>{_grid_figure(page, g, f'{metric}: {g.name}')}</div>"
+                       for g in result.grids)
+        parts.append(f"<h3>{esc(metric.capitalize())} by context length and needle depth</h3>"
+                     f'<div class="source">{esc(result.source)}</div><div class="row">{figs}</div>')
+        if base is not None and len(result.grids) > 1:
+            diffs = "".join(f"<div><h4>{esc(g.name)} − {esc(base.name)}</h4>"
+                            f"{_grid_figure(page, _difference(g, base), f'{metric}: {g.name} − {base.name}', diverging=True)}</div>"
+                            for g in result.grids if g is not base)
+            parts.append(f"<h4>Difference vs {esc(base.name)}</h4><div class=\"row\">{diffs}</div>")
+        base_mean = _grid_mean(base) if base is not None else None
+        rows = []
+        for g in result.grids:
+            mean = _grid_mean(g)
+            delta = None if mean is None or base_mean is None else mean - base_mean
+            heads = result.heads.get(g.name)
+            heads_text = "—" if heads is None else (", ".join(heads) if heads else "none")
+            rows.append(f"<tr><td>{esc(g.name)}</td>{_num_td(mean)}{_num_td(delta, signed=True)}"
+                        f"<td>{esc(heads_text)}</td></tr>")
+        parts.append(_table([("condition", False), (f"mean {metric}", True), ("Δ vs unmasked", True),
+                             ("masked heads", False)], rows))
+    return "".join(parts)
+
+
+def _interval_text(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return "—"
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def _compare_section(tables: list[tuple[str, list[CompareRow]]]) -> str:
+    if not tables:
+        return ""
+    parts = ['<p class="note">Score: the task metric (mean over items); Δ: change against the unmasked model '
+             "of the same task; intervals as given by the run (the compare command: percentile bootstrap over "
+             "items, paired for Δ).</p>"]
+    for i, (source, rows) in enumerate(tables):
+        trs = []
+        for r in rows:
+            ci = f'<td class="num" data-value="{"" if r.ci_low is None else r.ci_low}">{esc(_interval_text(r.ci_low, r.ci_high))}</td>'
+            dci = (f'<td class="num" data-value="{"" if r.delta_ci_low is None else r.delta_ci_low}">'
+                   f"{esc(_interval_text(r.delta_ci_low, r.delta_ci_high))}</td>")
+            trs.append(f"<tr><td>{esc(r.task)}</td><td>{esc(r.condition)}</td>{_num_td(r.k)}{_num_td(r.score)}{ci}"
+                       f"{_num_td(r.delta, signed=True)}{dci}{_num_td(r.n)}</tr>")
+        metrics = sorted({r.metric for r in rows if r.metric})
+        note = f'<div class="note">metric: {esc(", ".join(metrics))}</div>' if metrics else ""
+        parts.append(f'<div class="source">{esc(source)}</div>{note}' + _table(
+            [("task", False), ("condition", False), ("heads", True), ("score", True), ("95 % CI", True),
+             ("Δ vs unmasked", True), ("95 % CI of Δ", True), ("n", True)], trs, table_id=f"compare-{i}"))
+    return "".join(parts)
+
+
+def _retmask_section(page: _Page, comparisons: list[ModelComparison],
+                     pair_stats: list[tuple[str, dict[str, Any]]], training: list[tuple[str, dict[str, Any]]]) -> str:
+    parts = []
+    for cmp in comparisons:
+        headers: list[tuple[str, bool]] = [("suite", False)]
+        for model in cmp.models:
+            headers += [(model, True), (f"{model} ±95 %", True)]
+            if model != cmp.base:
+                headers.append((f"Δ {model}", True))
+        trs = []
+        for suite in cmp.suites:
+            tds = [f"<td>{esc(suite)}</td>"]
+            for model in cmp.models:
+                row = cmp.results[model].get(suite, {})
+                tds += [_num_td(row.get("accuracy")), _num_td(row.get("ci95"))]
+                if model != cmp.base:
+                    tds.append(_num_td(row.get("delta"), signed=True))
+            trs.append(f"<tr>{''.join(tds)}</tr>")
+        chart = page.bar_chart(cmp.suites, [(m, [cmp.results[m].get(s, {}).get("accuracy") for s in cmp.suites])
+                                            for m in cmp.models], "suite", "accuracy", f"{' vs '.join(cmp.models)}")
+        conc = ""
+        if cmp.concentration:
+            conc = ("<h4>Concentration of the head scores</h4>"
+                    + _kv_table((CONCENTRATION_LABELS.get(k, k), v) for k, v in cmp.concentration.items()))
+        parts.append(f"<h3>Before / after RetMask training (base: {esc(cmp.base)})</h3>"
+                     f'<div class="source">{esc(cmp.source)}</div>'
+                     f'<div class="row"><div>{_table(headers, trs)}{conc}</div><div>{chart}</div></div>')
+    for source, st in pair_stats:
+        facts = [("prompts", st.get("n_prompts")), ("pairs kept", st.get("n_pairs")), ("dropped", st.get("n_dropped"))]
+        facts += [(f"dropped: {k}", v) for k, v in (st.get("dropped") or {}).items()]
+        facts += [("mean chosen tokens", st.get("mean_chosen_tokens")),
+                  ("mean rejected tokens", st.get("mean_rejected_tokens")),
+                  ("masked heads", ", ".join(map(str, st.get("heads") or [])) or "—")]
+        facts += [(f"sampling: {k}", json.dumps(v) if isinstance(v, (list, dict)) else v)
+                  for k, v in (st.get("settings") or {}).items()]
+        parts.append(f'<h3>Preference pairs</h3><div class="source">{esc(source)}</div>{_kv_table(facts)}')
+    for source, run in training:
+        metrics = run.get("metrics") or {}
+        parts.append(f'<h3>DPO training</h3><div class="source">{esc(source)}</div>')
+        facts = [("base model", run.get("base_model")), ("pairs", run.get("n_pairs")),
+                 ("LoRA adapter", run.get("adapter"))] + [(k, v) for k, v in metrics.items()]
+        parts.append(f'<div class="row"><div>{_kv_table((k, v) for k, v in facts if v is not None)}</div>')
+        history = [h for h in run.get("log_history") or [] if isinstance(h, dict) and "loss" in h and "step" in h]
+        if len(history) >= 2:
+            png = figures.line_png([h["step"] for h in history], [h["loss"] for h in history], "step", "loss",
+                                   "DPO training loss")
+            parts.append(f'<div><img class="plain-fig" alt="DPO training loss" src="{png}"></div>')
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _duration(meta: dict[str, Any]) -> str | None:
+    out = []
+    for key in DURATION_KEYS:
+        value = meta.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(f"{key.removesuffix('_s')} {value:.1f} s ({time.strftime('%H:%M:%S', time.gmtime(value))})")
+    runtime = (meta.get("metrics") or {}).get("train_runtime") if isinstance(meta.get("metrics"), dict) else None
+    if isinstance(runtime, (int, float)):
+        out.append(f"train {runtime:.1f} s")
+    return "; ".join(out) or None
+
+
+def _meta_value(key: str, value: Any) -> str:
+    if key == "model" and isinstance(value, dict):  # run.json: {"model": name, "revision": ...}
+        value = value.get("model", value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, list):
+        text = ", ".join(map(str, value))
+        return text if len(text) < 200 else text[:200] + " …"
+    return fmt(value)
+
+
+def _meta_fields(meta: dict[str, Any]) -> dict[str, str]:
+    fields = {k: _meta_value(k, meta[k]) for k in META_KEYS if meta.get(k) is not None}
+    config = meta.get("config")
+    if isinstance(config, dict):  # run.json and training runs keep their settings under "config"
+        fields.update({f"config: {k}": _meta_value(k, v) for k, v in config.items() if k != "progress"})
+    duration = _duration(meta)
+    if duration:
+        fields["duration"] = duration
+    return fields
+
+
+def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """One table, a column per artifact, so that runs can be compared; every field under "all fields"."""
+    if not items:
+        return ""
+    columns = [(source, _meta_fields(meta)) for source, meta in items]
+    keys = list(dict.fromkeys(k for _, fields in columns for k in fields))
+    head = "".join(f'<th class="source">{esc(source)}</th>' for source, _ in columns)
+    body = "".join(f"<tr><th>{esc(k)}</th>{''.join(f'<td>{esc(fields.get(k, chr(8212)))}</td>' for _, fields in columns)}</tr>"
+                   for k in keys)
+    full = "".join(f'<h4 class="source">{esc(source)}</h4><pre class="json">'
+                   f"{esc(json.dumps(_json_safe(meta), indent=1, ensure_ascii=False, default=str))}</pre>"
+                   for source, meta in items)
+    return (f'<div class="scroll"><table class="kv meta"><thead><tr><th>field</th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div><details><summary>all fields</summary>{full}</details>")
+
+
+__all__ = ["render_report"]
