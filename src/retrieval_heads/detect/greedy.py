@@ -26,6 +26,7 @@ vocabulary, never from hard-coded ids.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,16 @@ class StopTokens:
         return StopTokens(self.eos.to(device), self.newline.to(device), self.blank.to(device))
 
 
+def _cache_argument(model: PreTrainedModel) -> str:
+    """The forward keyword of the KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    cache = output.get("cache")
+    return cache if cache is not None else output.get("past_key_values")
+
+
 @dataclass
 class GreedyOutput:
     """One batch: copy-event counts ``(B, L, H)``, emitted tokens ``(B, S)``, scored steps and stop reasons."""
@@ -111,6 +122,7 @@ def greedy_batch(
     reason = torch.zeros(bsz, dtype=torch.long, device=device)  # 0 max_new_tokens, 1 eos, 2 newline
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     started = torch.zeros(bsz, dtype=torch.bool, device=device)
+    cache_arg = _cache_argument(model)
     with capture_attention(model, top_k=1, rows="last", spec=spec) as rec:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         for step in range(max_new_tokens):
@@ -131,8 +143,8 @@ def greedy_batch(
                 input_ids=token[:, None],
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{cache_arg: _cache_of(out)},
             )
     captured = rec.stacked()  # indices (S, L, B, H, 1, 1): step s is the row that predicted emitted[s]
     top1 = captured.indices[..., 0, 0].permute(2, 0, 1, 3).to(device)  # (B, S, L, H)

@@ -34,7 +34,7 @@ class PromptItem:
     answer: str  # the needle's answer text (ROUGE reference)
     lang: str
     needle_id: str
-    length: int  # the grid's context length
+    length: int  # the grid's (requested) context length
     depth: float
 
     @property
@@ -69,6 +69,14 @@ def prompt_item(prompt: Any) -> PromptItem:
             f"{ids[start:end]}: the span must index input_ids"
         )
     needle = prompt.needle
+    target_lang = getattr(needle, "target_lang", None)
+    if target_lang is not None and target_lang != getattr(needle, "lang", target_lang):
+        raise PromptError(
+            f"prompt {pid}: needle {getattr(needle, 'id', '')!r} is cross-lingual ({needle.lang} -> {target_lang}); "
+            "the retrieval score counts copies, so use same-language needles here and "
+            "retrieval_heads.multilingual for retrieval-transition heads"
+        )
+    length = meta.get("requested_context_length") if isinstance(meta, dict) else None
     return PromptItem(
         prompt_id=str(pid),
         input_ids=tuple(ids),
@@ -76,7 +84,7 @@ def prompt_item(prompt: Any) -> PromptItem:
         answer=str(needle.answer),
         lang=str(getattr(needle, "lang", "en") or "en"),
         needle_id=str(getattr(needle, "id", "")),
-        length=int(getattr(prompt, "context_length", len(ids))),
+        length=int(length if length is not None else getattr(prompt, "context_length", len(ids))),
         depth=float(getattr(prompt, "depth", 0.0)),
     )
 

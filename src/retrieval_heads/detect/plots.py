@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..heads import HeadScores
@@ -16,27 +17,27 @@ from ..heads import HeadScores
 
 def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval score", top: int = 10) -> Path:
     """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best heads are outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = scores.scores.numpy()
     n_layers, n_heads = data.shape
-    fig, ax = plt.subplots(figsize=(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14)))
-    try:
-        image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="score")
-        for head in scores.top_k(min(top, n_layers * n_heads)):
-            ax.add_patch(Rectangle((head.head - 0.5, head.layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(title, fontsize=10)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    # a bare Figure on the Agg canvas: no pyplot state, no display, safe in threads and notebooks
+    fig = Figure(figsize=(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="score")
+    for head in scores.top_k(min(top, n_layers * n_heads)):
+        ax.add_patch(Rectangle((head.head - 0.5, head.layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written image
     return path

@@ -27,7 +27,14 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
@@ -35,6 +42,7 @@ from transformers import PreTrainedModel
 from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
+from ..niah import rouge1_recall
 from .config import DetectConfig
 from .greedy import StopTokens, greedy_batch, response_text
 from .inputs import PromptError, PromptItem, pad_id_of, prompt_item
@@ -141,6 +149,16 @@ def _read_samples(out_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def _repair_journal(path: Path) -> None:
+    """Cut a torn last line (a crash mid-write) so that new records start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 def _process_group(world: int) -> tuple[Any, bool]:
     """The initialised ``torch.distributed`` module (initialising gloo under torchrun), and whether we created it."""
     if world == 1 or not torch.distributed.is_available():
@@ -160,29 +178,6 @@ def _events_dict(counts: torch.Tensor) -> dict[str, int]:
     nz = counts.nonzero().tolist()
     values = counts[counts != 0].tolist()
     return {f"{layer}.{head}": int(v) for (layer, head), v in zip(nz, values, strict=True)}
-
-
-def rouge1_recall(prediction: str, reference: str, lang: str = "en") -> float:
-    """ROUGE-1 recall of ``reference`` words found in ``prediction`` (:func:`retrieval_heads.niah.rouge1_recall`)."""
-    try:
-        from ..niah import rouge1_recall as niah_rouge
-    except ImportError:  # the NIAH package is the source of truth; this fallback only keeps detect importable
-        niah_rouge = None
-    if niah_rouge is not None:
-        return float(niah_rouge(prediction, reference, lang))
-    pattern = r"\w" if lang in ("zh", "ja") else r"\w+"
-    pred, ref = re.findall(pattern, prediction.lower()), re.findall(pattern, reference.lower())
-    if not ref:
-        return 0.0
-    pool: dict[str, int] = {}
-    for w in pred:
-        pool[w] = pool.get(w, 0) + 1
-    hit = 0
-    for w in ref:
-        if pool.get(w, 0) > 0:
-            pool[w] -= 1
-            hit += 1
-    return hit / len(ref)
 
 
 def _score_batch(
@@ -221,7 +216,8 @@ def _score_batch(
                  "events": _events_dict(out_t.counts[b])}
             )
     return [
-        {"prompt_id": it.prompt_id, "length": it.length, "depth": it.depth, "needle_id": it.needle_id,
+        {"prompt_id": it.prompt_id, "length": it.length, "n_tokens": len(it.input_ids), "depth": it.depth,
+         "needle_id": it.needle_id,
          "lang": it.lang, "mode": config.mode, "answer": it.answer, "span_len": it.span_len, **rec}
         for it, rec in zip(batch, records, strict=True)
     ]
@@ -232,8 +228,8 @@ def detect(
     model: PreTrainedModel,
     tokenizer: Any,
     prompts: Iterable[Any],
-    config: DetectConfig | None = None,
-    out_dir: str | Path = "detect-out",
+    config: DetectConfig,
+    out_dir: str | Path,
     *,
     shard: tuple[int, int] | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
@@ -253,14 +249,13 @@ def detect(
     Raises :class:`NoRetrievalError` when no prompt passed the filter.
 
     >>> from retrieval_heads import load_model
-    >>> from retrieval_heads.niah import build_grid, load_haystack, load_needles
+    >>> from retrieval_heads.niah import build_grid, load_haystack, load_needles  # doctest: +SKIP
     >>> model, tok, spec = load_model("organism")  # doctest: +SKIP
     >>> prompts = build_grid(tok, load_haystack("en", "en"), load_needles(None, "en"), [1000, 2000], [0.0, 0.5, 1.0])  # doctest: +SKIP
     >>> scores = detect(model, tok, prompts, DetectConfig(mode="teacher"), "runs/organism")  # doctest: +SKIP
     >>> scores.top_k(5)  # doctest: +SKIP
     """
     started = time.time()
-    config = config or DetectConfig()
     console = console or Console(stderr=True)
     items = [prompt_item(p) for p in prompts]
     if not items:
@@ -277,6 +272,7 @@ def detect(
     _check_or_write_run(out, _run_info(model, spec, config, items))
 
     journal = out / (SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl")
+    _repair_journal(journal)
     done = set(_read_samples(out))
     todo = [it for it in items[rank::world] if it.prompt_id not in done]
     todo.sort(key=lambda it: len(it.input_ids))  # batches of similar lengths pad little
