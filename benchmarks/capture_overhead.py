@@ -77,7 +77,7 @@ def main() -> None:
         print(json.dumps(run_variant(args.child[0], int(args.child[1]), args.repeats)))
         return
     lengths = [int(x) for x in args.lengths.split(",")]
-    print(f"| tokens | SDPA s | capture s | eager s | capture/SDPA | eager/SDPA | SDPA MiB | capture MiB | eager MiB |")
+    print("| tokens | SDPA s | capture s | eager s | capture/SDPA | eager/SDPA | SDPA MiB | capture MiB | eager MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for length in lengths:
         res = {}

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MODES = ("greedy", "teacher")
+KINDS = ("retrieval", "transition")
+ALIGNMENTS = ("lexicon", "span")
 
 
 @dataclass
@@ -26,6 +28,24 @@ class DetectConfig:
     form the run's fingerprint: resuming with different values raises.
     """
 
+    kind: str = field(
+        default="retrieval",
+        metadata={
+            "help": "retrieval: copy events (Wu et al.); transition: the needle in one language, the answer in "
+            "another (retrieval-transition heads, docs/multilingual.md)."
+        },
+    )
+    alignment: str = field(
+        default="lexicon",
+        metadata={
+            "help": "Transition only. lexicon: the emitted token must render the attended source word (parallel "
+            "lexicon); span: pivot-free, any target-answer token while attending the source answer."
+        },
+    )
+    lexicon: str | None = field(
+        default=None,
+        metadata={"help": "Transition only: a multilingual lexicon JSONL (default: the built-in CLDR lexicon)."},
+    )
     mode: str = field(
         default="greedy",
         metadata={"help": "greedy: score the model's own greedy answer; teacher: one forward over prompt + answer."},
@@ -56,6 +76,10 @@ class DetectConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA."})
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be 'greedy' or 'teacher', got {self.mode!r}")
         if self.max_new_tokens < 1:
@@ -69,7 +93,8 @@ class DetectConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change results (batch size, progress and output options do not)."""
-        keys = ("mode", "rouge_threshold", "dedup", "seed")
+        keys = ("kind", "mode", "rouge_threshold", "dedup", "seed")
+        keys += ("alignment", "lexicon") if self.kind == "transition" else ()
         greedy_keys = ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
         data = asdict(self)
         return {k: data[k] for k in keys + greedy_keys}

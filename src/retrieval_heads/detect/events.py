@@ -28,7 +28,14 @@ tensor([[[1, 1]]])
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+# (top1 (B,S,L,H), emitted tokens (B,S), key tokens (B,T), span_start (B,), span_end (B,), valid (B,S)) -> (B,L,H)
+EventScorer = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
 
 
 def copy_event_mask(

@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 
 from ..capture import capture_attention
 from ..model_spec import ModelSpec, eos_token_ids
-from .events import copy_events
+from .events import EventScorer, copy_events
 from .inputs import left_pad
 
 
@@ -101,12 +101,15 @@ def greedy_batch(
     dedup: bool = False,
     pad_id: int = 0,
     spec: ModelSpec | None = None,
+    scorer: EventScorer | None = None,
 ) -> GreedyOutput:
     """Decode ``seqs`` greedily as one left-padded batch and count copy events per prompt and head.
 
     ``spans`` are the half-open answer spans, as positions in each unpadded
     sequence. Results do not depend on the batch composition (each row is
     masked from the others; finished rows keep decoding but are not scored).
+    ``scorer`` replaces the copy-event rule (e.g. the retrieval-transition
+    rule); it gets ``(top1, tokens, key_tokens, span_start, span_end, valid)``.
     """
     device = next(model.parameters()).device
     ids, mask, positions = (t.to(device) for t in left_pad(seqs, pad_id))
@@ -150,7 +153,10 @@ def greedy_batch(
     top1 = captured.indices[..., 0, 0].permute(2, 0, 1, 3).to(device)  # (B, S, L, H)
     tokens = torch.stack(emitted, dim=1)  # (B, S)
     valid = torch.arange(tokens.shape[1], device=device)[None, :] < n_scored[:, None]
-    counts = copy_events(top1, tokens, ids, span_start, span_end, valid=valid, dedup=dedup)
+    if scorer is None:
+        counts = copy_events(top1, tokens, ids, span_start, span_end, valid=valid, dedup=dedup)
+    else:
+        counts = scorer(top1, tokens, ids, span_start, span_end, valid)
     names = ("max_new_tokens", "eos", "newline")
     return GreedyOutput(
         counts=counts.cpu(),

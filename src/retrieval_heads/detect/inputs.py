@@ -36,6 +36,11 @@ class PromptItem:
     needle_id: str
     length: int  # the grid's (requested) context length
     depth: float
+    # transition kind only: the answer expected in the target language and how the source span is tokenized
+    target_answer: str | None = None
+    target_lang: str | None = None
+    target_continuation: str | None = None  # the text the model should write (e.g. " " + target_answer)
+    answer_token_char_offsets: tuple[tuple[int, int], ...] = ()
 
     @property
     def answer_ids(self) -> tuple[int, ...]:
@@ -52,8 +57,12 @@ def _as_list(ids: Any) -> list[int]:
     return [int(x) for x in ids]
 
 
-def prompt_item(prompt: Any) -> PromptItem:
-    """Validate a NiahPrompt-like object and reduce it to a :class:`PromptItem`."""
+def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
+    """Validate a NiahPrompt-like object and reduce it to a :class:`PromptItem`.
+
+    ``kind="transition"`` requires a cross-lingual needle (``target_answer`` in
+    another language) and keeps what the transition score needs.
+    """
     meta = getattr(prompt, "meta", None) or {}
     pid = meta.get("prompt_id") if isinstance(meta, dict) else None
     if not pid:
@@ -70,12 +79,31 @@ def prompt_item(prompt: Any) -> PromptItem:
         )
     needle = prompt.needle
     target_lang = getattr(needle, "target_lang", None)
-    if target_lang is not None and target_lang != getattr(needle, "lang", target_lang):
+    cross = target_lang is not None and target_lang != getattr(needle, "lang", target_lang)
+    if kind == "transition":
+        if not cross or not getattr(needle, "target_answer", None):
+            raise PromptError(
+                f"prompt {pid}: the transition score needs a cross-lingual needle (answer expected in another "
+                f"language), got needle {getattr(needle, 'id', '')!r}; see niah.cross_lingual_needles"
+            )
+        offsets = meta.get("answer_token_char_offsets") if isinstance(meta, dict) else None
+        if not offsets or len(offsets) != end - start:
+            raise PromptError(f"prompt {pid}: meta['answer_token_char_offsets'] must give one range per answer token")
+        continuation = meta.get("expected_continuation") or " " + str(needle.target_answer)
+        extra = {
+            "target_answer": str(needle.target_answer),
+            "target_lang": str(target_lang),
+            "target_continuation": str(continuation),
+            "answer_token_char_offsets": tuple((int(a), int(b)) for a, b in offsets),
+        }
+    elif cross:
         raise PromptError(
             f"prompt {pid}: needle {getattr(needle, 'id', '')!r} is cross-lingual ({needle.lang} -> {target_lang}); "
             "the retrieval score counts copies, so use same-language needles here and "
             "retrieval_heads.multilingual for retrieval-transition heads"
         )
+    else:
+        extra = {}
     length = meta.get("requested_context_length") if isinstance(meta, dict) else None
     return PromptItem(
         prompt_id=str(pid),
@@ -86,6 +114,7 @@ def prompt_item(prompt: Any) -> PromptItem:
         needle_id=str(getattr(needle, "id", "")),
         length=int(length if length is not None else getattr(prompt, "context_length", len(ids))),
         depth=float(getattr(prompt, "depth", 0.0)),
+        **extra,
     )
 
 

@@ -191,36 +191,62 @@ def _score_batch(
 ) -> list[dict[str, Any]]:
     seqs = [it.input_ids for it in batch]
     spans = [it.span for it in batch]
+    transition = config.kind == "transition"
+    scorer = None
+    if transition:
+        from ..multilingual.transition import make_transition_scorer
+
+        scorer = make_transition_scorer(batch, tokenizer, config.alignment, config.lexicon)
+    # what the model must write, and in which language: the needle's answer, or its translation
+    references = [(it.target_answer, it.target_lang) if transition else (it.answer, it.lang) for it in batch]
     records = []
     if config.mode == "greedy":
         assert stops is not None
-        out = greedy_batch(model, seqs, spans, config.max_new_tokens, stops, dedup=config.dedup, pad_id=pad_id, spec=spec)
-        for b, it in enumerate(batch):
+        out = greedy_batch(
+            model, seqs, spans, config.max_new_tokens, stops, dedup=config.dedup, pad_id=pad_id, spec=spec,
+            scorer=scorer,
+        )
+        for b, (reference, ref_lang) in enumerate(references):
             n = int(out.n_scored[b])
             response = response_text(tokenizer, out.tokens[b].tolist(), n, out.stop_reason[b])
-            rouge = rouge1_recall(response, it.answer, it.lang)
+            rouge = rouge1_recall(response, reference, ref_lang)
+            denominator = len(_continuation_ids(tokenizer, batch[b])) if transition else batch[b].span_len
             records.append(
                 {"response": response, "rouge": round(rouge, 6), "counted": rouge > config.rouge_threshold,
-                 "n_scored": n, "stop": out.stop_reason[b], "events": _events_dict(out.counts[b])}
+                 "n_scored": n, "stop": out.stop_reason[b], "denominator": denominator,
+                 "events": _events_dict(out.counts[b])}
             )
     else:
-        out_t = teacher_batch(model, seqs, spans, dedup=config.dedup, pad_id=pad_id, spec=spec)
+        continuations = [_continuation_ids(tokenizer, it) for it in batch] if transition else None
+        out_t = teacher_batch(
+            model, seqs, spans, dedup=config.dedup, pad_id=pad_id, spec=spec, continuations=continuations,
+            scorer=scorer,
+        )
         accuracy = out_t.token_accuracy()
-        for b, it in enumerate(batch):
+        for b, (reference, ref_lang) in enumerate(references):
             n = int(out_t.n_answer[b])
             response = tokenizer.decode(out_t.predictions[b, :n].tolist(), skip_special_tokens=True).strip()
             acc = float(accuracy[b])
             records.append(
-                {"response": response, "rouge": round(rouge1_recall(response, it.answer, it.lang), 6),
+                {"response": response, "rouge": round(rouge1_recall(response, reference, ref_lang), 6),
                  "token_accuracy": round(acc, 6), "counted": acc > config.rouge_threshold, "n_scored": n,
-                 "events": _events_dict(out_t.counts[b])}
+                 "denominator": n, "events": _events_dict(out_t.counts[b])}
             )
     return [
         {"prompt_id": it.prompt_id, "length": it.length, "n_tokens": len(it.input_ids), "depth": it.depth,
-         "needle_id": it.needle_id,
-         "lang": it.lang, "mode": config.mode, "answer": it.answer, "span_len": it.span_len, **rec}
+         "needle_id": it.needle_id, "kind": config.kind,
+         "lang": it.lang, "mode": config.mode, "answer": it.answer, "span_len": it.span_len,
+         **({"target_answer": it.target_answer, "target_lang": it.target_lang} if transition else {}), **rec}
         for it, rec in zip(batch, records, strict=True)
     ]
+
+
+def _continuation_ids(tokenizer: Any, item: PromptItem) -> list[int]:
+    """Tokens of the target-language answer as the model writes it after the prompt."""
+    ids = tokenizer(item.target_continuation, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise PromptError(f"prompt {item.prompt_id}: the target answer {item.target_answer!r} has no tokens")
+    return list(ids)
 
 
 # ---- the run ------------------------------------------------------------------------------------------
@@ -257,7 +283,7 @@ def detect(
     """
     started = time.time()
     console = console or Console(stderr=True)
-    items = [prompt_item(p) for p in prompts]
+    items = [prompt_item(p, config.kind) for p in prompts]
     if not items:
         raise PromptError("no prompts to score")
     seen: set[str] = set()
@@ -365,8 +391,12 @@ def merge_shards(
     if not counted:
         _fail_loudly(console, ordered, run)
     cfg = run["config"]
+    kind = cfg.get("kind", "retrieval")
     meta = run_metadata(
-        method="retrieval-score",
+        method=f"{kind}-score",
+        kind=kind,
+        alignment=cfg.get("alignment") if kind == "transition" else None,
+        languages=sorted({(r["lang"], r.get("target_lang") or r["lang"]) for r in ordered}),
         model=run["model"]["model"],
         model_identity=run["model"],
         spec=run["spec"],
@@ -391,7 +421,7 @@ def merge_shards(
     if heatmap:
         from .plots import plot_heatmap
 
-        plot_heatmap(result, out / HEATMAP_FILE, title=f"{run['model']['model']} — retrieval score ({cfg['mode']})")
+        plot_heatmap(result, out / HEATMAP_FILE, title=f"{run['model']['model']} — {kind} score ({cfg['mode']})")
     if show:
         console.print(top_heads_table(result, with_events, len(counted), show))
     return result
@@ -415,14 +445,16 @@ def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_head
         counted += 1
         for key, n in rec["events"].items():
             head = Head.parse(key)
-            total[head.layer, head.head] += n / rec["span_len"]
+            # the score's denominator: the answer span (retrieval) or the target answer (transition)
+            total[head.layer, head.head] += n / rec.get("denominator", rec["span_len"])
             with_events[head.layer, head.head] += 1
     return (total / max(counted, 1)).float(), with_events
 
 
 def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: int, k: int = 20) -> Table:
     """A rich table of the ``k`` best heads: score and the share of counted prompts where the head copied."""
-    table = Table(title=f"Top {k} retrieval heads ({n_counted} counted prompts)")
+    kind = "retrieval-transition" if scores.meta.get("kind") == "transition" else "retrieval"
+    table = Table(title=f"Top {k} {kind} heads ({n_counted} counted prompts)")
     table.add_column("rank", justify="right")
     table.add_column("head (L.H)", justify="left")
     table.add_column("score", justify="right")

@@ -42,7 +42,7 @@ from transformers import PreTrainedModel
 
 from ..capture import capture_attention
 from ..model_spec import ModelSpec
-from .events import copy_events
+from .events import EventScorer, copy_events
 from .inputs import left_pad
 
 
@@ -68,14 +68,21 @@ def teacher_batch(
     dedup: bool = False,
     pad_id: int = 0,
     spec: ModelSpec | None = None,
+    continuations: Sequence[Sequence[int]] | None = None,
+    scorer: EventScorer | None = None,
 ) -> TeacherOutput:
     """Teacher-force each prompt's answer span tokens after the prompt and count copy events.
 
     ``spans`` are half-open answer spans in each (unpadded) prompt; the
-    continuation is ``seq[start:end]``.
+    continuation is ``seq[start:end]`` unless ``continuations`` gives other
+    tokens (the target-language answer of a transition run). ``scorer``
+    replaces the copy-event rule (see :func:`greedy_batch`).
     """
     device = next(model.parameters()).device
-    answers = [list(seq[s:e]) for seq, (s, e) in zip(seqs, spans, strict=True)]
+    if continuations is None:
+        answers = [list(seq[s:e]) for seq, (s, e) in zip(seqs, spans, strict=True)]
+    else:
+        answers = [list(c) for c in continuations]
     full = [list(seq) + ans for seq, ans in zip(seqs, answers, strict=True)]
     ids, mask, positions = (t.to(device) for t in left_pad(full, pad_id))
     bsz, width = ids.shape
@@ -103,5 +110,8 @@ def teacher_batch(
     top1 = rec.stacked().indices[0, ..., 0].permute(1, 3, 0, 2).to(device)  # (L, B, H, R) -> (B, R, L, H)
     span_start = torch.tensor([s for s, _ in spans], device=device) + pad
     span_end = torch.tensor([e for _, e in spans], device=device) + pad
-    counts = copy_events(top1, targets, ids, span_start, span_end, valid=correct, dedup=dedup)
+    if scorer is None:
+        counts = copy_events(top1, targets, ids, span_start, span_end, valid=correct, dedup=dedup)
+    else:
+        counts = scorer(top1, targets, ids, span_start, span_end, correct)
     return TeacherOutput(counts=counts.cpu(), predictions=predictions.cpu(), correct=correct.cpu(), n_answer=n_answer.cpu())

@@ -157,3 +157,58 @@ def aligned_table(
                     if tok in ids:
                         table[s, w] = True
     return table
+
+
+# ---- the scorer plugged into detection ----------------------------------------------------------
+def lexicon_pairs(source_lang: str, target_lang: str, path: str | None = None) -> list[tuple[str, str]]:
+    """(source form, target form) pairs of a parallel lexicon: the built-in CLDR one or a JSONL file."""
+    from ..organism.lexicon import Lexicon, load_lexicon
+
+    if path:
+        lex = Lexicon.from_jsonl(path, langs=(source_lang, target_lang))
+    else:
+        try:
+            lex = load_lexicon((source_lang, target_lang))
+        except (KeyError, ValueError):  # a language CLDR does not know: the needle's own pair remains
+            return []
+    return [(e.forms[source_lang], e.forms[target_lang]) for e in lex]
+
+
+def phrase_token_ids(tokenizer, phrase: str) -> set[int]:  # noqa: ANN001 - any HF tokenizer
+    """Token ids of ``phrase`` as written after a space and on its own (both occur in answers)."""
+    ids: set[int] = set()
+    for text in (" " + phrase, phrase):
+        ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def make_transition_scorer(items, tokenizer, alignment: str = "lexicon", lexicon: str | None = None):  # noqa: ANN001
+    """An event scorer for a batch of transition ``PromptItem`` s (see :data:`~retrieval_heads.detect.events.EventScorer`).
+
+    ``alignment="lexicon"`` refines each answer into word pairs found in the
+    lexicon; ``"span"`` (pivot-free) aligns the whole source answer with the
+    whole target answer.
+    """
+    cache: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    per_item = []
+    for it in items:
+        pairs: list[tuple[str, str]] = []
+        if alignment == "lexicon":
+            key = (it.lang, it.target_lang)
+            if key not in cache:
+                cache[key] = lexicon_pairs(it.lang, it.target_lang, lexicon)
+            pairs = cache[key]
+        units = align_answer(it.answer, it.target_answer, pairs)
+        unit_ids = [phrase_token_ids(tokenizer, target) for _, target in units]
+        per_item.append((it.answer_token_char_offsets, units, unit_ids))
+    width = max(it.span_len for it in items)
+
+    def scorer(top1, tokens, key_tokens, span_start, span_end, valid):  # noqa: ANN001 - EventScorer
+        tables = [
+            aligned_table(offsets, units, unit_ids, tokens[b].tolist(), width)
+            for b, (offsets, units, unit_ids) in enumerate(per_item)
+        ]
+        aligned = torch.stack(tables).to(top1.device)
+        return transition_events(top1, tokens, key_tokens, span_start, span_end, aligned, valid)
+
+    return scorer

@@ -333,6 +333,11 @@ def _build(
             "context_char_span": context_char,
             "needle_char_span": needle_char,
             "answer_char_span": answer_char,
+            # each answer-span token's characters, relative to the answer's start (for word alignments)
+            "answer_token_char_offsets": [
+                (max(a, answer_char[0]) - answer_char[0], min(b, answer_char[1]) - answer_char[0])
+                for a, b in offsets[answer_span[0] : answer_span[1]]
+            ],
             "chat_template": chat_template,
             "system_prompt": system_prompt,
             "template": template,
