@@ -11,6 +11,7 @@ from . import __version__
 from .commands.compare import LM_EVAL_CONTEXT, compare_command, lm_eval_command
 from .commands.detect import detect_command
 from .commands.info import info_command
+from .commands.languages import languages_command
 from .commands.niah_eval import niah_eval_command
 from .commands.report import report_command
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.command("info")(info_command)
 app.command("detect")(detect_command)
+app.command("languages")(languages_command)
 app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("niah-eval")(niah_eval_command)

@@ -23,11 +23,17 @@ from rich.text import Text
 def detect_command(
     model: str = typer.Option(..., "--model", help="Hub id, local checkpoint, or a built-in name (organism)."),
     out: Path = typer.Option(..., "--out", help="Output directory (resumed when it holds the same run)."),
+    kind: str = typer.Option("retrieval", "--kind", help="retrieval (copy events) | transition (needle in --source-lang, answer in --target-lang)."),
+    source_lang: str | None = typer.Option(None, "--source-lang", help="Transition: language of the needle (and haystack)."),
+    target_lang: str | None = typer.Option(None, "--target-lang", help="Transition: language the answer is asked in."),
+    alignment: str = typer.Option("lexicon", "--alignment", help="Transition: lexicon (aligned word pairs) | span (pivot-free)."),
+    lexicon: str | None = typer.Option(None, "--lexicon", help="Transition: multilingual lexicon JSONL (default: built-in CLDR)."),
+    per_cell: int = typer.Option(3, "--per-cell", min=1, help="Built-in model: prompts per length x depth cell."),
     mode: str = typer.Option("greedy", "--mode", help="greedy (decode and score) | teacher (one forward over prompt + answer)."),
     lengths: str = typer.Option("1000:8000:8", "--lengths", help="Context lengths: 'start:stop:count' or '1000,2000'."),
     depths: str = typer.Option("10", "--depths", help="Needle depths: a count (evenly spaced, ends included) or '0,0.5,1'."),
     needles: str | None = typer.Option(None, "--needles", help="Needles JSONL file (default: the built-in needles of --lang)."),
-    haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, a directory or file, or dataset:NAME[:CONFIG] (default: --lang)."),
+    haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, a directory or file, dataset:NAME[:CONFIG], or organism (default: organism for the built-in model, else --lang)."),
     lang: str = typer.Option("en", "--lang", help="Language of the haystack and needles."),
     chat_template: bool = typer.Option(False, "--chat-template", help="Wrap prompts in the tokenizer's chat template."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Prompts per forward (results do not depend on it)."),
@@ -44,17 +50,21 @@ def detect_command(
     """Detect retrieval heads: the retrieval score of every head over a needle-in-a-haystack grid."""
     from ..detect import DetectConfig, DetectionError, NoRetrievalError, PromptError, detect
     from ..model_spec import load_model
-    from ..niah import build_grid, load_haystack, load_needles, parse_depths, parse_lengths
+    from ..niah import parse_depths, parse_lengths
+    from ..prompt_sources import PromptRequest, build_prompts
 
     console = Console(stderr=True)
     try:
         config = DetectConfig(
+            kind=kind, alignment=alignment, lexicon=lexicon,
             mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
             batch_size=batch_size, seed=seed, top_k_table=top_k, progress=progress,
         )
-        grid_lengths, grid_depths = parse_lengths(lengths), parse_depths(depths)
-        needle_list = load_needles(needles, lang=lang)
-        hay = load_haystack(haystack or lang, lang=lang)
+        request = PromptRequest(
+            lengths=parse_lengths(lengths), depths=parse_depths(depths), kind=kind, lang=lang,
+            source_lang=source_lang, target_lang=target_lang, needles=needles, haystack=haystack,
+            chat_template=chat_template, per_cell=per_cell, seed=seed,
+        )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
 
@@ -64,11 +74,10 @@ def detect_command(
         if torch.cuda.is_available():
             device = f"cuda:{os.environ['LOCAL_RANK']}"
     loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
-    console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; "
-                  f"{len(needle_list)} needles x {len(grid_lengths)} lengths x {len(grid_depths)} depths")
     try:
-        prompts = build_grid(tokenizer, hay, needle_list, grid_lengths, grid_depths,
-                             chat_template=chat_template, max_model_length=spec.max_positions)
+        prompts = build_prompts(model, tokenizer, spec.max_positions, request)
+        console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {kind} score on "
+                      f"{len(prompts)} prompts ({len(request.lengths)} lengths x {len(request.depths)} depths)")
         scores = detect(loaded, tokenizer, prompts, config, out, console=console)
     except NoRetrievalError:
         console.print("[bold red]detect failed: no prompt passed the retrieval filter (see above)[/]")
