@@ -32,7 +32,7 @@ def niah_eval_command(
     means: str | None = typer.Option(None, "--means", help="Per-head mean outputs (.pt/.safetensors) for --mode mean."),
     lengths: str = typer.Option("256,512,1024", "--lengths", help="Context lengths: 'start:stop:count' or '256,512'."),
     depths: str = typer.Option("5", "--depths", help="Needle depths: a count (ends included) or '0,0.5,1'."),
-    haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, folder, file or dataset:NAME (default: --needle-lang)."),
+    haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, folder, file, dataset:NAME or organism (default: organism for the built-in model, else --needle-lang)."),
     needles: str | None = typer.Option(None, "--needles", help="Needles JSONL (default: the built-in needles of --needle-lang)."),
     needle_lang: str = typer.Option("en", "--needle-lang", help="Language of the haystack and needles."),
     target_lang: str | None = typer.Option(None, "--target-lang", help="Cross-lingual: ask and expect the answer in this language."),
@@ -51,7 +51,7 @@ def niah_eval_command(
     try:
         config = NiahEvalConfig(
             model=model, out=str(out), heads=_pairs(heads, "--heads"), top_k=top_k, mode=mode, means=means,
-            random_seeds=random_seeds, layer_matched=layer_matched, haystack=haystack or needle_lang,
+            random_seeds=random_seeds, layer_matched=layer_matched, haystack=haystack,
             needles=needles, needle_lang=needle_lang, target_lang=target_lang, lengths=lengths, depths=depths,
             chat_template=chat_template, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
             overwrite=overwrite,

@@ -55,7 +55,10 @@ class NiahEvalConfig:
 
     Heads: ``heads`` (name -> head-score file), ``top_k``, ``mode`` (``means`` for
     ``mean``), ``random_seeds`` and ``layer_matched`` as in the comparison.
-    Prompts: ``haystack`` (a built-in language, folder, file or ``dataset:NAME``),
+    Prompts: ``haystack`` (a built-in language, folder, file, ``dataset:NAME``, or
+    ``organism``; ``None``: the organism's own task prompts for the built-in
+    model, else the built-in haystack of ``needle_lang``; ``per_cell`` organism
+    prompts per length x depth cell),
     ``needles`` (``None``: the built-in needles of ``needle_lang``; or a JSONL
     file), ``target_lang`` (cross-lingual: the needle stays in ``needle_lang``,
     the question and expected answer are in ``target_lang``), ``lengths``
@@ -72,13 +75,14 @@ class NiahEvalConfig:
     means: str | None = None
     random_seeds: int = 0
     layer_matched: bool = False
-    haystack: str = "en"
+    haystack: str | None = None
     needles: str | None = None
     needle_lang: str = "en"
     target_lang: str | None = None
     lengths: str = "256,512,1024"
     depths: str = "5"
     chat_template: bool = False
+    per_cell: int = 2
     max_new_tokens: int = 50
     device: str | None = None
     dtype: str = "auto"
@@ -344,27 +348,27 @@ def write_niah_outputs(
 
 
 def build_prompts(config: NiahEvalConfig, tokenizer: Any, max_model_length: int | None) -> list[Any]:
-    """The grid of :class:`~retrieval_heads.niah.prompts.NiahPrompt` s described by ``config``."""
-    from ..niah.haystack import load_haystack
-    from ..niah.needles import cross_lingual_needles, load_needles
-    from ..niah.prompts import build_grid, parse_depths, parse_lengths
+    """The grid of :class:`~retrieval_heads.niah.prompts.NiahPrompt` s described by ``config``
+    (the organism's own task prompts for the built-in model; see :mod:`retrieval_heads.prompt_sources`)."""
+    from ..niah.prompts import parse_depths, parse_lengths
+    from ..prompt_sources import PromptRequest
+    from ..prompt_sources import build_prompts as build_source_prompts
 
-    if config.target_lang:
-        if config.needles:
-            raise ValueError("target_lang uses the built-in parallel needles; do not also give needles")
-        needles = cross_lingual_needles(config.needle_lang, config.target_lang)
-    else:
-        needles = load_needles(config.needles, lang=config.needle_lang)
-    haystack = load_haystack(config.haystack, lang=config.needle_lang)
-    return build_grid(
-        tokenizer,
-        haystack,
-        needles,
-        parse_lengths(config.lengths),
-        parse_depths(config.depths),
+    if config.target_lang and config.needles:
+        raise ValueError("target_lang uses the built-in parallel needles; do not also give needles")
+    request = PromptRequest(
+        lengths=parse_lengths(config.lengths),
+        depths=parse_depths(config.depths),
+        kind="transition" if config.target_lang else "retrieval",
+        lang=config.needle_lang,
+        source_lang=config.needle_lang if config.target_lang else None,
+        target_lang=config.target_lang,
+        needles=config.needles,
+        haystack=config.haystack,
         chat_template=config.chat_template,
-        max_model_length=max_model_length,
+        per_cell=config.per_cell,
     )
+    return build_source_prompts(config.model, tokenizer, max_model_length, request)
 
 
 def run_niah_eval(config: NiahEvalConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> NiahResult:
