@@ -31,7 +31,6 @@ prompt ids already written (kept pairs in ``OUT``, dropped ones in
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 from collections import Counter
@@ -44,9 +43,10 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from ..artifacts import append_jsonl, atomic_write_json, read_jsonl, run_metadata
-from ..heads import Head, check_heads, heads_to_strings
-from ..masking import masked_heads, save_ablated_model
+from ..heads import Head, HeadScores, check_heads, heads_to_strings
+from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
+from ..selection import concentration, random_heads, select_heads
 
 DROP_REASONS = ("empty_chosen", "empty_rejected", "empty_both", "identical", "prompt_too_long")
 ENGINES = ("transformers", "vllm")
@@ -278,6 +278,33 @@ def prepare_prompts(records: Sequence[dict[str, Any]], tokenizer, config: PairCo
     return items
 
 
+def choose_heads(
+    scores: HeadScores,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    random_control_seed: int | None = None,
+) -> tuple[list[Head], dict[str, Any]]:
+    """The heads to mask, and a description of the choice for metadata.
+
+    Top-K or score > threshold; with ``random_control_seed`` the same number
+    of *random* heads drawn outside that selection instead (the control).
+
+    >>> import torch
+    >>> s = HeadScores(torch.tensor([[0.9, 0.0], [0.5, 0.1]]))
+    >>> choose_heads(s, top_k=1)[0]
+    [Head(layer=0, head=0)]
+    >>> choose_heads(s, top_k=1, random_control_seed=0)[0] != [Head(0, 0)]
+    True
+    """
+    selected = select_heads(scores, top=top_k, threshold=threshold)
+    info: dict[str, Any] = {"top_k": top_k, "threshold": threshold, "selected": heads_to_strings(selected),
+                            "concentration": concentration(scores)}
+    if random_control_seed is None:
+        return selected, {**info, "kind": "retrieval"}
+    control = random_heads(scores.n_layers, scores.n_heads, len(selected), seed=random_control_seed, exclude=selected)
+    return control, {**info, "kind": "random_control", "random_seed": random_control_seed}
+
+
 def prompt_seed(base_seed: int, prompt_id: str, stream: str = "") -> int:
     """A 63-bit seed for one prompt, derived from the base seed and the prompt id (stable across runs).
 
@@ -367,13 +394,27 @@ def _sample_batch(
         )
     new = out[:, width:].cpu()
     responses = []
-    for row in new.tolist():
+    for prompt_ids, row in zip(enc, new.tolist(), strict=True):
         ended = next((j for j, t in enumerate(row) if t in eos), None)
         tokens = row[:ended] if ended is not None else row
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        text = _decode_continuation(tokenizer, prompt_ids, tokens)
         text, hit_stop = _cut_at_stop(text, config.stop, config.include_stop)
         responses.append(Response(text, len(tokens), ended is not None or hit_stop))
     return responses
+
+
+def _decode_continuation(tokenizer, prompt_ids: list[int], tokens: list[int]) -> str:  # noqa: ANN001
+    """The text the new tokens add to the prompt, leading space included.
+
+    Decoding the new tokens alone drops the leading space of SentencePiece-style
+    tokens (``"▁Paris"`` -> ``"Paris"``), and TRL joins prompt and response as
+    strings, so the response is read off the decoded prompt + response instead.
+    """
+    prompt = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    full = tokenizer.decode(prompt_ids + tokens, skip_special_tokens=True)
+    if full.startswith(prompt):
+        return full[len(prompt):]
+    return tokenizer.decode(tokens, skip_special_tokens=True)  # pragma: no cover - exotic decoders
 
 
 def _encode(tokenizer, item: PromptItem) -> list[int]:  # noqa: ANN001
@@ -438,6 +479,9 @@ def _summarise(out_path: Path, items: Sequence[PromptItem], heads: list[Head], c
 
 
 def _record(item: PromptItem, chosen: Response, rejected: Response, seeds: tuple[int, int]) -> tuple[dict, str | None]:
+    if item.is_chat:  # the chat template renders its own separators around the reply
+        chosen = Response(chosen.text.strip(), chosen.n_tokens, chosen.stopped)
+        rejected = Response(rejected.text.strip(), rejected.n_tokens, rejected.stopped)
     reason = _drop_reason(chosen.text, rejected.text)
     meta = {
         "seed_chosen": seeds[0], "seed_rejected": seeds[1],
@@ -500,7 +544,9 @@ def generate_pairs(
         pending = keep
     if pending:
         if config.engine == "vllm":
-            _run_vllm(model, tokenizer, heads, pending, config, out_path, progress)
+            from .vllm_engine import run_vllm
+
+            run_vllm(model, tokenizer, heads, pending, config, out_path)
         else:
             _run_transformers(model, tokenizer, heads, pending, config, out_path, progress)
     stats = _summarise(out_path, items, heads, config, n_resumed, len(pending), meta)
@@ -509,7 +555,14 @@ def generate_pairs(
 
 
 def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), disable=not enabled)
@@ -531,58 +584,3 @@ def _run_transformers(model, tokenizer, heads, pending, config, out_path, progre
                 row, reason = _record(it, c, r, s)
                 append_jsonl(dropped_path(out_path) if reason else out_path, row)
             bar.advance(task, len(batch))
-
-
-# ---- optional vLLM engine ----------------------------------------------------------------------------
-
-
-def _vllm_generate(model_dir: str, items: Sequence[PromptItem], seeds: Sequence[int], config: PairConfig,
-                   tokenizer) -> list[Response]:  # noqa: ANN001
-    from vllm import LLM, SamplingParams  # optional dependency
-
-    llm = LLM(model=model_dir, tokenizer=model_dir, **config.vllm_kwargs)
-    params = [
-        SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens,
-                       seed=int(s % (1 << 31)), stop=list(config.stop) or None,
-                       include_stop_str_in_output=config.include_stop)
-        for s in seeds
-    ]
-    prompts = [{"prompt_token_ids": _encode(tokenizer, it)} for it in items]
-    outputs = llm.generate(prompts, params)
-    responses = [
-        Response(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop")
-        for o in outputs
-    ]
-    del llm  # free the GPU before the next engine starts
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return responses
-
-
-def _run_vllm(model, tokenizer, heads, pending, config, out_path, progress) -> None:  # noqa: ANN001
-    """Two passes: the original checkpoint (chosen, journaled), then the baked ablated one (rejected)."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
-        raise ImportError("engine='vllm' needs vLLM: pip install 'retrieval-heads[vllm]'") from err
-    original = getattr(model.config, "_name_or_path", "")
-    if not original or not Path(original).is_dir():
-        raise ValueError("engine='vllm' needs a model loaded from a local directory (save it first)")
-    chosen_journal = out_path.with_name(out_path.stem + ".vllm_chosen.jsonl")
-    have = {r["id"]: r for r in read_jsonl(chosen_journal)}
-    todo = [it for it in pending if it.id not in have]
-    if todo:
-        seeds = [_seeds(it, config)[0] for it in todo]
-        for it, resp, s in zip(todo, _vllm_generate(original, todo, seeds, config, tokenizer), seeds, strict=True):
-            have[it.id] = {"id": it.id, "seed": s, **asdict(resp)}
-            append_jsonl(chosen_journal, have[it.id])
-    ablated = Path(config.ablated_dir or out_path.with_name(out_path.stem + ".ablated"))
-    if not (ablated / "config.json").exists():
-        save_ablated_model(model, heads, ablated, tokenizer)
-    seeds = [_seeds(it, config)[1] for it in pending]
-    rejected = _vllm_generate(str(ablated), pending, seeds, config, tokenizer)
-    for it, r, s in zip(pending, rejected, seeds, strict=True):
-        c = have[it.id]
-        row, reason = _record(it, Response(c["text"], c["n_tokens"], c["stopped"]), r, (c["seed"], s))
-        append_jsonl(dropped_path(out_path) if reason else out_path, row)

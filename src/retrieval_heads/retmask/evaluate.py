@@ -1,0 +1,214 @@
+"""RetMask before/after: exact-match accuracy of the base and tuned models on the built-in model's tasks.
+
+The suites are the long-context tasks where the base model is not perfect —
+multi-key retrieval with distractor needles and monolingual retrieval at the
+longest lengths — plus cross-lingual and multi-hop retrieval, and parametric
+recall (no needle in context) as the general-ability check that must not
+regress. Every model is scored on the *same* held-out examples (their seed is
+not the one the training prompts were drawn with). Gains are reported next to
+the concentration statistics of the head scores, which the paper links to
+how much RetMask helps.
+
+Accuracies carry a binomial 95 % half-width (``1.96 * sqrt(p (1 - p) / n)``):
+with a few hundred examples, differences of a few points are within noise.
+
+>>> report = evaluate_models({"base": "organism", "retmask": "runs/retmask"},  # doctest: +SKIP
+...                          RetMaskEvalConfig(n_per_task=200), scores=HeadScores.load("head_scores.json"))
+>>> print(format_table(report))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from ..artifacts import atomic_write_json, run_metadata
+from ..heads import HeadScores
+from ..model_spec import resolve_model_path
+from ..selection import concentration
+
+REPORT_FILE = "retmask_eval.json"
+
+
+@dataclass(frozen=True)
+class EvalSuite:
+    """One row of the report: an organism task at some lengths (``None``: the task's own defaults)."""
+
+    name: str
+    task: str
+    lengths: tuple[int, ...] | None = None
+    langs: tuple[str, ...] | None = None
+
+
+@dataclass
+class RetMaskEvalConfig:
+    """What to evaluate: ``suites`` by name, examples per suite, the held-out seed, the longest lengths.
+
+    ``long_lengths`` are the context lengths of the ``*_long`` suites (the
+    longest the built-in model was trained on). ``seed`` must differ from the
+    seed the training prompts were drawn with.
+
+    >>> [s.name for s in RetMaskEvalConfig().build_suites()]
+    ['multikey_long', 'mono_long', 'cross', 'multihop', 'parametric']
+    """
+
+    suites: tuple[str, ...] = field(
+        default=("multikey_long", "mono_long", "cross", "multihop", "parametric"),
+        metadata={"help": "Suites to run: multikey_long, mono_long, multikey, mono, cross, multihop, parametric."},
+    )
+    n_per_task: int = field(default=200, metadata={"help": "Held-out examples per suite."})
+    seed: int = field(default=20_260_707, metadata={"help": "Seed of the held-out examples (not the training seed)."})
+    long_lengths: tuple[int, ...] = field(default=(1024,), metadata={"help": "Context lengths of the *_long suites."})
+    batch_size: int = field(default=8, metadata={"help": "Batch size of exact_match_accuracy."})
+
+    def __post_init__(self) -> None:
+        if self.n_per_task < 1:
+            raise ValueError("n_per_task must be >= 1")
+        self.suites = tuple(self.suites)
+        self.long_lengths = tuple(int(x) for x in self.long_lengths)
+        unknown = [s for s in self.suites if s not in self._catalogue()]
+        if unknown:
+            raise ValueError(f"unknown suites {unknown}; choose from {sorted(self._catalogue())}")
+
+    def _catalogue(self) -> dict[str, EvalSuite]:
+        return {
+            "multikey_long": EvalSuite("multikey_long", "multikey", self.long_lengths),
+            "mono_long": EvalSuite("mono_long", "mono", self.long_lengths),
+            "multikey": EvalSuite("multikey", "multikey"),
+            "mono": EvalSuite("mono", "mono"),
+            "cross": EvalSuite("cross", "cross"),
+            "multihop": EvalSuite("multihop", "multihop"),
+            "parametric": EvalSuite("parametric", "parametric"),
+        }
+
+    def build_suites(self) -> list[EvalSuite]:
+        catalogue = self._catalogue()
+        return [catalogue[name] for name in self.suites]
+
+
+def organism_tasks() -> ModuleType:
+    """The built-in model's task module (``make_eval_set``, ``exact_match_accuracy``)."""
+    from ..organism import tasks
+
+    return tasks
+
+
+def load_for_eval(path_or_name: str, device: str | None = None):  # noqa: ANN201 - (model, tokenizer)
+    """Load a base checkpoint, a RetMask output (full model or LoRA adapter, merged here) or ``organism``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(resolve_model_path(path_or_name))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if (path / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def ci95(p: float, n: int) -> float:
+    """Binomial 95 % half-width of an accuracy ``p`` over ``n`` examples.
+
+    >>> round(ci95(0.5, 100), 3)
+    0.098
+    """
+    return 1.96 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def make_suite_examples(suite: EvalSuite, config: RetMaskEvalConfig, tasks: ModuleType) -> list[Any]:
+    kwargs: dict[str, Any] = {"n": config.n_per_task, "seed": config.seed}
+    if suite.lengths is not None:
+        kwargs["lengths"] = list(suite.lengths)
+    if suite.langs is not None:
+        kwargs["langs"] = list(suite.langs)
+    return list(tasks.make_eval_set(suite.task, **kwargs))
+
+
+def evaluate_models(
+    models: Mapping[str, Any],
+    config: RetMaskEvalConfig | None = None,
+    scores: HeadScores | None = None,
+    out_dir: str | Path | None = None,
+    tasks: ModuleType | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score every model on every suite; the first model is the base the others are compared with.
+
+    ``models`` maps a name to a path/name (loaded with :func:`load_for_eval`)
+    or to a ``(model, tokenizer)`` pair. ``tasks`` is the task module
+    (default: the built-in model's). Returns the report (also written to
+    ``out_dir/retmask_eval.json``): per model and suite the accuracy, its 95 %
+    half-width and the change from the base; and the concentration of
+    ``scores``.
+
+    >>> evaluate_models({"base": "organism", "retmask": "runs/retmask"})  # doctest: +SKIP
+    """
+    config = config or RetMaskEvalConfig()
+    tasks = tasks or organism_tasks()
+    if not models:
+        raise ValueError("no models to evaluate")
+    suites = config.build_suites()
+    examples = {s.name: make_suite_examples(s, config, tasks) for s in suites}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, spec in models.items():
+        model, tokenizer = load_for_eval(spec) if isinstance(spec, (str, Path)) else spec
+        results[name] = {}
+        for suite in suites:
+            exs = examples[suite.name]
+            acc = float(tasks.exact_match_accuracy(model, tokenizer, exs, batch_size=config.batch_size))
+            results[name][suite.name] = {"accuracy": acc, "ci95": ci95(acc, len(exs)), "n": len(exs)}
+        if isinstance(spec, (str, Path)):
+            del model
+    base = next(iter(results))
+    for per_suite in results.values():
+        for suite_name, row in per_suite.items():
+            row["delta"] = row["accuracy"] - results[base][suite_name]["accuracy"]
+    report = run_metadata(
+        base=base,
+        models={k: (str(v) if isinstance(v, (str, Path)) else "<in memory>") for k, v in models.items()},
+        config=asdict(config),
+        suites=[asdict(s) for s in suites],
+        results=results,
+        concentration=concentration(scores) if scores is not None else None,
+        **dict(extra or {}),
+    )
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / REPORT_FILE, report)
+    return report
+
+
+def format_table(report: Mapping[str, Any], names: Sequence[str] | None = None) -> str:
+    """A plain-text table: one row per suite, one column per model (accuracy ± 95 %, change from the base).
+
+    >>> r = {"base": "b", "results": {"b": {"mono": {"accuracy": 0.5, "ci95": 0.1, "delta": 0.0}},
+    ...                               "t": {"mono": {"accuracy": 0.6, "ci95": 0.1, "delta": 0.1}}}}
+    >>> print(format_table(r))
+    suite   b            t
+    mono    50.0 ± 10.0  60.0 ± 10.0 (+10.0)
+    """
+    results = report["results"]
+    names = list(names or results)
+    suites = list(next(iter(results.values())))
+    rows = [["suite", *names]]
+    for suite in suites:
+        row = [suite]
+        for name in names:
+            r = results[name][suite]
+            cell = f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
+            if name != report["base"]:
+                cell += f" ({100 * r['delta']:+.1f})"
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -1,0 +1,288 @@
+"""RetMask training: standard DPO (TRL's ``DPOTrainer``) on the pairs of :mod:`retrieval_heads.retmask.pairs`.
+
+Defaults follow the paper (``../shared/docs/science.md`` section 3): sigmoid
+loss, beta 0.1, learning rate 5e-7 with a cosine schedule, 2 epochs, full
+fine-tuning. Every field can be overridden; LoRA through PEFT is one flag
+(with LoRA the reference model is the base model with the adapter disabled,
+as TRL does; without it TRL loads a frozen copy of the model).
+
+Multi-GPU is accelerate's business, not a loop of ours::
+
+    accelerate launch --config_file docs/examples/accelerate_zero3.yaml \\
+        -m retrieval_heads.retmask.train --model M --pairs pairs.jsonl --out runs/retmask
+
+    # the same through the CLI
+    accelerate launch $(which retrieval-heads) retmask train --model M --pairs pairs.jsonl --out runs/retmask
+
+``python -m retrieval_heads.retmask.train --help`` lists every field of
+:class:`RetMaskTrainConfig` as a flag.
+
+>>> config = RetMaskTrainConfig(use_lora=True, learning_rate=1e-5)
+>>> result = train_retmask("organism", "pairs.jsonl", "runs/retmask", config)  # doctest: +SKIP
+>>> result.out_dir  # doctest: +SKIP
+PosixPath('runs/retmask')
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..artifacts import atomic_write_json, read_jsonl, run_metadata
+from ..model_spec import resolve_model_path
+
+RUN_FILE = "retmask_run.json"
+MERGED_DIR = "merged"
+
+
+@dataclass
+class RetMaskTrainConfig:
+    """DPO settings for RetMask; turned into TRL's ``DPOConfig`` by :meth:`to_dpo_config`.
+
+    Groups of fields:
+
+    - DPO: ``loss_type`` (paper: ``sigmoid``), ``beta`` (0.1), ``max_length``
+      (prompt + response tokens; ``None`` = no truncation — long-context
+      prompts must stay whole), ``precompute_ref_log_probs``.
+    - Optimiser: ``learning_rate`` (5e-7), ``lr_scheduler_type`` (cosine),
+      ``warmup_ratio`` (0.1; the paper does not state it), ``num_train_epochs``
+      (2), ``per_device_train_batch_size``, ``gradient_accumulation_steps``,
+      ``weight_decay``, ``max_steps`` (overrides epochs when > 0).
+    - LoRA: ``use_lora``, ``lora_r``, ``lora_alpha``, ``lora_dropout``,
+      ``lora_target_modules`` (``all-linear`` or a comma-separated list),
+      ``merge_lora`` (also save the merged full model in ``OUT/merged``).
+    - Run: ``seed``, ``bf16`` (``auto``: on when a CUDA GPU supports it),
+      ``gradient_checkpointing``, ``logging_steps``, ``dpo_overrides`` (any
+      other ``DPOConfig``/``TrainingArguments`` field, e.g. ``{"save_strategy": "epoch"}``).
+
+    >>> RetMaskTrainConfig().to_dpo_config("/tmp/out").beta
+    0.1
+    """
+
+    # DPO
+    loss_type: str = field(default="sigmoid", metadata={"help": "TRL DPO loss type (paper: sigmoid)."})
+    beta: float = field(default=0.1, metadata={"help": "DPO beta: strength of the pull to the reference (paper: 0.1)."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Max prompt+response tokens; None keeps whole long-context prompts."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "Compute reference log-probs once before training (frees the reference)."}
+    )
+    # optimiser
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (paper: cosine)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps for linear warm-up."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the pairs (paper: 2)."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (> 0 overrides epochs)."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimiser step."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    # LoRA
+    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "'all-linear' or comma-separated module names, e.g. q_proj,o_proj."}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "Also save the LoRA-merged full model in OUT/merged."})
+    # run
+    seed: int = field(default=42, metadata={"help": "Seed for data order, LoRA init and dropout."})
+    bf16: str = field(default="auto", metadata={"help": "bf16 mixed precision: auto (on a bf16 GPU), true or false."})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Trade compute for memory on long prompts."})
+    logging_steps: int = field(default=1, metadata={"help": "Log the DPO metrics every N optimiser steps."})
+    # `| str | None`: HfArgumentParser then reads the flag as a string (JSON), parsed in __post_init__
+    dpo_overrides: dict[str, Any] | str | None = field(
+        default_factory=dict, metadata={"help": "Other DPOConfig / TrainingArguments fields, as a dict."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dpo_overrides, str):  # from the command line: a JSON object
+            self.dpo_overrides = json.loads(self.dpo_overrides) if self.dpo_overrides.strip() else {}
+        self.dpo_overrides = dict(self.dpo_overrides or {})
+        if self.beta <= 0:
+            raise ValueError("beta must be > 0")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("give num_train_epochs > 0 or max_steps > 0")
+        if self.bf16 not in ("auto", "true", "false", True, False):
+            raise ValueError("bf16 must be auto, true or false")
+        if self.use_lora and self.lora_r < 1:
+            raise ValueError("lora_r must be >= 1")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError("max_length must be >= 2 or None")
+
+    def use_bf16(self) -> bool:
+        if self.bf16 == "auto":
+            return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return self.bf16 in ("true", True)
+
+    def to_dpo_config(self, output_dir: str | Path):  # noqa: ANN201 - trl.DPOConfig (lazy import)
+        """TRL's ``DPOConfig`` for these settings (``dpo_overrides`` applied last)."""
+        from trl import DPOConfig
+
+        kwargs: dict[str, Any] = dict(
+            output_dir=str(output_dir),
+            loss_type=[self.loss_type],
+            beta=self.beta,
+            max_length=self.max_length,
+            precompute_ref_log_probs=self.precompute_ref_log_probs,
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            bf16=self.use_bf16(),
+            gradient_checkpointing=self.gradient_checkpointing,
+            logging_steps=self.logging_steps,
+            save_strategy="no",  # the final model is saved by train_retmask
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+        )
+        kwargs.update(self.dpo_overrides or {})
+        return DPOConfig(**kwargs)
+
+    def to_lora_config(self):  # noqa: ANN201 - peft.LoraConfig (lazy import)
+        """PEFT's ``LoraConfig`` for these settings."""
+        from peft import LoraConfig
+
+        targets: str | list[str] = self.lora_target_modules
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
+
+
+@dataclass
+class TrainResult:
+    """Where the trained model went and what training logged."""
+
+    out_dir: Path
+    n_pairs: int
+    metrics: dict[str, Any]
+    log_history: list[dict[str, Any]]
+    merged_dir: Path | None = None
+    trainer: Any = field(default=None, repr=False)  # the trl.DPOTrainer, for further use in the same process
+
+
+def load_pairs(pairs: str | Path | Sequence[dict[str, Any]]):  # noqa: ANN201 - datasets.Dataset
+    """A ``datasets.Dataset`` with the ``prompt``/``chosen``/``rejected`` columns of a pairs JSONL (or rows)."""
+    from datasets import Dataset
+
+    rows = list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+    if not rows:
+        raise ValueError(f"no preference pairs in {pairs if isinstance(pairs, (str, Path)) else 'the given rows'}")
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in rows[0]]
+    if missing:
+        raise ValueError(f"pairs lack the columns {missing} (expected TRL's preference format)")
+    kinds = {isinstance(r["prompt"], list) for r in rows}
+    if len(kinds) > 1:
+        raise ValueError("pairs mix chat (list of messages) and plain-text prompts; train on one kind at a time")
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+
+def build_trainer(model: str, pairs, out_dir: str | Path, config: RetMaskTrainConfig, tokenizer=None):  # noqa: ANN001, ANN201
+    """A ready ``trl.DPOTrainer`` (for callers who want to step, evaluate or add callbacks themselves)."""
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    path = resolve_model_path(model)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset = pairs if hasattr(pairs, "column_names") else load_pairs(pairs)
+    # the policy (and, for full fine-tuning, the frozen reference) is loaded by TRL from the path, so that
+    # DeepSpeed/FSDP place and shard it; TRL loads float32 weights unless model_init_kwargs say otherwise
+    return DPOTrainer(
+        model=path, args=config.to_dpo_config(out_dir), train_dataset=dataset, processing_class=tokenizer,
+        peft_config=config.to_lora_config() if config.use_lora else None,
+    )
+
+
+def save_merged(adapter_dir: str | Path, merged_dir: str | Path) -> Path:
+    """Merge a saved LoRA adapter into its base model and save the full model (and tokenizer).
+
+    The adapter is reloaded from disk, so this works the same after a sharded
+    (ZeRO-3/FSDP) run and leaves the trainer's in-memory model untouched.
+    """
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype="auto")
+    model.merge_and_unload(safe_merge=True).save_pretrained(merged_dir)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(merged_dir)
+    return Path(merged_dir)
+
+
+def train_retmask(
+    model: str,
+    pairs: str | Path | Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    config: RetMaskTrainConfig | None = None,
+) -> TrainResult:
+    """Train ``model`` (a path, hub id or ``organism``) with DPO on RetMask ``pairs``; save it to ``out_dir``.
+
+    ``out_dir`` gets the model (the adapter with LoRA; plus ``merged/`` with
+    ``merge_lora``), the tokenizer, and ``retmask_run.json`` with the config,
+    the loss curve and run metadata.
+
+    >>> train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
+    """
+    config = config or RetMaskTrainConfig()
+    out_dir = Path(out_dir)
+    trainer = build_trainer(model, pairs, out_dir, config)
+    output = trainer.train()
+    trainer.save_model(str(out_dir))
+    merged_dir = None
+    if config.use_lora and config.merge_lora:
+        merged_dir = out_dir / MERGED_DIR
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            save_merged(out_dir, merged_dir)
+    result = TrainResult(out_dir, len(trainer.train_dataset), dict(output.metrics), list(trainer.state.log_history),
+                         merged_dir, trainer)
+    if trainer.is_world_process_zero():
+        atomic_write_json(out_dir / RUN_FILE, run_metadata(
+            base_model=model, base_path=resolve_model_path(model),
+            pairs=str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", n_pairs=result.n_pairs,
+            config=asdict(config), metrics=result.metrics, log_history=result.log_history,
+            adapter=config.use_lora, merged_dir=str(merged_dir) if merged_dir else None,
+            world_size=trainer.args.world_size,
+        ))
+    return result
+
+
+@dataclass
+class TrainPaths:
+    """The inputs and output of ``python -m retrieval_heads.retmask.train``."""
+
+    model: str = field(metadata={"help": "Base model: path, hub id or 'organism'."})
+    pairs: str = field(metadata={"help": "Pairs JSONL written by `retmask pairs`."})
+    out: str = field(metadata={"help": "Output directory."})
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    """``python -m retrieval_heads.retmask.train --model M --pairs P --out D [--use_lora] [--learning_rate ...]``."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((TrainPaths, RetMaskTrainConfig))
+    paths, config = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else sys.argv[1:])
+    return train_retmask(paths.model, paths.pairs, paths.out, config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""RetMask DPO on CPU with a tiny model: the loss falls, the reference stays put, a LoRA result reloads exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from retrieval_heads.retmask.train import (
+    RUN_FILE,
+    RetMaskTrainConfig,
+    build_trainer,
+    load_pairs,
+    train_retmask,
+)
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+
+def toy_pairs(n: int = 6) -> list[dict]:
+    """Plain-text pairs: chosen continues with low word ids, rejected with high ones."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n):
+        prompt = " ".join(f"w{j}" for j in torch.randint(0, 80, (5 + i % 3,), generator=g).tolist())
+        chosen = " " + " ".join(f"w{j}" for j in torch.randint(0, 20, (4,), generator=g).tolist())
+        rejected = " " + " ".join(f"w{j}" for j in torch.randint(60, 80, (4,), generator=g).tolist())
+        rows.append({"id": str(i), "prompt": prompt, "chosen": chosen, "rejected": rejected, "meta": {}})
+    return rows
+
+
+def fast_config(**kw) -> RetMaskTrainConfig:
+    base = dict(learning_rate=2e-3, max_steps=12, per_device_train_batch_size=3, gradient_accumulation_steps=1,
+                warmup_ratio=0.0, lr_scheduler_type="constant", gradient_checkpointing=False, logging_steps=1)
+    return RetMaskTrainConfig(**{**base, **kw})
+
+
+def losses(log_history: list[dict]) -> list[float]:
+    return [h["loss"] for h in log_history if "loss" in h]
+
+
+def test_config_defaults_are_the_papers():
+    c = RetMaskTrainConfig()
+    dpo = c.to_dpo_config("/tmp/unused")
+    assert (dpo.loss_type, dpo.beta, dpo.learning_rate, dpo.lr_scheduler_type, dpo.num_train_epochs) == (
+        ["sigmoid"], 0.1, 5e-7, "cosine", 2.0
+    )
+    assert dpo.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert c.use_lora is False  # full fine-tuning, as in the paper
+    assert RetMaskTrainConfig(dpo_overrides='{"save_strategy": "epoch"}').to_dpo_config("/tmp/x").save_strategy == "epoch"
+    with pytest.raises(ValueError):
+        RetMaskTrainConfig(beta=0)
+    with pytest.raises(ValueError, match="mix chat"):
+        load_pairs([{"prompt": "w1", "chosen": " w2", "rejected": " w3"},
+                    {"prompt": [{"role": "user", "content": "w1"}], "chosen": [], "rejected": []}])
+
+
+def test_dpo_loss_falls_and_reference_is_untouched(tiny_checkpoint, tmp_path):
+    path, _, tokenizer = tiny_checkpoint
+    original = load_file(path / "model.safetensors")
+    trainer = build_trainer(str(path), toy_pairs(), tmp_path / "full", fast_config(), tokenizer=tokenizer)
+    assert trainer.ref_model is not None  # full fine-tuning: a frozen copy
+    trainer.train()
+    curve = losses(trainer.state.log_history)
+    assert curve[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the first step
+    assert sum(curve[-3:]) / 3 < curve[0] - 0.1
+    ref = {k: v for k, v in trainer.ref_model.state_dict().items()}
+    for name, weight in original.items():  # the reference is bit-identical to the checkpoint
+        assert torch.equal(ref[name], weight), name
+    policy = trainer.model.state_dict()
+    assert any(not torch.equal(policy[n], w) for n, w in original.items())  # while the policy moved
+
+
+def test_lora_saves_reloads_and_merges_with_the_same_logits(tiny_checkpoint, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from retrieval_heads.retmask.evaluate import load_for_eval
+
+    path, _, _ = tiny_checkpoint
+    out = tmp_path / "lora"
+    config = fast_config(use_lora=True, lora_r=4, lora_alpha=8, learning_rate=1e-2, max_steps=6, merge_lora=True)
+    original = load_file(path / "model.safetensors")
+    result = train_retmask(str(path), toy_pairs(), out, config)
+    curve = losses(result.log_history)
+    assert curve[-1] < curve[0]
+
+    model = result.trainer.model.eval()
+    base_weights = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                    for k, v in model.state_dict().items() if "lora_" not in k}
+    for name, weight in original.items():  # with LoRA the reference is the adapter-disabled base: untouched
+        assert torch.equal(base_weights[name], weight), name
+
+    ids = torch.randint(4, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base_logits = model(input_ids=ids).logits
+        assert not torch.allclose(before, base_logits)  # the adapter learned something
+
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), out).eval()
+        assert torch.equal(reloaded(input_ids=ids).logits, before)
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+        torch.testing.assert_close(merged(input_ids=ids).logits, before, atol=1e-5, rtol=1e-5)
+        evaluated, _ = load_for_eval(str(out), device="cpu")
+        torch.testing.assert_close(evaluated(input_ids=ids).logits, before, atol=1e-5, rtol=1e-5)
+
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["config"]["use_lora"] is True and run["n_pairs"] == 6 and run["merged_dir"]
+    assert len(losses(run["log_history"])) == len(curve)
+
+
+def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_path):
+    """`torchrun`/`accelerate launch -m retrieval_heads.retmask.train`: DDP on 2 CPU processes (gloo) trains and saves once."""
+    import os
+    import subprocess
+    import sys
+
+    path, _, _ = tiny_checkpoint
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(4)))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "retrieval_heads.retmask.train",
+           "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning_rate", "1e-3",
+           "--max_steps", "2", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+           "--no_gradient_checkpointing", "--use_lora", "--dpo_overrides", '{"ddp_backend": "gloo"}']
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["world_size"] == 2 and (out / "adapter_model.safetensors").exists()
