@@ -9,11 +9,14 @@ import typer
 
 from . import __version__
 from .commands.compare import LM_EVAL_CONTEXT, compare_command, lm_eval_command
+from .commands.demo import demo_command
 from .commands.detect import detect_command
 from .commands.info import info_command
 from .commands.languages import languages_command
 from .commands.niah_eval import niah_eval_command
+from .commands.organism import organism_app
 from .commands.report import report_command
+from .commands.retmask import retmask_app
 
 app = typer.Typer(
     name="retrieval-heads",
@@ -21,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.command("demo")(demo_command)
 app.command("info")(info_command)
 app.command("detect")(detect_command)
 app.command("languages")(languages_command)
@@ -28,6 +32,8 @@ app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("niah-eval")(niah_eval_command)
 app.command("lm-eval", context_settings=LM_EVAL_CONTEXT)(lm_eval_command)
+app.add_typer(retmask_app, name="retmask")
+app.add_typer(organism_app, name="organism")
 
 
 @app.command("version")

@@ -1,0 +1,24 @@
+"""``retrieval-heads demo``: the whole pipeline on the built-in model, offline (``make demo``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def demo_command(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory (re-running resumes)."),
+    model: str = typer.Option("organism", "--model", help="The built-in model, or a checkpoint trained like it."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller grids and fewer items (a ~3-minute smoke run)."),
+    retmask: bool = typer.Option(True, "--retmask/--no-retmask", help="Include the short RetMask run."),
+) -> None:
+    """Detect RH and RTH, compare masked conditions, run a short RetMask, and write report.html."""
+    from ..demo import config_from_overrides, run_demo
+
+    overrides: dict = {"out": str(out), "model": model, "retmask": retmask}
+    if quick:
+        overrides.update(lengths=(256, 512), depths=3, per_cell=1, random_seeds=2, compare_limit=10,
+                         niah_lengths=(256, 512), retmask_prompts=16, retmask_eval=10, langs=("en", "de"))
+    report = run_demo(config_from_overrides(**overrides))
+    typer.echo(str(report))

@@ -1,0 +1,144 @@
+"""The whole story on the built-in model, offline: detect -> multilingual -> masked comparison -> RetMask -> report.
+
+``retrieval-heads demo --out runs/demo`` (``make demo``) runs every step with
+sizes that fit ~15 minutes on 2 CPU cores; every step resumes, so re-running
+after an interruption continues where it stopped. Output layout::
+
+    languages/   rh-{lang}/, rth-en-de/, sharing.json, rh_vs_rth-en-de.json   (detection)
+    niah/        NIAH accuracy per length x depth, unmasked vs masked            (niah-eval)
+    compare/     organism tasks x conditions with bootstrap intervals            (compare)
+    retmask/     preference pairs, DPO (LoRA), before/after evaluation            (retmask)
+    report.html  everything above on one self-contained page
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+ORGANISM_TASKS = ("organism_mono", "organism_cross", "organism_multihop", "organism_parametric", "organism_multikey")
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo's steps (the defaults fit ~15 minutes on 2 CPU cores)."""
+
+    out: str = "runs/demo"
+    model: str = "organism"
+    langs: tuple[str, ...] = ("en", "de", "zh", "sw")
+    transition: tuple[str, str] = ("en", "de")
+    detect_mode: str = "greedy"
+    lengths: tuple[int, ...] = (256, 512, 1024)
+    depths: int = 5
+    per_cell: int = 2
+    top_k: int | None = None  # None: 5 % of all heads
+    random_seeds: int = 5
+    compare_limit: int = 30
+    niah_lengths: tuple[int, ...] = (256, 512, 1024)
+    retmask: bool = True
+    retmask_prompts: int = 64
+    retmask_eval: int = 40
+    seed: int = 0
+    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.steps) - {"languages", "niah", "compare", "retmask", "report"}
+        if unknown:
+            raise ValueError(f"unknown demo steps {sorted(unknown)}")
+        if self.transition[0] == self.transition[1]:
+            raise ValueError("the transition needs two different languages")
+
+
+def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
+    """Run the demo; returns the path of ``report.html``."""
+    from .detect import DetectConfig
+    from .model_spec import load_model
+    from .multilingual.study import language_study
+    from .prompt_sources import PromptRequest
+
+    console = console or Console(stderr=True)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
+    k = config.top_k or max(1, round(0.05 * spec.n_total_heads))
+    src, tgt = config.transition
+    langs = list(dict.fromkeys([src, tgt, *config.langs]))
+    rh_path = out / "languages" / f"rh-{src}" / "head_scores.json"
+    rth_path = out / "languages" / f"rth-{src}-{tgt}" / "head_scores.json"
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> bool:
+        if name in config.steps:
+            console.rule(f"[bold]demo: {name}")
+            timings[name] = time.time()
+            return True
+        return False
+
+    if step("languages"):
+        request = PromptRequest(lengths=list(config.lengths), depths=_depths(config.depths), per_cell=config.per_cell,
+                                seed=config.seed)
+        detect_config = DetectConfig(mode=config.detect_mode, batch_size=4, seed=config.seed, top_k_table=10)
+        language_study(model, tokenizer, config.model, spec.max_positions, langs, out / "languages", detect_config,
+                       request, transitions=[(src, tgt)], top_k=k, console=console)
+    heads = {"rh": str(rh_path), "rth": str(rth_path)}
+    missing = [p for p in heads.values() if not Path(p).exists()]
+
+    if step("niah") and not missing:
+        from .evaluate.niah_eval import NiahEvalConfig, run_niah_eval
+
+        run_niah_eval(
+            NiahEvalConfig(model=config.model, out=str(out / "niah"), heads=heads, top_k=k, random_seeds=2,
+                           lengths=",".join(map(str, config.niah_lengths)), depths=str(config.depths),
+                           needle_lang=src, per_cell=config.per_cell, max_new_tokens=16),
+            model=model, tokenizer=tokenizer,
+        )
+    if step("compare") and not missing:
+        from .evaluate.compare import CompareConfig, run_compare
+
+        run_compare(
+            CompareConfig(model=config.model, tasks=list(ORGANISM_TASKS), out=str(out / "compare"), heads=heads,
+                          top_k=k, random_seeds=config.random_seeds, limit=config.compare_limit),
+            model=model, tokenizer=tokenizer,
+        )
+    if config.retmask and step("retmask") and not missing:
+        from .retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
+
+        run_retmask_pipeline(
+            RetMaskPipelineConfig(model=config.model, heads=str(rh_path), out=str(out / "retmask"), top_k=k,
+                                  n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed),
+            console=console,
+        )
+    if missing:
+        console.print(f"[bold red]detection produced no head scores ({missing}); later steps skipped[/]")
+    report = out / "report.html"
+    if step("report"):
+        from .report import write_report
+
+        runs = [p for p in (out / "languages", out / "niah", out / "compare", out / "retmask") if p.exists()]
+        report = write_report(runs, out / "report.html", top_k=k, title=f"retrieval-heads demo — {config.model}")
+    _summary(console, timings, started, report)
+    return report
+
+
+def _depths(n: int) -> list[float]:
+    return [i / (n - 1) for i in range(n)] if n > 1 else [0.5]
+
+
+def _summary(console: Console, timings: dict[str, float], started: float, report: Path) -> None:
+    names = list(timings)
+    ends = [timings[n] for n in names[1:]] + [time.time()]
+    for name, begin, end in zip(names, [timings[n] for n in names], ends, strict=True):
+        console.print(f"  {name:<10} {end - begin:7.1f} s")
+    console.print(f"demo finished in {time.time() - started:.0f} s")
+    console.print(f"[bold green]report: {report.resolve()}[/]")
+
+
+def config_from_overrides(**overrides: Any) -> DemoConfig:
+    """A :class:`DemoConfig` with the given fields replaced (None values keep the defaults)."""
+    return dataclasses.replace(DemoConfig(), **{k: v for k, v in overrides.items() if v is not None})
