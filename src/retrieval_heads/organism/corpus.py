@@ -262,8 +262,8 @@ class Example:
 
 def make_names(n: int, seed: int) -> list[str]:
     """``n`` distinct synthetic two/three-syllable names, deterministic for ``seed``."""
-    onsets = "b d f g h k l m n p r s t v z".split()
-    vowels = "a e i o u".split()
+    onsets = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
+    vowels = ["a", "e", "i", "o", "u"]
     syll = [o + v for o, v in itertools.product(onsets, vowels)]
     rng = random.Random(seed)
     out: list[str] = []
@@ -477,7 +477,7 @@ class CorpusGenerator:
                 return self.example(task, rng, n_tokens, depth, lang, lang_question, split, n_distractors)
             vals[0] = rng.choice(ok)
         needles, depths = [], [depth]
-        for i, (k, v) in enumerate(zip(keys, vals)):
+        for i, (k, v) in enumerate(zip(keys, vals, strict=True)):
             s, off = fact_sentence(lang, rel, k, v.forms[lang])
             target = v.forms[lang_question] if i == 0 else v.forms[lang]
             needles.append((s, off, v.forms[lang], target))

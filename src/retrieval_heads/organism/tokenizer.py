@@ -93,10 +93,12 @@ def select_lexicon(
     """The organism's working lexicon: multi-token entries, at most ``max_per_category`` per category.
 
     The entries of the parametric fact table (:func:`~.corpus.parametric_facts`)
-    are always kept; the rest fill each category in lexicon order.
+    and the names of the lexicon's own languages are always kept; the rest
+    fill each category in lexicon order.
     """
     multi = lexicon.subset(e for e in lexicon if multi_token(tokenizer, e))
     must = {(e.category, e.key) for pair in parametric_facts(multi, n_facts) for e in pair}
+    must |= {("language", lang) for lang in lexicon.langs}  # names of the lexicon's own languages
     counts: Counter[str] = Counter(cat for cat, _ in must)
     keep = [e for e in multi if (e.category, e.key) in must]
     for e in multi:

@@ -1,0 +1,212 @@
+"""Measure the organism: accuracy per task, retrieval heads, and head-masking effects.
+
+Usage::
+
+    python -m retrieval_heads.organism.measure --out runs/organism-measure.json [--model DIR]
+
+Retrieval score (a minimal, teacher-forced version of the paper's; the
+toolkit's ``detect`` is the full one): for every answer token at position
+p+1 (whitespace-only tokens skipped), take each head's top-1 attended position
+in query row p (eager attention); if it lies in a needle's answer span and the
+token there equals the answer token, the head gets 1/|answer tokens|. Scores
+are averaged over the prompts the model answers correctly. For ``cross``
+prompts the analogous *transition* score counts top-1 positions in the source
+answer span while a *different* (translated) token is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .corpus import TASKS, Example
+from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
+
+
+def _answer_rows(tokenizer: PreTrainedTokenizerBase, ex: Example) -> tuple[list[int], list[int], set[int]]:
+    """(full ids, positions of scored answer tokens, positions of needle answer-span tokens)."""
+    enc = tokenizer(ex.prompt, return_offsets_mapping=True)
+    prompt_ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + target
+    scored = [
+        len(prompt_ids) + j for j, t in enumerate(target) if tokenizer.decode([t]).strip()
+    ]
+    span: set[int] = set()
+    for n in ex.needles:
+        span |= {i for i, (a, b) in enumerate(offsets) if b > a and a < n.answer_end and b > n.answer_start}
+    return ids, scored, span
+
+
+@torch.no_grad()
+def head_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    correct: Sequence[bool] | None = None,
+    kind: str = "retrieval",
+) -> tuple[torch.Tensor, int]:
+    """Teacher-forced ``retrieval`` (copy) or ``transition`` (translate) score per head.
+
+    Returns ``([n_layers, n_heads] mean score over counted prompts, n counted)``.
+    """
+    if kind not in ("retrieval", "transition"):
+        raise ValueError("kind: retrieval or transition")
+    cfg = model.config
+    total = torch.zeros(cfg.num_hidden_layers, cfg.num_attention_heads)
+    counted = 0
+    old = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        for k, ex in enumerate(examples):
+            if correct is not None and not correct[k]:
+                continue
+            ids, scored, span = _answer_rows(tokenizer, ex)
+            if not scored or not span:
+                continue
+            x = torch.tensor([ids])
+            att = model(input_ids=x, output_attentions=True).attentions  # per layer (1, H, T, T)
+            rows = torch.tensor(scored) - 1
+            per = torch.zeros_like(total)
+            for layer, a in enumerate(att):
+                top = a[0][:, rows, :].argmax(-1)  # (H, n_scored): top-1 key of each answer row
+                src = x[0][top]  # token at the attended position
+                tgt = x[0][torch.tensor(scored)].expand_as(src)
+                in_span = torch.zeros_like(top, dtype=torch.bool)
+                for i in span:
+                    in_span |= top == i
+                hit = in_span & ((src == tgt) if kind == "retrieval" else (src != tgt))
+                per[layer] = hit.float().sum(-1) / len(scored)
+            total += per
+            counted += 1
+    finally:
+        model.set_attn_implementation(old)
+    return (total / max(counted, 1)), counted
+
+
+def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """The ``k`` highest-scoring heads as (layer, head), best first."""
+    flat = scores.flatten().argsort(descending=True)[:k]
+    return [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in flat]
+
+
+def _accuracy(model, tok, examples: Sequence[Example], heads=(), batch_size: int = 8) -> tuple[float, list[bool]]:
+    from ..heads import Head
+    from ..masking import masked_heads
+
+    with masked_heads(model, [Head(*h) for h in heads], mode="zero"):
+        preds = generate_answers(model, tok, examples, batch_size)
+    ok = [p == ex.answer.strip() for p, ex in zip(preds, examples, strict=True)]
+    return sum(ok) / len(ok), ok
+
+
+def _by(examples: Sequence[Example], ok: Sequence[bool], key) -> dict[str, float]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for ex, o in zip(examples, ok, strict=True):
+        groups[str(key(ex))].append(o)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}
+
+
+def measure(
+    model_dir: str | Path | None = None,
+    n_per_task: int = 160,
+    n_detect: int = 80,
+    k_frac: float = 0.05,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    threshold: float = 0.1,
+) -> dict:
+    """Run every measurement of the model card and return them as a JSON-able dict."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import ORGANISM_PATH
+
+    path = str(model_dir or ORGANISM_PATH)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    gen = organism_generator(path)
+    t0 = time.time()
+    report: dict = {"model": path, "n_per_task": n_per_task, "lengths": list(DEFAULT_LENGTHS)}
+    sets = {t: make_eval_set(t, n_per_task, seed=1, generator=gen) for t in TASKS}
+    acc: dict = {}
+    for t, exs in sets.items():
+        a, ok = _accuracy(model, tok, exs)
+        acc[t] = {"all": round(a, 4), "by_length": _by(exs, ok, lambda e: e.length),
+                  "by_depth": _by(exs, ok, lambda e: e.depth),
+                  "by_lang": _by(exs, ok, lambda e: f"{e.lang_needle}->{e.lang_question}")}
+    report["accuracy"] = acc
+
+    detect = make_eval_set("mono", n_detect, seed=2, generator=gen)
+    _, ok = _accuracy(model, tok, detect)
+    scores, counted = head_scores(model, tok, detect, ok)
+    n_total = scores.numel()
+    k = max(1, round(k_frac * n_total))
+    rh = top_heads(scores, k)
+    above = [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in (scores.flatten() > threshold).nonzero()]
+    report["retrieval"] = {
+        "prompts_counted": counted, "n_heads": n_total, "threshold": threshold,
+        "n_above_threshold": len(above), "share_above": round(len(above) / n_total, 4),
+        "top10": [[f"{la}.{h}", round(float(scores[la, h]), 4)] for la, h in top_heads(scores, 10)],
+        "scores": [[round(float(v), 4) for v in row] for row in scores],
+    }
+    cross = make_eval_set("cross", n_detect, seed=2, generator=gen)
+    _, ok_c = _accuracy(model, tok, cross)
+    tscores, tcount = head_scores(model, tok, cross, ok_c, kind="transition")
+    report["transition"] = {
+        "prompts_counted": tcount, "n_above_threshold": int((tscores > threshold).sum()),
+        "top10": [[f"{la}.{h}", round(float(tscores[la, h]), 4)] for la, h in top_heads(tscores, 10)],
+    }
+
+    excluded = set(rh) | set(above)
+    pool = [(la, h) for la in range(scores.shape[0]) for h in range(scores.shape[1]) if (la, h) not in excluded]
+    masking: dict = {"k": k, "retrieval_heads": [f"{la}.{h}" for la, h in rh], "tasks": {}}
+    for t in ("mono", "multihop", "parametric", "multikey", "cross"):
+        exs = sets[t]
+        base = acc[t]["all"]
+        m_rh, ok_rh = _accuracy(model, tok, exs, rh)
+        rand = {}
+        for s in seeds:
+            heads = random.Random(s).sample(pool, k)
+            rand[str(s)] = {"heads": [f"{la}.{h}" for la, h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
+        mean_rand = sum(r["acc"] for r in rand.values()) / len(rand)
+        masking["tasks"][t] = {
+            "base": base, "rh_masked": round(m_rh, 4), "rh_by_length": _by(exs, ok_rh, lambda e: e.length),
+            "random_masked": rand, "random_mean": round(mean_rand, 4),
+            "drop_rh": round(base - m_rh, 4), "drop_random": round(base - mean_rand, 4),
+        }
+    report["masking"] = masking
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point; writes the report JSON and prints a summary."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="checkpoint directory (default: the shipped organism)")
+    ap.add_argument("--out", default="runs/organism-measure.json")
+    ap.add_argument("--n-per-task", type=int, default=160)
+    ap.add_argument("--n-detect", type=int, default=80)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    report = measure(args.model, args.n_per_task, args.n_detect)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    for t, a in report["accuracy"].items():
+        print(f"{t:11s} {a['all']:.3f}  by length {a['by_length']}")
+    r = report["retrieval"]
+    print(f"heads > {r['threshold']}: {r['n_above_threshold']}/{r['n_heads']}  top: {r['top10'][:6]}")
+    print(f"transition top: {report['transition']['top10'][:6]}")
+    for t, m in report["masking"]["tasks"].items():
+        print(f"mask {t:11s} base {m['base']:.3f}  RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""Train the model organism: a small multilingual Llama with real retrieval heads, on CPU.
+
+Usage::
+
+    python -m retrieval_heads.organism.train --out runs/organism          # the shipped recipe
+    python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # a smoke run
+
+Recipe (see ``docs/organism.md``): a byte-level BPE tokenizer trained on the
+synthetic corpus; a stock ``LlamaForCausalLM`` from scratch (GQA, tied
+embeddings); a length curriculum (short contexts first, up to 1024 tokens);
+loss = mean cross-entropy on the answer tokens (answer, newline, EOS) plus
+``lm_weight`` x mean cross-entropy on all other tokens; per-sample head dropout
+(every query head's output zeroed with probability ``head_dropout`` during
+training, through a forward pre-hook on ``o_proj``) so that random heads are
+redundant. Everything is seeded: same config, same checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .corpus import TASKS, CorpusGenerator, Example
+from .lexicon import load_lexicon
+from .tokenizer import make_generator, select_lexicon, train_tokenizer
+
+LEXICON_FILE = "lexicon.jsonl"
+TRAINING_FILE = "training.json"
+
+
+@dataclass
+class OrganismTrainConfig:
+    """How to train the organism.
+
+    Output: ``out_dir``. Model: ``n_layers``, ``n_heads``, ``n_kv_heads``,
+    ``head_dim``, ``intermediate_size``, ``rope_theta``. Tokenizer:
+    ``vocab_size``, ``max_token_length``, ``tokenizer_texts``. Data:
+    ``max_per_category``, ``task_weights``, ``curriculum``. Optimisation:
+    ``steps``, ``tokens_per_step``, ``lr``, ``warmup_steps``, ``min_lr_ratio``,
+    ``weight_decay``, ``lm_weight``, ``head_dropout``. Run: ``seed``, ``threads``.
+    """
+
+    out_dir: str = field(default="runs/organism", metadata={"help": "where the checkpoint is saved"})
+    seed: int = field(default=0, metadata={"help": "seeds torch, data and tokenizer corpus"})
+    n_layers: int = field(default=6, metadata={"help": "decoder layers"})
+    n_heads: int = field(default=16, metadata={"help": "query heads per layer"})
+    n_kv_heads: int = field(default=4, metadata={"help": "key/value heads per layer (GQA)"})
+    head_dim: int = field(default=16, metadata={"help": "per-head width"})
+    hidden_size: int = field(default=0, metadata={"help": "residual width; 0 means n_heads * head_dim"})
+    intermediate_size: int = field(default=448, metadata={"help": "MLP width"})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base"})
+    vocab_size: int = field(default=3072, metadata={"help": "BPE vocabulary size"})
+    max_token_length: int = field(default=6, metadata={"help": "longest BPE token, in byte symbols"})
+    tokenizer_texts: int = field(default=3000, metadata={"help": "corpus prompts the tokenizer is trained on"})
+    max_per_category: int = field(default=40, metadata={"help": "lexicon entries kept per category"})
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"mono": 0.2, "cross": 0.3, "multihop": 0.2, "parametric": 0.12, "multikey": 0.18},
+        metadata={"help": "sampling weight of each task"},
+    )
+    curriculum: list[tuple[float, int, int]] = field(
+        default_factory=lambda: [(0.1, 32, 64), (0.35, 64, 256), (0.6, 128, 512), (1.0, 128, 1024)],
+        metadata={"help": "(until fraction of steps, min length, max length) in tokens"},
+    )
+    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
+    tokens_per_step: int = field(default=2048, metadata={"help": "tokens per batch (batch = this // length)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
+    lm_weight: float = field(default=0.1, metadata={"help": "weight of the LM loss on non-answer tokens"})
+    q_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on the question tokens"})
+    lm_sample: float = field(default=0.25, metadata={"help": "share of non-answer tokens the LM loss scores"})
+    head_dropout: float = field(default=0.1, metadata={"help": "per-sample probability to zero a head"})
+    head_dropout_ramp: tuple[float, float] = field(
+        default=(0.15, 0.35), metadata={"help": "head dropout is 0 before, full after (fractions of steps)"}
+    )
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    log_every: int = field(default=50, metadata={"help": "steps between log lines"})
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError("n_heads must be a multiple of n_kv_heads")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError("head_dropout must be in [0, 1)")
+        if self.lm_weight < 0 or not 0.0 <= self.lm_sample <= 1.0:
+            raise ValueError("lm_weight must be >= 0 and lm_sample in [0, 1]")
+        if set(self.task_weights) - set(TASKS) or not any(w > 0 for w in self.task_weights.values()):
+            raise ValueError(f"task_weights: known tasks {TASKS}, at least one weight > 0")
+        self.curriculum = [tuple(c) for c in self.curriculum]  # JSON round-trips give lists
+        self.head_dropout_ramp = tuple(self.head_dropout_ramp)
+        if not 0.0 <= self.head_dropout_ramp[0] <= self.head_dropout_ramp[1] <= 1.0:
+            raise ValueError("head_dropout_ramp: 0 <= start <= end <= 1")
+        ends = [c[0] for c in self.curriculum]
+        if not self.curriculum or ends != sorted(ends) or ends[-1] < 1.0:
+            raise ValueError("curriculum fractions must increase and end at 1.0")
+        if any(lo < 32 or hi < lo for _, lo, hi in self.curriculum):
+            raise ValueError("curriculum lengths: 32 <= min <= max")
+        if self.steps < 1 or self.tokens_per_step < max(hi for _, _, hi in self.curriculum):
+            raise ValueError("need steps >= 1 and tokens_per_step >= the longest curriculum length")
+
+
+# --- head dropout ------------------------------------------------------------------------------------
+class HeadDropout:
+    """Per-sample head dropout: zero each (sample, head) slice of every ``o_proj`` input with
+    probability ``p`` (settable while training), only in training mode.
+
+    Survivors are scaled by 1/(1-p) (inverted dropout), so eval needs no rescaling.
+    Use as ``hd = HeadDropout(model, 0.1)``; ``hd.p = ...``; ``hd.remove()``.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, p: float) -> None:
+        self.p = p
+        self.handles = add_head_dropout(model, lambda: self.p)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def add_head_dropout(model: LlamaForCausalLM, p) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register the head-dropout pre-hooks; ``p`` is a float or a zero-argument callable."""
+    n_heads, head_dim = model.config.num_attention_heads, model.config.head_dim
+    get_p = p if callable(p) else (lambda: p)
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
+        p = get_p()
+        if not module.training or p == 0:
+            return None
+        x = args[0]  # (B, T, n_heads * head_dim)
+        keep = (torch.rand(x.shape[0], 1, n_heads, 1) >= p).to(x.dtype) / (1 - p)
+        return (x.view(*x.shape[:2], n_heads, head_dim).mul(keep).view_as(x),) + args[1:]
+
+    return [layer.self_attn.o_proj.register_forward_pre_hook(hook) for layer in model.model.layers]
+
+
+# --- batches -----------------------------------------------------------------------------------------
+def encode(tokenizer: PreTrainedTokenizerFast, ex: Example) -> tuple[list[int], int, int]:
+    """Token ids of BOS + prompt + answer + EOS, where the question starts, where the answer starts."""
+    enc = tokenizer(ex.prompt, return_offsets_mapping=True)
+    prompt = enc["input_ids"]
+    q_char = ex.prompt.rindex("\n\nQuestion: ")
+    q_start = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= q_char)
+    answer = tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt + answer, q_start, len(prompt)
+
+
+def make_batch(
+    tokenizer: PreTrainedTokenizerFast, examples: list[Example]
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and per-token ``question``/``answer`` masks."""
+    enc = [encode(tokenizer, ex) for ex in examples]
+    width = max(len(ids) for ids, _, _ in enc)
+    ids = torch.full((len(enc), width), tokenizer.pad_token_id)
+    att = torch.zeros(len(enc), width, dtype=torch.long)
+    ques = torch.zeros(len(enc), width, dtype=torch.bool)
+    ans = torch.zeros(len(enc), width, dtype=torch.bool)
+    for i, (row, q_start, a_start) in enumerate(enc):
+        ids[i, : len(row)] = torch.tensor(row)
+        att[i, : len(row)] = 1
+        ques[i, q_start:a_start] = True
+        ans[i, a_start : len(row)] = True
+    return {"input_ids": ids, "attention_mask": att, "question": ques, "answer": ans}
+
+
+def step_length(cfg: OrganismTrainConfig, step: int, rng: random.Random) -> int:
+    """The prompt length (tokens) of this step's batch, from the curriculum."""
+    frac = step / cfg.steps
+    _, lo, hi = next(c for c in cfg.curriculum if frac < c[0] or c[0] >= 1.0)
+    return rng.randrange(lo, hi + 1, 16) if hi > lo else lo
+
+
+def sample_examples(
+    gen: CorpusGenerator, cfg: OrganismTrainConfig, rng: random.Random, length: int, n: int
+) -> list[Example]:
+    """``n`` training examples of about ``length`` tokens, tasks drawn by ``task_weights``."""
+    tasks, weights = zip(*cfg.task_weights.items(), strict=True)
+    return [gen.example(rng.choices(tasks, weights)[0], rng, length, split="train") for _ in range(n)]
+
+
+def forward_losses(
+    model: LlamaForCausalLM, batch: dict[str, torch.Tensor], lm_sample: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Answer CE, question CE, LM CE on a ``lm_sample`` share of the context tokens, and the
+    per-sample teacher-forced exact match of the answer.
+
+    Logits are computed only for the rows that are scored (the vocabulary
+    projection is a fifth of the model's cost at this size).
+    """
+    ids, valid = batch["input_ids"], batch["attention_mask"] > 0
+    # right padding + causal attention: real tokens never see pads, so no mask is needed
+    # and SDPA keeps its fast causal path
+    hidden = model.model(input_ids=ids).last_hidden_state  # (B, T, D)
+    ans, ques, valid = batch["answer"][:, 1:], batch["question"][:, 1:], valid[:, 1:]  # row t -> token t+1
+    ctx = valid & ~ans & ~ques & (torch.rand(ans.shape, generator=gen) < lm_sample)
+    rows = ans | ques | ctx
+    logits = model.lm_head(hidden[:, :-1][rows])  # (n_rows, V)
+    target = ids[:, 1:][rows]
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    is_ans, is_q = ans[rows], ques[rows]
+    is_ctx = ~is_ans & ~is_q
+    zero = ce.new_zeros(())
+    ans_loss = ce[is_ans].mean()
+    q_loss = ce[is_q].mean() if is_q.any() else zero
+    lm_loss = ce[is_ctx].mean() if is_ctx.any() else zero
+    wrong = torch.zeros_like(ans)
+    wrong[rows] = (logits.argmax(-1) != target) & is_ans
+    return ans_loss, q_loss, lm_loss, ~wrong.any(1)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+def build_tokenizer(cfg: OrganismTrainConfig):
+    """Train the tokenizer on corpus text, then pick the working lexicon and its generator."""
+    full = load_lexicon()
+    draft = CorpusGenerator(full)
+    rng = random.Random(cfg.seed + 1)
+    texts = []
+    for _ in range(cfg.tokenizer_texts):
+        ex = draft.example(rng.choice(TASKS), rng, rng.choice((128, 256, 384)))
+        texts.append(ex.prompt + ex.target)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.max_token_length)
+    lexicon = select_lexicon(full, tokenizer, cfg.max_per_category)
+    return tokenizer, lexicon, make_generator(lexicon, tokenizer)
+
+
+def build_model(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A fresh, seeded Llama sized by ``cfg`` (tied embeddings, GQA)."""
+    mcfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size or cfg.n_heads * cfg.head_dim,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(mcfg)
+
+
+def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float:
+    """0 until ``head_dropout_ramp[0]`` of the steps, then linear up to ``head_dropout`` at ``[1]``."""
+    a, b = cfg.head_dropout_ramp
+    frac = step / cfg.steps
+    return cfg.head_dropout * min(1.0, max(0.0, (frac - a) / max(b - a, 1e-9)))
+
+
+def lr_at(cfg: OrganismTrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to ``lr * min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -> None:
+    """Save model (fp16 safetensors, loads as float32), tokenizer, lexicon and the training record."""
+    out.mkdir(parents=True, exist_ok=True)
+    newline = tokenizer.convert_tokens_to_ids("Ċ")
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, newline],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    model.half().save_pretrained(out)
+    model.float()
+    conf = json.loads((out / "config.json").read_text())
+    conf["dtype"] = "float32"  # stored in fp16 to stay small; compute in fp32 on CPU
+    (out / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    tokenizer.save_pretrained(out)
+    lexicon.to_jsonl(out / LEXICON_FILE)
+    (out / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train_organism(config: OrganismTrainConfig) -> Path:
+    """Train the organism as ``config`` says and save an HF checkpoint in ``config.out_dir``.
+
+    >>> cfg = OrganismTrainConfig(out_dir="/tmp/organism-doc", steps=2, n_layers=1, n_heads=4,
+    ...     n_kv_heads=2, intermediate_size=64, vocab_size=512, tokenizer_texts=100, tokens_per_step=256,
+    ...     curriculum=[(1.0, 64, 128)], log_every=1)
+    >>> train_organism(cfg).name
+    'organism-doc'
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cfg = config
+    torch.set_num_threads(cfg.threads)
+    t0, c0 = time.time(), time.process_time()
+    tokenizer, lexicon, gen = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer)
+    dropout = HeadDropout(model, 0.0)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+    rng = random.Random(cfg.seed)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    log: list[dict] = []
+    window: dict[str, list[float]] = defaultdict(list)
+    columns = [
+        TextColumn("[bold]organism"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f} lm {task.fields[lm]:.2f} len {task.fields[len]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns) as progress:
+        bar = progress.add_task("train", total=cfg.steps, loss=float("nan"), lm=float("nan"), len=0)
+        for step in range(cfg.steps):
+            length = step_length(cfg, step, rng)
+            examples = sample_examples(gen, cfg, rng, length, max(1, cfg.tokens_per_step // length))
+            batch = make_batch(tokenizer, examples)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            dropout.p = head_dropout_at(cfg, step)
+            ans_loss, q_loss, lm_loss, hit = forward_losses(model, batch, cfg.lm_sample, data_gen)
+            loss = ans_loss + cfg.q_weight * q_loss + cfg.lm_weight * lm_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            window["loss"].append(ans_loss.item())
+            window["lm"].append(lm_loss.item())
+            window["q"].append(q_loss.item())
+            for ex, h in zip(examples, hit.tolist(), strict=True):
+                window["tf_" + ex.task].append(float(h))
+            progress.update(bar, advance=1, loss=ans_loss.item(), lm=lm_loss.item(), len=length)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                row = {"step": step + 1, "time_s": round(time.time() - t0, 1),
+                       "cpu_s": round(time.process_time() - c0, 1), "length": length}
+                row.update({k: round(sum(v) / len(v), 4) for k, v in sorted(window.items()) if v})
+                log.append(row)
+                if progress.console.is_terminal:
+                    progress.console.print(json.dumps(row))
+                else:  # logs redirected to a file: plain lines, flushed
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                window.clear()
+    dropout.remove()
+    model.eval()
+    wall = time.time() - t0
+    record = {"config": asdict(cfg), "wall_time_s": round(wall, 1),
+              "cpu_time_s": round(time.process_time() - c0, 1), "log": log,
+              "n_params": sum(p.numel() for p in model.parameters()), "lexicon_entries": len(lexicon)}
+    out = Path(cfg.out_dir)
+    save(model, tokenizer, lexicon, out, record)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(OrganismTrainConfig):
+        if f.type in ("int", "float", "str"):
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f.metadata.get("help"))
+    ap.add_argument("--config", help="JSON file with OrganismTrainConfig fields (flags override it)")
+    ap.add_argument("--out", dest="out_dir_alias", help="alias of --out-dir")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``."""
+    args = vars(_parser().parse_args(argv))
+    config_path, alias = args.pop("config"), args.pop("out_dir_alias")
+    values = json.loads(Path(config_path).read_text()) if config_path else {}
+    values.update({k: v for k, v in args.items() if v is not None})
+    if alias:
+        values["out_dir"] = alias
+    out = train_organism(OrganismTrainConfig(**values))
+    print(f"saved {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

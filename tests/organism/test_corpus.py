@@ -1,0 +1,104 @@
+"""Invariants of the organism's lexicon, corpus generator and tokenizer (no model needed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from retrieval_heads.organism.corpus import (
+    CHAIN_SEP,
+    PROMPT_TEMPLATE,
+    TASKS,
+    CorpusGenerator,
+    fact_sentence,
+    name_split,
+)
+from retrieval_heads.organism.lexicon import Lexicon, load_lexicon
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> Lexicon:
+    return load_lexicon()
+
+
+@pytest.fixture(scope="module")
+def gen(lexicon) -> CorpusGenerator:
+    return CorpusGenerator(lexicon)
+
+
+def test_lexicon_parallel_and_distinct(lexicon):
+    assert lexicon.langs == ("en", "de", "zh", "sw")
+    assert {"country", "language", "month", "weekday"} <= set(lexicon.categories())
+    assert len(lexicon.by_category("country")) >= 40
+    for e in lexicon:
+        forms = [e.forms[x].casefold() for x in lexicon.langs]
+        assert all(forms), e
+        assert len(set(forms)) == len(forms), e  # a translation is never a copy
+    assert lexicon.translate("Germany", "en", "de") == "Deutschland"
+    assert lexicon.translate("Deutschland", "de", "zh") == "德国"
+
+
+def test_lexicon_jsonl_roundtrip(lexicon, tmp_path):
+    p = tmp_path / "lex.jsonl"
+    lexicon.to_jsonl(p)
+    back = Lexicon.from_jsonl(p)
+    assert back.langs == lexicon.langs
+    assert [(e.category, e.key, e.forms) for e in back] == [(e.category, e.key, e.forms) for e in lexicon]
+    # a user-supplied bilingual lexicon
+    p.write_text('{"category": "fruit", "key": "apple", "forms": {"en": "apple", "fr": "pomme"}}\n')
+    bi = Lexicon.from_jsonl(p)
+    assert bi.langs == ("en", "fr") and bi.translate("pomme", "fr", "en") == "apple"
+
+
+def test_fact_sentence_offset():
+    for lang in ("en", "de", "zh", "sw"):
+        s, off = fact_sentence(lang, "weekday", "Kalo", "VALUE")
+        assert s[off : off + 5] == "VALUE"
+        assert s.endswith("。" if lang == "zh" else ".")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_offsets_exact_and_template(gen, lexicon, task):
+    rng = random.Random(3)
+    for _ in range(12):
+        ex = gen.example(task, rng, n_tokens=256)
+        assert ex.prompt.endswith("\nAnswer:") and "\n\nQuestion: " in ex.prompt
+        context, q = ex.prompt[: -len("\nAnswer:")].split("\n\nQuestion: ")
+        assert ex.prompt == PROMPT_TEMPLATE.format(context=context, question=q)
+        assert ex.target == f" {ex.answer}\n"
+        for n in ex.needles + ex.distractors:
+            sentence = ex.prompt[n.start : n.end]
+            value = ex.prompt[n.answer_start : n.answer_end]
+            assert n.start <= n.answer_start < n.answer_end <= n.end
+            assert sentence.endswith("。" if n.lang == "zh" else ".")
+            assert lexicon.lookup(value, n.lang) is not None
+        if task == "mono":
+            assert ex.prompt[ex.needles[0].answer_start : ex.needles[0].answer_end] == ex.answer
+        if task == "cross":
+            n = ex.needles[0]
+            src = ex.prompt[n.answer_start : n.answer_end]
+            assert ex.lang_needle != ex.lang_question
+            assert ex.answer == lexicon.translate(src, ex.lang_needle, ex.lang_question) != src
+        if task == "multihop":
+            n1, n2 = ex.needles
+            v1, v2 = (ex.prompt[n.answer_start : n.answer_end] for n in (n1, n2))
+            assert ex.answer.split(CHAIN_SEP)[1:] == [v1, v2]
+            assert v1 in ex.prompt[n2.start : n2.end]  # the second hop starts from the first's value
+        if task == "multikey":
+            assert 2 <= len(ex.distractors) <= 3
+        if task == "parametric":
+            assert ex.needles == [] and (ex.answer not in context)
+
+
+def test_deterministic_for_a_seed(gen):
+    a = [gen.example(t, random.Random(11), 200) for t in TASKS]
+    b = [gen.example(t, random.Random(11), 200) for t in TASKS]
+    c = [gen.example(t, random.Random(12), 200) for t in TASKS]
+    assert [x.prompt for x in a] == [x.prompt for x in b]
+    assert [x.prompt for x in a] != [x.prompt for x in c]
+
+
+def test_eval_names_held_out():
+    train, held = set(name_split("train")), set(name_split("eval"))
+    assert len(train) == 800 and len(held) == 200 and not train & held
