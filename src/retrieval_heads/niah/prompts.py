@@ -222,12 +222,19 @@ def _wrap_chat(tokenizer: Any, user: str, system_prompt: str | None) -> tuple[st
     return text, start
 
 
-def _token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+def token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
     """Half-open range of the tokens overlapping characters ``[start, end)``."""
     hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
     if not hits:
         raise RuntimeError(f"no token overlaps characters [{start}, {end})")
     return hits[0], hits[-1] + 1
+
+
+def relative_offsets(
+    offsets: Sequence[tuple[int, int]], span: tuple[int, int], chars: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Each token of ``span``'s characters, clipped to ``chars`` and relative to its start (for word alignments)."""
+    return [(max(a, chars[0]) - chars[0], min(b, chars[1]) - chars[0]) for a, b in offsets[span[0] : span[1]]]
 
 
 def _check_args(tokenizer: Any, context_length: int, depth: float, max_model_length: int | None) -> None:
@@ -298,9 +305,9 @@ def _build(
     enc = tokenizer(text, add_special_tokens=not chat_template, return_offsets_mapping=True, verbose=False)
     input_ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    needle_span = _token_span(offsets, *needle_char)
-    answer_span = _token_span(offsets, *answer_char)
-    context_span = _token_span(offsets, *context_char)
+    needle_span = token_span(offsets, *needle_char)
+    answer_span = token_span(offsets, *answer_char)
+    context_span = token_span(offsets, *context_char)
     n_context = context_span[1] - context_span[0]
 
     if abs(n_context - context_length) > tol:  # by construction; a failure here is a bug
@@ -334,10 +341,7 @@ def _build(
             "needle_char_span": needle_char,
             "answer_char_span": answer_char,
             # each answer-span token's characters, relative to the answer's start (for word alignments)
-            "answer_token_char_offsets": [
-                (max(a, answer_char[0]) - answer_char[0], min(b, answer_char[1]) - answer_char[0])
-                for a, b in offsets[answer_span[0] : answer_span[1]]
-            ],
+            "answer_token_char_offsets": relative_offsets(offsets, answer_span, answer_char),
             "chat_template": chat_template,
             "system_prompt": system_prompt,
             "template": template,

@@ -19,15 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..niah.needles import Needle
-from ..niah.prompts import NiahPrompt
+from ..niah.prompts import NiahPrompt, relative_offsets, token_span
 from .corpus import Example
-
-
-def _token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
-    hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
-    if not hits:
-        raise ValueError(f"no token overlaps characters [{start}, {end})")
-    return hits[0], hits[-1] + 1
 
 
 def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahPrompt:
@@ -50,8 +43,8 @@ def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahP
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    needle_span = _token_span(offsets, span.start, span.end)
-    answer_span = _token_span(offsets, span.answer_start, span.answer_end)
+    needle_span = token_span(offsets, span.start, span.end)
+    answer_span = token_span(offsets, span.answer_start, span.answer_end)
     return NiahPrompt(
         input_ids=ids,
         text=text,
@@ -66,10 +59,7 @@ def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahP
             "requested_context_length": example.length,
             "task": example.task,
             "answer_char_span": (span.answer_start, span.answer_end),
-            "answer_token_char_offsets": [
-                (max(a, span.answer_start) - span.answer_start, min(b, span.answer_end) - span.answer_start)
-                for a, b in offsets[answer_span[0] : answer_span[1]]
-            ],
+            "answer_token_char_offsets": relative_offsets(offsets, answer_span, (span.answer_start, span.answer_end)),
             "expected_answer": example.answer,
             "expected_lang": example.lang_question,
             "expected_continuation": " " + example.answer,
