@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from detect_helpers import NEWLINE_ID, copy_prompts, tiny_setup, word_tokenizer
 
 from retrieval_heads.detect import DetectConfig, StopTokens, detect, greedy_batch
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.niah import rouge1_recall
 from tests.conftest import make_tiny_model
+from tests.detect.detect_helpers import NEWLINE_ID, copy_prompts, tiny_setup, word_tokenizer
 
 MAX_NEW = 10
 THRESHOLD = 0.3

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from detect_helpers import tiny_setup
 
 from retrieval_heads.artifacts import read_jsonl
 from retrieval_heads.detect import (
@@ -22,6 +21,7 @@ from retrieval_heads.detect import (
     merge_shards,
 )
 from retrieval_heads.heads import HeadScores
+from tests.detect.detect_helpers import tiny_setup
 
 WORKER = Path(__file__).with_name("shard_worker.py")
 
