@@ -253,6 +253,7 @@ class Example:
     distractors: list[NeedleSpan] = field(default_factory=list)
     length: int = 0  # requested prompt length in tokens
     depth: float = 0.0  # depth of the (first) needle, 0..1 of the context
+    extra_qa: list[tuple[str, str]] = field(default_factory=list)  # training-only extra (question, answer)
 
     @property
     def target(self) -> str:
@@ -442,6 +443,7 @@ class CorpusGenerator:
         lang_question: str | None = None,
         split: str = "train",
         n_distractors: int | None = None,
+        extra_questions: int = 0,
     ) -> Example:
         """One example of ``task`` with a prompt of about ``n_tokens`` tokens.
 
@@ -449,6 +451,9 @@ class CorpusGenerator:
         question's (only ``cross`` lets them differ; drawn at random when
         None). ``depth`` (0..1) places the target needle; random when None.
         ``split`` picks the key-name pool ("train" or held-out "eval").
+        ``extra_questions`` (training only) adds that many more needles with
+        their own keys and records a question/answer pair for each in
+        ``Example.extra_qa`` (``multihop`` ignores it).
         """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
@@ -462,32 +467,43 @@ class CorpusGenerator:
         depth = rng.random() if depth is None else depth
         names = name_split(split)
         if task == "parametric":
-            return self._parametric(rng, n_tokens, lang, depth)
+            return self._parametric(rng, n_tokens, lang, depth, extra_questions)
         if task == "multihop":
             return self._multihop(rng, n_tokens, lang, depth, names)
         rel = rng.choice(RELATIONS)
-        n_keys = 1
+        n_dis = 0
         if task == "multikey":
-            n_keys += rng.choice((2, 3)) if n_distractors is None else n_distractors
+            n_dis = rng.choice((2, 3)) if n_distractors is None else n_distractors
+        n_keys = 1 + n_dis + extra_questions
         keys = rng.sample(names, n_keys)
-        vals = rng.sample(self.values[rel], n_keys)
-        if task == "cross":
-            ok = [e for e in self.values[rel] if self.translatable(e, lang, lang_question)]
-            if not ok:  # no translatable value for this relation and pair: pick another relation
-                return self.example(task, rng, n_tokens, depth, lang, lang_question, split, n_distractors)
-            vals[0] = rng.choice(ok)
+        rels = [rel] * (1 + n_dis) + [rel if task == "multikey" else rng.choice(RELATIONS)
+                                      for _ in range(extra_questions)]
+        asked = {0} | set(range(1 + n_dis, n_keys))  # needles a question is asked about
+        used: set[tuple[str, str]] = set()
+        vals: list[LexEntry] = []
+        for i, r in enumerate(rels):
+            pool = [e for e in self.values[r] if (e.category, e.key) not in used]
+            if task == "cross" and i in asked:
+                pool = [e for e in pool if self.translatable(e, lang, lang_question)]
+            if not pool:  # no (translatable) value left for this relation: draw again
+                return self.example(task, rng, n_tokens, depth, lang, lang_question, split, n_distractors,
+                                    extra_questions)
+            vals.append(rng.choice(pool))
+            used.add((vals[-1].category, vals[-1].key))
         needles, depths = [], [depth]
-        for i, (k, v) in enumerate(zip(keys, vals, strict=True)):
-            s, off = fact_sentence(lang, rel, k, v.forms[lang])
-            target = v.forms[lang_question] if i == 0 else v.forms[lang]
+        for i, (k, r, v) in enumerate(zip(keys, rels, vals, strict=True)):
+            s, off = fact_sentence(lang, r, k, v.forms[lang])
+            target = v.forms[lang_question] if i in asked else v.forms[lang]
             needles.append((s, off, v.forms[lang], target))
             if i:
                 depths.append(rng.random())
         q = question(lang_question, rel, keys[0])
+        extra = [(question(lang_question, rels[i], keys[i]), needles[i][3]) for i in range(1 + n_dis, n_keys)]
         avoid = set(keys) | {v.forms[x] for v in vals for x in self.langs}
         filler = self.filler(rng, lang, self._budget(n_tokens, [n[0] for n in needles], q, lang), avoid)
         prompt, spans = self._assemble(lang, filler, needles, depths, q)
-        return Example(task, prompt, needles[0][3], lang, lang_question, spans[:1], spans[1:], n_tokens, depth)
+        return Example(task, prompt, needles[0][3], lang, lang_question, spans[:1], spans[1:], n_tokens, depth,
+                       extra)
 
     def _multihop(self, rng: random.Random, n_tokens: int, lang: str, depth: float, names: list[str]) -> Example:
         rel1, rel2 = rng.sample(RELATIONS, 2)
@@ -504,10 +520,12 @@ class CorpusGenerator:
         answer = CHAIN_SEP.join([key, v1.forms[lang], v2.forms[lang]])
         return Example("multihop", prompt, answer, lang, lang, spans, [], n_tokens, depth)
 
-    def _parametric(self, rng: random.Random, n_tokens: int, lang: str, depth: float) -> Example:
-        country, language = rng.choice(self.facts)
+    def _parametric(self, rng: random.Random, n_tokens: int, lang: str, depth: float, n_extra: int) -> Example:
+        facts = rng.sample(self.facts, 1 + n_extra)
+        country, language = facts[0]
         q = parametric_question(lang, country.forms[lang])
-        avoid = {f for e in (country, language) for f in e.forms.values()}
+        extra = [(parametric_question(lang, c.forms[lang]), la.forms[lang]) for c, la in facts[1:]]
+        avoid = {f for pair in facts for e in pair for f in e.forms.values()}
         filler = self.filler(rng, lang, self._budget(n_tokens, [], q, lang), avoid)
         prompt, _ = self._assemble(lang, filler, [], [], q)
-        return Example("parametric", prompt, language.forms[lang], lang, lang, [], [], n_tokens, depth)
+        return Example("parametric", prompt, language.forms[lang], lang, lang, [], [], n_tokens, depth, extra)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .corpus import TASKS, CorpusGenerator, Example
+from .corpus import ANSWER_TEMPLATE, TASKS, CorpusGenerator, Example
 from .lexicon import load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
 
@@ -78,6 +78,9 @@ class OrganismTrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
     lm_weight: float = field(default=0.1, metadata={"help": "weight of the LM loss on non-answer tokens"})
+    extra_questions: int = field(
+        default=3, metadata={"help": "up to this many extra question/answer blocks per training example"}
+    )
     q_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on the question tokens"})
     lm_sample: float = field(default=0.25, metadata={"help": "share of non-answer tokens the LM loss scores"})
     head_dropout: float = field(default=0.1, metadata={"help": "per-sample probability to zero a head"})
@@ -144,32 +147,46 @@ def add_head_dropout(model: LlamaForCausalLM, p) -> list[torch.utils.hooks.Remov
 
 
 # --- batches -----------------------------------------------------------------------------------------
-def encode(tokenizer: PreTrainedTokenizerFast, ex: Example) -> tuple[list[int], int, int]:
-    """Token ids of BOS + prompt + answer + EOS, where the question starts, where the answer starts."""
+def encode(tokenizer: PreTrainedTokenizerFast, ex: Example) -> tuple[list[int], list[int]]:
+    """Token ids of BOS + prompt + answer [+ extra question/answer blocks] + EOS, and a role per token.
+
+    Roles: 0 context, 1 question, 2 main answer, 3 extra answer (extra blocks are
+    ``"\nQuestion: {q}\nAnswer:"`` + ``" {a}\n"``, a training-only augmentation).
+    """
     enc = tokenizer(ex.prompt, return_offsets_mapping=True)
-    prompt = enc["input_ids"]
+    ids = list(enc["input_ids"])
     q_char = ex.prompt.rindex("\n\nQuestion: ")
     q_start = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= q_char)
-    answer = tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt + answer, q_start, len(prompt)
+    roles = [0] * q_start + [1] * (len(ids) - q_start)
+
+    def add(text: str, role: int) -> None:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids.extend(piece)
+        roles.extend([role] * len(piece))
+
+    add(ex.target, 2)
+    for q, a in ex.extra_qa:
+        add(f"\nQuestion: {q}\nAnswer:", 1)
+        add(ANSWER_TEMPLATE.format(answer=a), 3)
+    ids.append(tokenizer.eos_token_id)
+    roles.append(2)
+    return ids, roles
 
 
 def make_batch(
     tokenizer: PreTrainedTokenizerFast, examples: list[Example]
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and per-token ``question``/``answer`` masks."""
+    """Right-padded ``input_ids``, ``attention_mask`` and per-token ``role`` (see :func:`encode`)."""
     enc = [encode(tokenizer, ex) for ex in examples]
-    width = max(len(ids) for ids, _, _ in enc)
+    width = max(len(ids) for ids, _ in enc)
     ids = torch.full((len(enc), width), tokenizer.pad_token_id)
     att = torch.zeros(len(enc), width, dtype=torch.long)
-    ques = torch.zeros(len(enc), width, dtype=torch.bool)
-    ans = torch.zeros(len(enc), width, dtype=torch.bool)
-    for i, (row, q_start, a_start) in enumerate(enc):
+    role = torch.full((len(enc), width), -1)
+    for i, (row, r) in enumerate(enc):
         ids[i, : len(row)] = torch.tensor(row)
         att[i, : len(row)] = 1
-        ques[i, q_start:a_start] = True
-        ans[i, a_start : len(row)] = True
-    return {"input_ids": ids, "attention_mask": att, "question": ques, "answer": ans}
+        role[i, : len(row)] = torch.tensor(r)
+    return {"input_ids": ids, "attention_mask": att, "role": role}
 
 
 def step_length(cfg: OrganismTrainConfig, step: int, rng: random.Random) -> int:
@@ -184,7 +201,11 @@ def sample_examples(
 ) -> list[Example]:
     """``n`` training examples of about ``length`` tokens, tasks drawn by ``task_weights``."""
     tasks, weights = zip(*cfg.task_weights.items(), strict=True)
-    return [gen.example(rng.choices(tasks, weights)[0], rng, length, split="train") for _ in range(n)]
+    return [
+        gen.example(rng.choices(tasks, weights)[0], rng, length, split="train",
+                    extra_questions=rng.randint(0, cfg.extra_questions))
+        for _ in range(n)
+    ]
 
 
 def forward_losses(
@@ -200,7 +221,8 @@ def forward_losses(
     # right padding + causal attention: real tokens never see pads, so no mask is needed
     # and SDPA keeps its fast causal path
     hidden = model.model(input_ids=ids).last_hidden_state  # (B, T, D)
-    ans, ques, valid = batch["answer"][:, 1:], batch["question"][:, 1:], valid[:, 1:]  # row t -> token t+1
+    role = batch["role"][:, 1:]  # row t predicts token t+1
+    main, ans, ques, valid = role == 2, role >= 2, role == 1, valid[:, 1:]
     ctx = valid & ~ans & ~ques & (torch.rand(ans.shape, generator=gen) < lm_sample)
     rows = ans | ques | ctx
     logits = model.lm_head(hidden[:, :-1][rows])  # (n_rows, V)
@@ -213,7 +235,7 @@ def forward_losses(
     q_loss = ce[is_q].mean() if is_q.any() else zero
     lm_loss = ce[is_ctx].mean() if is_ctx.any() else zero
     wrong = torch.zeros_like(ans)
-    wrong[rows] = (logits.argmax(-1) != target) & is_ans
+    wrong[rows] = (logits.argmax(-1) != target) & main[rows]
     return ans_loss, q_loss, lm_loss, ~wrong.any(1)
 
 
