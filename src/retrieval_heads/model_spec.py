@@ -137,6 +137,11 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == "organism":
         from .organism import ORGANISM_PATH
 
+        if not (ORGANISM_PATH / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the built-in organism checkpoint is not shipped in this installation ({ORGANISM_PATH}); "
+                "train one with `retrieval-heads organism train --out DIR` and pass `--model DIR`"
+            )
         return str(ORGANISM_PATH)
     return name_or_path
 

@@ -115,3 +115,13 @@ def test_head_parse():
     assert Head.parse("12.5") == Head(12, 5) == Head.parse("12-5")
     with pytest.raises(ValueError):
         Head.parse("x")
+
+
+def test_missing_builtin_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
+    import retrieval_heads.organism as organism
+    from retrieval_heads.model_spec import resolve_model_path
+
+    monkeypatch.setattr(organism, "ORGANISM_PATH", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="organism train"):
+        resolve_model_path("organism")
+    assert resolve_model_path("some/hub-id") == "some/hub-id"

@@ -20,5 +20,9 @@ def demo_command(
     if quick:
         overrides.update(lengths=(256, 512), depths=3, per_cell=1, random_seeds=2, compare_limit=10,
                          niah_lengths=(256, 512), retmask_prompts=16, retmask_eval=10, langs=("en", "de"))
-    report = run_demo(config_from_overrides(**overrides))
+    try:
+        report = run_demo(config_from_overrides(**overrides))
+    except FileNotFoundError as err:
+        typer.secho(f"demo: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
     typer.echo(str(report))
