@@ -27,14 +27,6 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
@@ -43,6 +35,7 @@ from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..niah import rouge1_recall
+from ..progress import progress_bar
 from .config import DetectConfig
 from .greedy import StopTokens, greedy_batch, response_text
 from .inputs import PromptError, PromptItem, pad_id_of, prompt_item
@@ -306,13 +299,9 @@ def detect(
     stops = StopTokens.from_tokenizer(model, tokenizer, config.stop_on_newline) if config.mode == "greedy" and todo else None
     pad_id = pad_id_of(tokenizer)
 
-    progress = Progress(
-        TextColumn("[bold]detect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, disable=not config.progress or rank != 0, transient=False,
-    )
+    progress = progress_bar(config.progress and rank == 0, console)
     with progress:
-        label = f"{config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
+        label = f"detect {config.kind} {config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
         task = progress.add_task(label, total=len(items[rank::world]), completed=len(items[rank::world]) - len(todo))
         for first in range(0, len(todo), config.batch_size):
             batch = todo[first : first + config.batch_size]

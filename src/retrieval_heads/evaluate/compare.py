@@ -34,7 +34,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from typing import Any
 from ..artifacts import atomic_write_json, atomic_write_text, package_versions, run_metadata
 from ..heads import Head, HeadScores, heads_to_strings
 from ..masking import MASK_MODES
+from ..progress import progress_bar
 from ..selection import random_heads
 from .fixtures import TASKS_DIR
 from .stats import bootstrap_ci, is_close, mean_and_spread, paired_bootstrap_ci, stable_seed
@@ -369,7 +370,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     computed: list[tuple[str, str]] = []
     todo = [(c, t) for c in conditions for t in config.tasks]
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     with bar, _quiet_lm_eval(progress):
         job = bar.add_task("compare", total=len(todo)) if progress else None
         for cond, task in todo:
@@ -415,14 +416,6 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     rows, seed_rows = summarize(cells, conditions, config.tasks, config.n_bootstrap, config.confidence, config.seed)
     files = write_outputs(out, rows, seed_rows, conditions, config, meta)
     return CompareResult(rows=rows, seed_rows=seed_rows, conditions=conditions, files=files, computed=computed)
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def _jsonable(value: Any) -> Any:

@@ -30,7 +30,6 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read
 from ..heads import HeadScores, heads_to_strings
 from ..masking import MASK_MODES, masked_heads
 from ..model_spec import ModelSpec, eos_token_ids
+from ..progress import progress_bar
 from .compare import Condition, ResumeMismatchError, build_conditions
 
 JOURNAL_FILE = "journal.jsonl"
@@ -211,7 +211,7 @@ def evaluate_niah(
     atomic_write_json(out / RUN_FILE, {"format": "retrieval-heads/niah-eval-run", "settings": settings})
     done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in read_jsonl(journal)}
     todo = [(c, p) for c in conditions for p in prompts if (c.name, p.meta["prompt_id"], _heads_key(c)) not in done]
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     with bar:
         job = bar.add_task("niah", total=len(todo)) if progress else None
         for cond, prompt in todo:
@@ -238,14 +238,6 @@ def evaluate_niah(
     cells, summary = aggregate(records, conditions)
     files = write_niah_outputs(out, cells, summary, conditions, meta or {})
     return NiahResult(cells=cells, summary=summary, files=files, computed=len(todo))
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def aggregate(

@@ -46,6 +46,7 @@ from ..artifacts import append_jsonl, atomic_write_json, read_jsonl, run_metadat
 from ..heads import Head, HeadScores, check_heads, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
+from ..progress import progress_bar
 from ..selection import concentration, random_heads, select_heads
 
 DROP_REASONS = ("empty_chosen", "empty_rejected", "empty_both", "identical", "prompt_too_long")
@@ -554,25 +555,11 @@ def generate_pairs(
     return stats
 
 
-def _progress_bar(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled)
-
-
 def _run_transformers(model, tokenizer, heads, pending, config, out_path, progress) -> None:  # noqa: ANN001
     # longest first, so padding is small within a batch and a memory error shows up at once
     lengths = {it.id: len(_encode(tokenizer, it)) for it in pending}
     order = sorted(pending, key=lambda it: -lengths[it.id])
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("RetMask pairs", total=len(order))
         for start in range(0, len(order), config.batch_size):
             batch = order[start: start + config.batch_size]
