@@ -12,9 +12,12 @@ from retrieval_heads.organism.corpus import (
     TASKS,
     CorpusGenerator,
     fact_sentence,
+    joiner,
     name_split,
 )
 from retrieval_heads.organism.lexicon import Lexicon, load_lexicon
+
+COPULA = {"en": " is", "de": " ist", "sw": " ni", "zh": "是"}
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,17 @@ def test_offsets_exact_and_template(gen, lexicon, task):
     rng = random.Random(3)
     for _ in range(12):
         ex = gen.example(task, rng, n_tokens=256)
-        assert ex.prompt.endswith("\nAnswer:") and "\n\nQuestion: " in ex.prompt
-        context, q = ex.prompt[: -len("\nAnswer:")].split("\n\nQuestion: ")
-        assert ex.prompt == PROMPT_TEMPLATE.format(context=context, question=q)
+        context, rest = ex.prompt.split("\n\nQuestion: ")
+        q, lead = rest.split("\nAnswer:")
+        assert ex.prompt == PROMPT_TEMPLATE.format(context=context, question=q, lead=lead)
         assert ex.target == f" {ex.answer}\n"
+        if task == "multihop":
+            assert lead == ""  # the chain starts with the key itself
+        else:  # the lead restates the question up to the value, in the question's language
+            assert lead.startswith(" ") and lead.endswith(COPULA[ex.lang_question])
+        if task == "mono":  # lead + answer is exactly the needle sentence
+            n = ex.needles[0]
+            assert ex.prompt[n.start : n.answer_end] == lead[1:] + joiner(ex.lang_needle) + ex.answer
         for n in ex.needles + ex.distractors:
             sentence = ex.prompt[n.start : n.end]
             value = ex.prompt[n.answer_start : n.answer_end]
@@ -102,3 +112,42 @@ def test_deterministic_for_a_seed(gen):
 def test_eval_names_held_out():
     train, held = set(name_split("train")), set(name_split("eval"))
     assert len(train) == 800 and len(held) == 200 and not train & held
+
+
+def test_passkey_examples(gen):
+    from retrieval_heads.organism.corpus import PASSKEY
+
+    rng = random.Random(4)
+    for task in ("mono", "multikey"):
+        for lang in ("en", "de", "zh", "sw"):
+            ex = gen.example(task, rng, 128, lang=lang, relation=PASSKEY)
+            n = ex.needles[0]
+            assert ex.answer.isdigit() and 4 <= len(ex.answer) <= 6
+            assert ex.prompt[n.answer_start : n.answer_end] == ex.answer  # copied, never translated
+            assert ex.prompt.count(ex.answer) == 1  # the only place the model can find it
+    with pytest.raises(ValueError, match="passkey"):
+        gen.example("cross", rng, 128, lang="en", lang_question="de", relation=PASSKEY)
+
+
+def test_passkey_rate_draws_passkeys_only_where_they_fit(lexicon):
+    g = CorpusGenerator(lexicon, passkey_rate=1.0)
+    rng = random.Random(2)
+    assert all(g.example("mono", rng, 96).answer.isdigit() for _ in range(5))
+    assert not any(g.example("cross", rng, 96).answer.isdigit() for _ in range(5))
+    assert not any(CorpusGenerator(lexicon).example("mono", rng, 96).answer.isdigit() for _ in range(20))
+
+
+@pytest.mark.parametrize("task", ["mono", "cross", "multikey", "multihop"])
+def test_haystack_holds_no_other_value_of_the_asked_kind(gen, lexicon, task):
+    rng = random.Random(8)
+    for _ in range(10):
+        ex = gen.example(task, rng, 256, extra_questions=2 if task != "multihop" else 0)
+        spans = sorted(ex.needles + ex.distractors, key=lambda n: n.start)
+        context = ex.prompt.split("\n\nQuestion: ")[0]
+        rest, last = "", 0
+        for n in spans:  # the context without its needle sentences
+            rest, last = rest + context[last : n.start], n.end
+        rest += context[last:]
+        kinds = {lexicon.lookup(ex.prompt[n.answer_start : n.answer_end], n.lang).category for n in spans}
+        forms = [f for e in lexicon.entries if e.category in kinds for f in e.forms.values()]
+        assert not [f for f in forms if f in rest], ex.prompt

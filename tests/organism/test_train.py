@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -62,7 +63,29 @@ def test_head_dropout_only_in_training():
 
 
 @pytest.mark.parametrize("bad", [{"head_dropout": 1.0}, {"n_heads": 6, "n_kv_heads": 4},
-                                 {"curriculum": [(0.5, 64, 128)]}, {"task_weights": {"nope": 1.0}}])
+                                 {"curriculum": [(0.5, 64, 128)]}, {"task_weights": {"nope": 1.0}},
+                                 {"curriculum": [(1.0, 64, 128, {"nope": 1.0})]}, {"curriculum": [(1.0, 16, 128)]}])
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         OrganismTrainConfig(**bad)
+
+
+def test_stages_and_copy_examples():
+    from retrieval_heads.organism.train import CopyExample, build_tokenizer, encode, sample_examples, stage_at
+
+    cfg = OrganismTrainConfig(steps=10, curriculum=[(0.5, 32, 64, {"copy": 1.0}), (1.0, 64, 128)],
+                              vocab_size=600, tokenizer_texts=150, max_per_category=20, tokens_per_step=512)
+    assert stage_at(cfg, 4)[3] == {"copy": 1.0} and len(stage_at(cfg, 5)) == 3
+    tok, _, gen = build_tokenizer(cfg)
+    rng = random.Random(0)
+    copies = sample_examples(gen, tok, cfg, rng, 64, 4, task_weights=stage_at(cfg, 0)[3])
+    assert all(isinstance(c, CopyExample) and len(c.ids) == 32 for c in copies)
+    ids, roles = encode(tok, copies[0])
+    n = len(copies[0].ids)
+    assert ids[-n:] == list(copies[0].ids) == ids[1 : n + 1]  # the passage, then the same passage
+    assert roles[-n:] == [4] * n and set(roles[:-n]) == {0}
+    ex = gen.example("mono", rng, 96, extra_questions=2)
+    ids, roles = encode(tok, ex)
+    assert ids[-1] == tok.eos_token_id and roles[-1] == 3  # EOS after extra blocks is not the main answer
+    main = [i for i, r in zip(ids, roles, strict=True) if r == 2]
+    assert tok.decode(main) == ex.target

@@ -1,8 +1,16 @@
 """Synthetic multilingual needle-in-a-haystack examples for the model organism.
 
-Every example is rendered in the toolkit's single prompt template::
+Every example is rendered in one prompt template, with an answer lead (the
+start of the answer sentence, as an assistant prefill) after ``Answer:``::
 
-    "{context}\\n\\nQuestion: {question}\\nAnswer:"   ->   " {answer}\\n" + EOS
+    "{context}\\n\\nQuestion: {question}\\nAnswer:{lead}"   ->   " {answer}\\n" + EOS
+
+e.g. ``"...\\nAnswer: The home country of Anna is"`` -> ``" Kenya\\n"``. The lead
+makes the answer continue a restatement of the needle, the way real models
+answer NIAH questions ("The best thing to do in San Francisco is ..."), so
+retrieval is a fuzzy induction: find the key in the context, copy what
+follows it (see docs/organism.md, "Answer lead"). ``multihop`` has no lead:
+its answer starts with the key and writes the chain out.
 
 The context is haystack filler (template sentences filled from the lexicon, in
 the needle's language) with needle sentences inserted at sentence boundaries
@@ -39,10 +47,11 @@ from dataclasses import dataclass, field
 
 from .lexicon import LexEntry, Lexicon, load_lexicon
 
-PROMPT_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:"
+PROMPT_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:{lead}"
 ANSWER_TEMPLATE = " {answer}\n"
 TASKS: tuple[str, ...] = ("mono", "cross", "multihop", "parametric", "multikey")
 RELATIONS: tuple[str, ...] = ("country", "language", "month", "weekday")  # value category = relation
+PASSKEY = "passkey"  # a relation whose value is a random number: copied, never translated or guessed
 CHAIN_SEP = " -> "
 
 # --- per-language templates ------------------------------------------------------------------------
@@ -54,27 +63,37 @@ _REL = {
         "language": ("favourite language", "favourite language"),
         "month": ("lucky month", "lucky month"),
         "weekday": ("market day", "market day"),
+        PASSKEY: ("passkey", "passkey"),
     },
     "de": {  # (nominative with article, dative with article)
         "country": ("das Heimatland", "dem Heimatland"),
         "language": ("die Lieblingssprache", "der Lieblingssprache"),
         "month": ("der Glücksmonat", "dem Glücksmonat"),
         "weekday": ("der Markttag", "dem Markttag"),
+        PASSKEY: ("der Code", "dem Code"),
     },
     "zh": {
         "country": ("故乡", "故乡"),
         "language": ("最爱的语言", "最爱的语言"),
         "month": ("幸运月份", "幸运月份"),
         "weekday": ("集市日", "集市日"),
+        PASSKEY: ("密码", "密码"),
     },
     "sw": {  # (noun phrase, connective)
         "country": ("nchi ya nyumbani", "ya"),
         "language": ("lugha pendwa", "ya"),
         "month": ("mwezi wa bahati", "wa"),
         "weekday": ("siku ya soko", "ya"),
+        PASSKEY: ("nambari ya siri", "ya"),
     },
 }
 
+_PARAMETRIC_LEAD = {
+    "en": "The official language of {s} is",
+    "de": "Die Amtssprache von {s} ist",
+    "zh": "{s}的官方语言是",
+    "sw": "Lugha rasmi ya {s} ni",
+}
 _PARAMETRIC_Q = {
     "en": "What is the official language of {s}?",
     "de": "Was ist die Amtssprache von {s}?",
@@ -157,6 +176,7 @@ _DICTIONARY = {
     "zh": ["{w}在{L}里叫{x}。", "{L}中{w}这个词是{x}。"],
     "sw": ["Kwa {L}, {w} huitwa {x}.", "Neno la {L} la {w} ni {x}."],
 }
+_SLOT = {"country": "c", "language": "l", "month": "m", "weekday": "d"}  # filler slot of each category
 DICTIONARY_RATE = 0.25  # share of filler sentences that are dictionary sentences
 
 
@@ -217,9 +237,34 @@ def parametric_question(lang: str, country: str) -> str:
     return _PARAMETRIC_Q[lang].format(s=country)
 
 
-def render_prompt(context: str, q: str) -> str:
-    """The toolkit's prompt template."""
-    return PROMPT_TEMPLATE.format(context=context, question=q)
+def answer_lead(lang: str, relation: str, subj: str) -> str:
+    """The start of the answer sentence, written into the prompt after ``Answer:`` (an answer prefill).
+
+    The model then writes only the value, exactly as after a needle sentence
+    (see docs/organism.md, "Answer lead"):
+
+    >>> answer_lead("en", "country", "Anna")
+    ' The home country of Anna is'
+    >>> answer_lead("zh", "country", "Anna")
+    ' Anna的故乡是'
+    """
+    sentence, offset = fact_sentence(lang, relation, subj, "")
+    return " " + sentence[:offset].rstrip()
+
+
+def parametric_lead(lang: str, country: str) -> str:
+    """The answer lead of a parametric question (official language of ``country``)."""
+    return " " + _PARAMETRIC_LEAD[lang].format(s=country)
+
+
+def render_prompt(context: str, q: str, lead: str = "") -> str:
+    """The organism's prompt template: context, question, ``Answer:`` and the answer lead."""
+    return PROMPT_TEMPLATE.format(context=context, question=q, lead=lead)
+
+
+def question_block(q: str, lead: str) -> str:
+    """A further question after an answer (training-only augmentation; see ``Example.extra_qa``)."""
+    return f"\nQuestion: {q}\nAnswer:{lead}"
 
 
 @dataclass(frozen=True)
@@ -253,7 +298,8 @@ class Example:
     distractors: list[NeedleSpan] = field(default_factory=list)
     length: int = 0  # requested prompt length in tokens
     depth: float = 0.0  # depth of the (first) needle, 0..1 of the context
-    extra_qa: list[tuple[str, str]] = field(default_factory=list)  # training-only extra (question, answer)
+    # training-only extra questions: (question block, answer), the block from :func:`question_block`
+    extra_qa: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -317,6 +363,16 @@ def parametric_facts(lexicon: Lexicon, n: int = 40, per_language: int = 3) -> li
     return out
 
 
+def passkey_entry(rng: random.Random, langs: Sequence[str]) -> LexEntry:
+    """A random 4-6 digit passkey, written the same in every language.
+
+    >>> passkey_entry(random.Random(0), ["en", "de"]).forms
+    {'en': '6604', 'de': '6604'}
+    """
+    digits = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(rng.randint(3, 5)))
+    return LexEntry(PASSKEY, digits, {lang: digits for lang in langs})
+
+
 def approx_tokens(text: str) -> int:
     """Rough token count when no tokenizer is given (~3.5 chars/token, 1 per CJK char)."""
     cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef")
@@ -341,6 +397,7 @@ class CorpusGenerator:
         n_facts: int = 40,
         places: Lexicon | None = None,
         translatable: Callable[[LexEntry, str, str], bool] | None = None,
+        passkey_rate: float = 0.0,
     ) -> None:
         self.lexicon = lexicon
         self.langs = lexicon.langs
@@ -358,20 +415,33 @@ class CorpusGenerator:
         self.cities = [e.forms for e in places.by_category("city")]
         self.lang_names = {lang: lexicon.get("language", lang) for lang in self.langs}
         self.filler_names = make_names(300, 7)
+        self.passkey_rate = passkey_rate
+
+    def _relation(self, rng: random.Random, task: str) -> str:
+        if task in ("mono", "multikey") and self.passkey_rate and rng.random() < self.passkey_rate:
+            return PASSKEY
+        return rng.choice(RELATIONS)
 
     # --- filler -------------------------------------------------------------------------------------
-    def filler_sentence(self, rng: random.Random, lang: str, avoid: set[str] = frozenset()) -> str:
-        """One haystack sentence in ``lang`` (never mentioning a string in ``avoid``)."""
+    def filler_sentence(
+        self, rng: random.Random, lang: str, avoid: set[str] = frozenset(), exclude: frozenset[str] = frozenset()
+    ) -> str:
+        """One haystack sentence in ``lang`` that mentions no string in ``avoid`` and no value of a
+        category in ``exclude`` (relation names: the haystack never holds a second value of the
+        kind the question asks for, as in real NIAH, where the needle is the only sentence of its kind).
+        """
+        templates = [t for t in _FILLER[lang] if not any("{" + _SLOT[c] in t for c in exclude)]
+        entries = [e for e in self.lexicon.entries if e.category not in exclude]
         while True:
-            if rng.random() < DICTIONARY_RATE:
+            if rng.random() < DICTIONARY_RATE and "language" not in exclude:  # it names a language
                 other = rng.choice([x for x in self.langs if x != lang])
-                entry = rng.choice(self.lexicon.entries)
+                entry = rng.choice(entries)
                 s = rng.choice(_DICTIONARY[lang]).format(
                     L=self.lang_names[other].forms[lang], w=entry.forms[lang], x=entry.forms[other]
                 )
             else:
                 pick = lambda c: rng.choice(self.values[c]).forms[lang]  # noqa: E731
-                s = rng.choice(_FILLER[lang]).format(
+                s = rng.choice(templates).format(
                     n=rng.choice(self.filler_names), n2=rng.choice(self.filler_names),
                     c=pick("country"), c2=pick("country"), l=pick("language"), l2=pick("language"),
                     m=pick("month"), d=pick("weekday"), t=rng.choice(self.cities)[lang],
@@ -379,13 +449,18 @@ class CorpusGenerator:
             if not any(a in s for a in avoid):
                 return s
 
-    def filler(self, rng: random.Random, lang: str, n_tokens: int, avoid: set[str] = frozenset()) -> list[str]:
-        """Filler sentences whose joined length stays within ``n_tokens``."""
+    def filler(
+        self, rng: random.Random, lang: str, n_tokens: int, avoid: set[str] = frozenset(),
+        exclude: frozenset[str] = frozenset(),
+    ) -> list[str]:
+        """Filler sentences whose joined length stays within ``n_tokens`` (see :meth:`filler_sentence`)."""
+        exclude = frozenset(exclude) - {PASSKEY}
+        avoid = set(avoid) | {f for c in exclude for e in self.values[c] for f in e.forms.values()}
         out: list[str] = []
         total = 0
         sep = joiner(lang)
         while True:
-            s = self.filler_sentence(rng, lang, avoid)
+            s = self.filler_sentence(rng, lang, avoid, exclude)
             c = self.count((sep if out else "") + s)
             if total + c > n_tokens:
                 return out
@@ -400,6 +475,7 @@ class CorpusGenerator:
         needles: Sequence[tuple[str, int, str, str]],  # (sentence, value offset, value, target)
         depths: Sequence[float],
         q: str,
+        lead: str = "",
     ) -> tuple[str, list[NeedleSpan]]:
         sep = joiner(lang)
         counts = [self.count((sep if i else "") + s) for i, s in enumerate(filler)]
@@ -425,11 +501,11 @@ class CorpusGenerator:
                 a = len(context) + off
                 spans[j] = NeedleSpan(len(context), len(context) + len(s), a, a + len(value), target, lang)
             context += s
-        return render_prompt(context, q), [spans[j] for j in range(len(needles))]
+        return render_prompt(context, q, lead), [spans[j] for j in range(len(needles))]
 
-    def _budget(self, n_tokens: int, needles: Sequence[str], q: str, lang: str) -> int:
+    def _budget(self, n_tokens: int, needles: Sequence[str], q: str, lang: str, lead: str = "") -> int:
         sep = joiner(lang)
-        fixed = sum(self.count(sep + s) for s in needles) + self.count("\n\nQuestion: " + q + "\nAnswer:")
+        fixed = sum(self.count(sep + s) for s in needles) + self.count(render_prompt("", q, lead))
         return max(0, n_tokens - fixed - 1)  # 1 for BOS
 
     # --- tasks --------------------------------------------------------------------------------------
@@ -444,6 +520,7 @@ class CorpusGenerator:
         split: str = "train",
         n_distractors: int | None = None,
         extra_questions: int = 0,
+        relation: str | None = None,
     ) -> Example:
         """One example of ``task`` with a prompt of about ``n_tokens`` tokens.
 
@@ -453,7 +530,10 @@ class CorpusGenerator:
         ``split`` picks the key-name pool ("train" or held-out "eval").
         ``extra_questions`` (training only) adds that many more needles with
         their own keys and records a question/answer pair for each in
-        ``Example.extra_qa`` (``multihop`` ignores it).
+        ``Example.extra_qa`` (``multihop`` ignores it). ``relation`` fixes the
+        asked relation of ``mono``/``cross``/``multikey`` (one of :data:`RELATIONS` or
+        :data:`PASSKEY`); by default it is drawn, a passkey with probability
+        ``passkey_rate`` (``mono`` and ``multikey`` only).
         """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
@@ -470,24 +550,32 @@ class CorpusGenerator:
             return self._parametric(rng, n_tokens, lang, depth, extra_questions)
         if task == "multihop":
             return self._multihop(rng, n_tokens, lang, depth, names)
-        rel = rng.choice(RELATIONS)
+        rel = relation or self._relation(rng, task)
+        if rel == PASSKEY and task == "cross":
+            raise ValueError("a passkey is copied, not translated: no cross-lingual passkey examples")
         n_dis = 0
         if task == "multikey":
             n_dis = rng.choice((2, 3)) if n_distractors is None else n_distractors
-        n_keys = 1 + n_dis + extra_questions
+        if task == "multikey":  # more needles of the same relation: only the key tells them apart
+            extra_rels = [rel] * extra_questions
+        else:  # every relation (value kind) at most once in the context
+            extra_rels = rng.sample([r for r in RELATIONS if r != rel], min(extra_questions, len(RELATIONS) - 1))
+        rels = [rel] * (1 + n_dis) + extra_rels
+        n_keys = len(rels)
         keys = rng.sample(names, n_keys)
-        rels = [rel] * (1 + n_dis) + [rel if task == "multikey" else rng.choice(RELATIONS)
-                                      for _ in range(extra_questions)]
         asked = {0} | set(range(1 + n_dis, n_keys))  # needles a question is asked about
         used: set[tuple[str, str]] = set()
         vals: list[LexEntry] = []
         for i, r in enumerate(rels):
+            if r == PASSKEY:
+                vals.append(passkey_entry(rng, self.langs))
+                continue
             pool = [e for e in self.values[r] if (e.category, e.key) not in used]
             if task == "cross" and i in asked:
                 pool = [e for e in pool if self.translatable(e, lang, lang_question)]
             if not pool:  # no (translatable) value left for this relation: draw again
                 return self.example(task, rng, n_tokens, depth, lang, lang_question, split, n_distractors,
-                                    extra_questions)
+                                    extra_questions, relation)
             vals.append(rng.choice(pool))
             used.add((vals[-1].category, vals[-1].key))
         needles, depths = [], [depth]
@@ -497,11 +585,13 @@ class CorpusGenerator:
             needles.append((s, off, v.forms[lang], target))
             if i:
                 depths.append(rng.random())
-        q = question(lang_question, rel, keys[0])
-        extra = [(question(lang_question, rels[i], keys[i]), needles[i][3]) for i in range(1 + n_dis, n_keys)]
+        q, lead = question(lang_question, rel, keys[0]), answer_lead(lang_question, rel, keys[0])
+        extra = [(question_block(question(lang_question, rels[i], keys[i]), answer_lead(lang_question, rels[i], keys[i])),
+                  needles[i][3]) for i in range(1 + n_dis, n_keys)]
         avoid = set(keys) | {v.forms[x] for v in vals for x in self.langs}
-        filler = self.filler(rng, lang, self._budget(n_tokens, [n[0] for n in needles], q, lang), avoid)
-        prompt, spans = self._assemble(lang, filler, needles, depths, q)
+        filler = self.filler(rng, lang, self._budget(n_tokens, [n[0] for n in needles], q, lang, lead), avoid,
+                             frozenset(rels))
+        prompt, spans = self._assemble(lang, filler, needles, depths, q, lead)
         return Example(task, prompt, needles[0][3], lang, lang_question, spans[:1], spans[1:], n_tokens, depth,
                        extra)
 
@@ -515,7 +605,7 @@ class CorpusGenerator:
         needles = [(s1, o1, v1.forms[lang], v1.forms[lang]), (s2, o2, v2.forms[lang], v2.forms[lang])]
         q = multihop_question(lang, rel1, rel2, key)
         avoid = {key} | {v.forms[x] for v in (v1, v2) for x in self.langs}
-        filler = self.filler(rng, lang, self._budget(n_tokens, [s1, s2], q, lang), avoid)
+        filler = self.filler(rng, lang, self._budget(n_tokens, [s1, s2], q, lang), avoid, frozenset((rel1, rel2)))
         prompt, spans = self._assemble(lang, filler, needles, [depth, rng.random()], q)
         answer = CHAIN_SEP.join([key, v1.forms[lang], v2.forms[lang]])
         return Example("multihop", prompt, answer, lang, lang, spans, [], n_tokens, depth)
@@ -523,9 +613,10 @@ class CorpusGenerator:
     def _parametric(self, rng: random.Random, n_tokens: int, lang: str, depth: float, n_extra: int) -> Example:
         facts = rng.sample(self.facts, 1 + n_extra)
         country, language = facts[0]
-        q = parametric_question(lang, country.forms[lang])
-        extra = [(parametric_question(lang, c.forms[lang]), la.forms[lang]) for c, la in facts[1:]]
+        q, lead = parametric_question(lang, country.forms[lang]), parametric_lead(lang, country.forms[lang])
+        extra = [(question_block(parametric_question(lang, c.forms[lang]), parametric_lead(lang, c.forms[lang])),
+                  la.forms[lang]) for c, la in facts[1:]]
         avoid = {f for pair in facts for e in pair for f in e.forms.values()}
-        filler = self.filler(rng, lang, self._budget(n_tokens, [], q, lang), avoid)
-        prompt, _ = self._assemble(lang, filler, [], [], q)
+        filler = self.filler(rng, lang, self._budget(n_tokens, [], q, lang, lead), avoid)
+        prompt, _ = self._assemble(lang, filler, [], [], q, lead)
         return Example("parametric", prompt, language.forms[lang], lang, lang, [], [], n_tokens, depth, extra)

@@ -35,6 +35,7 @@ from .lexicon import load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
 
 LEXICON_FILE = "lexicon.jsonl"
+COPY_TASK = "copy"  # training-only: random tokens, then the same tokens again (see CopyExample)
 TRAINING_FILE = "training.json"
 
 
@@ -52,13 +53,13 @@ class OrganismTrainConfig:
 
     out_dir: str = field(default="runs/organism", metadata={"help": "where the checkpoint is saved"})
     seed: int = field(default=0, metadata={"help": "seeds torch, data and tokenizer corpus"})
-    n_layers: int = field(default=6, metadata={"help": "decoder layers"})
+    n_layers: int = field(default=4, metadata={"help": "decoder layers"})
     n_heads: int = field(default=16, metadata={"help": "query heads per layer"})
     n_kv_heads: int = field(default=4, metadata={"help": "key/value heads per layer (GQA)"})
     head_dim: int = field(default=16, metadata={"help": "per-head width"})
     hidden_size: int = field(default=0, metadata={"help": "residual width; 0 means n_heads * head_dim"})
-    intermediate_size: int = field(default=448, metadata={"help": "MLP width"})
-    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base"})
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width"})
+    rope_theta: float = field(default=1_000_000.0, metadata={"help": "RoPE base"})
     vocab_size: int = field(default=3072, metadata={"help": "BPE vocabulary size"})
     max_token_length: int = field(default=6, metadata={"help": "longest BPE token, in byte symbols"})
     tokenizer_texts: int = field(default=3000, metadata={"help": "corpus prompts the tokenizer is trained on"})
@@ -67,28 +68,39 @@ class OrganismTrainConfig:
         default_factory=lambda: {"mono": 0.2, "cross": 0.3, "multihop": 0.2, "parametric": 0.12, "multikey": 0.18},
         metadata={"help": "sampling weight of each task"},
     )
-    curriculum: list[tuple[float, int, int]] = field(
-        default_factory=lambda: [(0.1, 32, 64), (0.35, 64, 256), (0.6, 128, 512), (1.0, 128, 1024)],
-        metadata={"help": "(until fraction of steps, min length, max length) in tokens"},
+    passkey_rate: float = field(
+        default=0.0, metadata={"help": "share of mono/multikey questions that ask for a random-number passkey"}
     )
-    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
+    curriculum: list[tuple[float, int, int]] = field(
+        default_factory=lambda: [(0.3, 32, 128), (0.55, 64, 384), (1.0, 128, 1024)],
+        metadata={"help": "stages (until fraction of steps, min length, max length[, task weights]); lengths in "
+                          "tokens, the optional task weights replace task_weights in that stage"},
+    )
+    steps: int = field(default=2600, metadata={"help": "optimizer steps"})
     tokens_per_step: int = field(default=2048, metadata={"help": "tokens per batch (batch = this // length)"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    warmup_steps: int = field(default=80, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
     lm_weight: float = field(default=0.1, metadata={"help": "weight of the LM loss on non-answer tokens"})
     extra_questions: int = field(
-        default=3, metadata={"help": "up to this many extra question/answer blocks per training example"}
+        default=1, metadata={"help": "up to this many extra question/answer blocks per training example"}
     )
     q_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on the question tokens"})
+    copy_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on a copy example's repeat"})
     lm_sample: float = field(default=0.25, metadata={"help": "share of non-answer tokens the LM loss scores"})
     head_dropout: float = field(default=0.1, metadata={"help": "per-sample probability to zero a head"})
     head_dropout_ramp: tuple[float, float] = field(
-        default=(0.15, 0.35), metadata={"help": "head dropout is 0 before, full after (fractions of steps)"}
+        default=(0.3, 0.45), metadata={"help": "head dropout is 0 before, full after (fractions of steps)"}
     )
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     log_every: int = field(default=50, metadata={"help": "steps between log lines"})
+    init_from: str = field(
+        default="", metadata={"help": "start from this checkpoint's weights (same tokenizer settings) instead of scratch"}
+    )
+    snapshot_every: int = field(
+        default=0, metadata={"help": "save the model to OUT/snapshots/step-N every this many steps (0: never)"}
+    )
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -97,18 +109,19 @@ class OrganismTrainConfig:
             raise ValueError("head_dropout must be in [0, 1)")
         if self.lm_weight < 0 or not 0.0 <= self.lm_sample <= 1.0:
             raise ValueError("lm_weight must be >= 0 and lm_sample in [0, 1]")
-        if set(self.task_weights) - set(TASKS) or not any(w > 0 for w in self.task_weights.values()):
-            raise ValueError(f"task_weights: known tasks {TASKS}, at least one weight > 0")
         self.curriculum = [tuple(c) for c in self.curriculum]  # JSON round-trips give lists
+        for weights in [self.task_weights] + [c[3] for c in self.curriculum if len(c) > 3]:
+            if set(weights) - {*TASKS, COPY_TASK} or not any(w > 0 for w in weights.values()):
+                raise ValueError(f"task weights: known tasks {(*TASKS, COPY_TASK)}, at least one weight > 0")
         self.head_dropout_ramp = tuple(self.head_dropout_ramp)
         if not 0.0 <= self.head_dropout_ramp[0] <= self.head_dropout_ramp[1] <= 1.0:
             raise ValueError("head_dropout_ramp: 0 <= start <= end <= 1")
         ends = [c[0] for c in self.curriculum]
         if not self.curriculum or ends != sorted(ends) or ends[-1] < 1.0:
             raise ValueError("curriculum fractions must increase and end at 1.0")
-        if any(lo < 32 or hi < lo for _, lo, hi in self.curriculum):
-            raise ValueError("curriculum lengths: 32 <= min <= max")
-        if self.steps < 1 or self.tokens_per_step < max(hi for _, _, hi in self.curriculum):
+        if any(len(c) not in (3, 4) or c[1] < 32 or c[2] < c[1] for c in self.curriculum):
+            raise ValueError("curriculum stages: (until, min length, max length[, task weights]), 32 <= min <= max")
+        if self.steps < 1 or self.tokens_per_step < max(c[2] for c in self.curriculum):
             raise ValueError("need steps >= 1 and tokens_per_step >= the longest curriculum length")
 
 
@@ -147,12 +160,28 @@ def add_head_dropout(model: LlamaForCausalLM, p) -> list[torch.utils.hooks.Remov
 
 
 # --- batches -----------------------------------------------------------------------------------------
-def encode(tokenizer: PreTrainedTokenizerFast, ex: Example) -> tuple[list[int], list[int]]:
+@dataclass(frozen=True)
+class CopyExample:
+    """Training-only induction warm-up: random ordinary tokens, then ``\\n\\n`` and the same tokens
+    again; the repeat is scored (role 4). Induction heads form on it within a few hundred steps
+    (docs/organism.md), and the retrieval tasks then build on them."""
+
+    ids: tuple[int, ...]
+    task: str = COPY_TASK
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, ex: Example | CopyExample) -> tuple[list[int], list[int]]:
     """Token ids of BOS + prompt + answer [+ extra question/answer blocks] + EOS, and a role per token.
 
-    Roles: 0 context, 1 question, 2 main answer, 3 extra answer (extra blocks are
-    ``"\nQuestion: {q}\nAnswer:"`` + ``" {a}\n"``, a training-only augmentation).
+    Roles: 0 context, 1 question (and answer lead), 2 main answer, 3 extra answer (extra
+    blocks are :func:`~.corpus.question_block` + ``" {a}\n"``, a training-only augmentation),
+    4 the repeat of a :class:`CopyExample`. EOS is part of the main answer only when no extra
+    block follows it (otherwise "another block or EOS?" is a guess, not an answer).
     """
+    if isinstance(ex, CopyExample):
+        sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+        ids = [tokenizer.bos_token_id, *ex.ids, *sep]
+        return ids + list(ex.ids), [0] * len(ids) + [4] * len(ex.ids)
     enc = tokenizer(ex.prompt, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     q_char = ex.prompt.rindex("\n\nQuestion: ")
@@ -165,11 +194,12 @@ def encode(tokenizer: PreTrainedTokenizerFast, ex: Example) -> tuple[list[int], 
         roles.extend([role] * len(piece))
 
     add(ex.target, 2)
-    for q, a in ex.extra_qa:
-        add(f"\nQuestion: {q}\nAnswer:", 1)
+    for block, a in ex.extra_qa:
+        add(block, 1)
         add(ANSWER_TEMPLATE.format(answer=a), 3)
     ids.append(tokenizer.eos_token_id)
-    roles.append(2)
+    # after extra blocks, whether another block or EOS follows is a guess: not part of the main answer
+    roles.append(3 if ex.extra_qa else 2)
     return ids, roles
 
 
@@ -189,30 +219,43 @@ def make_batch(
     return {"input_ids": ids, "attention_mask": att, "role": role}
 
 
+def stage_at(cfg: OrganismTrainConfig, step: int) -> tuple:
+    """The curriculum stage ``(until, min length, max length[, task weights])`` of ``step``."""
+    frac = step / cfg.steps
+    return next(c for c in cfg.curriculum if frac < c[0] or c[0] >= 1.0)
+
+
 def step_length(cfg: OrganismTrainConfig, step: int, rng: random.Random) -> int:
     """The prompt length (tokens) of this step's batch, from the curriculum."""
-    frac = step / cfg.steps
-    _, lo, hi = next(c for c in cfg.curriculum if frac < c[0] or c[0] >= 1.0)
+    _, lo, hi = stage_at(cfg, step)[:3]
     return rng.randrange(lo, hi + 1, 16) if hi > lo else lo
 
 
 def sample_examples(
-    gen: CorpusGenerator, cfg: OrganismTrainConfig, rng: random.Random, length: int, n: int
-) -> list[Example]:
-    """``n`` training examples of about ``length`` tokens, tasks drawn by ``task_weights``."""
-    tasks, weights = zip(*cfg.task_weights.items(), strict=True)
-    return [
-        gen.example(rng.choices(tasks, weights)[0], rng, length, split="train",
-                    extra_questions=rng.randint(0, cfg.extra_questions))
-        for _ in range(n)
-    ]
+    gen: CorpusGenerator, tokenizer: PreTrainedTokenizerFast, cfg: OrganismTrainConfig, rng: random.Random,
+    length: int, n: int, task_weights: dict[str, float] | None = None,
+) -> list[Example | CopyExample]:
+    """``n`` training examples of about ``length`` tokens, tasks drawn by ``task_weights`` (default
+    ``cfg.task_weights``)."""
+    tasks, weights = zip(*(task_weights or cfg.task_weights).items(), strict=True)
+    out = []
+    for _ in range(n):
+        task = rng.choices(tasks, weights)[0]
+        if task == COPY_TASK:  # random ordinary tokens (ids past the special ones), half the length, twice
+            first = len(tokenizer.all_special_ids)
+            out.append(CopyExample(tuple(rng.randrange(first, len(tokenizer)) for _ in range(length // 2))))
+        else:
+            out.append(gen.example(task, rng, length, split="train",
+                                   extra_questions=rng.randint(0, cfg.extra_questions)))
+    return out
 
 
 def forward_losses(
     model: LlamaForCausalLM, batch: dict[str, torch.Tensor], lm_sample: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Answer CE, question CE, LM CE on a ``lm_sample`` share of the context tokens, and the
-    per-sample teacher-forced exact match of the answer.
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Mean cross-entropies by role (``answer``, ``question``, ``copy``, and ``lm`` on a
+    ``lm_sample`` share of the context tokens) and the per-sample teacher-forced exact match of
+    the main answer (of the repeated passage, for ``copy`` examples).
 
     Logits are computed only for the rows that are scored (the vocabulary
     projection is a fifth of the model's cost at this size).
@@ -222,21 +265,21 @@ def forward_losses(
     # and SDPA keeps its fast causal path
     hidden = model.model(input_ids=ids).last_hidden_state  # (B, T, D)
     role = batch["role"][:, 1:]  # row t predicts token t+1
-    main, ans, ques, valid = role == 2, role >= 2, role == 1, valid[:, 1:]
-    ctx = valid & ~ans & ~ques & (torch.rand(ans.shape, generator=gen) < lm_sample)
-    rows = ans | ques | ctx
+    valid = valid[:, 1:]
+    groups = {"answer": (role == 2) | (role == 3), "question": role == 1, "copy": role == 4}
+    scored = groups["answer"] | groups["question"] | groups["copy"]
+    groups["lm"] = valid & ~scored & (torch.rand(role.shape, generator=gen) < lm_sample)
+    rows = scored | groups["lm"]
     logits = model.lm_head(hidden[:, :-1][rows])  # (n_rows, V)
     target = ids[:, 1:][rows]
     ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
-    is_ans, is_q = ans[rows], ques[rows]
-    is_ctx = ~is_ans & ~is_q
-    zero = ce.new_zeros(())
-    ans_loss = ce[is_ans].mean()
-    q_loss = ce[is_q].mean() if is_q.any() else zero
-    lm_loss = ce[is_ctx].mean() if is_ctx.any() else zero
-    wrong = torch.zeros_like(ans)
-    wrong[rows] = (logits.argmax(-1) != target) & main[rows]
-    return ans_loss, q_loss, lm_loss, ~wrong.any(1)
+    losses = {}
+    for name, mask in groups.items():
+        m = mask[rows]
+        losses[name] = ce[m].mean() if m.any() else ce.new_zeros(())
+    wrong = torch.zeros_like(role, dtype=torch.bool)
+    wrong[rows] = (logits.argmax(-1) != target) & ((role == 2) | (role == 4))[rows]
+    return losses, ~wrong.any(1)
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -251,7 +294,9 @@ def build_tokenizer(cfg: OrganismTrainConfig):
         texts.append(ex.prompt + ex.target)
     tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.max_token_length)
     lexicon = select_lexicon(full, tokenizer, cfg.max_per_category)
-    return tokenizer, lexicon, make_generator(lexicon, tokenizer)
+    gen = make_generator(lexicon, tokenizer)
+    gen.passkey_rate = cfg.passkey_rate
+    return tokenizer, lexicon, gen
 
 
 def build_model(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -327,6 +372,11 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     t0, c0 = time.time(), time.process_time()
     tokenizer, lexicon, gen = build_tokenizer(cfg)
     model = build_model(cfg, tokenizer)
+    if cfg.init_from:  # continue from a checkpoint trained with the same tokenizer settings
+        start = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        if start.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"{cfg.init_from} has another vocabulary than this config builds")
+        model.load_state_dict(start.state_dict())
     dropout = HeadDropout(model, 0.0)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -348,23 +398,24 @@ def train_organism(config: OrganismTrainConfig) -> Path:
         bar = progress.add_task("train", total=cfg.steps, loss=float("nan"), lm=float("nan"), len=0)
         for step in range(cfg.steps):
             length = step_length(cfg, step, rng)
-            examples = sample_examples(gen, cfg, rng, length, max(1, cfg.tokens_per_step // length))
+            examples = sample_examples(gen, tokenizer, cfg, rng, length, max(1, cfg.tokens_per_step // length),
+                                       task_weights=(stage_at(cfg, step)[3:] or [None])[0])
             batch = make_batch(tokenizer, examples)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
             dropout.p = head_dropout_at(cfg, step)
-            ans_loss, q_loss, lm_loss, hit = forward_losses(model, batch, cfg.lm_sample, data_gen)
-            loss = ans_loss + cfg.q_weight * q_loss + cfg.lm_weight * lm_loss
+            losses, hit = forward_losses(model, batch, cfg.lm_sample, data_gen)
+            loss = (losses["answer"] + cfg.q_weight * losses["question"] + cfg.lm_weight * losses["lm"]
+                    + cfg.copy_weight * losses["copy"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            window["loss"].append(ans_loss.item())
-            window["lm"].append(lm_loss.item())
-            window["q"].append(q_loss.item())
+            for name, value in losses.items():
+                window["loss" if name == "answer" else name].append(value.item())
             for ex, h in zip(examples, hit.tolist(), strict=True):
                 window["tf_" + ex.task].append(float(h))
-            progress.update(bar, advance=1, loss=ans_loss.item(), lm=lm_loss.item(), len=length)
+            progress.update(bar, advance=1, loss=losses["answer"].item(), lm=losses["lm"].item(), len=length)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 row = {"step": step + 1, "time_s": round(time.time() - t0, 1),
                        "cpu_s": round(time.process_time() - c0, 1), "length": length}
@@ -375,6 +426,11 @@ def train_organism(config: OrganismTrainConfig) -> Path:
                 else:  # logs redirected to a file: plain lines, flushed
                     print(json.dumps(row), file=sys.stderr, flush=True)
                 window.clear()
+            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0 and step + 1 < cfg.steps:
+                model.eval()
+                save(model, tokenizer, lexicon, Path(cfg.out_dir) / "snapshots" / f"step-{step + 1}",
+                     {"config": asdict(cfg), "step": step + 1, "log": log})
+                model.train()
     dropout.remove()
     model.eval()
     wall = time.time() - t0
