@@ -89,3 +89,18 @@ def test_stages_and_copy_examples():
     assert ids[-1] == tok.eos_token_id and roles[-1] == 3  # EOS after extra blocks is not the main answer
     main = [i for i, r in zip(ids, roles, strict=True) if r == 2]
     assert tok.decode(main) == ex.target
+
+
+def test_save_leaves_live_weights_alone_and_reloads(tmp_path):
+    from retrieval_heads.organism.train import build_model, build_tokenizer, save
+
+    cfg = OrganismTrainConfig(out_dir=str(tmp_path), **{**TINY, "n_layers": 1})
+    tok, lex, _ = build_tokenizer(cfg)
+    model = build_model(cfg, tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    save(model, tok, lex, tmp_path, {})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a snapshot changes nothing
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()  # still tied
+    x = torch.tensor([[1, 5, 9, 20]])
+    torch.testing.assert_close(loaded(x).logits, model.half().float()(x).logits)  # fp16 weights, fp32 compute

@@ -95,6 +95,9 @@ class OrganismTrainConfig:
     )
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     log_every: int = field(default=50, metadata={"help": "steps between log lines"})
+    stop_at: int = field(
+        default=0, metadata={"help": "stop (and save) after this many steps; the schedules still span `steps`"}
+    )
     init_from: str = field(
         default="", metadata={"help": "start from this checkpoint's weights (same tokenizer settings) instead of scratch"}
     )
@@ -121,6 +124,8 @@ class OrganismTrainConfig:
             raise ValueError("curriculum fractions must increase and end at 1.0")
         if any(len(c) not in (3, 4) or c[1] < 32 or c[2] < c[1] for c in self.curriculum):
             raise ValueError("curriculum stages: (until, min length, max length[, task weights]), 32 <= min <= max")
+        if not 0 <= self.stop_at <= self.steps:
+            raise ValueError("stop_at must be in [0, steps]")
         if self.steps < 1 or self.tokens_per_step < max(c[2] for c in self.curriculum):
             raise ValueError("need steps >= 1 and tokens_per_step >= the longest curriculum length")
 
@@ -346,8 +351,9 @@ def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -
         do_sample=False,
         max_new_tokens=32,
     )
-    model.half().save_pretrained(out)
-    model.float()
+    # an fp16 copy: the live weights stay float32 (a snapshot mid-run must not change training)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    model.save_pretrained(out, state_dict={k: v.half() for k, v in model.state_dict().items() if k not in tied})
     conf = json.loads((out / "config.json").read_text())
     conf["dtype"] = "float32"  # stored in fp16 to stay small; compute in fp32 on CPU
     (out / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
@@ -395,8 +401,8 @@ def train_organism(config: OrganismTrainConfig) -> Path:
         TimeElapsedColumn(), TimeRemainingColumn(),
     ]
     with Progress(*columns) as progress:
-        bar = progress.add_task("train", total=cfg.steps, loss=float("nan"), lm=float("nan"), len=0)
-        for step in range(cfg.steps):
+        bar = progress.add_task("train", total=cfg.stop_at or cfg.steps, loss=float("nan"), lm=float("nan"), len=0)
+        for step in range(cfg.stop_at or cfg.steps):
             length = step_length(cfg, step, rng)
             examples = sample_examples(gen, tokenizer, cfg, rng, length, max(1, cfg.tokens_per_step // length),
                                        task_weights=(stage_at(cfg, step)[3:] or [None])[0])
@@ -416,7 +422,7 @@ def train_organism(config: OrganismTrainConfig) -> Path:
             for ex, h in zip(examples, hit.tolist(), strict=True):
                 window["tf_" + ex.task].append(float(h))
             progress.update(bar, advance=1, loss=losses["answer"].item(), lm=losses["lm"].item(), len=length)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            if (step + 1) % cfg.log_every == 0 or step + 1 == (cfg.stop_at or cfg.steps):
                 row = {"step": step + 1, "time_s": round(time.time() - t0, 1),
                        "cpu_s": round(time.process_time() - c0, 1), "length": length}
                 row.update({k: round(sum(v) / len(v), 4) for k, v in sorted(window.items()) if v})
@@ -426,7 +432,7 @@ def train_organism(config: OrganismTrainConfig) -> Path:
                 else:  # logs redirected to a file: plain lines, flushed
                     print(json.dumps(row), file=sys.stderr, flush=True)
                 window.clear()
-            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0 and step + 1 < cfg.steps:
+            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0 and step + 1 < (cfg.stop_at or cfg.steps):
                 model.eval()
                 save(model, tokenizer, lexicon, Path(cfg.out_dir) / "snapshots" / f"step-{step + 1}",
                      {"config": asdict(cfg), "step": step + 1, "log": log})
