@@ -348,8 +348,7 @@ def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, newline],
         pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        max_new_tokens=32,
+        do_sample=False,  # no length default: callers (lm-eval passes max_length) set their own
     )
     # an fp16 copy: the live weights stay float32 (a snapshot mid-run must not change training)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
