@@ -9,7 +9,7 @@ e.g. ``"...\\nAnswer: The home country of Anna is"`` -> ``" Kenya\\n"``. The lea
 makes the answer continue a restatement of the needle, the way real models
 answer NIAH questions ("The best thing to do in San Francisco is ..."), so
 retrieval is a fuzzy induction: find the key in the context, copy what
-follows it (see docs/organism.md, "Answer lead"). ``multihop`` has no lead:
+follows it (decision 16 in docs/decisions.md). ``multihop`` has no lead:
 its answer starts with the key and writes the chain out.
 
 The context is haystack filler (template sentences filled from the lexicon, in
@@ -241,7 +241,7 @@ def answer_lead(lang: str, relation: str, subj: str) -> str:
     """The start of the answer sentence, written into the prompt after ``Answer:`` (an answer prefill).
 
     The model then writes only the value, exactly as after a needle sentence
-    (see docs/organism.md, "Answer lead"):
+    (decision 16 in docs/decisions.md):
 
     >>> answer_lead("en", "country", "Anna")
     ' The home country of Anna is'
@@ -367,7 +367,7 @@ def passkey_entry(rng: random.Random, langs: Sequence[str]) -> LexEntry:
     """A random 4-6 digit passkey, written the same in every language.
 
     >>> passkey_entry(random.Random(0), ["en", "de"]).forms
-    {'en': '6604', 'de': '6604'}
+    {'en': '70487', 'de': '70487'}
     """
     digits = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(rng.randint(3, 5)))
     return LexEntry(PASSKEY, digits, {lang: digits for lang in langs})
@@ -566,18 +566,28 @@ class CorpusGenerator:
         asked = {0} | set(range(1 + n_dis, n_keys))  # needles a question is asked about
         used: set[tuple[str, str]] = set()
         vals: list[LexEntry] = []
+        kept: list[int] = []
         for i, r in enumerate(rels):
             if r == PASSKEY:
                 vals.append(passkey_entry(rng, self.langs))
+                kept.append(i)
                 continue
             pool = [e for e in self.values[r] if (e.category, e.key) not in used]
             if task == "cross" and i in asked:
                 pool = [e for e in pool if self.translatable(e, lang, lang_question)]
-            if not pool:  # no (translatable) value left for this relation: draw again
+            if not pool and i > n_dis:  # an extra question without a (translatable) value: leave it out
+                continue
+            if not pool:  # the asked relation has none: draw another relation
+                if relation is not None:
+                    raise ValueError(f"no {relation!r} value of the lexicon translates from {lang} to {lang_question}")
                 return self.example(task, rng, n_tokens, depth, lang, lang_question, split, n_distractors,
-                                    extra_questions, relation)
+                                    extra_questions)
             vals.append(rng.choice(pool))
             used.add((vals[-1].category, vals[-1].key))
+            kept.append(i)
+        rels, keys = [rels[i] for i in kept], [keys[i] for i in kept]
+        n_keys = len(kept)
+        asked = {0} | set(range(1 + n_dis, n_keys))
         needles, depths = [], [depth]
         for i, (k, r, v) in enumerate(zip(keys, rels, vals, strict=True)):
             s, off = fact_sentence(lang, r, k, v.forms[lang])

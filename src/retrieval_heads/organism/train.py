@@ -2,8 +2,13 @@
 
 Usage::
 
-    python -m retrieval_heads.organism.train --out runs/organism          # the shipped recipe
+    # the shipped checkpoint: three stages, each continuing from the previous one (init_from)
+    python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage1.json
+    python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage2.json
+    python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage3.json
     python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # a smoke run
+
+The defaults are a one-run version of that recipe that has not been validated.
 
 Recipe (see ``docs/organism.md``): a byte-level BPE tokenizer trained on the
 synthetic corpus; a stock ``LlamaForCausalLM`` from scratch (GQA, tied
@@ -59,7 +64,7 @@ class OrganismTrainConfig:
     head_dim: int = field(default=16, metadata={"help": "per-head width"})
     hidden_size: int = field(default=0, metadata={"help": "residual width; 0 means n_heads * head_dim"})
     intermediate_size: int = field(default=512, metadata={"help": "MLP width"})
-    rope_theta: float = field(default=1_000_000.0, metadata={"help": "RoPE base"})
+    rope_theta: float = field(default=10_000.0, metadata={"help": "RoPE base"})
     vocab_size: int = field(default=3072, metadata={"help": "BPE vocabulary size"})
     max_token_length: int = field(default=6, metadata={"help": "longest BPE token, in byte symbols"})
     tokenizer_texts: int = field(default=3000, metadata={"help": "corpus prompts the tokenizer is trained on"})
@@ -84,7 +89,7 @@ class OrganismTrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
     lm_weight: float = field(default=0.1, metadata={"help": "weight of the LM loss on non-answer tokens"})
     extra_questions: int = field(
-        default=1, metadata={"help": "up to this many extra question/answer blocks per training example"}
+        default=3, metadata={"help": "up to this many extra question/answer blocks per training example"}
     )
     q_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on the question tokens"})
     copy_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on a copy example's repeat"})
@@ -167,9 +172,10 @@ def add_head_dropout(model: LlamaForCausalLM, p) -> list[torch.utils.hooks.Remov
 # --- batches -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CopyExample:
-    """Training-only induction warm-up: random ordinary tokens, then ``\\n\\n`` and the same tokens
-    again; the repeat is scored (role 4). Induction heads form on it within a few hundred steps
-    (docs/organism.md), and the retrieval tasks then build on them."""
+    """Training-only copy example: random ordinary tokens, then ``\\n\\n`` and the same tokens again;
+    the repeat is scored (role 4), a pure induction signal. (In the experiments of docs/organism.md
+    it did not form induction heads within a few hundred steps by itself; the shipped recipe
+    does not use it.)"""
 
     ids: tuple[int, ...]
     task: str = COPY_TASK
