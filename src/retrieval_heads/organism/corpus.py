@@ -40,6 +40,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -430,8 +431,7 @@ class CorpusGenerator:
         category in ``exclude`` (relation names: the haystack never holds a second value of the
         kind the question asks for, as in real NIAH, where the needle is the only sentence of its kind).
         """
-        templates = [t for t in _FILLER[lang] if not any("{" + _SLOT[c] in t for c in exclude)]
-        entries = [e for e in self.lexicon.entries if e.category not in exclude]
+        templates, entries = self._filler_pools(lang, frozenset(exclude))
         while True:
             if rng.random() < DICTIONARY_RATE and "language" not in exclude:  # it names a language
                 other = rng.choice([x for x in self.langs if x != lang])
@@ -448,6 +448,12 @@ class CorpusGenerator:
                 )
             if not any(a in s for a in avoid):
                 return s
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019  (the generator lives as long as its users)
+    def _filler_pools(self, lang: str, exclude: frozenset[str]) -> tuple[list[str], list[LexEntry]]:
+        """Templates and dictionary entries that name no value of a category in ``exclude``."""
+        templates = [t for t in _FILLER[lang] if not any("{" + _SLOT[c] in t for c in exclude)]
+        return templates, [e for e in self.lexicon.entries if e.category not in exclude]
 
     def filler(
         self, rng: random.Random, lang: str, n_tokens: int, avoid: set[str] = frozenset(),
