@@ -71,7 +71,9 @@ def test_offsets_exact_and_template(gen, lexicon, task):
         assert ex.prompt == PROMPT_TEMPLATE.format(context=context, question=q, lead=lead)
         assert ex.target == f" {ex.answer}\n"
         if task == "multihop":
-            assert lead == ""  # the chain starts with the key itself
+            key = lead.removeprefix(" ").removesuffix(CHAIN_SEP.rstrip())  # the lead is " {key} ->"
+            n1 = ex.needles[0]
+            assert lead == f" {key}{CHAIN_SEP.rstrip()}" and key in q and key in ex.prompt[n1.start : n1.end]
         else:  # the lead restates the question up to the value, in the question's language
             assert lead.startswith(" ") and lead.endswith(COPULA[ex.lang_question])
         if task == "mono":  # lead + answer is exactly the needle sentence
@@ -93,7 +95,8 @@ def test_offsets_exact_and_template(gen, lexicon, task):
         if task == "multihop":
             n1, n2 = ex.needles
             v1, v2 = (ex.prompt[n.answer_start : n.answer_end] for n in (n1, n2))
-            assert ex.answer.split(CHAIN_SEP)[1:] == [v1, v2]
+            assert ex.answer.split(CHAIN_SEP) == [v1, v2]
+            assert ex.prompt.endswith(CHAIN_SEP.rstrip())  # the lead names the key; the answer starts at v1
             assert v1 in ex.prompt[n2.start : n2.end]  # the second hop starts from the first's value
         if task == "multikey":
             assert 2 <= len(ex.distractors) <= 3

@@ -9,8 +9,10 @@ e.g. ``"...\\nAnswer: The home country of Anna is"`` -> ``" Kenya\\n"``. The lea
 makes the answer continue a restatement of the needle, the way real models
 answer NIAH questions ("The best thing to do in San Francisco is ..."), so
 retrieval is a fuzzy induction: find the key in the context, copy what
-follows it (decision 16 in docs/decisions.md). ``multihop`` has no lead:
-its answer starts with the key and writes the chain out.
+follows it (decision 16 in docs/decisions.md). ``multihop``'s lead is the
+asked key and an arrow (``"... Answer: Anna ->"``); its answer writes the
+chain on from there (``" Kenya -> Friday"``): the intermediate value, then
+the final one.
 
 The context is haystack filler (template sentences filled from the lexicon, in
 the needle's language) with needle sentences inserted at sentence boundaries
@@ -19,8 +21,8 @@ at chosen depths. Five tasks (:data:`TASKS`):
 - ``mono``: needle, question and answer in one language;
 - ``cross``: needle in language A, question and answer in language B (the
   answer is the lexicon translation of the needle's value);
-- ``multihop``: two needles (key -> v1, v1 -> v2); the answer writes the chain
-  ``"key -> v1 -> v2"``;
+- ``multihop``: two needles (key -> v1, v1 -> v2); after the lead ``"key ->"``
+  the answer writes the rest of the chain, ``"v1 -> v2"``;
 - ``parametric``: one of a fixed table of facts learned in training (country
   -> official language, from CLDR), asked with plain filler as context;
 - ``multikey``: the target needle plus 2-3 needles with the same relation and
@@ -621,9 +623,11 @@ class CorpusGenerator:
         needles = [(s1, o1, v1.forms[lang], v1.forms[lang]), (s2, o2, v2.forms[lang], v2.forms[lang])]
         q = multihop_question(lang, rel1, rel2, key)
         avoid = {key} | {v.forms[x] for v in (v1, v2) for x in self.langs}
-        filler = self.filler(rng, lang, self._budget(n_tokens, [s1, s2], q, lang), avoid, frozenset((rel1, rel2)))
-        prompt, spans = self._assemble(lang, filler, needles, [depth, rng.random()], q)
-        answer = CHAIN_SEP.join([key, v1.forms[lang], v2.forms[lang]])
+        lead = " " + key + CHAIN_SEP.rstrip()  # " Anna ->": the chain starts at the asked key
+        filler = self.filler(rng, lang, self._budget(n_tokens, [s1, s2], q, lang, lead), avoid,
+                             frozenset((rel1, rel2)))
+        prompt, spans = self._assemble(lang, filler, needles, [depth, rng.random()], q, lead)
+        answer = CHAIN_SEP.join([v1.forms[lang], v2.forms[lang]])
         return Example("multihop", prompt, answer, lang, lang, spans, [], n_tokens, depth)
 
     def _parametric(self, rng: random.Random, n_tokens: int, lang: str, depth: float, n_extra: int) -> Example:
