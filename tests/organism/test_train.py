@@ -104,3 +104,23 @@ def test_save_leaves_live_weights_alone_and_reloads(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()  # still tied
     x = torch.tensor([[1, 5, 9, 20]])
     torch.testing.assert_close(loaded(x).logits, model.half().float()(x).logits)  # fp16 weights, fp32 compute
+
+
+def test_shipped_recipes_chain_and_match_the_checkpoint():
+    """The recipes that trained the shipped checkpoint: valid configs, each stage starting from the previous
+    one's output, the last writing `runs/organism`, with the shipped architecture."""
+    from pathlib import Path
+
+    from retrieval_heads.organism import ORGANISM_PATH
+
+    recipes = sorted((Path(__file__).parents[2] / "src/retrieval_heads/organism/recipes").glob("stage*.json"))
+    assert [p.stem for p in recipes] == [f"stage{i}" for i in range(1, len(recipes) + 1)]
+    configs = [OrganismTrainConfig(**json.loads(p.read_text())) for p in recipes]
+    assert not configs[0].init_from and configs[-1].out_dir == "runs/organism"
+    for prev, cur in zip(configs, configs[1:], strict=False):
+        assert cur.init_from == prev.out_dir
+    if (ORGANISM_PATH / "config.json").is_file():
+        shipped = json.loads((ORGANISM_PATH / "config.json").read_text())
+        last = configs[-1]
+        assert (shipped["num_hidden_layers"], shipped["num_attention_heads"], shipped["num_key_value_heads"]) == (
+            last.n_layers, last.n_heads, last.n_kv_heads)

@@ -2,10 +2,10 @@
 
 Usage::
 
-    # the shipped checkpoint: three stages, each continuing from the previous one (init_from)
-    python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage1.json
-    python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage2.json
-    python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage3.json
+    # the shipped checkpoint: six stages, each continuing from the previous one (init_from)
+    for i in 1 2 3 4 5 6; do
+      python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage$i.json
+    done
     python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # a smoke run
 
 The defaults are a one-run version of that recipe that has not been validated.
