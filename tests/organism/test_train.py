@@ -124,3 +124,18 @@ def test_shipped_recipes_chain_and_match_the_checkpoint():
         last = configs[-1]
         assert (shipped["num_hidden_layers"], shipped["num_attention_heads"], shipped["num_key_value_heads"]) == (
             last.n_layers, last.n_heads, last.n_kv_heads)
+
+
+def test_init_from_keeps_the_checkpoints_tokenizer(tmp_path):
+    """Continuing a checkpoint must not retrain the tokenizer: one trained on other corpus text (here: another
+    seed) has the same size and other ids, and would scramble the loaded embeddings (a bug of 2026-12-01)."""
+    cfg = {**TINY, "steps": 2, "log_every": 1}
+    first = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "a"), **cfg))
+    fresh = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "seed": 7}))
+    assert (fresh / "tokenizer.json").read_text() != (first / "tokenizer.json").read_text()  # the hazard is real
+    cont = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "c"), init_from=str(first), **{**cfg, "seed": 7}))
+    assert (cont / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    assert (cont / "lexicon.jsonl").read_text() == (first / "lexicon.jsonl").read_text()
+    start = json.loads((cont / "training.json").read_text())["log"][0]["loss"]
+    scratch = json.loads((fresh / "training.json").read_text())["log"][0]["loss"]
+    assert start < scratch  # the continued run starts from the trained weights, not from noise

@@ -36,7 +36,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .corpus import ANSWER_TEMPLATE, TASKS, CorpusGenerator, Example
-from .lexicon import load_lexicon
+from .lexicon import Lexicon, load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
 
 LEXICON_FILE = "lexicon.jsonl"
@@ -295,7 +295,18 @@ def forward_losses(
 
 # --- the run -----------------------------------------------------------------------------------------
 def build_tokenizer(cfg: OrganismTrainConfig):
-    """Train the tokenizer on corpus text, then pick the working lexicon and its generator."""
+    """Train the tokenizer on corpus text, then pick the working lexicon and its generator.
+
+    With ``init_from`` the checkpoint's own tokenizer and lexicon are used, never a retrained one:
+    a tokenizer trained anew on text from a changed corpus generator can have the same size and other
+    token ids, which would silently scramble the loaded embeddings.
+    """
+    if cfg.init_from:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.init_from)
+        lexicon = Lexicon.from_jsonl(Path(cfg.init_from) / LEXICON_FILE)
+        gen = make_generator(lexicon, tokenizer)
+        gen.passkey_rate = cfg.passkey_rate
+        return tokenizer, lexicon, gen
     full = load_lexicon()
     draft = CorpusGenerator(full)
     rng = random.Random(cfg.seed + 1)
