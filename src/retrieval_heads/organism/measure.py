@@ -182,8 +182,34 @@ def measure(
             "drop_rh": round(base - m_rh, 4), "drop_random": round(base - mean_rand, 4),
         }
     report["masking"] = masking
+    report["masking_curve"] = masking_curve(model, tok, sets["mono"], scores, acc["mono"]["all"], seeds[:3])
     report["seconds"] = round(time.time() - t0, 1)
     return report
+
+
+def masking_curve(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    scores: torch.Tensor,
+    base: float,
+    seeds: Sequence[int],
+    ks: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16),
+) -> dict:
+    """Accuracy on ``examples`` with the top-K retrieval heads masked vs K random heads outside them, per K.
+
+    A dose-response curve: how many heads must go before retrieval breaks, and how far the
+    retrieval heads are ahead of random ones at each K.
+    """
+    out = {"base": base, "k": {}}
+    n_layers, n_heads = scores.shape
+    for k in ks:
+        rh = top_heads(scores, k)
+        pool = [(la, h) for la in range(n_layers) for h in range(n_heads) if (la, h) not in set(rh)]
+        rand = [_accuracy(model, tok, examples, random.Random(s).sample(pool, k))[0] for s in seeds]
+        out["k"][str(k)] = {"rh_masked": round(_accuracy(model, tok, examples, rh)[0], 4),
+                            "random_mean": round(sum(rand) / len(rand), 4), "random": [round(r, 4) for r in rand]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -205,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"transition top: {report['transition']['top10'][:6]}")
     for t, m in report["masking"]["tasks"].items():
         print(f"mask {t:11s} base {m['base']:.3f}  RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
+    for k, m in report["masking_curve"]["k"].items():
+        print(f"mono, {k:>2} heads masked: RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
     return report
 
 

@@ -303,6 +303,8 @@ def build_tokenizer(cfg: OrganismTrainConfig):
     """
     if cfg.init_from:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.init_from)
+        for loading_only in ("is_local", "local_files_only"):  # not settings: keep them out of the saved config
+            tokenizer.init_kwargs.pop(loading_only, None)
         lexicon = Lexicon.from_jsonl(Path(cfg.init_from) / LEXICON_FILE)
         gen = make_generator(lexicon, tokenizer)
         gen.passkey_rate = cfg.passkey_rate
