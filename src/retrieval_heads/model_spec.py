@@ -205,10 +205,36 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return ids
 
 
+def weights_fingerprint(model: nn.Module, n: int = 64) -> str:
+    """A short content hash of a model's weights: every parameter's name, shape and first/last ``n`` values.
+
+    Two checkpoints at the same path (a retrained local model, a moved hub
+    revision) get different fingerprints, so resumable runs can refuse to
+    mix their results. Cheap (a few values per tensor, no file reads) and
+    independent of file times, devices and load order.
+
+    >>> import torch.nn as nn
+    >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    >>> weights_fingerprint(a) == weights_fingerprint(a), weights_fingerprint(a) == weights_fingerprint(b)
+    (True, False)
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            flat = p.detach().reshape(-1)
+            sample = torch.cat([flat[:n], flat[-n:]]).to("cpu", torch.float32)
+            h.update(f"{name}:{tuple(p.shape)}:".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def model_identity(model: PreTrainedModel) -> dict[str, Any]:
-    """Name and revision of a loaded model, for artifacts."""
+    """Name, revision and weights fingerprint of a loaded model, for artifacts and resume checks."""
     return {
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
         "revision": getattr(model.config, "_commit_hash", None),
         "architecture": type(model).__name__,
+        "weights": weights_fingerprint(model),
     }

@@ -99,6 +99,20 @@ def test_resuming_with_other_settings_raises(setup, reference_run):
         detect(model, tokenizer, prompts, _config(mode="teacher"), out)
 
 
+def test_resuming_with_other_weights_at_the_same_path_raises(setup, reference_run):
+    """A retrained checkpoint at the same path must not be mixed into a finished run's scores."""
+    import copy
+
+    model, tokenizer, prompts = setup
+    _, out = reference_run
+    retrained = copy.deepcopy(model)
+    with torch.no_grad():
+        retrained.model.layers[0].self_attn.q_proj.weight.mul_(1.01)
+    assert retrained.config._name_or_path == model.config._name_or_path
+    with pytest.raises(ResumeMismatchError, match="weights"):
+        detect(retrained, tokenizer, prompts, _config(), out)
+
+
 def test_no_retrieval_raises_loudly_and_writes_no_scores(setup, tmp_path, capsys):
     model, tokenizer, prompts = setup
     import copy

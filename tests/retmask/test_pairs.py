@@ -154,8 +154,15 @@ def test_resume_skips_done_prompts_and_matches_a_fresh_run(model_and_tokenizer, 
         return {r["id"]: (r["chosen"], r["rejected"]) for r in rows}
 
     assert responses(out) == responses(fresh)
-    with pytest.raises(ValueError, match="other heads or sampling settings"):
+    with pytest.raises(ValueError, match="other heads, sampling settings or model weights"):
         generate_pairs(model, tokenizer, HEADS[:1], prompts, config, out, progress=False)
+    import copy
+
+    retrained = copy.deepcopy(model)  # same path, other weights: its responses must not join the old ones
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="'weights': '"):
+        generate_pairs(retrained, tokenizer, HEADS, prompts, config, out, progress=False)
 
 
 def test_chat_prompts_and_missing_template(model_and_tokenizer, tmp_path):
@@ -280,3 +287,13 @@ def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, mo
     engines.clear()
     again = generate_pairs(model, tokenizer, HEADS, prompts, config, out, progress=False)
     assert engines == [str(ablated)] and again.n_pairs == stats.n_pairs
+
+
+def test_retmask_pipeline_refuses_work_from_other_base_weights(tmp_path):
+    from retrieval_heads.evaluate.compare import ResumeMismatchError
+    from retrieval_heads.retmask.pipeline import _check_base_model
+
+    _check_base_model(tmp_path, "organism", "aaaa")  # first run: records the base
+    _check_base_model(tmp_path, "organism", "aaaa")  # same weights: resumes
+    with pytest.raises(ResumeMismatchError, match="other weights of organism"):
+        _check_base_model(tmp_path, "organism", "bbbb")

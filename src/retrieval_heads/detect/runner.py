@@ -80,6 +80,7 @@ def _run_info(model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, ite
         **config.fingerprint(),
         "model": identity["model"],
         "revision": identity["revision"],
+        "weights": identity["weights"],
         "dtype": dtype,
         "n_layers": spec.n_layers,
         "n_heads": spec.n_heads,

@@ -308,9 +308,10 @@ class CompareResult:
         return self.files["markdown"].read_text(encoding="utf-8")
 
 
-def _fingerprint(config: CompareConfig, model_id: str, condition: Condition, task: str) -> str:
+def _fingerprint(config: CompareConfig, model_id: str, condition: Condition, task: str, weights: str = "") -> str:
     key = {
         "model": model_id,
+        "weights": weights,
         "task": task,
         "heads": heads_to_strings(condition.heads),
         "mode": config.mode,
@@ -335,7 +336,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     """
     from lm_eval import simple_evaluate
 
-    from ..model_spec import ModelSpec, load_model
+    from ..model_spec import ModelSpec, load_model, weights_fingerprint
     from .lm_eval_backend import MaskedHFLM, load_means
 
     out = Path(config.out)
@@ -351,6 +352,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     means = load_means(config.means) if config.means else None
     lm = MaskedHFLM.from_model(model, tokenizer, heads=[], mode=config.mode, means=means, batch_size=config.batch_size)
     model_id = config.model
+    weights = weights_fingerprint(model)  # a cell made with other weights at the same path is recomputed
     meta = run_metadata(
         model=model_id,
         model_spec=spec.describe(),
@@ -375,7 +377,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
         job = bar.add_task("compare", total=len(todo)) if progress else None
         for cond, task in todo:
             path = out / CELLS_DIR / cond.name / f"{task}.json"
-            fp = _fingerprint(config, model_id, cond, task)
+            fp = _fingerprint(config, model_id, cond, task, weights)
             cell = _load_cell(path, fp, config.overwrite)
             if cell is None:
                 if progress:

@@ -39,7 +39,7 @@ import torch
 from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
 from ..heads import HeadScores, heads_to_strings
 from ..masking import MASK_MODES, masked_heads
-from ..model_spec import ModelSpec, eos_token_ids
+from ..model_spec import ModelSpec, eos_token_ids, weights_fingerprint
 from ..progress import progress_bar
 from .compare import Condition, ResumeMismatchError, build_conditions
 
@@ -198,7 +198,8 @@ def evaluate_niah(
     out = Path(out)
     journal = out / JOURNAL_FILE
     spec = ModelSpec.from_model(model)
-    settings = json.loads(json.dumps({"mode": mode, "max_new_tokens": max_new_tokens, **(settings or {})}, default=str))
+    settings = {"mode": mode, "max_new_tokens": max_new_tokens, "weights": weights_fingerprint(model), **(settings or {})}
+    settings = json.loads(json.dumps(settings, default=str))
     if (out / RUN_FILE).exists():
         previous = json.loads((out / RUN_FILE).read_text(encoding="utf-8")).get("settings")
         if previous != settings:

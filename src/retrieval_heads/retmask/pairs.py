@@ -443,16 +443,16 @@ def _as_completion(item: PromptItem, text: str) -> str | list[dict[str, str]]:
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def _check_resume(out_path: Path, heads: list[Head], config: PairConfig) -> None:
+def _check_resume(out_path: Path, heads: list[Head], config: PairConfig, weights: str) -> None:
     path = stats_path(out_path)
     if not path.exists():
         return
     old = PairStats.load(path)
-    want = {"heads": heads_to_strings(heads), "settings": config.sampling_settings()}
-    have = {"heads": old.heads, "settings": old.settings}
+    want = {"heads": heads_to_strings(heads), "settings": config.sampling_settings(), "weights": weights}
+    have = {"heads": old.heads, "settings": old.settings, "weights": old.meta.get("weights")}
     if want != have:
         raise ValueError(
-            f"{out_path} was made with other heads or sampling settings ({path}: {have}); "
+            f"{out_path} was made with other heads, sampling settings or model weights ({path}: {have}); "
             f"this run asks for {want}. Write to a new --out, or delete the old files to start over."
         )
 
@@ -527,11 +527,12 @@ def generate_pairs(
     spec = ModelSpec.from_model(model)
     heads = check_heads(heads, spec.n_layers, spec.n_heads)  # fail before any work on a head the model lacks
     items = prepare_prompts(prompts, tokenizer, config)
-    _check_resume(out_path, heads, config)
+    identity = model_identity(model)
+    _check_resume(out_path, heads, config, identity["weights"])
     done = {r["id"] for r in read_jsonl(out_path)} | {r["id"] for r in read_jsonl(dropped_path(out_path))}
     pending = [it for it in items if it.id not in done]
     n_resumed = len(items) - len(pending)
-    meta = run_metadata(**model_identity(model), engine=config.engine, n_heads_masked=len(heads))
+    meta = run_metadata(**identity, engine=config.engine, n_heads_masked=len(heads))
     PairStats(heads=heads_to_strings(heads), settings=config.sampling_settings(), meta=meta).save(stats_path(out_path))
 
     if config.max_prompt_tokens is not None:

@@ -78,9 +78,26 @@ def _training_prompts(generator: Any, config: RetMaskPipelineConfig, out: Path) 
     return rows
 
 
+def _check_base_model(out: Path, model: str, weights: str) -> None:
+    """Refuse to resume RetMask work (pairs, trained models) that was made from other base weights."""
+    from ..evaluate.compare import ResumeMismatchError
+
+    path = out / "base_model.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("weights") != weights:
+            raise ResumeMismatchError(
+                f"{out} holds RetMask pairs and models made from other weights of {old.get('model')} "
+                f"(fingerprint {old.get('weights')}, now {weights}); resuming would mix the two. "
+                "Use another --out, or delete that folder to start over."
+            )
+        return
+    atomic_write_json(path, {"model": model, "weights": weights})
+
+
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) RetMask; returns the evaluation report (also in ``out/retmask_eval.json``)."""
-    from ..model_spec import load_model, resolve_model_path
+    from ..model_spec import load_model, resolve_model_path, weights_fingerprint
     from ..organism import tasks as organism_tasks
 
     console = console or Console(stderr=True)
@@ -88,6 +105,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(config.model)
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
+    _check_base_model(out, str(model_path), weights_fingerprint(model))
     generator = organism_tasks.organism_generator(model_path)
     tasks = SimpleNamespace(make_eval_set=partial(organism_tasks.make_eval_set, generator=generator),
                             exact_match_accuracy=organism_tasks.exact_match_accuracy, generator=generator)
