@@ -352,7 +352,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     means = load_means(config.means) if config.means else None
     lm = MaskedHFLM.from_model(model, tokenizer, heads=[], mode=config.mode, means=means, batch_size=config.batch_size)
     model_id = config.model
-    weights = weights_fingerprint(model)  # a cell made with other weights at the same path is recomputed
+    weights = weights_fingerprint(model)  # a cell made with other weights at the same path is refused
     meta = run_metadata(
         model=model_id,
         model_spec=spec.describe(),
@@ -436,7 +436,7 @@ def _load_cell(path: Path, fingerprint: str, overwrite: bool) -> dict[str, Any] 
     if overwrite:
         return None
     raise ResumeMismatchError(
-        f"{path} was computed with other settings (model, heads, mode, limit, ...); "
+        f"{path} was computed with other settings (model, its weights, heads, mode, limit, ...); "
         "use another --out folder, or --overwrite to recompute it"
     )
 
