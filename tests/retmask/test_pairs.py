@@ -224,6 +224,8 @@ def test_choose_heads_random_control_avoids_the_selection():
     assert len(control) == 4 and not set(control) & set(top)
     assert info["kind"] == "retrieval" and cinfo["kind"] == "random_control"
     assert "gini" in info["concentration"]
+    assert info["masked"] == info["selected"] and cinfo["selected"] == info["selected"]
+    assert cinfo["masked"] == [str(h) for h in control]  # the report names the heads the control really masked
 
 
 def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, monkeypatch):

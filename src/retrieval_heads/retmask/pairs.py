@@ -301,9 +301,10 @@ def choose_heads(
     info: dict[str, Any] = {"top_k": top_k, "threshold": threshold, "selected": heads_to_strings(selected),
                             "concentration": concentration(scores)}
     if random_control_seed is None:
-        return selected, {**info, "kind": "retrieval"}
+        return selected, {**info, "kind": "retrieval", "masked": heads_to_strings(selected)}
     control = random_heads(scores.n_layers, scores.n_heads, len(selected), seed=random_control_seed, exclude=selected)
-    return control, {**info, "kind": "random_control", "random_seed": random_control_seed}
+    return control, {**info, "kind": "random_control", "random_seed": random_control_seed,
+                     "masked": heads_to_strings(control)}  # "selected" stays the retrieval heads it avoids
 
 
 def prompt_seed(base_seed: int, prompt_id: str, stream: str = "") -> int:
