@@ -205,7 +205,8 @@ def masking_curve(
     n_layers, n_heads = scores.shape
     for k in ks:
         rh = top_heads(scores, k)
-        pool = [(la, h) for la in range(n_layers) for h in range(n_heads) if (la, h) not in set(rh)]
+        chosen = set(rh)
+        pool = [(la, h) for la in range(n_layers) for h in range(n_heads) if (la, h) not in chosen]
         rand = [_accuracy(model, tok, examples, random.Random(s).sample(pool, k))[0] for s in seeds]
         out["k"][str(k)] = {"rh_masked": round(_accuracy(model, tok, examples, rh)[0], 4),
                             "random_mean": round(sum(rand) / len(rand), 4), "random": [round(r, 4) for r in rand]}
