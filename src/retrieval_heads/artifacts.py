@@ -40,6 +40,54 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
+class ResumeMismatchError(RuntimeError):
+    """An output folder holds work made with other settings or weights than this run's: resuming would mix them."""
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One line ``key: old vs new`` per key whose value differs (keys missing on one side count as ``None``).
+
+    >>> settings_diff({"seed": 0, "mode": "greedy"}, {"seed": 1, "mode": "greedy"})
+    ['seed: 0 (recorded) vs 1 (now)']
+    """
+    return [f"{k}: {old.get(k)!r} (recorded) vs {new.get(k)!r} (now)"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def check_or_record(
+    path: str | Path, key: str, values: dict[str, Any], *, what: str, hint: str,
+    record: dict[str, Any] | None = None, overwrite: bool = False,
+    error: type[ResumeMismatchError] = ResumeMismatchError,
+) -> bool:
+    """Record the settings a folder's work depends on, or refuse to resume that work with other ones.
+
+    If ``path`` does not exist, write ``{**record, key: values}`` there (atomically). If it does,
+    compare its ``key`` with ``values`` (after a JSON round trip, so tuples equal lists): equal
+    means the work in the folder can be resumed; different raises ``error`` (a
+    :class:`ResumeMismatchError`) naming every differing setting, then ``hint`` — unless
+    ``overwrite``, which records the new values and returns ``True`` (the caller then discards the
+    old work). ``what`` names the work, e.g. ``"a detection run"``. Returns whether old work was
+    overwritten. Detection, NIAH evaluation and RetMask use it; lm-eval comparisons fingerprint
+    each cell instead (a new condition adds cells to a folder).
+    """
+    path = Path(path)
+    values = json.loads(json.dumps(values, default=str))
+    overwritten = False
+    if path.exists():
+        recorded = json.loads(path.read_text(encoding="utf-8")).get(key) or {}
+        diffs = settings_diff(recorded, values)
+        if not diffs:
+            return False
+        if not overwrite:
+            raise error(
+                f"{path.parent} holds {what} made with other settings, so it cannot be resumed:\n  "
+                + "\n  ".join(diffs) + f"\n{hint}"
+            )
+        overwritten = True
+    atomic_write_json(path, {**(record or {}), key: values})
+    return overwritten
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one record as a single line and fsync it: a finished sample is never lost."""
     path = Path(path)

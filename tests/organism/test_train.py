@@ -62,7 +62,34 @@ def test_head_dropout_only_in_training():
         h.remove()
 
 
+def test_per_head_dropout_spares_and_targets_heads():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from retrieval_heads.organism.train import head_dropout_at
+
+    cfg = OrganismTrainConfig(n_layers=2, n_heads=4, n_kv_heads=2, head_dropout=0.5, head_dropout_ramp=(0.0, 0.5),
+                              steps=10, head_dropout_overrides={"1.2": 0.0, "0.3": 0.9})
+    assert head_dropout_at(cfg, 0).sum() == 0  # ramp start
+    full = head_dropout_at(cfg, 9)
+    assert full[1, 2] == 0 and full[0, 3] == pytest.approx(0.9) and full[0, 0] == 0.5
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    p = torch.full((2, 4), 0.95)
+    p[1, 2] = 0.0
+    hooks = add_head_dropout(model, p)
+    seen = []
+    model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    model.train()(torch.randint(0, 50, (64, 5)))
+    heads = seen[0].view(64, 5, 4, 8).abs().sum((1, 3))  # (sample, head) mass after dropout
+    assert (heads[:, 2] > 0).all()  # the spared head is never dropped
+    assert (heads[:, [0, 1, 3]] == 0).float().mean() > 0.8  # the others almost always are
+    for h in hooks:
+        h.remove()
+
+
 @pytest.mark.parametrize("bad", [{"head_dropout": 1.0}, {"n_heads": 6, "n_kv_heads": 4},
+                                 {"head_dropout_overrides": {"4.0": 0.1}}, {"head_dropout_overrides": {"0.0": 1.0}},
+                                 {"head_dropout_overrides": {"x": 0.1}},
                                  {"curriculum": [(0.5, 64, 128)]}, {"task_weights": {"nope": 1.0}},
                                  {"curriculum": [(1.0, 64, 128, {"nope": 1.0})]}, {"curriculum": [(1.0, 16, 128)]}])
 def test_config_validation(bad):

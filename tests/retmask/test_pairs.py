@@ -297,5 +297,5 @@ def test_retmask_pipeline_refuses_work_from_other_base_weights(tmp_path):
 
     _check_base_model(tmp_path, "organism", "aaaa")  # first run: records the base
     _check_base_model(tmp_path, "organism", "aaaa")  # same weights: resumes
-    with pytest.raises(ResumeMismatchError, match="other weights of organism"):
+    with pytest.raises(ResumeMismatchError, match=r"(?s)RetMask pairs and models of .*organism.*weights: "):
         _check_base_model(tmp_path, "organism", "bbbb")

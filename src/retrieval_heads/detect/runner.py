@@ -31,7 +31,14 @@ from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
 
-from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
+from .. import artifacts
+from ..artifacts import (
+    append_jsonl,
+    atomic_write_text,
+    check_or_record,
+    read_jsonl,
+    run_metadata,
+)
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..niah import rouge1_recall
@@ -57,7 +64,7 @@ class NoRetrievalError(DetectionError):
     """No prompt passed the retrieval filter: the model never retrieved the needle, so there are no scores."""
 
 
-class ResumeMismatchError(DetectionError):
+class ResumeMismatchError(DetectionError, artifacts.ResumeMismatchError):
     """``out_dir`` holds a run made with other settings, model or prompts."""
 
 
@@ -100,19 +107,11 @@ def _run_info(model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, ite
 
 
 def _check_or_write_run(out_dir: Path, info: dict[str, Any]) -> None:
-    path = out_dir / RUN_FILE
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        old, new = saved.get("fingerprint", {}), info["fingerprint"]
-        diffs = [f"{k}: {old.get(k)!r} (in {path.name}) vs {new.get(k)!r} (now)" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        if diffs:
-            raise ResumeMismatchError(
-                f"{out_dir} holds a detection run with other settings, so it cannot be resumed:\n  "
-                + "\n  ".join(diffs)
-                + "\nUse another output directory, or delete its run.json and samples*.jsonl to start over."
-            )
-        return
-    atomic_write_json(path, {**info, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    check_or_record(
+        out_dir / RUN_FILE, "fingerprint", info["fingerprint"], what="a detection run",
+        hint="Use another output directory, or delete its run.json and samples*.jsonl to start over.",
+        record={**info, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, error=ResumeMismatchError,
+    )
 
 
 # ---- shards -----------------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_write_json, atomic_write_text, package_versions, run_metadata
+from ..artifacts import (
+    ResumeMismatchError,
+    atomic_write_json,
+    atomic_write_text,
+    package_versions,
+    run_metadata,
+)
 from ..heads import Head, HeadScores, heads_to_strings
 from ..masking import MASK_MODES
 from ..progress import progress_bar
@@ -53,10 +59,6 @@ PREFERRED_METRICS = ("f1", "exact_match", "acc_norm", "acc")
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 log = logging.getLogger(__name__)
-
-
-class ResumeMismatchError(RuntimeError):
-    """The output directory holds a cell computed with other settings."""
 
 
 # ---- configuration ---------------------------------------------------------------------------

@@ -36,12 +36,19 @@ from typing import Any
 
 import torch
 
-from ..artifacts import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
+from ..artifacts import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    check_or_record,
+    read_jsonl,
+    run_metadata,
+)
 from ..heads import HeadScores, heads_to_strings
 from ..masking import MASK_MODES, masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, weights_fingerprint
 from ..progress import progress_bar
-from .compare import Condition, ResumeMismatchError, build_conditions
+from .compare import Condition, build_conditions
 
 JOURNAL_FILE = "journal.jsonl"
 CELLS_FILE = "cells.json"
@@ -186,7 +193,7 @@ def evaluate_niah(
     holding ``prompt_id`` and ``requested_context_length`` will do). ``settings``
     (the model, the prompt source, ...) are stored in ``out/run.json``; a rerun
     with other settings (or another ``mode``/``max_new_tokens``) raises
-    :class:`~retrieval_heads.evaluate.compare.ResumeMismatchError` unless
+    :class:`~retrieval_heads.artifacts.ResumeMismatchError` unless
     ``overwrite``, which starts the journal afresh. Answers are keyed by
     condition, prompt id and head list, so new conditions or grid points are added.
 
@@ -200,16 +207,10 @@ def evaluate_niah(
     spec = ModelSpec.from_model(model)
     settings = {"mode": mode, "max_new_tokens": max_new_tokens, "weights": weights_fingerprint(model), **(settings or {})}
     settings = json.loads(json.dumps(settings, default=str))
-    if (out / RUN_FILE).exists():
-        previous = json.loads((out / RUN_FILE).read_text(encoding="utf-8")).get("settings")
-        if previous != settings:
-            if not overwrite:
-                raise ResumeMismatchError(
-                    f"{out} holds answers made with other settings ({previous} vs {settings}); "
-                    "use another output folder, or overwrite"
-                )
-            journal.unlink(missing_ok=True)
-    atomic_write_json(out / RUN_FILE, {"format": "retrieval-heads/niah-eval-run", "settings": settings})
+    if check_or_record(out / RUN_FILE, "settings", settings, what="NIAH answers",
+                       hint="Use another output folder, or overwrite.",
+                       record={"format": "retrieval-heads/niah-eval-run"}, overwrite=overwrite):
+        journal.unlink(missing_ok=True)
     done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in read_jsonl(journal)}
     todo = [(c, p) for c in conditions for p in prompts if (c.name, p.meta["prompt_id"], _heads_key(c)) not in done]
     bar = progress_bar(progress)

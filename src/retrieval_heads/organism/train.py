@@ -98,6 +98,10 @@ class OrganismTrainConfig:
     head_dropout_ramp: tuple[float, float] = field(
         default=(0.3, 0.45), metadata={"help": "head dropout is 0 before, full after (fractions of steps)"}
     )
+    head_dropout_overrides: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "per-head dropout probability replacing head_dropout, keyed 'layer.head' (ramped alike)"},
+    )
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     log_every: int = field(default=50, metadata={"help": "steps between log lines"})
     stop_at: int = field(
@@ -122,6 +126,12 @@ class OrganismTrainConfig:
             if set(weights) - {*TASKS, COPY_TASK} or not any(w > 0 for w in weights.values()):
                 raise ValueError(f"task weights: known tasks {(*TASKS, COPY_TASK)}, at least one weight > 0")
         self.head_dropout_ramp = tuple(self.head_dropout_ramp)
+        for key, p in self.head_dropout_overrides.items():
+            layer, _, head = key.partition(".")
+            if not (layer.isdigit() and head.isdigit() and int(layer) < self.n_layers and int(head) < self.n_heads):
+                raise ValueError(f"head_dropout_overrides: {key!r} is not 'layer.head' of this model")
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"head_dropout_overrides: {key!r} must be in [0, 1), got {p}")
         if not 0.0 <= self.head_dropout_ramp[0] <= self.head_dropout_ramp[1] <= 1.0:
             raise ValueError("head_dropout_ramp: 0 <= start <= end <= 1")
         ends = [c[0] for c in self.curriculum]
@@ -140,11 +150,12 @@ class HeadDropout:
     """Per-sample head dropout: zero each (sample, head) slice of every ``o_proj`` input with
     probability ``p`` (settable while training), only in training mode.
 
+    ``p`` is a float (every head) or a ``[n_layers, n_heads]`` tensor (one probability per head).
     Survivors are scaled by 1/(1-p) (inverted dropout), so eval needs no rescaling.
     Use as ``hd = HeadDropout(model, 0.1)``; ``hd.p = ...``; ``hd.remove()``.
     """
 
-    def __init__(self, model: LlamaForCausalLM, p: float) -> None:
+    def __init__(self, model: LlamaForCausalLM, p: float | torch.Tensor) -> None:
         self.p = p
         self.handles = add_head_dropout(model, lambda: self.p)
 
@@ -154,19 +165,25 @@ class HeadDropout:
 
 
 def add_head_dropout(model: LlamaForCausalLM, p) -> list[torch.utils.hooks.RemovableHandle]:
-    """Register the head-dropout pre-hooks; ``p`` is a float or a zero-argument callable."""
+    """Register the head-dropout pre-hooks; ``p`` is a float, a ``[n_layers, n_heads]`` tensor of
+    per-head probabilities, or a zero-argument callable returning either."""
     n_heads, head_dim = model.config.num_attention_heads, model.config.head_dim
     get_p = p if callable(p) else (lambda: p)
 
-    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
-        p = get_p()
-        if not module.training or p == 0:
-            return None
-        x = args[0]  # (B, T, n_heads * head_dim)
-        keep = (torch.rand(x.shape[0], 1, n_heads, 1) >= p).to(x.dtype) / (1 - p)
-        return (x.view(*x.shape[:2], n_heads, head_dim).mul(keep).view_as(x),) + args[1:]
+    def make_hook(layer: int):
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
+            p = get_p()
+            p = p[layer].view(1, 1, n_heads, 1) if isinstance(p, torch.Tensor) else torch.tensor(float(p))
+            if not module.training or not bool((p > 0).any()):
+                return None
+            x = args[0]  # (B, T, n_heads * head_dim)
+            keep = (torch.rand(x.shape[0], 1, n_heads, 1) >= p).to(x.dtype) / (1 - p).to(x.dtype)
+            return (x.view(*x.shape[:2], n_heads, head_dim).mul(keep).view_as(x),) + args[1:]
 
-    return [layer.self_attn.o_proj.register_forward_pre_hook(hook) for layer in model.model.layers]
+        return hook
+
+    return [layer.self_attn.o_proj.register_forward_pre_hook(make_hook(i))
+            for i, layer in enumerate(model.model.layers)]
 
 
 # --- batches -----------------------------------------------------------------------------------------
@@ -344,11 +361,19 @@ def build_model(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) ->
     return LlamaForCausalLM(mcfg)
 
 
-def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float:
-    """0 until ``head_dropout_ramp[0]`` of the steps, then linear up to ``head_dropout`` at ``[1]``."""
+def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float | torch.Tensor:
+    """0 until ``head_dropout_ramp[0]`` of the steps, then linear up to ``head_dropout`` at ``[1]``;
+    a ``[n_layers, n_heads]`` tensor when ``head_dropout_overrides`` sets some heads apart."""
     a, b = cfg.head_dropout_ramp
     frac = step / cfg.steps
-    return cfg.head_dropout * min(1.0, max(0.0, (frac - a) / max(b - a, 1e-9)))
+    ramp = min(1.0, max(0.0, (frac - a) / max(b - a, 1e-9)))
+    if not cfg.head_dropout_overrides:
+        return cfg.head_dropout * ramp
+    p = torch.full((cfg.n_layers, cfg.n_heads), cfg.head_dropout)
+    for key, value in cfg.head_dropout_overrides.items():
+        layer, head = map(int, key.split("."))
+        p[layer, head] = value
+    return p * ramp
 
 
 def lr_at(cfg: OrganismTrainConfig, step: int) -> float:

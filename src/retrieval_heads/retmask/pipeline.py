@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..artifacts import atomic_write_json, read_jsonl
+from ..artifacts import atomic_write_json, check_or_record, read_jsonl
 from ..heads import HeadScores
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
 from .pairs import PairConfig, choose_heads, generate_pairs
@@ -80,19 +80,9 @@ def _training_prompts(generator: Any, config: RetMaskPipelineConfig, out: Path) 
 
 def _check_base_model(out: Path, model: str, weights: str) -> None:
     """Refuse to resume RetMask work (pairs, trained models) that was made from other base weights."""
-    from ..evaluate.compare import ResumeMismatchError
-
-    path = out / "base_model.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("weights") != weights:
-            raise ResumeMismatchError(
-                f"{out} holds RetMask pairs and models made from other weights of {old.get('model')} "
-                f"(fingerprint {old.get('weights')}, now {weights}); resuming would mix the two. "
-                "Use another --out, or delete that folder to start over."
-            )
-        return
-    atomic_write_json(path, {"model": model, "weights": weights})
+    check_or_record(out / "base_model.json", "base", {"weights": weights}, record={"model": model},
+                    what=f"RetMask pairs and models of {model}",
+                    hint="Resuming would mix the two: use another --out, or delete that folder to start over.")
 
 
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
