@@ -14,6 +14,7 @@ def demo_command(
     retmask: bool = typer.Option(True, "--retmask/--no-retmask", help="Include the short RetMask run."),
 ) -> None:
     """Detect RH and RTH, compare masked conditions, run a short RetMask, and write report.html."""
+    from ..artifacts import ResumeMismatchError
     from ..demo import config_from_overrides, run_demo
 
     overrides: dict = {"out": str(out), "model": model, "retmask": retmask}
@@ -24,5 +25,10 @@ def demo_command(
         report = run_demo(config_from_overrides(**overrides))
     except FileNotFoundError as err:
         typer.secho(f"demo: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    except ResumeMismatchError as err:  # e.g. results of an older built-in model in the same folder
+        typer.secho(f"demo: {err}\n{out} holds results made with another model or other settings (an older "
+                    f"built-in model, say); nothing was changed. Use --out NEW, or delete {out} to start over.",
+                    fg="red", err=True)
         raise typer.Exit(2) from None
     typer.echo(str(report))
