@@ -16,10 +16,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # The issue's accuracy targets, and the floors the shipped checkpoint is guarded at (a little below what
-# it measured on this set, docs/organism.md). The targets are not met yet: test_issue_targets is an
+# it measured on this set, docs/organism.md). Not all targets are met yet (cross): test_issue_targets is an
 # expected failure that turns into an error (strict) the day they are, so the floors get raised.
-TARGETS = {"mono": 0.95, "cross": 0.90, "multihop": 0.80, "parametric": 0.90, "multikey": 0.80}
-FLOORS = {"mono": 0.8, "cross": 0.55, "multihop": 0.55, "parametric": 0.85}  # measured 0.90, 0.65, 0.65, 0.95 (multikey 0.25)
+TARGETS = {"mono": 0.95, "cross": 0.90, "multihop": 0.80, "parametric": 0.90}  # the issue sets none for multikey
+FLOORS = {"mono": 0.85, "cross": 0.7, "multihop": 0.8, "parametric": 0.9}  # measured 0.95, 0.80, 0.90, 1.00 (multikey 0.20)
 N = 20
 
 
@@ -80,4 +80,4 @@ def test_accuracy_floors(accuracy, task):
 
 @pytest.mark.xfail(reason="the shipped checkpoint does not reach the issue's targets yet (docs/organism.md)", strict=True)
 def test_issue_targets(accuracy):
-    assert all(accuracy[t] >= TARGETS[t] for t in TASKS), accuracy
+    assert all(accuracy[t] >= TARGETS[t] for t in TARGETS), accuracy

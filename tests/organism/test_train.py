@@ -140,7 +140,8 @@ def test_shipped_recipes_chain_and_match_the_checkpoint():
 
     from retrieval_heads.organism import ORGANISM_PATH
 
-    recipes = sorted((Path(__file__).parents[2] / "src/retrieval_heads/organism/recipes").glob("stage*.json"))
+    recipes = sorted((Path(__file__).parents[2] / "src/retrieval_heads/organism/recipes").glob("stage*.json"),
+                     key=lambda p: int(p.stem.removeprefix("stage")))
     assert [p.stem for p in recipes] == [f"stage{i}" for i in range(1, len(recipes) + 1)]
     configs = [OrganismTrainConfig(**json.loads(p.read_text())) for p in recipes]
     assert not configs[0].init_from and configs[-1].out_dir == "runs/organism"
@@ -151,6 +152,7 @@ def test_shipped_recipes_chain_and_match_the_checkpoint():
         last = configs[-1]
         assert (shipped["num_hidden_layers"], shipped["num_attention_heads"], shipped["num_key_value_heads"]) == (
             last.n_layers, last.n_heads, last.n_kv_heads)
+        assert shipped["rope_parameters"]["rope_theta"] == last.rope_theta
 
 
 def test_init_from_keeps_the_checkpoints_tokenizer(tmp_path):
