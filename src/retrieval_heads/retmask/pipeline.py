@@ -82,7 +82,7 @@ def _check_base_model(out: Path, model: str, weights: str) -> None:
     """Refuse to resume RetMask work (pairs, trained models) that was made from other base weights."""
     check_or_record(out / "base_model.json", "base", {"weights": weights}, record={"model": model},
                     what=f"RetMask pairs and models of {model}",
-                    hint="Resuming would mix the two: use another --out, or delete that folder to start over.")
+                    hint="Resuming would mix work from two base models: use another --out, or delete that folder to start over.")
 
 
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
