@@ -25,7 +25,6 @@ depth, the conditions' head lists and the run metadata), ``summary.md``, and
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from collections import defaultdict
@@ -206,7 +205,6 @@ def evaluate_niah(
     journal = out / JOURNAL_FILE
     spec = ModelSpec.from_model(model)
     settings = {"mode": mode, "max_new_tokens": max_new_tokens, "weights": weights_fingerprint(model), **(settings or {})}
-    settings = json.loads(json.dumps(settings, default=str))
     if check_or_record(out / RUN_FILE, "settings", settings, what="NIAH answers",
                        hint="Use another output folder, or overwrite.",
                        record={"format": "retrieval-heads/niah-eval-run"}, overwrite=overwrite):
