@@ -82,6 +82,12 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     assert r.exit_code == 0, r.output
     stats = json.loads((tmp_path / "p.stats.json").read_text())
     assert stats["heads"] == ["0.5", "1.3", "2.1"] and stats["n_prompts"] == 6 and stats["n_pairs"] >= 2
+    before = (tmp_path / "p.jsonl").read_text()
+    r = runner.invoke(retmask_app, ["pairs", "--model", str(path), "--heads", str(tmp_path / "head_scores.json"),
+                                    "--top-k", "1", "--prompts", str(prompts), "--out", str(tmp_path / "p.jsonl"),
+                                    "--max-new-tokens", "5", "--independent-seeds", "--batch-size", "4"])
+    assert r.exit_code == 1 and "other heads" in r.output and "Traceback" not in r.output  # other heads: refused
+    assert (tmp_path / "p.jsonl").read_text() == before  # and the finished pairs are kept
 
     r = runner.invoke(retmask_app, ["train", "--model", str(path), "--pairs", str(tmp_path / "p.jsonl"),
                                     "--out", str(tmp_path / "trained"), "--lora", "--max-steps", "2", "--lr", "1e-3",

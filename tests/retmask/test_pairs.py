@@ -161,8 +161,11 @@ def test_resume_skips_done_prompts_and_matches_a_fresh_run(model_and_tokenizer, 
     retrained = copy.deepcopy(model)  # same path, other weights: its responses must not join the old ones
     with torch.no_grad():
         next(retrained.parameters()).add_(0.01)
-    with pytest.raises(ValueError, match="'weights': '"):
+    with pytest.raises(ValueError, match="'weights': '") as err:
         generate_pairs(retrained, tokenizer, HEADS, prompts, config, out, progress=False)
+    from retrieval_heads.artifacts import ResumeMismatchError
+
+    assert isinstance(err.value, ResumeMismatchError)  # so `demo` and `retmask pairs` report it, no traceback
 
 
 def test_chat_prompts_and_missing_template(model_and_tokenizer, tmp_path):

@@ -90,6 +90,7 @@ def pairs(
     engine: Annotated[str, typer.Option(help="transformers or vllm.")] = "transformers",
 ) -> None:
     """Sample chosen (original) and rejected (heads zeroed) responses; write TRL preference pairs."""
+    from ..artifacts import ResumeMismatchError
     from ..retmask.pairs import PairConfig, generate_pairs, load_prompts
 
     stops = tuple(s.encode().decode("unicode_escape") for s in (stop or []))  # "\\n" on a shell -> newline
@@ -99,7 +100,11 @@ def pairs(
     )
     records = load_prompts(prompts, limit=limit)
     loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control)
-    stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)
+    try:
+        stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)
+    except ResumeMismatchError as err:  # the journal at --out holds other heads, settings or weights
+        typer.secho(f"retmask pairs: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
     typer.echo(
         f"{stats.n_pairs} pairs from {stats.n_prompts} prompts ({stats.n_resumed} resumed); "
         f"dropped {stats.n_dropped}: {json.dumps(stats.dropped)} -> {out}"

@@ -310,7 +310,7 @@ class CompareResult:
         return self.files["markdown"].read_text(encoding="utf-8")
 
 
-def _fingerprint(config: CompareConfig, model_id: str, condition: Condition, task: str, weights: str = "") -> str:
+def _fingerprint(config: CompareConfig, model_id: str, condition: Condition, task: str, weights: str) -> str:
     key = {
         "model": model_id,
         "weights": weights,

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from ..artifacts import append_jsonl, atomic_write_json, read_jsonl, run_metadata
+from ..artifacts import ResumeMismatchError, append_jsonl, atomic_write_json, read_jsonl, run_metadata
 from ..heads import Head, HeadScores, check_heads, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
@@ -51,6 +51,11 @@ from ..selection import concentration, random_heads, select_heads
 
 DROP_REASONS = ("empty_chosen", "empty_rejected", "empty_both", "identical", "prompt_too_long")
 ENGINES = ("transformers", "vllm")
+
+
+class PairsResumeMismatchError(ResumeMismatchError, ValueError):
+    """The pairs file was made with other heads, sampling settings or model weights (a ``ValueError`` too, as
+    before the shared :class:`~retrieval_heads.artifacts.ResumeMismatchError`)."""
 
 
 class ChatTemplateError(ValueError):
@@ -452,7 +457,7 @@ def _check_resume(out_path: Path, heads: list[Head], config: PairConfig, weights
     want = {"heads": heads_to_strings(heads), "settings": config.sampling_settings(), "weights": weights}
     have = {"heads": old.heads, "settings": old.settings, "weights": old.meta.get("weights")}
     if want != have:
-        raise ValueError(
+        raise PairsResumeMismatchError(
             f"{out_path} was made with other heads, sampling settings or model weights ({path}: {have}); "
             f"this run asks for {want}. Write to a new --out, or delete the old files to start over."
         )
