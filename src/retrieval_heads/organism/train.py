@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..heads import Head, check_heads
 from .corpus import ANSWER_TEMPLATE, TASKS, CorpusGenerator, Example
 from .lexicon import Lexicon, load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
@@ -126,10 +127,8 @@ class OrganismTrainConfig:
             if set(weights) - {*TASKS, COPY_TASK} or not any(w > 0 for w in weights.values()):
                 raise ValueError(f"task weights: known tasks {(*TASKS, COPY_TASK)}, at least one weight > 0")
         self.head_dropout_ramp = tuple(self.head_dropout_ramp)
+        check_heads([Head.parse(key) for key in self.head_dropout_overrides], self.n_layers, self.n_heads)
         for key, p in self.head_dropout_overrides.items():
-            layer, _, head = key.partition(".")
-            if not (layer.isdigit() and head.isdigit() and int(layer) < self.n_layers and int(head) < self.n_heads):
-                raise ValueError(f"head_dropout_overrides: {key!r} is not 'layer.head' of this model")
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"head_dropout_overrides: {key!r} must be in [0, 1), got {p}")
         if not 0.0 <= self.head_dropout_ramp[0] <= self.head_dropout_ramp[1] <= 1.0:
@@ -371,8 +370,7 @@ def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float | torch.Tensor
         return cfg.head_dropout * ramp
     p = torch.full((cfg.n_layers, cfg.n_heads), cfg.head_dropout)
     for key, value in cfg.head_dropout_overrides.items():
-        layer, head = map(int, key.split("."))
-        p[layer, head] = value
+        p[Head.parse(key)] = value
     return p * ramp
 
 
