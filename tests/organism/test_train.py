@@ -87,9 +87,41 @@ def test_per_head_dropout_spares_and_targets_heads():
         h.remove()
 
 
+def test_reinitialize_heads_redraws_only_those_heads():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from retrieval_heads.heads import Head
+    from retrieval_heads.organism.train import reinitialize_heads
+
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a "trained" head: large weights no fresh draw would give
+        model.model.layers[1].self_attn.q_proj.weight.mul_(50)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reinitialize_heads(model, [Head(1, 2)], seed=3)
+    after = model.state_dict()
+    q, o = "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.o_proj.weight"
+    rows = slice(16, 24)
+    assert not torch.equal(after[q][rows], before[q][rows]) and not torch.equal(after[o][:, rows], before[o][:, rows])
+    assert after[q][rows].std() < 0.05 < before[q][rows].std()  # drawn at initializer_range (0.02), not kept
+    for name in after:  # everything else, the group's shared k/v included, is untouched
+        if name in (q, o):
+            mask = torch.ones_like(after[name], dtype=torch.bool)
+            (mask[rows] if name == q else mask[:, rows]).fill_(False)
+            assert torch.equal(after[name][mask], before[name][mask])
+        else:
+            assert torch.equal(after[name], before[name]), name
+    again = LlamaForCausalLM(config)
+    again.load_state_dict(before)
+    reinitialize_heads(again, [Head(1, 2)], seed=3)
+    assert torch.equal(again.state_dict()[q], after[q])  # seeded
+
+
 @pytest.mark.parametrize("bad", [{"head_dropout": 1.0}, {"n_heads": 6, "n_kv_heads": 4},
                                  {"head_dropout_overrides": {"4.0": 0.1}}, {"head_dropout_overrides": {"0.0": 1.0}},
-                                 {"head_dropout_overrides": {"x": 0.1}},
+                                 {"head_dropout_overrides": {"x": 0.1}}, {"reinit_heads": ["4.0"]},
                                  {"curriculum": [(0.5, 64, 128)]}, {"task_weights": {"nope": 1.0}},
                                  {"curriculum": [(1.0, 64, 128, {"nope": 1.0})]}, {"curriculum": [(1.0, 16, 128)]}])
 def test_config_validation(bad):

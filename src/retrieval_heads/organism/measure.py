@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..selection import random_heads
 from .corpus import TASKS, Example
 from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
 
@@ -164,8 +164,8 @@ def measure(
         "top10": [[f"{la}.{h}", round(float(tscores[la, h]), 4)] for la, h in top_heads(tscores, 10)],
     }
 
-    excluded = set(rh) | set(above)
-    pool = [(la, h) for la in range(scores.shape[0]) for h in range(scores.shape[1]) if (la, h) not in excluded]
+    excluded = sorted(set(rh) | set(above))
+    n_layers, n_heads = scores.shape
     masking: dict = {"k": k, "retrieval_heads": [f"{la}.{h}" for la, h in rh], "tasks": {}}
     for t in ("mono", "multihop", "parametric", "multikey", "cross"):
         exs = sets[t]
@@ -173,7 +173,7 @@ def measure(
         m_rh, ok_rh = _accuracy(model, tok, exs, rh)
         rand = {}
         for s in seeds:
-            heads = random.Random(s).sample(pool, k)
+            heads = random_heads(n_layers, n_heads, k, seed=s, exclude=excluded)
             rand[str(s)] = {"heads": [f"{la}.{h}" for la, h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
         mean_rand = sum(r["acc"] for r in rand.values()) / len(rand)
         masking["tasks"][t] = {
@@ -205,9 +205,8 @@ def masking_curve(
     n_layers, n_heads = scores.shape
     for k in ks:
         rh = top_heads(scores, k)
-        chosen = set(rh)
-        pool = [(la, h) for la in range(n_layers) for h in range(n_heads) if (la, h) not in chosen]
-        rand = [_accuracy(model, tok, examples, random.Random(s).sample(pool, k))[0] for s in seeds]
+        rand = [_accuracy(model, tok, examples, random_heads(n_layers, n_heads, k, seed=s, exclude=rh))[0]
+                for s in seeds]
         out["k"][str(k)] = {"rh_masked": round(_accuracy(model, tok, examples, rh)[0], 4),
                             "random_mean": round(sum(rand) / len(rand), 4), "random": [round(r, 4) for r in rand]}
     return out

@@ -103,6 +103,11 @@ class OrganismTrainConfig:
         default_factory=dict,
         metadata={"help": "per-head dropout probability replacing head_dropout, keyed 'layer.head' (ramped alike)"},
     )
+    reinit_heads: list[str] = field(
+        default_factory=list,
+        metadata={"help": "query heads ('layer.head') whose q_proj rows and o_proj columns are drawn afresh at the "
+                          "start (after init_from): a head that learned to copy unlearns it"},
+    )
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     log_every: int = field(default=50, metadata={"help": "steps between log lines"})
     stop_at: int = field(
@@ -128,6 +133,7 @@ class OrganismTrainConfig:
                 raise ValueError(f"task weights: known tasks {(*TASKS, COPY_TASK)}, at least one weight > 0")
         self.head_dropout_ramp = tuple(self.head_dropout_ramp)
         check_heads([Head.parse(key) for key in self.head_dropout_overrides], self.n_layers, self.n_heads)
+        check_heads([Head.parse(key) for key in self.reinit_heads], self.n_layers, self.n_heads)
         for key, p in self.head_dropout_overrides.items():
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"head_dropout_overrides: {key!r} must be in [0, 1), got {p}")
@@ -360,6 +366,21 @@ def build_model(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) ->
     return LlamaForCausalLM(mcfg)
 
 
+def reinitialize_heads(model: LlamaForCausalLM, heads: list[Head], seed: int) -> None:
+    """Draw the ``q_proj`` rows and ``o_proj`` columns of ``heads`` afresh (normal, the config's
+    ``initializer_range``, seeded): each becomes a fresh query head on its group's shared keys and
+    values, with whatever it had learned to attend to forgotten."""
+    gen = torch.Generator().manual_seed(seed)
+    std, dim = model.config.initializer_range, model.config.head_dim
+    with torch.no_grad():
+        for head in heads:
+            attn = model.model.layers[head.layer].self_attn
+            rows = slice(head.head * dim, (head.head + 1) * dim)
+            q, o = attn.q_proj.weight, attn.o_proj.weight
+            q[rows] = torch.randn(q[rows].shape, generator=gen, dtype=q.dtype) * std
+            o[:, rows] = torch.randn(o[:, rows].shape, generator=gen, dtype=o.dtype) * std
+
+
 def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float | torch.Tensor:
     """0 until ``head_dropout_ramp[0]`` of the steps, then linear up to ``head_dropout`` at ``[1]``;
     a ``[n_layers, n_heads]`` tensor when ``head_dropout_overrides`` sets some heads apart."""
@@ -424,6 +445,7 @@ def train_organism(config: OrganismTrainConfig) -> Path:
         if start.config.vocab_size != model.config.vocab_size:
             raise ValueError(f"{cfg.init_from} has another vocabulary than this config builds")
         model.load_state_dict(start.state_dict())
+    reinitialize_heads(model, [Head.parse(key) for key in cfg.reinit_heads], cfg.seed)
     dropout = HeadDropout(model, 0.0)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
