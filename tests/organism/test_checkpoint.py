@@ -15,12 +15,12 @@ pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"
 )
 
-# The issue's accuracy targets, and the floors the shipped checkpoint is guarded at (a little below what
-# it measured on this set, docs/organism.md). Not all targets are met yet (cross): test_issue_targets is an
-# expected failure that turns into an error (strict) the day they are, so the floors get raised.
-TARGETS = {"mono": 0.95, "cross": 0.90, "multihop": 0.80, "parametric": 0.90}  # the issue sets none for multikey
-FLOORS = {"mono": 0.85, "cross": 0.7, "multihop": 0.8, "parametric": 0.9}  # measured 0.95, 0.80, 0.90, 1.00 (multikey 0.20)
-N = 20
+# The issue's accuracy targets, checked on the model card's held-out set (80 prompts per task, eval seed 1,
+# 128-1024 tokens, every depth and language; docs/organism.md). Measured 2026-12-01 on the fourth
+# checkpoint: mono 0.975, cross 0.938, multihop 0.938, parametric 1.000, multikey 0.300.
+TARGETS = {"mono": 0.95, "cross": 0.90, "multihop": 0.80, "parametric": 0.90}
+MULTIKEY_FLOOR = 0.2  # the issue sets no multikey target; this guards the measured 0.30 against regressions
+N, SEED = 80, 1
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +67,16 @@ def accuracy(organism):
     model, tok = organism
     gen = organism_generator()
     return {
-        task: exact_match_accuracy(model, tok, make_eval_set(task, N, seed=3, lengths=(128, 256, 512, 1024),
+        task: exact_match_accuracy(model, tok, make_eval_set(task, N, seed=SEED, lengths=(128, 256, 512, 1024),
                                                              generator=gen), batch_size=10)
         for task in TASKS
     }
 
 
-@pytest.mark.parametrize("task", sorted(FLOORS))
-def test_accuracy_floors(accuracy, task):
-    assert accuracy[task] >= FLOORS[task], f"{task}: {accuracy[task]:.2f} < {FLOORS[task]}"
+@pytest.mark.parametrize("task", sorted(TARGETS))
+def test_issue_accuracy_targets(accuracy, task):
+    assert accuracy[task] >= TARGETS[task], f"{task}: {accuracy[task]:.3f} < {TARGETS[task]}"
 
 
-@pytest.mark.xfail(reason="the shipped checkpoint does not reach the issue's targets yet (docs/organism.md)", strict=True)
-def test_issue_targets(accuracy):
-    assert all(accuracy[t] >= TARGETS[t] for t in TARGETS), accuracy
+def test_multikey_floor(accuracy):
+    assert accuracy["multikey"] >= MULTIKEY_FLOOR, accuracy

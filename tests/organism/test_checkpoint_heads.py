@@ -22,18 +22,19 @@ pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"
 )
 
-# measured on these sets (2026-12-01, third checkpoint, docs/organism.md); the thresholds sit below the
-# measurements: 11 of 64 heads > 0.1, the top-6 holding 55 % of all score; Spearman 1.00 with the same top-6;
-# mono 1.0 unmasked, 0.917 with the top-3 retrieval heads masked, 1.0 with each of 3 random draws; with 8 heads:
-# 0.792 vs 0.958 / 1.0 / 0.875; multihop 1.0 -> 0.75 (random 1.0 / 0.958 / 1.0); parametric 1.0 -> 1.0
-MAX_SHARE_ABOVE = 0.2  # at most this share of heads score above 0.1 (the issue asks 0.1: test_issue_sparsity)
-MIN_TOP6_SHARE = 0.45  # ... and the top 10 % of heads hold at least this share of the total score
-MIN_RH_DROP = 0.04  # masking the top-K (5 %) retrieval heads costs mono at least this much accuracy
+# measured on these sets (2026-12-01, fourth checkpoint, docs/organism.md); the thresholds sit below the
+# measurements: 6 of 64 heads > 0.1, the top-6 holding 86 % of all score; Spearman 1.00 with the same top-6;
+# mono 0.958 unmasked, 0.792 with the top-3 retrieval heads masked, 1.0 / 0.958 / 0.917 with 3 random draws;
+# with 8 heads: 0.25 vs 0.917 / 0.958 / 0.917; multihop 0.958 -> 0.458 (random 0.958 x3); parametric 1.0 -> 0.958
+MAX_SHARE_ABOVE = 0.1  # at most this share of heads score above 0.1 (the issue's bar)
+MIN_TOP6_SHARE = 0.7  # ... and the top 10 % of heads hold at least this share of the total score
+MIN_RH_DROP = 0.1  # masking the top-K (5 %) retrieval heads costs mono at least this much accuracy
+ISSUE_RH_DROP = 0.5  # the issue asks this much (test_issue_masking_drop; measured 0.17 here, 0.40 on the card set)
 MAX_RANDOM_DROP = 0.05  # K random heads outside them cost at most this much, on average over seeds
-MIN_RH_DROP_8 = 0.2  # with 8 heads (12.5 %) masked, retrieval heads cost mono at least this much ...
+MIN_RH_DROP_8 = 0.5  # with 8 heads (12.5 %) masked, retrieval heads cost mono at least this much ...
 RH_OVER_RANDOM_8 = 2.0  # ... and at least this many times the mean cost of 8 random heads
 MIN_SPEARMAN = 0.9  # greedy and teacher-forced scores rank the heads alike (the issue's bar)
-MIN_HOP_MINUS_PARAMETRIC = 0.1  # masking the retrieval heads costs multihop this much more than parametric
+MIN_HOP_MINUS_PARAMETRIC = 0.3  # masking the retrieval heads costs multihop this much more than parametric
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +60,6 @@ def test_retrieval_heads_are_sparse(scores):
     assert 0 < int((s > 0.1).sum()) <= MAX_SHARE_ABOVE * s.numel()
     ranked = s.flatten().sort(descending=True).values
     assert ranked[: round(0.1 * s.numel())].sum() >= MIN_TOP6_SHARE * ranked.sum()
-
-
-@pytest.mark.xfail(reason="11 of 64 heads score above 0.1 on this set (the issue asks <= 10 %, docs/organism.md)",
-                   strict=True)
-def test_issue_sparsity(scores):
-    s = scores["teacher"].scores
-    assert int((s > 0.1).sum()) <= 0.1 * s.numel()
 
 
 def test_greedy_and_teacher_rank_heads_alike(scores):
@@ -111,6 +105,13 @@ def test_masking_retrieval_heads_breaks_retrieval_and_random_heads_do_not(masked
     rh_drop_8 = m8["base"] - m8["rh"]
     random_drop_8 = sum(m8["base"] - r for r in m8["random"]) / len(m8["random"])
     assert rh_drop_8 >= MIN_RH_DROP_8 and rh_drop_8 >= RH_OVER_RANDOM_8 * random_drop_8, m8
+
+
+@pytest.mark.xfail(reason="the top-3 retrieval heads cost mono 17 points here and 40 on the model card set, "
+                          "not the issue's 50 (docs/organism.md)", strict=True)
+def test_issue_masking_drop(masked_accuracy):
+    m = masked_accuracy["mono"]
+    assert m["base"] - m["rh"] >= ISSUE_RH_DROP, m
 
 
 def test_masking_retrieval_heads_hurts_multihop_more_than_parametric(masked_accuracy):
