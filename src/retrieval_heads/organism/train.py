@@ -2,8 +2,8 @@
 
 Usage::
 
-    # the shipped checkpoint: ten stages, each continuing from the previous one (init_from)
-    for i in $(seq 1 10); do
+    # the shipped checkpoint: thirteen stages, each continuing from the previous one (init_from)
+    for i in $(seq 1 13); do
       python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage$i.json
     done
     python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # a smoke run
