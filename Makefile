@@ -23,7 +23,7 @@ browser:
 
 test: venv browser
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 tests --doctest-modules src/retrieval_heads
 
 demo: venv
 	$(BIN)/retrieval-heads demo --out runs/demo

@@ -17,7 +17,9 @@ loss = mean cross-entropy on the answer tokens (answer, newline, EOS) plus
 ``lm_weight`` x mean cross-entropy on all other tokens; per-sample head dropout
 (every query head's output zeroed with probability ``head_dropout`` during
 training, through a forward pre-hook on ``o_proj``) so that random heads are
-redundant. Everything is seeded: same config, same checkpoint.
+redundant; per-head dropout (``head_dropout_overrides``) and fresh draws of
+chosen heads (``reinit_heads``) concentrate retrieval in the heads that are
+never dropped (stages 11-13). Everything is seeded: same config, same checkpoint.
 """
 
 from __future__ import annotations
@@ -430,7 +432,8 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     >>> cfg = OrganismTrainConfig(out_dir="/tmp/organism-doc", steps=2, n_layers=1, n_heads=4,
     ...     n_kv_heads=2, intermediate_size=64, vocab_size=512, tokenizer_texts=100, tokens_per_step=256,
     ...     curriculum=[(1.0, 64, 128)], log_every=1)
-    >>> train_organism(cfg).name
+    >>> train_organism(cfg).name  # the progress bar's last state prints first
+    organism ... 2/2 loss ...
     'organism-doc'
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
