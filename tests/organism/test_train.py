@@ -119,6 +119,36 @@ def test_reinitialize_heads_redraws_only_those_heads():
     assert torch.equal(again.state_dict()[q], after[q])  # seeded
 
 
+def test_grow_query_heads_keeps_the_function_and_each_heads_group():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from retrieval_heads.organism.train import grow_query_heads, grown_head_index
+
+    small = dict(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(LlamaConfig(**small))
+    with torch.no_grad():  # trained-looking weights, so that a misplaced head shows in the logits
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    target = LlamaForCausalLM(LlamaConfig(**{**small, "num_attention_heads": 8}))
+    grow_query_heads(source, target, seed=1)
+    ids = torch.randint(0, 50, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(target(ids).logits, source(ids).logits, atol=1e-5, rtol=1e-5)
+    # heads 0, 1 (group 0) -> 0, 1; heads 2, 3 (group 1) -> 4, 5; 2, 3, 6, 7 are new
+    assert [grown_head_index(h, 4, 8, 2) for h in range(4)] == [0, 1, 4, 5]
+    q = target.model.layers[1].self_attn.q_proj.weight.view(8, 8, 32)
+    o = target.model.layers[1].self_attn.o_proj.weight.view(32, 8, 8)
+    assert torch.equal(q[4], source.model.layers[1].self_attn.q_proj.weight.view(4, 8, 32)[2])
+    assert o[:, [2, 3, 6, 7]].abs().sum() == 0 and q[[2, 3, 6, 7]].std() > 0.01  # fresh queries, silent outputs
+    with torch.no_grad():  # the new heads are live once their outputs move: the logits change
+        target.model.layers[1].self_attn.o_proj.weight.view(32, 8, 8)[:, 6].normal_()
+        assert not torch.allclose(target(ids).logits, source(ids).logits, atol=1e-3)
+    with pytest.raises(ValueError, match="only add query heads"):
+        grow_query_heads(source, LlamaForCausalLM(LlamaConfig(**{**small, "num_hidden_layers": 3})), seed=1)
+
+
 @pytest.mark.parametrize("bad", [{"head_dropout": 1.0}, {"n_heads": 6, "n_kv_heads": 4},
                                  {"head_dropout_overrides": {"4.0": 0.1}}, {"head_dropout_overrides": {"0.0": 1.0}},
                                  {"head_dropout_overrides": {"x": 0.1}}, {"reinit_heads": ["4.0"]},
@@ -200,3 +230,43 @@ def test_init_from_keeps_the_checkpoints_tokenizer(tmp_path):
     start = json.loads((cont / "training.json").read_text())["log"][0]["loss"]
     scratch = json.loads((fresh / "training.json").read_text())["log"][0]["loss"]
     assert start < scratch  # the continued run starts from the trained weights, not from noise
+
+
+def test_init_from_a_checkpoint_with_fewer_heads_grows_it(tmp_path):
+    """A config with more query heads than its init_from checkpoint continues the grown model
+    (grow_query_heads): the first step's loss is the trained one, not a fresh model's."""
+    cfg = {**TINY, "steps": 2, "log_every": 1}
+    first = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "a"), **cfg))
+    wide = {**cfg, "n_heads": 2 * TINY["n_heads"], "hidden_size": TINY["n_heads"] * TINY.get("head_dim", 16)}
+    grown = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "g"), init_from=str(first), **wide))
+    fresh = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "f"), **wide))
+    config = json.loads((grown / "config.json").read_text())
+    assert config["num_attention_heads"] == 2 * TINY["n_heads"] and config["hidden_size"] == wide["hidden_size"]
+    loss = {run: json.loads((run / "training.json").read_text())["log"][0]["loss"] for run in (first, grown, fresh)}
+    assert loss[grown] < loss[fresh]
+
+
+def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
+    from retrieval_heads.organism.train import main, recipe_stages
+
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    for i, steps in ((1, 3), (2, 2), (10, 2)):  # numeric order: stage10 comes last
+        (recipe / f"stage{i}.json").write_text(json.dumps({**TINY, "steps": steps, "log_every": 1,
+                                                           "out_dir": "ignored", "init_from": "ignored"}))
+    assert [p.name for p in recipe_stages(recipe)] == ["stage1.json", "stage2.json", "stage10.json"]
+    out = main(["--recipe", str(recipe), "--out", str(tmp_path / "model"), "--threads", "1"])
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["init_from"] == str(tmp_path / "model-stages" / "stage2")
+    assert [s["steps"] for s in record["recipe"]["stages"]] == [3, 2, 2]
+    second = json.loads((tmp_path / "model-stages" / "stage2" / "training.json").read_text())
+    assert second["config"]["init_from"] == str(tmp_path / "model-stages" / "stage1")
+    first_weights = (tmp_path / "model-stages" / "stage1" / "model.safetensors").stat().st_mtime_ns
+    (out / "training.json").unlink()  # the last stage "interrupted": only it runs again
+    capsys.readouterr()
+    main(["--recipe", str(recipe), "--out", str(tmp_path / "model"), "--threads", "2"])
+    log = capsys.readouterr().err
+    assert "stage 1/3 (stage1.json): already trained" in log and "stage 3/3 (stage10.json): training" in log
+    assert (tmp_path / "model-stages" / "stage1" / "model.safetensors").stat().st_mtime_ns == first_weights
+    with pytest.raises(SystemExit, match="only --out"):
+        main(["--recipe", str(recipe), "--steps", "5"])

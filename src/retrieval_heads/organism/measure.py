@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..heads import Head, HeadScores
+from ..masking import masked_heads
 from ..selection import random_heads
 from .corpus import TASKS, Example
 from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
@@ -92,17 +94,9 @@ def head_scores(
     return (total / max(counted, 1)), counted
 
 
-def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """The ``k`` highest-scoring heads as (layer, head), best first."""
-    flat = scores.flatten().argsort(descending=True)[:k]
-    return [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in flat]
-
-
-def _accuracy(model, tok, examples: Sequence[Example], heads=(), batch_size: int = 8) -> tuple[float, list[bool]]:
-    from ..heads import Head
-    from ..masking import masked_heads
-
-    with masked_heads(model, [Head(*h) for h in heads], mode="zero"):
+def _accuracy(model, tok, examples: Sequence[Example], heads: Sequence[Head] = (),
+              batch_size: int = 8) -> tuple[float, list[bool]]:
+    with masked_heads(model, list(heads), mode="zero"):
         preds = generate_answers(model, tok, examples, batch_size)
     ok = [p == ex.answer.strip() for p, ex in zip(preds, examples, strict=True)]
     return sum(ok) / len(ok), ok
@@ -145,28 +139,30 @@ def measure(
 
     detect = make_eval_set("mono", n_detect, seed=2, generator=gen)
     _, ok = _accuracy(model, tok, detect)
-    scores, counted = head_scores(model, tok, detect, ok)
-    n_total = scores.numel()
+    raw, counted = head_scores(model, tok, detect, ok)
+    scores = HeadScores(raw, meta={"model": path, "kind": "retrieval", "prompts_counted": counted})
+    n_total = raw.numel()
     k = max(1, round(k_frac * n_total))
-    rh = top_heads(scores, k)
-    above = [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in (scores.flatten() > threshold).nonzero()]
+    rh = scores.top_k(k)
+    above = scores.above(threshold)
     report["retrieval"] = {
         "prompts_counted": counted, "n_heads": n_total, "threshold": threshold,
         "n_above_threshold": len(above), "share_above": round(len(above) / n_total, 4),
-        "top10": [[f"{la}.{h}", round(float(scores[la, h]), 4)] for la, h in top_heads(scores, 10)],
-        "scores": [[round(float(v), 4) for v in row] for row in scores],
+        "top10": [[str(h), round(scores[h], 4)] for h in scores.top_k(10)],
+        "scores": [[round(float(v), 4) for v in row] for row in raw],
     }
     cross = make_eval_set("cross", n_detect, seed=2, generator=gen)
     _, ok_c = _accuracy(model, tok, cross)
-    tscores, tcount = head_scores(model, tok, cross, ok_c, kind="transition")
+    traw, tcount = head_scores(model, tok, cross, ok_c, kind="transition")
+    tscores = HeadScores(traw, meta={"model": path, "kind": "transition", "prompts_counted": tcount})
     report["transition"] = {
-        "prompts_counted": tcount, "n_above_threshold": int((tscores > threshold).sum()),
-        "top10": [[f"{la}.{h}", round(float(tscores[la, h]), 4)] for la, h in top_heads(tscores, 10)],
+        "prompts_counted": tcount, "n_above_threshold": len(tscores.above(threshold)),
+        "top10": [[str(h), round(tscores[h], 4)] for h in tscores.top_k(10)],
     }
 
     excluded = sorted(set(rh) | set(above))
-    n_layers, n_heads = scores.shape
-    masking: dict = {"k": k, "retrieval_heads": [f"{la}.{h}" for la, h in rh], "tasks": {}}
+    n_layers, n_heads = scores.n_layers, scores.n_heads
+    masking: dict = {"k": k, "retrieval_heads": [str(h) for h in rh], "tasks": {}}
     for t in ("mono", "multihop", "parametric", "multikey", "cross"):
         exs = sets[t]
         base = acc[t]["all"]
@@ -174,7 +170,7 @@ def measure(
         rand = {}
         for s in seeds:
             heads = random_heads(n_layers, n_heads, k, seed=s, exclude=excluded)
-            rand[str(s)] = {"heads": [f"{la}.{h}" for la, h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
+            rand[str(s)] = {"heads": [str(h) for h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
         mean_rand = sum(r["acc"] for r in rand.values()) / len(rand)
         masking["tasks"][t] = {
             "base": base, "rh_masked": round(m_rh, 4), "rh_by_length": _by(exs, ok_rh, lambda e: e.length),
@@ -191,7 +187,7 @@ def masking_curve(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
     examples: Sequence[Example],
-    scores: torch.Tensor,
+    scores: HeadScores,
     base: float,
     seeds: Sequence[int],
     ks: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16),
@@ -202,10 +198,9 @@ def masking_curve(
     retrieval heads are ahead of random ones at each K.
     """
     out = {"base": base, "k": {}}
-    n_layers, n_heads = scores.shape
     for k in ks:
-        rh = top_heads(scores, k)
-        rand = [_accuracy(model, tok, examples, random_heads(n_layers, n_heads, k, seed=s, exclude=rh))[0]
+        rh = scores.top_k(k)
+        rand = [_accuracy(model, tok, examples, random_heads(scores.n_layers, scores.n_heads, k, seed=s, exclude=rh))[0]
                 for s in seeds]
         out["k"][str(k)] = {"rh_masked": round(_accuracy(model, tok, examples, rh)[0], 4),
                             "random_mean": round(sum(rand) / len(rand), 4), "random": [round(r, 4) for r in rand]}

@@ -2,10 +2,8 @@
 
 Usage::
 
-    # the shipped checkpoint: thirteen stages, each continuing from the previous one (init_from)
-    for i in $(seq 1 13); do
-      python -m retrieval_heads.organism.train --config src/retrieval_heads/organism/recipes/stage$i.json
-    done
+    # the shipped checkpoint: every stage of recipes/, each continuing from the previous one
+    python -m retrieval_heads.organism.train --recipe shipped --out runs/organism
     python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # a smoke run
 
 The defaults are a one-run version of that recipe that has not been validated.
@@ -383,6 +381,52 @@ def reinitialize_heads(model: LlamaForCausalLM, heads: list[Head], seed: int) ->
             o[:, rows] = torch.randn(o[:, rows].shape, generator=gen, dtype=o.dtype) * std
 
 
+def grown_head_index(head: int, old_heads: int, new_heads: int, kv_heads: int) -> int:
+    """Where query head ``head`` of a layer with ``old_heads`` lands among ``new_heads`` by
+    :func:`grow_query_heads`: it keeps its key/value group and its place in the group.
+
+    >>> [grown_head_index(h, 16, 32, 4) for h in (0, 3, 4, 15)]
+    [0, 3, 8, 27]
+    """
+    old_group, new_group = old_heads // kv_heads, new_heads // kv_heads
+    return head // old_group * new_group + head % old_group
+
+
+def grow_query_heads(source: LlamaForCausalLM, target: LlamaForCausalLM, seed: int) -> None:
+    """Load ``source`` into ``target``, a copy with more query heads per layer (same layers, widths,
+    key/value heads, head_dim), without changing what the model computes.
+
+    Every old head keeps its key/value group (GQA groups are contiguous runs of query heads) at
+    the index :func:`grown_head_index` gives; the added heads get fresh ``q_proj`` rows (normal,
+    ``initializer_range``, seeded) and zero ``o_proj`` columns, so the grown model's logits equal the
+    source's until training moves them. Raises ``ValueError`` for any other shape change.
+    """
+    a, b = source.config, target.config
+    same = ("num_hidden_layers", "hidden_size", "num_key_value_heads", "head_dim", "vocab_size",
+            "intermediate_size")
+    if any(getattr(a, k) != getattr(b, k) for k in same) or b.num_attention_heads <= a.num_attention_heads \
+            or b.num_attention_heads % b.num_key_value_heads:
+        raise ValueError(f"can only add query heads (same {', '.join(same)}); "
+                         f"{a.num_attention_heads} -> {b.num_attention_heads} heads asked")
+    old, new, kv, dim = a.num_attention_heads, b.num_attention_heads, a.num_key_value_heads, a.head_dim
+    gen = torch.Generator().manual_seed(seed)
+    state = source.state_dict()
+    with torch.no_grad():
+        for name, value in target.state_dict().items():
+            if not name.endswith(("q_proj.weight", "o_proj.weight")):
+                value.copy_(state[name])
+                continue
+            is_q = name.endswith("q_proj.weight")
+            src = state[name] if is_q else state[name].T  # [heads * dim, hidden] either way
+            grown = torch.randn(value.shape if is_q else value.T.shape, generator=gen) * b.initializer_range
+            if not is_q:
+                grown.zero_()
+            for h in range(old):
+                g = grown_head_index(h, old, new, kv)
+                grown[g * dim:(g + 1) * dim] = src[h * dim:(h + 1) * dim]
+            value.copy_(grown if is_q else grown.T)
+
+
 def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float | torch.Tensor:
     """0 until ``head_dropout_ramp[0]`` of the steps, then linear up to ``head_dropout`` at ``[1]``;
     a ``[n_layers, n_heads]`` tensor when ``head_dropout_overrides`` sets some heads apart."""
@@ -447,7 +491,10 @@ def train_organism(config: OrganismTrainConfig) -> Path:
         start = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
         if start.config.vocab_size != model.config.vocab_size:
             raise ValueError(f"{cfg.init_from} has another vocabulary than this config builds")
-        model.load_state_dict(start.state_dict())
+        if start.config.num_attention_heads == model.config.num_attention_heads:
+            model.load_state_dict(start.state_dict())
+        else:
+            grow_query_heads(start, model, cfg.seed)
     reinitialize_heads(model, [Head.parse(key) for key in cfg.reinit_heads], cfg.seed)
     dropout = HeadDropout(model, 0.0)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -514,6 +561,59 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     return out
 
 
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_stages(recipe_dir: str | Path = RECIPES) -> list[Path]:
+    """The stage files of a recipe (``stage1.json``, ``stage2.json``, ...), in order."""
+    stages = sorted(Path(recipe_dir).glob("stage*.json"), key=lambda p: int(p.stem.removeprefix("stage")))
+    if not stages:
+        raise FileNotFoundError(f"no stage*.json in {recipe_dir}")
+    return stages
+
+
+def _settings(config: dict) -> dict:
+    """A stage's config without the fields that do not change what it trains."""
+    return {k: v for k, v in config.items() if k not in ("threads", "log_every", "snapshot_every")}
+
+
+def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int | None = None) -> Path:
+    """Train every stage of a recipe in order, each continuing from the previous one, and return ``out``.
+
+    The default recipe is the one that trained the shipped checkpoint (``recipes/``). Stage *i*
+    writes ``OUT-stages/stageI`` and starts from stage *i-1*'s output; the last writes ``out``.
+    Resumable at stage granularity: a stage whose directory holds a ``training.json`` (written
+    last) with the same config is not trained again. The final ``training.json`` gains a
+    ``recipe`` entry with every stage's wall time.
+    """
+    out = Path(out)
+    stages = recipe_stages(recipe_dir)
+    previous, times = "", []
+    for i, stage_file in enumerate(stages, start=1):
+        values = json.loads(stage_file.read_text())
+        values["out_dir"] = str(out if i == len(stages) else out.parent / f"{out.name}-stages" / f"stage{i}")
+        values["init_from"] = previous
+        if threads is not None:
+            values["threads"] = threads
+        cfg = OrganismTrainConfig(**values)
+        done = Path(cfg.out_dir) / TRAINING_FILE
+        record = json.loads(done.read_text()) if done.is_file() else {}
+        if _settings(record.get("config", {})) != _settings(json.loads(json.dumps(asdict(cfg)))):
+            print(f"stage {i}/{len(stages)} ({stage_file.name}): training", file=sys.stderr, flush=True)
+            train_organism(cfg)
+            record = json.loads(done.read_text())
+        else:
+            print(f"stage {i}/{len(stages)} ({stage_file.name}): already trained, kept", file=sys.stderr, flush=True)
+        times.append({"stage": stage_file.name, "steps": cfg.steps, "wall_time_s": record["wall_time_s"]})
+        previous = cfg.out_dir
+    record["recipe"] = {"source": str(recipe_dir), "stages": times,
+                        "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
+    tmp = out / (TRAINING_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out / TRAINING_FILE)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(OrganismTrainConfig):
@@ -522,13 +622,22 @@ def _parser() -> argparse.ArgumentParser:
             ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f.metadata.get("help"))
     ap.add_argument("--config", help="JSON file with OrganismTrainConfig fields (flags override it)")
     ap.add_argument("--out", dest="out_dir_alias", help="alias of --out-dir")
+    ap.add_argument("--recipe", help="train every stage of a recipe: 'shipped' (the one that trained the "
+                                     "built-in checkpoint) or a directory of stage1.json, stage2.json, ...")
     return ap
 
 
 def main(argv: list[str] | None = None) -> Path:
     """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``."""
     args = vars(_parser().parse_args(argv))
-    config_path, alias = args.pop("config"), args.pop("out_dir_alias")
+    config_path, alias, recipe = args.pop("config"), args.pop("out_dir_alias"), args.pop("recipe")
+    if recipe:
+        if config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads")):
+            raise SystemExit("--recipe takes only --out and --threads (each stage file holds its own settings)")
+        out = train_recipe(alias or args["out_dir"] or "runs/organism",
+                           RECIPES if recipe == "shipped" else recipe, args["threads"])
+        print(f"saved {out}")
+        return out
     values = json.loads(Path(config_path).read_text()) if config_path else {}
     values.update({k: v for k, v in args.items() if v is not None})
     if alias:
