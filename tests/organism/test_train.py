@@ -270,3 +270,5 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
     assert (tmp_path / "model-stages" / "stage1" / "model.safetensors").stat().st_mtime_ns == first_weights
     with pytest.raises(SystemExit, match="only --out"):
         main(["--recipe", str(recipe), "--steps", "5"])
+    with pytest.raises(SystemExit, match="neither 'shipped' nor a directory"):
+        main(["--recipe", str(tmp_path / "nowhere")])

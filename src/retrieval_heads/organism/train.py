@@ -634,8 +634,10 @@ def main(argv: list[str] | None = None) -> Path:
     if recipe:
         if config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads")):
             raise SystemExit("--recipe takes only --out and --threads (each stage file holds its own settings)")
-        out = train_recipe(alias or args["out_dir"] or "runs/organism",
-                           RECIPES if recipe == "shipped" else recipe, args["threads"])
+        recipe_dir = RECIPES if recipe == "shipped" else Path(recipe)
+        if not recipe_dir.is_dir() or not list(recipe_dir.glob("stage*.json")):
+            raise SystemExit(f"--recipe: {recipe!r} is neither 'shipped' nor a directory of stage1.json, stage2.json, ...")
+        out = train_recipe(alias or args["out_dir"] or "runs/organism", recipe_dir, args["threads"])
         print(f"saved {out}")
         return out
     values = json.loads(Path(config_path).read_text()) if config_path else {}
