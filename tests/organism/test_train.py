@@ -258,7 +258,9 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
     out = main(["--recipe", str(recipe), "--out", str(tmp_path / "model"), "--threads", "1"])
     record = json.loads((out / "training.json").read_text())
     assert record["config"]["init_from"] == str(tmp_path / "model-stages" / "stage2")
-    assert [s["steps"] for s in record["recipe"]["stages"]] == [3, 2, 2]
+    assert [(s["recipe"], s["steps"]) for s in record["stages"]] == [("stage1.json", 3), ("stage2.json", 2),
+                                                                       ("stage10.json", 2)]
+    assert record["recipe"]["total_wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in record["stages"]))
     second = json.loads((tmp_path / "model-stages" / "stage2" / "training.json").read_text())
     assert second["config"]["init_from"] == str(tmp_path / "model-stages" / "stage1")
     first_weights = (tmp_path / "model-stages" / "stage1" / "model.safetensors").stat().st_mtime_ns

@@ -583,8 +583,8 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
     The default recipe is the one that trained the shipped checkpoint (``recipes/``). Stage *i*
     writes ``OUT-stages/stageI`` and starts from stage *i-1*'s output; the last writes ``out``.
     Resumable at stage granularity: a stage whose directory holds a ``training.json`` (written
-    last) with the same config is not trained again. The final ``training.json`` gains a
-    ``recipe`` entry with every stage's wall time.
+    last) with the same config is not trained again. The final ``training.json`` gains
+    ``stages`` (every stage's steps and times) and ``recipe`` (where it came from, total time).
     """
     out = Path(out)
     stages = recipe_stages(recipe_dir)
@@ -604,10 +604,11 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
             record = json.loads(done.read_text())
         else:
             print(f"stage {i}/{len(stages)} ({stage_file.name}): already trained, kept", file=sys.stderr, flush=True)
-        times.append({"stage": stage_file.name, "steps": cfg.steps, "wall_time_s": record["wall_time_s"]})
+        times.append({"recipe": stage_file.name, "steps": cfg.steps, "wall_time_s": record["wall_time_s"],
+                      "cpu_time_s": record["cpu_time_s"]})
         previous = cfg.out_dir
-    record["recipe"] = {"source": str(recipe_dir), "stages": times,
-                        "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
+    record["stages"] = times  # the same entry as in the shipped checkpoint's training.json
+    record["recipe"] = {"source": str(recipe_dir), "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
     tmp = out / (TRAINING_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(out / TRAINING_FILE)
