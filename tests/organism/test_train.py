@@ -235,15 +235,15 @@ def test_init_from_keeps_the_checkpoints_tokenizer(tmp_path):
 def test_init_from_a_checkpoint_with_fewer_heads_grows_it(tmp_path):
     """A config with more query heads than its init_from checkpoint continues the grown model
     (grow_query_heads): the first step's loss is the trained one, not a fresh model's."""
-    cfg = {**TINY, "steps": 2, "log_every": 1}
-    first = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "a"), **cfg))
-    wide = {**cfg, "n_heads": 2 * TINY["n_heads"], "hidden_size": TINY["n_heads"] * TINY.get("head_dim", 16)}
+    first = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "a"), **TINY))  # 30 steps
+    wide = {**TINY, "steps": 2, "log_every": 1, "n_heads": 2 * TINY["n_heads"],
+            "hidden_size": TINY["n_heads"] * TINY["head_dim"]}
     grown = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "g"), init_from=str(first), **wide))
     fresh = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "f"), **wide))
     config = json.loads((grown / "config.json").read_text())
     assert config["num_attention_heads"] == 2 * TINY["n_heads"] and config["hidden_size"] == wide["hidden_size"]
-    loss = {run: json.loads((run / "training.json").read_text())["log"][0]["loss"] for run in (first, grown, fresh)}
-    assert loss[grown] < loss[fresh]
+    loss = {run.name: json.loads((run / "training.json").read_text())["log"][0]["loss"] for run in (grown, fresh)}
+    assert loss["g"] < loss["f"] - 0.5, loss  # measured 4.68 vs 6.39
 
 
 def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
