@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..artifacts import atomic_write_json
 from ..heads import Head, check_heads
 from .corpus import ANSWER_TEMPLATE, TASKS, CorpusGenerator, Example
 from .lexicon import Lexicon, load_lexicon
@@ -467,7 +468,7 @@ def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -
     (out / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     tokenizer.save_pretrained(out)
     lexicon.to_jsonl(out / LEXICON_FILE)
-    (out / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(out / TRAINING_FILE, record)  # last, and whole: train_recipe reads it as "stage done"
 
 
 def train_organism(config: OrganismTrainConfig) -> Path:
@@ -609,9 +610,7 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
         previous = cfg.out_dir
     record["stages"] = times  # the same entry as in the shipped checkpoint's training.json
     record["recipe"] = {"source": str(recipe_dir), "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
-    tmp = out / (TRAINING_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out / TRAINING_FILE)
+    atomic_write_json(out / TRAINING_FILE, record)
     return out
 
 
