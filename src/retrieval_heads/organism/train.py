@@ -410,22 +410,25 @@ def grow_query_heads(source: LlamaForCausalLM, target: LlamaForCausalLM, seed: i
         raise ValueError(f"can only add query heads (same {', '.join(same)}); "
                          f"{a.num_attention_heads} -> {b.num_attention_heads} heads asked")
     old, new, kv, dim = a.num_attention_heads, b.num_attention_heads, a.num_key_value_heads, a.head_dim
+
+    def span(head: int) -> slice:
+        return slice(head * dim, (head + 1) * dim)
+
+    moves = [(span(h), span(grown_head_index(h, old, new, kv))) for h in range(old)]  # (source, target)
     gen = torch.Generator().manual_seed(seed)
     state = source.state_dict()
     with torch.no_grad():
         for name, value in target.state_dict().items():
-            if not name.endswith(("q_proj.weight", "o_proj.weight")):
+            if name.endswith("q_proj.weight"):  # rows per head; added heads: fresh queries
+                value.copy_(torch.randn(value.shape, generator=gen) * b.initializer_range)
+                for src, dst in moves:
+                    value[dst] = state[name][src]
+            elif name.endswith("o_proj.weight"):  # columns per head; added heads: silent
+                value.zero_()
+                for src, dst in moves:
+                    value[:, dst] = state[name][:, src]
+            else:
                 value.copy_(state[name])
-                continue
-            is_q = name.endswith("q_proj.weight")
-            src = state[name] if is_q else state[name].T  # [heads * dim, hidden] either way
-            grown = torch.randn(value.shape if is_q else value.T.shape, generator=gen) * b.initializer_range
-            if not is_q:
-                grown.zero_()
-            for h in range(old):
-                g = grown_head_index(h, old, new, kv)
-                grown[g * dim:(g + 1) * dim] = src[h * dim:(h + 1) * dim]
-            value.copy_(grown if is_q else grown.T)
 
 
 def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float | torch.Tensor:
@@ -635,8 +638,11 @@ def main(argv: list[str] | None = None) -> Path:
         if config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads")):
             raise SystemExit("--recipe takes only --out and --threads (each stage file holds its own settings)")
         recipe_dir = RECIPES if recipe == "shipped" else Path(recipe)
-        if not recipe_dir.is_dir() or not list(recipe_dir.glob("stage*.json")):
-            raise SystemExit(f"--recipe: {recipe!r} is neither 'shipped' nor a directory of stage1.json, stage2.json, ...")
+        try:
+            recipe_stages(recipe_dir)
+        except FileNotFoundError:
+            raise SystemExit(f"--recipe: {recipe!r} is neither 'shipped' nor a directory of stage1.json, "
+                             "stage2.json, ...") from None
         out = train_recipe(alias or args["out_dir"] or "runs/organism", recipe_dir, args["threads"])
         print(f"saved {out}")
         return out
