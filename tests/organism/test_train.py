@@ -274,3 +274,55 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
         main(["--recipe", str(recipe), "--steps", "5"])
     with pytest.raises(SystemExit, match="neither 'shipped' nor a directory"):
         main(["--recipe", str(tmp_path / "nowhere")])
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    """Killed after its step-4 checkpoint, a run started again continues from it and ends with the
+    very weights and log of a run never interrupted (optimizer, data and head-dropout RNGs saved)."""
+    import retrieval_heads.organism.train as train
+    from retrieval_heads.artifacts import ResumeMismatchError
+
+    cfg = {**TINY, "steps": 7, "log_every": 1, "checkpoint_every": 2, "head_dropout": 0.3,
+           "head_dropout_ramp": (0.0, 0.0)}
+    straight = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "a"), **cfg))
+    assert not (straight / "resume").exists()  # a finished run leaves no resume state behind
+
+    real, calls = train.forward_losses, []
+
+    def dies_in_step_6(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "forward_losses", dies_in_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **cfg))
+    monkeypatch.setattr(train, "forward_losses", real)
+    state = tmp_path / "b" / "resume" / "state.pt"
+    assert state.is_file() and not (tmp_path / "b" / "training.json").exists()
+
+    with pytest.raises(ResumeMismatchError, match="lr: 0.003 .recorded. vs 0.001"):
+        train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "lr": 1e-3}))
+    with pytest.raises(ResumeMismatchError, match="already trained 4 steps"):
+        train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "stop_at": 3}))
+    assert state.is_file()  # refusing loses nothing
+
+    resumed = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "threads": 1}))
+    a, b = (json.loads((d / "training.json").read_text()) for d in (straight, resumed))
+    assert b["resumed_at"] == [4] and "resumed_at" not in a
+    assert [r["step"] for r in b["log"]] == list(range(1, 8))
+    assert [r["loss"] for r in b["log"]] == [r["loss"] for r in a["log"]]
+    wa = AutoModelForCausalLM.from_pretrained(straight).state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not (resumed / "resume").exists()
+
+
+def test_a_damaged_resume_state_is_refused_by_name(tmp_path):
+    cfg = OrganismTrainConfig(out_dir=str(tmp_path / "o"), **{**TINY, "steps": 2})
+    (tmp_path / "o" / "resume").mkdir(parents=True)
+    (tmp_path / "o" / "resume" / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="state.pt is not a readable training state.*delete"):
+        train_organism(cfg)
+    assert (tmp_path / "o" / "resume" / "state.pt").read_bytes() == b"not a torch file"

@@ -23,9 +23,11 @@ never dropped (stages 11-13). Everything is seeded: same config, same checkpoint
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..artifacts import atomic_write_json
+from ..artifacts import ResumeMismatchError, atomic_write_bytes, atomic_write_json, settings_diff
 from ..heads import Head, check_heads
 from .corpus import ANSWER_TEMPLATE, TASKS, CorpusGenerator, Example
 from .lexicon import Lexicon, load_lexicon
@@ -44,6 +46,10 @@ from .tokenizer import make_generator, select_lexicon, train_tokenizer
 LEXICON_FILE = "lexicon.jsonl"
 COPY_TASK = "copy"  # training-only: random tokens, then the same tokens again (see CopyExample)
 TRAINING_FILE = "training.json"
+RESUME_DIR = "resume"  # OUT/resume: tokenizer, lexicon and state.pt of an unfinished run
+RESUME_STATE = "state.pt"
+# fields that do not change what a run trains (stop_at only says where it ends)
+RUN_ONLY_FIELDS = ("threads", "log_every", "snapshot_every", "checkpoint_every")
 
 
 @dataclass
@@ -120,6 +126,10 @@ class OrganismTrainConfig:
     snapshot_every: int = field(
         default=0, metadata={"help": "save the model to OUT/snapshots/step-N every this many steps (0: never)"}
     )
+    checkpoint_every: int = field(
+        default=200, metadata={"help": "save a resumable training state to OUT/resume every this many steps "
+                                       "(0: never); the same run started again continues from it"}
+    )
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -145,6 +155,8 @@ class OrganismTrainConfig:
             raise ValueError("curriculum fractions must increase and end at 1.0")
         if any(len(c) not in (3, 4) or c[1] < 32 or c[2] < c[1] for c in self.curriculum):
             raise ValueError("curriculum stages: (until, min length, max length[, task weights]), 32 <= min <= max")
+        if self.checkpoint_every < 0 or self.snapshot_every < 0:
+            raise ValueError("checkpoint_every and snapshot_every must be >= 0")
         if not 0 <= self.stop_at <= self.steps:
             raise ValueError("stop_at must be in [0, steps]")
         if self.steps < 1 or self.tokens_per_step < max(c[2] for c in self.curriculum):
@@ -325,13 +337,7 @@ def build_tokenizer(cfg: OrganismTrainConfig):
     token ids, which would silently scramble the loaded embeddings.
     """
     if cfg.init_from:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.init_from)
-        for loading_only in ("is_local", "local_files_only"):  # not settings: keep them out of the saved config
-            tokenizer.init_kwargs.pop(loading_only, None)
-        lexicon = Lexicon.from_jsonl(Path(cfg.init_from) / LEXICON_FILE)
-        gen = make_generator(lexicon, tokenizer)
-        gen.passkey_rate = cfg.passkey_rate
-        return tokenizer, lexicon, gen
+        return load_tokenizer(cfg.init_from, cfg.passkey_rate)
     full = load_lexicon()
     draft = CorpusGenerator(full)
     rng = random.Random(cfg.seed + 1)
@@ -343,6 +349,18 @@ def build_tokenizer(cfg: OrganismTrainConfig):
     lexicon = select_lexicon(full, tokenizer, cfg.max_per_category)
     gen = make_generator(lexicon, tokenizer)
     gen.passkey_rate = cfg.passkey_rate
+    return tokenizer, lexicon, gen
+
+
+def load_tokenizer(directory: str | Path, passkey_rate: float = 0.0):
+    """The tokenizer, lexicon and corpus generator saved in ``directory`` (a checkpoint, or a
+    run's ``resume`` folder)."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    for loading_only in ("is_local", "local_files_only"):  # not settings: keep them out of the saved config
+        tokenizer.init_kwargs.pop(loading_only, None)
+    lexicon = Lexicon.from_jsonl(Path(directory) / LEXICON_FILE)
+    gen = make_generator(lexicon, tokenizer)
+    gen.passkey_rate = passkey_rate
     return tokenizer, lexicon, gen
 
 
@@ -474,6 +492,51 @@ def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -
     atomic_write_json(out / TRAINING_FILE, record)  # last, and whole: train_recipe reads it as "stage done"
 
 
+def _resume_settings(config: dict) -> dict:
+    """What a resumed run must share with the run it continues (it may end elsewhere: stop_at)."""
+    return {k: v for k, v in config.items() if k not in (*RUN_ONLY_FIELDS, "stop_at")}
+
+
+def load_resume_state(cfg: OrganismTrainConfig) -> dict | None:
+    """The saved state of an unfinished run of ``cfg`` in ``OUT/resume``, or ``None`` if there is none.
+
+    Raises :class:`~retrieval_heads.artifacts.ResumeMismatchError` when the state belongs to a
+    run with other settings (naming each) or has already passed this run's end, and
+    ``ValueError`` when it cannot be read; either way nothing is deleted.
+    """
+    folder = Path(cfg.out_dir) / RESUME_DIR
+    path = folder / RESUME_STATE
+    if not path.is_file():
+        return None
+    hint = f"delete {folder} to train from the start"
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # a damaged file: say which and how to go on
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable training state ({reason}); {hint}") from err
+    now = json.loads(json.dumps(asdict(cfg)))
+    diff = settings_diff(_resume_settings(state["config"]), _resume_settings(now))
+    if diff:
+        raise ResumeMismatchError(f"{folder} holds an unfinished run with other settings: "
+                                  + "; ".join(diff) + f". Train with those settings to continue it, or {hint}.")
+    if state["step"] >= (cfg.stop_at or cfg.steps):
+        raise ResumeMismatchError(f"{folder} has already trained {state['step']} steps, past this run's end "
+                                  f"({cfg.stop_at or cfg.steps}); raise stop_at, or {hint}.")
+    return state
+
+
+def save_resume_state(out: Path, tokenizer, lexicon, state: dict) -> None:
+    """Save what :func:`train_organism` needs to continue a run exactly (``OUT/resume``);
+    ``state.pt``, written atomically and last, is what makes the folder a resumable run."""
+    folder = out / RESUME_DIR
+    if not (folder / RESUME_STATE).is_file():  # the first save of this run: its tokenizer and lexicon
+        tokenizer.save_pretrained(folder)
+        lexicon.to_jsonl(folder / LEXICON_FILE)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(folder / RESUME_STATE, buffer.getvalue())
+
+
 def train_organism(config: OrganismTrainConfig) -> Path:
     """Train the organism as ``config`` says and save an HF checkpoint in ``config.out_dir``.
 
@@ -489,17 +552,25 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     cfg = config
     torch.set_num_threads(cfg.threads)
     t0, c0 = time.time(), time.process_time()
-    tokenizer, lexicon, gen = build_tokenizer(cfg)
-    model = build_model(cfg, tokenizer)
-    if cfg.init_from:  # continue from a checkpoint trained with the same tokenizer settings
-        start = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
-        if start.config.vocab_size != model.config.vocab_size:
-            raise ValueError(f"{cfg.init_from} has another vocabulary than this config builds")
-        if start.config.num_attention_heads == model.config.num_attention_heads:
-            model.load_state_dict(start.state_dict())
-        else:
-            grow_query_heads(start, model, cfg.seed)
-    reinitialize_heads(model, [Head.parse(key) for key in cfg.reinit_heads], cfg.seed)
+    out = Path(cfg.out_dir)
+    resumed = load_resume_state(cfg)
+    if resumed:  # an interrupted run of this config: its own tokenizer, weights, optimizer and RNGs
+        tokenizer, lexicon, gen = load_tokenizer(out / RESUME_DIR, cfg.passkey_rate)
+        model = build_model(cfg, tokenizer)
+        model.load_state_dict(resumed["model"])
+        print(f"resuming {out} at step {resumed['step']}", file=sys.stderr, flush=True)
+    else:
+        tokenizer, lexicon, gen = build_tokenizer(cfg)
+        model = build_model(cfg, tokenizer)
+        if cfg.init_from:  # continue from a checkpoint trained with the same tokenizer settings
+            start = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+            if start.config.vocab_size != model.config.vocab_size:
+                raise ValueError(f"{cfg.init_from} has another vocabulary than this config builds")
+            if start.config.num_attention_heads == model.config.num_attention_heads:
+                model.load_state_dict(start.state_dict())
+            else:
+                grow_query_heads(start, model, cfg.seed)
+        reinitialize_heads(model, [Head.parse(key) for key in cfg.reinit_heads], cfg.seed)
     dropout = HeadDropout(model, 0.0)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -509,17 +580,27 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     )
     rng = random.Random(cfg.seed)
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
     log: list[dict] = []
     window: dict[str, list[float]] = defaultdict(list)
+    first, resumed_at = 0, []
+    if resumed:
+        opt.load_state_dict(resumed["optimizer"])
+        rng.setstate(resumed["rng"])
+        data_gen.set_state(resumed["data_rng"])
+        torch.set_rng_state(resumed["torch_rng"])  # head dropout draws from it
+        log, window = resumed["log"], defaultdict(list, resumed["window"])
+        first, resumed_at = resumed["step"], [*resumed["resumed_at"], resumed["step"]]
+        t0, c0 = t0 - resumed["wall_s"], c0 - resumed["cpu_s"]
+    end = cfg.stop_at or cfg.steps
+    model.train()
     columns = [
         TextColumn("[bold]organism"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]:.3f} lm {task.fields[lm]:.2f} len {task.fields[len]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
     ]
     with Progress(*columns) as progress:
-        bar = progress.add_task("train", total=cfg.stop_at or cfg.steps, loss=float("nan"), lm=float("nan"), len=0)
-        for step in range(cfg.stop_at or cfg.steps):
+        bar = progress.add_task("train", total=end, completed=first, loss=float("nan"), lm=float("nan"), len=0)
+        for step in range(first, end):
             length = step_length(cfg, step, rng)
             examples = sample_examples(gen, tokenizer, cfg, rng, length, max(1, cfg.tokens_per_step // length),
                                        task_weights=(stage_at(cfg, step)[3:] or [None])[0])
@@ -539,7 +620,7 @@ def train_organism(config: OrganismTrainConfig) -> Path:
             for ex, h in zip(examples, hit.tolist(), strict=True):
                 window["tf_" + ex.task].append(float(h))
             progress.update(bar, advance=1, loss=losses["answer"].item(), lm=losses["lm"].item(), len=length)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == (cfg.stop_at or cfg.steps):
+            if (step + 1) % cfg.log_every == 0 or step + 1 == end:
                 row = {"step": step + 1, "time_s": round(time.time() - t0, 1),
                        "cpu_s": round(time.process_time() - c0, 1), "length": length}
                 row.update({k: round(sum(v) / len(v), 4) for k, v in sorted(window.items()) if v})
@@ -549,19 +630,28 @@ def train_organism(config: OrganismTrainConfig) -> Path:
                 else:  # logs redirected to a file: plain lines, flushed
                     print(json.dumps(row), file=sys.stderr, flush=True)
                 window.clear()
-            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0 and step + 1 < (cfg.stop_at or cfg.steps):
+            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0 and step + 1 < end:
                 model.eval()
-                save(model, tokenizer, lexicon, Path(cfg.out_dir) / "snapshots" / f"step-{step + 1}",
+                save(model, tokenizer, lexicon, out / "snapshots" / f"step-{step + 1}",
                      {"config": asdict(cfg), "step": step + 1, "log": log})
                 model.train()
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < end:
+                save_resume_state(out, tokenizer, lexicon, {
+                    "config": json.loads(json.dumps(asdict(cfg))), "step": step + 1, "resumed_at": resumed_at,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
+                    "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(), "log": log,
+                    "window": dict(window), "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0,
+                })
     dropout.remove()
     model.eval()
     wall = time.time() - t0
     record = {"config": asdict(cfg), "wall_time_s": round(wall, 1),
               "cpu_time_s": round(time.process_time() - c0, 1), "log": log,
               "n_params": sum(p.numel() for p in model.parameters()), "lexicon_entries": len(lexicon)}
-    out = Path(cfg.out_dir)
+    if resumed_at:
+        record["resumed_at"] = resumed_at  # steps at which an interrupted run was continued
     save(model, tokenizer, lexicon, out, record)
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
     return out
 
 
@@ -578,7 +668,7 @@ def recipe_stages(recipe_dir: str | Path = RECIPES) -> list[Path]:
 
 def _settings(config: dict) -> dict:
     """A stage's config without the fields that do not change what it trains."""
-    return {k: v for k, v in config.items() if k not in ("threads", "log_every", "snapshot_every")}
+    return {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS}
 
 
 def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int | None = None) -> Path:
