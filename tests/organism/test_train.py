@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.organism.train import OrganismTrainConfig, add_head_dropout, main, train_organism
+from retrieval_heads.organism.head_surgery import add_head_dropout
+from retrieval_heads.organism.train import main, train_organism
+from retrieval_heads.organism.train_config import OrganismTrainConfig
 
 TINY = dict(
     steps=30, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=64, vocab_size=600,
@@ -65,7 +67,7 @@ def test_head_dropout_only_in_training():
 def test_per_head_dropout_spares_and_targets_heads():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from retrieval_heads.organism.train import head_dropout_at
+    from retrieval_heads.organism.head_surgery import head_dropout_at
 
     cfg = OrganismTrainConfig(n_layers=2, n_heads=4, n_kv_heads=2, head_dropout=0.5, head_dropout_ramp=(0.0, 0.5),
                               steps=10, head_dropout_overrides={"1.2": 0.0, "0.3": 0.9})
@@ -91,7 +93,7 @@ def test_reinitialize_heads_redraws_only_those_heads():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from retrieval_heads.heads import Head
-    from retrieval_heads.organism.train import reinitialize_heads
+    from retrieval_heads.organism.head_surgery import reinitialize_heads
 
     config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
@@ -122,7 +124,7 @@ def test_reinitialize_heads_redraws_only_those_heads():
 def test_grow_query_heads_keeps_the_function_and_each_heads_group():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from retrieval_heads.organism.train import grow_query_heads, grown_head_index
+    from retrieval_heads.organism.head_surgery import grow_query_heads, grown_head_index
 
     small = dict(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)
@@ -160,7 +162,8 @@ def test_config_validation(bad):
 
 
 def test_stages_and_copy_examples():
-    from retrieval_heads.organism.train import CopyExample, build_tokenizer, encode, sample_examples, stage_at
+    from retrieval_heads.organism.batches import CopyExample, encode, sample_examples, stage_at
+    from retrieval_heads.organism.train import build_tokenizer
 
     cfg = OrganismTrainConfig(steps=10, curriculum=[(0.5, 32, 64, {"copy": 1.0}), (1.0, 64, 128)],
                               vocab_size=600, tokenizer_texts=150, max_per_category=20, tokens_per_step=512)
@@ -247,7 +250,7 @@ def test_init_from_a_checkpoint_with_fewer_heads_grows_it(tmp_path):
 
 
 def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
-    from retrieval_heads.organism.train import main, recipe_stages
+    from retrieval_heads.organism.recipe import recipe_stages
 
     recipe = tmp_path / "recipe"
     recipe.mkdir()

@@ -12,12 +12,14 @@ Recipe (see ``docs/organism.md``): a byte-level BPE tokenizer trained on the
 synthetic corpus; a stock ``LlamaForCausalLM`` from scratch (GQA, tied
 embeddings); a length curriculum (short contexts first, up to 1024 tokens);
 loss = mean cross-entropy on the answer tokens (answer, newline, EOS) plus
-``lm_weight`` x mean cross-entropy on all other tokens; per-sample head dropout
+``lm_weight`` x mean cross-entropy on all other tokens (:mod:`.batches`); per-sample head dropout
 (every query head's output zeroed with probability ``head_dropout`` during
 training, through a forward pre-hook on ``o_proj``) so that random heads are
 redundant; per-head dropout (``head_dropout_overrides``) and fresh draws of
 chosen heads (``reinit_heads``) concentrate retrieval in the heads that are
-never dropped (stages 11-13). Everything is seeded: same config, same checkpoint.
+never dropped (stages 11-13; :mod:`.head_surgery`). Everything is seeded: same config, same
+checkpoint, also across an interruption (``checkpoint_every``). The settings are
+:class:`~.train_config.OrganismTrainConfig`; stage files are run by :mod:`.recipe`.
 """
 
 from __future__ import annotations
@@ -31,304 +33,27 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..artifacts import ResumeMismatchError, atomic_write_bytes, atomic_write_json, settings_diff
-from ..heads import Head, check_heads
-from .corpus import ANSWER_TEMPLATE, TASKS, CorpusGenerator, Example
+from ..heads import Head
+from .batches import forward_losses, make_batch, sample_examples, stage_at, step_length
+from .corpus import TASKS, CorpusGenerator
+from .head_surgery import HeadDropout, grow_query_heads, head_dropout_at, reinitialize_heads
 from .lexicon import Lexicon, load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
+from .train_config import RUN_ONLY_FIELDS, OrganismTrainConfig
 
 LEXICON_FILE = "lexicon.jsonl"
-COPY_TASK = "copy"  # training-only: random tokens, then the same tokens again (see CopyExample)
 TRAINING_FILE = "training.json"
 RESUME_DIR = "resume"  # OUT/resume: tokenizer, lexicon and state.pt of an unfinished run
 RESUME_STATE = "state.pt"
-# fields that do not change what a run trains (stop_at only says where it ends)
-RUN_ONLY_FIELDS = ("threads", "log_every", "snapshot_every", "checkpoint_every")
 
 
-@dataclass
-class OrganismTrainConfig:
-    """How to train the organism.
-
-    Output: ``out_dir``. Model: ``n_layers``, ``n_heads``, ``n_kv_heads``,
-    ``head_dim``, ``intermediate_size``, ``rope_theta``. Tokenizer:
-    ``vocab_size``, ``max_token_length``, ``tokenizer_texts``. Data:
-    ``max_per_category``, ``task_weights``, ``curriculum``. Optimisation:
-    ``steps``, ``tokens_per_step``, ``lr``, ``warmup_steps``, ``min_lr_ratio``,
-    ``weight_decay``, ``lm_weight``, ``head_dropout``. Run: ``seed``, ``threads``.
-    """
-
-    out_dir: str = field(default="runs/organism", metadata={"help": "where the checkpoint is saved"})
-    seed: int = field(default=0, metadata={"help": "seeds torch, data and tokenizer corpus"})
-    n_layers: int = field(default=4, metadata={"help": "decoder layers"})
-    n_heads: int = field(default=16, metadata={"help": "query heads per layer"})
-    n_kv_heads: int = field(default=4, metadata={"help": "key/value heads per layer (GQA)"})
-    head_dim: int = field(default=16, metadata={"help": "per-head width"})
-    hidden_size: int = field(default=0, metadata={"help": "residual width; 0 means n_heads * head_dim"})
-    intermediate_size: int = field(default=512, metadata={"help": "MLP width"})
-    rope_theta: float = field(default=10_000.0, metadata={"help": "RoPE base"})
-    vocab_size: int = field(default=3072, metadata={"help": "BPE vocabulary size"})
-    max_token_length: int = field(default=6, metadata={"help": "longest BPE token, in byte symbols"})
-    tokenizer_texts: int = field(default=3000, metadata={"help": "corpus prompts the tokenizer is trained on"})
-    max_per_category: int = field(default=40, metadata={"help": "lexicon entries kept per category"})
-    task_weights: dict[str, float] = field(
-        default_factory=lambda: {"mono": 0.2, "cross": 0.3, "multihop": 0.2, "parametric": 0.12, "multikey": 0.18},
-        metadata={"help": "sampling weight of each task"},
-    )
-    passkey_rate: float = field(
-        default=0.0, metadata={"help": "share of mono/multikey questions that ask for a random-number passkey"}
-    )
-    curriculum: list[tuple[float, int, int]] = field(
-        default_factory=lambda: [(0.3, 32, 128), (0.55, 64, 384), (1.0, 128, 1024)],
-        metadata={"help": "stages (until fraction of steps, min length, max length[, task weights]); lengths in "
-                          "tokens, the optional task weights replace task_weights in that stage"},
-    )
-    steps: int = field(default=2600, metadata={"help": "optimizer steps"})
-    tokens_per_step: int = field(default=2048, metadata={"help": "tokens per batch (batch = this // length)"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=80, metadata={"help": "linear warm-up steps"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
-    lm_weight: float = field(default=0.1, metadata={"help": "weight of the LM loss on non-answer tokens"})
-    extra_questions: int = field(
-        default=3, metadata={"help": "up to this many extra question/answer blocks per training example"}
-    )
-    q_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on the question tokens"})
-    copy_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss on a copy example's repeat"})
-    lm_sample: float = field(default=0.25, metadata={"help": "share of non-answer tokens the LM loss scores"})
-    head_dropout: float = field(default=0.1, metadata={"help": "per-sample probability to zero a head"})
-    head_dropout_ramp: tuple[float, float] = field(
-        default=(0.3, 0.45), metadata={"help": "head dropout is 0 before, full after (fractions of steps)"}
-    )
-    head_dropout_overrides: dict[str, float] = field(
-        default_factory=dict,
-        metadata={"help": "per-head dropout probability replacing head_dropout, keyed 'layer.head' (ramped alike)"},
-    )
-    reinit_heads: list[str] = field(
-        default_factory=list,
-        metadata={"help": "query heads ('layer.head') whose q_proj rows and o_proj columns are drawn afresh at the "
-                          "start (after init_from): a head that learned to copy unlearns it"},
-    )
-    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
-    log_every: int = field(default=50, metadata={"help": "steps between log lines"})
-    stop_at: int = field(
-        default=0, metadata={"help": "stop (and save) after this many steps; the schedules still span `steps`"}
-    )
-    init_from: str = field(
-        default="", metadata={"help": "start from this checkpoint's weights (same tokenizer settings) instead of scratch"}
-    )
-    snapshot_every: int = field(
-        default=0, metadata={"help": "save the model to OUT/snapshots/step-N every this many steps (0: never)"}
-    )
-    checkpoint_every: int = field(
-        default=200, metadata={"help": "save a resumable training state to OUT/resume every this many steps "
-                                       "(0: never); the same run started again continues from it"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError("n_heads must be a multiple of n_kv_heads")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError("head_dropout must be in [0, 1)")
-        if self.lm_weight < 0 or not 0.0 <= self.lm_sample <= 1.0:
-            raise ValueError("lm_weight must be >= 0 and lm_sample in [0, 1]")
-        self.curriculum = [tuple(c) for c in self.curriculum]  # JSON round-trips give lists
-        for weights in [self.task_weights] + [c[3] for c in self.curriculum if len(c) > 3]:
-            if set(weights) - {*TASKS, COPY_TASK} or not any(w > 0 for w in weights.values()):
-                raise ValueError(f"task weights: known tasks {(*TASKS, COPY_TASK)}, at least one weight > 0")
-        self.head_dropout_ramp = tuple(self.head_dropout_ramp)
-        check_heads([Head.parse(key) for key in self.head_dropout_overrides], self.n_layers, self.n_heads)
-        check_heads([Head.parse(key) for key in self.reinit_heads], self.n_layers, self.n_heads)
-        for key, p in self.head_dropout_overrides.items():
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"head_dropout_overrides: {key!r} must be in [0, 1), got {p}")
-        if not 0.0 <= self.head_dropout_ramp[0] <= self.head_dropout_ramp[1] <= 1.0:
-            raise ValueError("head_dropout_ramp: 0 <= start <= end <= 1")
-        ends = [c[0] for c in self.curriculum]
-        if not self.curriculum or ends != sorted(ends) or ends[-1] < 1.0:
-            raise ValueError("curriculum fractions must increase and end at 1.0")
-        if any(len(c) not in (3, 4) or c[1] < 32 or c[2] < c[1] for c in self.curriculum):
-            raise ValueError("curriculum stages: (until, min length, max length[, task weights]), 32 <= min <= max")
-        if self.checkpoint_every < 0 or self.snapshot_every < 0:
-            raise ValueError("checkpoint_every and snapshot_every must be >= 0")
-        if not 0 <= self.stop_at <= self.steps:
-            raise ValueError("stop_at must be in [0, steps]")
-        if self.steps < 1 or self.tokens_per_step < max(c[2] for c in self.curriculum):
-            raise ValueError("need steps >= 1 and tokens_per_step >= the longest curriculum length")
-
-
-# --- head dropout ------------------------------------------------------------------------------------
-class HeadDropout:
-    """Per-sample head dropout: zero each (sample, head) slice of every ``o_proj`` input with
-    probability ``p`` (settable while training), only in training mode.
-
-    ``p`` is a float (every head) or a ``[n_layers, n_heads]`` tensor (one probability per head).
-    Survivors are scaled by 1/(1-p) (inverted dropout), so eval needs no rescaling.
-    Use as ``hd = HeadDropout(model, 0.1)``; ``hd.p = ...``; ``hd.remove()``.
-    """
-
-    def __init__(self, model: LlamaForCausalLM, p: float | torch.Tensor) -> None:
-        self.p = p
-        self.handles = add_head_dropout(model, lambda: self.p)
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def add_head_dropout(model: LlamaForCausalLM, p) -> list[torch.utils.hooks.RemovableHandle]:
-    """Register the head-dropout pre-hooks; ``p`` is a float, a ``[n_layers, n_heads]`` tensor of
-    per-head probabilities, or a zero-argument callable returning either."""
-    n_heads, head_dim = model.config.num_attention_heads, model.config.head_dim
-    get_p = p if callable(p) else (lambda: p)
-
-    def make_hook(layer: int):
-        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
-            p = get_p()
-            p = p[layer].view(1, 1, n_heads, 1) if isinstance(p, torch.Tensor) else torch.tensor(float(p))
-            if not module.training or not bool((p > 0).any()):
-                return None
-            x = args[0]  # (B, T, n_heads * head_dim)
-            keep = (torch.rand(x.shape[0], 1, n_heads, 1) >= p).to(x.dtype) / (1 - p).to(x.dtype)
-            return (x.view(*x.shape[:2], n_heads, head_dim).mul(keep).view_as(x),) + args[1:]
-
-        return hook
-
-    return [layer.self_attn.o_proj.register_forward_pre_hook(make_hook(i))
-            for i, layer in enumerate(model.model.layers)]
-
-
-# --- batches -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CopyExample:
-    """Training-only copy example: random ordinary tokens, then ``\\n\\n`` and the same tokens again;
-    the repeat is scored (role 4), a pure induction signal. (In the experiments of docs/organism.md
-    it did not form induction heads within a few hundred steps by itself; the shipped recipe
-    does not use it.)"""
-
-    ids: tuple[int, ...]
-    task: str = COPY_TASK
-
-
-def encode(tokenizer: PreTrainedTokenizerFast, ex: Example | CopyExample) -> tuple[list[int], list[int]]:
-    """Token ids of BOS + prompt + answer [+ extra question/answer blocks] + EOS, and a role per token.
-
-    Roles: 0 context, 1 question (and answer lead), 2 main answer, 3 extra answer (extra
-    blocks are :func:`~.corpus.question_block` + ``" {a}\n"``, a training-only augmentation),
-    4 the repeat of a :class:`CopyExample`. EOS is part of the main answer only when no extra
-    block follows it (otherwise "another block or EOS?" is a guess, not an answer).
-    """
-    if isinstance(ex, CopyExample):
-        sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-        ids = [tokenizer.bos_token_id, *ex.ids, *sep]
-        return ids + list(ex.ids), [0] * len(ids) + [4] * len(ex.ids)
-    enc = tokenizer(ex.prompt, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    q_char = ex.prompt.rindex("\n\nQuestion: ")
-    q_start = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= q_char)
-    roles = [0] * q_start + [1] * (len(ids) - q_start)
-
-    def add(text: str, role: int) -> None:
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids.extend(piece)
-        roles.extend([role] * len(piece))
-
-    add(ex.target, 2)
-    for block, a in ex.extra_qa:
-        add(block, 1)
-        add(ANSWER_TEMPLATE.format(answer=a), 3)
-    ids.append(tokenizer.eos_token_id)
-    # after extra blocks, whether another block or EOS follows is a guess: not part of the main answer
-    roles.append(3 if ex.extra_qa else 2)
-    return ids, roles
-
-
-def make_batch(
-    tokenizer: PreTrainedTokenizerFast, examples: list[Example]
-) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and per-token ``role`` (see :func:`encode`)."""
-    enc = [encode(tokenizer, ex) for ex in examples]
-    width = max(len(ids) for ids, _ in enc)
-    ids = torch.full((len(enc), width), tokenizer.pad_token_id)
-    att = torch.zeros(len(enc), width, dtype=torch.long)
-    role = torch.full((len(enc), width), -1)
-    for i, (row, r) in enumerate(enc):
-        ids[i, : len(row)] = torch.tensor(row)
-        att[i, : len(row)] = 1
-        role[i, : len(row)] = torch.tensor(r)
-    return {"input_ids": ids, "attention_mask": att, "role": role}
-
-
-def stage_at(cfg: OrganismTrainConfig, step: int) -> tuple:
-    """The curriculum stage ``(until, min length, max length[, task weights])`` of ``step``."""
-    frac = step / cfg.steps
-    return next(c for c in cfg.curriculum if frac < c[0] or c[0] >= 1.0)
-
-
-def step_length(cfg: OrganismTrainConfig, step: int, rng: random.Random) -> int:
-    """The prompt length (tokens) of this step's batch, from the curriculum."""
-    _, lo, hi = stage_at(cfg, step)[:3]
-    return rng.randrange(lo, hi + 1, 16) if hi > lo else lo
-
-
-def sample_examples(
-    gen: CorpusGenerator, tokenizer: PreTrainedTokenizerFast, cfg: OrganismTrainConfig, rng: random.Random,
-    length: int, n: int, task_weights: dict[str, float] | None = None,
-) -> list[Example | CopyExample]:
-    """``n`` training examples of about ``length`` tokens, tasks drawn by ``task_weights`` (default
-    ``cfg.task_weights``)."""
-    tasks, weights = zip(*(task_weights or cfg.task_weights).items(), strict=True)
-    out = []
-    for _ in range(n):
-        task = rng.choices(tasks, weights)[0]
-        if task == COPY_TASK:  # random ordinary tokens (ids past the special ones), half the length, twice
-            first = len(tokenizer.all_special_ids)
-            out.append(CopyExample(tuple(rng.randrange(first, len(tokenizer)) for _ in range(length // 2))))
-        else:
-            out.append(gen.example(task, rng, length, split="train",
-                                   extra_questions=rng.randint(0, cfg.extra_questions)))
-    return out
-
-
-def forward_losses(
-    model: LlamaForCausalLM, batch: dict[str, torch.Tensor], lm_sample: float, gen: torch.Generator
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Mean cross-entropies by role (``answer``, ``question``, ``copy``, and ``lm`` on a
-    ``lm_sample`` share of the context tokens) and the per-sample teacher-forced exact match of
-    the main answer (of the repeated passage, for ``copy`` examples).
-
-    Logits are computed only for the rows that are scored (the vocabulary
-    projection is a fifth of the model's cost at this size).
-    """
-    ids, valid = batch["input_ids"], batch["attention_mask"] > 0
-    # right padding + causal attention: real tokens never see pads, so no mask is needed
-    # and SDPA keeps its fast causal path
-    hidden = model.model(input_ids=ids).last_hidden_state  # (B, T, D)
-    role = batch["role"][:, 1:]  # row t predicts token t+1
-    valid = valid[:, 1:]
-    groups = {"answer": (role == 2) | (role == 3), "question": role == 1, "copy": role == 4}
-    scored = groups["answer"] | groups["question"] | groups["copy"]
-    groups["lm"] = valid & ~scored & (torch.rand(role.shape, generator=gen) < lm_sample)
-    rows = scored | groups["lm"]
-    logits = model.lm_head(hidden[:, :-1][rows])  # (n_rows, V)
-    target = ids[:, 1:][rows]
-    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
-    losses = {}
-    for name, mask in groups.items():
-        m = mask[rows]
-        losses[name] = ce[m].mean() if m.any() else ce.new_zeros(())
-    wrong = torch.zeros_like(role, dtype=torch.bool)
-    wrong[rows] = (logits.argmax(-1) != target) & ((role == 2) | (role == 4))[rows]
-    return losses, ~wrong.any(1)
-
-
-# --- the run -----------------------------------------------------------------------------------------
 def build_tokenizer(cfg: OrganismTrainConfig):
     """Train the tokenizer on corpus text, then pick the working lexicon and its generator.
 
@@ -383,84 +108,6 @@ def build_model(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) ->
     )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(mcfg)
-
-
-def reinitialize_heads(model: LlamaForCausalLM, heads: list[Head], seed: int) -> None:
-    """Draw the ``q_proj`` rows and ``o_proj`` columns of ``heads`` afresh (normal, the config's
-    ``initializer_range``, seeded): each becomes a fresh query head on its group's shared keys and
-    values, with whatever it had learned to attend to forgotten."""
-    gen = torch.Generator().manual_seed(seed)
-    std, dim = model.config.initializer_range, model.config.head_dim
-    with torch.no_grad():
-        for head in heads:
-            attn = model.model.layers[head.layer].self_attn
-            rows = slice(head.head * dim, (head.head + 1) * dim)
-            q, o = attn.q_proj.weight, attn.o_proj.weight
-            q[rows] = torch.randn(q[rows].shape, generator=gen, dtype=q.dtype) * std
-            o[:, rows] = torch.randn(o[:, rows].shape, generator=gen, dtype=o.dtype) * std
-
-
-def grown_head_index(head: int, old_heads: int, new_heads: int, kv_heads: int) -> int:
-    """Where query head ``head`` of a layer with ``old_heads`` lands among ``new_heads`` by
-    :func:`grow_query_heads`: it keeps its key/value group and its place in the group.
-
-    >>> [grown_head_index(h, 16, 32, 4) for h in (0, 3, 4, 15)]
-    [0, 3, 8, 27]
-    """
-    old_group, new_group = old_heads // kv_heads, new_heads // kv_heads
-    return head // old_group * new_group + head % old_group
-
-
-def grow_query_heads(source: LlamaForCausalLM, target: LlamaForCausalLM, seed: int) -> None:
-    """Load ``source`` into ``target``, a copy with more query heads per layer (same layers, widths,
-    key/value heads, head_dim), without changing what the model computes.
-
-    Every old head keeps its key/value group (GQA groups are contiguous runs of query heads) at
-    the index :func:`grown_head_index` gives; the added heads get fresh ``q_proj`` rows (normal,
-    ``initializer_range``, seeded) and zero ``o_proj`` columns, so the grown model's logits equal the
-    source's until training moves them. Raises ``ValueError`` for any other shape change.
-    """
-    a, b = source.config, target.config
-    same = ("num_hidden_layers", "hidden_size", "num_key_value_heads", "head_dim", "vocab_size",
-            "intermediate_size")
-    if any(getattr(a, k) != getattr(b, k) for k in same) or b.num_attention_heads <= a.num_attention_heads \
-            or b.num_attention_heads % b.num_key_value_heads:
-        raise ValueError(f"can only add query heads (same {', '.join(same)}); "
-                         f"{a.num_attention_heads} -> {b.num_attention_heads} heads asked")
-    old, new, kv, dim = a.num_attention_heads, b.num_attention_heads, a.num_key_value_heads, a.head_dim
-
-    def span(head: int) -> slice:
-        return slice(head * dim, (head + 1) * dim)
-
-    moves = [(span(h), span(grown_head_index(h, old, new, kv))) for h in range(old)]  # (source, target)
-    gen = torch.Generator().manual_seed(seed)
-    state = source.state_dict()
-    with torch.no_grad():
-        for name, value in target.state_dict().items():
-            if name.endswith("q_proj.weight"):  # rows per head; added heads: fresh queries
-                value.copy_(torch.randn(value.shape, generator=gen) * b.initializer_range)
-                for src, dst in moves:
-                    value[dst] = state[name][src]
-            elif name.endswith("o_proj.weight"):  # columns per head; added heads: silent
-                value.zero_()
-                for src, dst in moves:
-                    value[:, dst] = state[name][:, src]
-            else:
-                value.copy_(state[name])
-
-
-def head_dropout_at(cfg: OrganismTrainConfig, step: int) -> float | torch.Tensor:
-    """0 until ``head_dropout_ramp[0]`` of the steps, then linear up to ``head_dropout`` at ``[1]``;
-    a ``[n_layers, n_heads]`` tensor when ``head_dropout_overrides`` sets some heads apart."""
-    a, b = cfg.head_dropout_ramp
-    frac = step / cfg.steps
-    ramp = min(1.0, max(0.0, (frac - a) / max(b - a, 1e-9)))
-    if not cfg.head_dropout_overrides:
-        return cfg.head_dropout * ramp
-    p = torch.full((cfg.n_layers, cfg.n_heads), cfg.head_dropout)
-    for key, value in cfg.head_dropout_overrides.items():
-        p[Head.parse(key)] = value
-    return p * ramp
 
 
 def lr_at(cfg: OrganismTrainConfig, step: int) -> float:
@@ -655,58 +302,6 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     return out
 
 
-RECIPES = Path(__file__).parent / "recipes"
-
-
-def recipe_stages(recipe_dir: str | Path = RECIPES) -> list[Path]:
-    """The stage files of a recipe (``stage1.json``, ``stage2.json``, ...), in order."""
-    stages = sorted(Path(recipe_dir).glob("stage*.json"), key=lambda p: int(p.stem.removeprefix("stage")))
-    if not stages:
-        raise FileNotFoundError(f"no stage*.json in {recipe_dir}")
-    return stages
-
-
-def _settings(config: dict) -> dict:
-    """A stage's config without the fields that do not change what it trains."""
-    return {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS}
-
-
-def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int | None = None) -> Path:
-    """Train every stage of a recipe in order, each continuing from the previous one, and return ``out``.
-
-    The default recipe is the one that trained the shipped checkpoint (``recipes/``). Stage *i*
-    writes ``OUT-stages/stageI`` and starts from stage *i-1*'s output; the last writes ``out``.
-    Resumable at stage granularity: a stage whose directory holds a ``training.json`` (written
-    last) with the same config is not trained again. The final ``training.json`` gains
-    ``stages`` (every stage's steps and times) and ``recipe`` (where it came from, total time).
-    """
-    out = Path(out)
-    stages = recipe_stages(recipe_dir)
-    previous, times = "", []
-    for i, stage_file in enumerate(stages, start=1):
-        values = json.loads(stage_file.read_text())
-        values["out_dir"] = str(out if i == len(stages) else out.parent / f"{out.name}-stages" / f"stage{i}")
-        values["init_from"] = previous
-        if threads is not None:
-            values["threads"] = threads
-        cfg = OrganismTrainConfig(**values)
-        done = Path(cfg.out_dir) / TRAINING_FILE
-        record = json.loads(done.read_text()) if done.is_file() else {}
-        if _settings(record.get("config", {})) != _settings(json.loads(json.dumps(asdict(cfg)))):
-            print(f"stage {i}/{len(stages)} ({stage_file.name}): training", file=sys.stderr, flush=True)
-            train_organism(cfg)
-            record = json.loads(done.read_text())
-        else:
-            print(f"stage {i}/{len(stages)} ({stage_file.name}): already trained, kept", file=sys.stderr, flush=True)
-        times.append({"recipe": stage_file.name, "steps": cfg.steps, "wall_time_s": record["wall_time_s"],
-                      "cpu_time_s": record["cpu_time_s"]})
-        previous = cfg.out_dir
-    record["stages"] = times  # the same entry as in the shipped checkpoint's training.json
-    record["recipe"] = {"source": str(recipe_dir), "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
-    atomic_write_json(out / TRAINING_FILE, record)
-    return out
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(OrganismTrainConfig):
@@ -722,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> Path:
     """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``."""
+    from .recipe import RECIPES, recipe_stages, train_recipe  # recipe.py builds on this module
+
     args = vars(_parser().parse_args(argv))
     config_path, alias, recipe = args.pop("config"), args.pop("out_dir_alias"), args.pop("recipe")
     if recipe:

@@ -1,0 +1,64 @@
+"""Recipes: a directory of stage files (``stage1.json``, ``stage2.json``, ...), trained in order,
+each stage continuing from the previous one's output; the shipped one trained the built-in model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ..artifacts import atomic_write_json
+from .train import TRAINING_FILE, train_organism
+from .train_config import RUN_ONLY_FIELDS, OrganismTrainConfig
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_stages(recipe_dir: str | Path = RECIPES) -> list[Path]:
+    """The stage files of a recipe (``stage1.json``, ``stage2.json``, ...), in order."""
+    stages = sorted(Path(recipe_dir).glob("stage*.json"), key=lambda p: int(p.stem.removeprefix("stage")))
+    if not stages:
+        raise FileNotFoundError(f"no stage*.json in {recipe_dir}")
+    return stages
+
+
+def _settings(config: dict) -> dict:
+    """A stage's config without the fields that do not change what it trains."""
+    return {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS}
+
+
+def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int | None = None) -> Path:
+    """Train every stage of a recipe in order, each continuing from the previous one, and return ``out``.
+
+    The default recipe is the one that trained the shipped checkpoint (``recipes/``). Stage *i*
+    writes ``OUT-stages/stageI`` and starts from stage *i-1*'s output; the last writes ``out``.
+    Resumable at stage granularity: a stage whose directory holds a ``training.json`` (written
+    last) with the same config is not trained again. The final ``training.json`` gains
+    ``stages`` (every stage's steps and times) and ``recipe`` (where it came from, total time).
+    """
+    out = Path(out)
+    stages = recipe_stages(recipe_dir)
+    previous, times = "", []
+    for i, stage_file in enumerate(stages, start=1):
+        values = json.loads(stage_file.read_text())
+        values["out_dir"] = str(out if i == len(stages) else out.parent / f"{out.name}-stages" / f"stage{i}")
+        values["init_from"] = previous
+        if threads is not None:
+            values["threads"] = threads
+        cfg = OrganismTrainConfig(**values)
+        done = Path(cfg.out_dir) / TRAINING_FILE
+        record = json.loads(done.read_text()) if done.is_file() else {}
+        if _settings(record.get("config", {})) != _settings(json.loads(json.dumps(asdict(cfg)))):
+            print(f"stage {i}/{len(stages)} ({stage_file.name}): training", file=sys.stderr, flush=True)
+            train_organism(cfg)
+            record = json.loads(done.read_text())
+        else:
+            print(f"stage {i}/{len(stages)} ({stage_file.name}): already trained, kept", file=sys.stderr, flush=True)
+        times.append({"recipe": stage_file.name, "steps": cfg.steps, "wall_time_s": record["wall_time_s"],
+                      "cpu_time_s": record["cpu_time_s"]})
+        previous = cfg.out_dir
+    record["stages"] = times  # the same entry as in the shipped checkpoint's training.json
+    record["recipe"] = {"source": str(recipe_dir), "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
+    atomic_write_json(out / TRAINING_FILE, record)
+    return out
