@@ -329,3 +329,18 @@ def test_a_damaged_resume_state_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="state.pt is not a readable training state.*delete"):
         train_organism(cfg)
     assert (tmp_path / "o" / "resume" / "state.pt").read_bytes() == b"not a torch file"
+
+
+def test_bare_out_trains_the_shipped_recipe(tmp_path, monkeypatch, capsys):
+    """`organism train --out DIR` alone trains the recipe the model card describes; any setting means one run."""
+    import retrieval_heads.organism.recipe as recipe
+    import retrieval_heads.organism.train as train
+
+    recipes, runs = [], []
+    monkeypatch.setattr(recipe, "train_recipe", lambda out, d, threads: recipes.append((out, d, threads)) or tmp_path)
+    monkeypatch.setattr(train, "train_organism", lambda cfg: runs.append(cfg) or tmp_path)
+    main(["--out", str(tmp_path / "m"), "--threads", "1"])
+    assert recipes == [(str(tmp_path / "m"), recipe.RECIPES, 1)] and not runs
+    assert "training the shipped recipe" in capsys.readouterr().err
+    main(["--out", str(tmp_path / "one"), "--steps", "5"])
+    assert len(recipes) == 1 and [(c.out_dir, c.steps) for c in runs] == [(str(tmp_path / "one"), 5)]

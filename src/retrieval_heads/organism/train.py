@@ -3,10 +3,11 @@
 Usage::
 
     # the shipped checkpoint: every stage of recipes/, each continuing from the previous one
-    python -m retrieval_heads.organism.train --recipe shipped --out runs/organism
-    python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # a smoke run
+    python -m retrieval_heads.organism.train --out runs/organism      # = --recipe shipped
+    python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # one run: a smoke test
 
-The defaults are a one-run version of that recipe that has not been validated.
+One run's defaults (any setting flag, or ``--config``) are a one-stage version of that recipe that
+has not been validated.
 
 Recipe (see ``docs/organism.md``): a byte-level BPE tokenizer trained on the
 synthetic corpus; a stock ``LlamaForCausalLM`` from scratch (GQA, tied
@@ -316,13 +317,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``."""
+    """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``.
+
+    With nothing but ``--out`` (and ``--threads``) it trains the shipped recipe; ``--config FILE``
+    or any setting flag trains one run of :class:`OrganismTrainConfig` (defaults for the rest);
+    ``--recipe DIR`` trains another directory of stage files.
+    """
     from .recipe import RECIPES, recipe_stages, train_recipe  # recipe.py builds on this module
 
     args = vars(_parser().parse_args(argv))
     config_path, alias, recipe = args.pop("config"), args.pop("out_dir_alias"), args.pop("recipe")
+    one_run = config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads"))
+    if not recipe and not one_run:  # nothing asked but where: the recipe the model card describes
+        print("no settings given: training the shipped recipe (every stage of organism/recipes/, hours on a "
+              "CPU); --config FILE or any --setting trains one run instead", file=sys.stderr, flush=True)
+        recipe = "shipped"
     if recipe:
-        if config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads")):
+        if one_run:
             raise SystemExit("--recipe takes only --out and --threads (each stage file holds its own settings)")
         recipe_dir = RECIPES if recipe == "shipped" else Path(recipe)
         try:
