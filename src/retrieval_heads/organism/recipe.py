@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..artifacts import atomic_write_json
 from .train import TRAINING_FILE, train_organism
-from .train_config import RUN_ONLY_FIELDS, OrganismTrainConfig
+from .train_config import OrganismTrainConfig, training_settings
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -21,11 +21,6 @@ def recipe_stages(recipe_dir: str | Path = RECIPES) -> list[Path]:
     if not stages:
         raise FileNotFoundError(f"no stage*.json in {recipe_dir}")
     return stages
-
-
-def _settings(config: dict) -> dict:
-    """A stage's config without the fields that do not change what it trains."""
-    return {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS}
 
 
 def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int | None = None) -> Path:
@@ -49,7 +44,7 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
         cfg = OrganismTrainConfig(**values)
         done = Path(cfg.out_dir) / TRAINING_FILE
         record = json.loads(done.read_text()) if done.is_file() else {}
-        if _settings(record.get("config", {})) != _settings(json.loads(json.dumps(asdict(cfg)))):
+        if training_settings(record.get("config", {})) != training_settings(json.loads(json.dumps(asdict(cfg)))):
             print(f"stage {i}/{len(stages)} ({stage_file.name}): training", file=sys.stderr, flush=True)
             train_organism(cfg)
             record = json.loads(done.read_text())

@@ -47,7 +47,7 @@ from .corpus import TASKS, CorpusGenerator
 from .head_surgery import HeadDropout, grow_query_heads, head_dropout_at, reinitialize_heads
 from .lexicon import Lexicon, load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
-from .train_config import RUN_ONLY_FIELDS, OrganismTrainConfig
+from .train_config import OrganismTrainConfig, training_settings
 
 LEXICON_FILE = "lexicon.jsonl"
 TRAINING_FILE = "training.json"
@@ -140,11 +140,6 @@ def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -
     atomic_write_json(out / TRAINING_FILE, record)  # last, and whole: train_recipe reads it as "stage done"
 
 
-def _resume_settings(config: dict) -> dict:
-    """What a resumed run must share with the run it continues (it may end elsewhere: stop_at)."""
-    return {k: v for k, v in config.items() if k not in (*RUN_ONLY_FIELDS, "stop_at")}
-
-
 def load_resume_state(cfg: OrganismTrainConfig) -> dict | None:
     """The saved state of an unfinished run of ``cfg`` in ``OUT/resume``, or ``None`` if there is none.
 
@@ -163,7 +158,7 @@ def load_resume_state(cfg: OrganismTrainConfig) -> dict | None:
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a readable training state ({reason}); {hint}") from err
     now = json.loads(json.dumps(asdict(cfg)))
-    diff = settings_diff(_resume_settings(state["config"]), _resume_settings(now))
+    diff = settings_diff(training_settings(state["config"], "stop_at"), training_settings(now, "stop_at"))  # may end elsewhere
     if diff:
         raise ResumeMismatchError(f"{folder} holds an unfinished run with other settings: "
                                   + "; ".join(diff) + f". Train with those settings to continue it, or {hint}.")

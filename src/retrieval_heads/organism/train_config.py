@@ -121,3 +121,10 @@ class OrganismTrainConfig:
             raise ValueError("stop_at must be in [0, steps]")
         if self.steps < 1 or self.tokens_per_step < max(c[2] for c in self.curriculum):
             raise ValueError("need steps >= 1 and tokens_per_step >= the longest curriculum length")
+
+
+def training_settings(config: dict, *also: str) -> dict:
+    """``config`` (an :class:`OrganismTrainConfig` as a dict) without the fields that do not change
+    what a run trains (:data:`RUN_ONLY_FIELDS`) nor the fields ``also``: what two runs must share
+    for one to stand for, or continue, the other."""
+    return {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS and k not in also}
