@@ -1,0 +1,72 @@
+"""Install a finished pipeline run as the shipped organism: its stage files, its checkpoint, its training record.
+
+    python scripts/organism128/ship.py RUN_DIR [--package-dir src/retrieval_heads/organism] [--stages 13]
+
+RUN_DIR holds ``recipe/stageI.json`` and ``stageI/`` (each with its ``training.json``) for I = 1..N, as
+``pipeline.sh`` leaves them. Each stage file is checked against the settings its stage recorded (so the
+shipped recipe is what trained the checkpoint), its paths renamed to the shipped recipe's
+(``runs/organism-stageI``), and written to ``recipes/``; stage N's checkpoint goes to ``checkpoint/`` with a
+``training.json`` that lists every stage's steps and times, as ``organism.recipe.train_recipe`` writes it.
+Nothing is written unless every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from retrieval_heads.artifacts import atomic_write_json
+from retrieval_heads.organism.train_config import OrganismTrainConfig, training_settings
+
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "lexicon.jsonl", "model.safetensors",
+                    "tokenizer.json", "tokenizer_config.json")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--package-dir", type=Path, default=Path("src/retrieval_heads/organism"))
+    ap.add_argument("--stages", type=int, default=13)
+    args = ap.parse_args()
+    run, n = args.run_dir, args.stages
+
+    stage_files, times = {}, []
+    for i in range(1, n + 1):
+        stage = json.loads((run / "recipe" / f"stage{i}.json").read_text())
+        record = json.loads((run / f"stage{i}" / "training.json").read_text())
+        wanted = training_settings(json.loads(json.dumps(asdict(OrganismTrainConfig(**stage)))))
+        trained = training_settings(record["config"])
+        if wanted != trained:
+            diff = {k for k in wanted | trained if wanted.get(k) != trained.get(k)}
+            sys.exit(f"stage {i}: the stage file and what trained {run}/stage{i} differ in {sorted(diff)}")
+        stage["out_dir"] = f"runs/organism-stage{i}"
+        stage["init_from"] = f"runs/organism-stage{i - 1}" if i > 1 else ""
+        stage_files[f"stage{i}.json"] = stage
+        times.append({"recipe": f"stage{i}.json", "steps": stage["steps"], "wall_time_s": record["wall_time_s"],
+                      "cpu_time_s": record["cpu_time_s"]})
+    final = run / f"stage{n}"
+    missing = [f for f in CHECKPOINT_FILES if not (final / f).is_file()]
+    if missing:
+        sys.exit(f"{final} lacks {missing}")
+
+    recipes, checkpoint = args.package_dir / "recipes", args.package_dir / "checkpoint"
+    for old in recipes.glob("stage*.json"):
+        old.unlink()
+    for name, stage in stage_files.items():
+        atomic_write_json(recipes / name, stage)
+    for f in CHECKPOINT_FILES:
+        shutil.copyfile(final / f, checkpoint / f)
+    record = json.loads((final / "training.json").read_text())
+    record["stages"] = times
+    record["recipe"] = {"source": "src/retrieval_heads/organism/recipes",
+                        "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
+    atomic_write_json(checkpoint / "training.json", record)
+    print(f"shipped {final}: {n} stages, {record['recipe']['total_wall_time_s'] / 3600:.2f} h of wall time")
+
+
+if __name__ == "__main__":
+    main()
