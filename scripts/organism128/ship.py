@@ -2,10 +2,12 @@
 
     python scripts/organism128/ship.py RUN_DIR [--package-dir src/retrieval_heads/organism] [--stages 13]
 
-RUN_DIR holds ``recipe/stageI.json`` and ``stageI/`` (each with its ``training.json``) for I = 1..N, as
-``pipeline.sh`` leaves them. Each stage file is checked against the settings its stage recorded (so the
-shipped recipe is what trained the checkpoint), its paths renamed to the shipped recipe's
-(``runs/organism-stageI``), and written to ``recipes/``; stage N's checkpoint goes to ``checkpoint/`` with a
+RUN_DIR holds ``recipe/stageI.json`` and ``stageI/`` (each with its ``training.json``) for the stages the
+run trained, up to I = N, as ``pipeline2.sh`` leaves them (a stage with no stage file was skipped). Each
+stage file is checked against the settings its stage recorded (so the shipped recipe is what trained the
+checkpoint) and against the chain (it starts from the previous trained stage), its paths renamed to the
+shipped recipe's, numbered consecutively, and written to ``recipes/``; stage N's checkpoint goes to
+``checkpoint/`` with a
 ``training.json`` that lists every stage's steps and times, as ``organism.recipe.train_recipe`` writes it.
 Nothing is written unless every check passes.
 """
@@ -34,19 +36,23 @@ def main() -> None:
     args = ap.parse_args()
     run, n = args.run_dir, args.stages
 
-    stage_files, times = {}, []
-    for i in range(1, n + 1):
+    stage_files, times, previous = {}, [], ""
+    trained = [i for i in range(1, n + 1) if (run / "recipe" / f"stage{i}.json").is_file()]
+    for j, i in enumerate(trained, start=1):
         stage = json.loads((run / "recipe" / f"stage{i}.json").read_text())
         record = json.loads((run / f"stage{i}" / "training.json").read_text())
+        if Path(stage.get("init_from") or "") != Path(previous):
+            sys.exit(f"stage {i} starts from {stage.get('init_from')!r}, not from the stage before it ({previous!r})")
+        previous = str(run / f"stage{i}")
         wanted = training_settings(json.loads(json.dumps(asdict(OrganismTrainConfig(**stage)))))
-        trained = training_settings(record["config"])
-        if wanted != trained:
-            diff = {k for k in wanted | trained if wanted.get(k) != trained.get(k)}
+        recorded = training_settings(record["config"])
+        if wanted != recorded:
+            diff = {k for k in wanted | recorded if wanted.get(k) != recorded.get(k)}
             sys.exit(f"stage {i}: the stage file and what trained {run}/stage{i} differ in {sorted(diff)}")
-        stage["out_dir"] = f"runs/organism-stage{i}"
-        stage["init_from"] = f"runs/organism-stage{i - 1}" if i > 1 else ""
-        stage_files[f"stage{i}.json"] = stage
-        times.append({"recipe": f"stage{i}.json", "steps": stage["steps"], "wall_time_s": record["wall_time_s"],
+        stage["out_dir"] = f"runs/organism-stage{j}"
+        stage["init_from"] = f"runs/organism-stage{j - 1}" if j > 1 else ""
+        stage_files[f"stage{j}.json"] = stage
+        times.append({"recipe": f"stage{j}.json", "run_stage": f"stage{i}", "steps": stage["steps"], "wall_time_s": record["wall_time_s"],
                       "cpu_time_s": record["cpu_time_s"]})
     final = run / f"stage{n}"
     missing = [f for f in CHECKPOINT_FILES if not (final / f).is_file()]
@@ -65,7 +71,7 @@ def main() -> None:
     record["recipe"] = {"source": "src/retrieval_heads/organism/recipes",
                         "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
     atomic_write_json(checkpoint / "training.json", record)
-    print(f"shipped {final}: {n} stages, {record['recipe']['total_wall_time_s'] / 3600:.2f} h of wall time")
+    print(f"shipped {final}: {len(trained)} stages, {record['recipe']['total_wall_time_s'] / 3600:.2f} h of wall time")
 
 
 if __name__ == "__main__":
