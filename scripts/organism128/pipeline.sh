@@ -6,6 +6,7 @@ D=${D:-runs/o128}; T=${THREADS:-2}
 export PYTHONPATH=/work/o128code/src
 PY=.venv/bin/python
 train() {  # stage number
+  if [ ! -f $D/recipe/stage$1.json ]; then echo "stage $1 not in this recipe"; return 0; fi
   if [ -f $D/stage$1/training.json ]; then echo "stage $1 done"; return 0; fi
   echo "stage $1 start $(date)"
   $PY -m retrieval_heads.organism.train --config $D/recipe/stage$1.json --threads $T >> $D/stage$1.log 2>&1 || { echo "stage $1 FAILED $(date)"; exit 1; }
@@ -20,6 +21,7 @@ for i in 11 12 13; do
   fi
   train $i
 done
-[ -f $D/quick-13.txt ] || $PY runs/o128/quick.py $D/stage13 $T > $D/quick-13.txt 2>&1
+# (the quick evaluation is left out: organism.measure below covers it)
 [ -f $D/measure-13.json ] || $PY -m retrieval_heads.organism.measure --model $D/stage13 --n-per-task 80 --n-detect 40 --out $D/measure-13.json > $D/measure-13.txt 2>&1
+[ -f $D/halves-13.txt ] || $PY runs/o128/halves.py $D/stage13 $T > $D/halves-13.txt 2>&1
 echo "pipeline end $(date)"
