@@ -1,8 +1,8 @@
 #!/bin/bash
-# after stage 8: stop the pipeline, evaluate stage 8 (quick.py), skip stages 9-10 if the rule in pipeline.log holds, restart
+# after stage 8: stop the pipeline (the run used pipeline2.sh: pipeline.sh less its last two steps), evaluate stage 8 (quick.py), skip stages 9-10 if the rule in pipeline.log holds, restart
 cd /work/main; D=runs/o128; export PYTHONPATH=/work/o128code/src; PY=.venv/bin/python
 while [ ! -f $D/stage8/training.json ]; do sleep 10; done
-for p in $(pgrep -f pipeline2.sh); do kill -- -$p 2>/dev/null; done; sleep 3
+for p in $(pgrep -f runs/o128/pipeline); do kill -- -$p 2>/dev/null; done; sleep 3
 rm -rf $D/stage9; [ -f $D/stage9.log ] && mv $D/stage9.log $D/stage9.log.aborted
 echo "stage 8 done, pipeline stopped for the stage-8 check $(date)" >> $D/pipeline.log
 $PY runs/o128/quick.py $D/stage8 2 > $D/quick-8.txt 2>&1
@@ -21,7 +21,7 @@ then
   mkdir -p $D/recipe/skipped; mv $D/recipe/stage9.json $D/recipe/stage10.json $D/recipe/skipped/
   sed -i 's|"init_from": "runs/o128/stage10"|"init_from": "runs/o128/stage8"|' $D/recipe/stage11-base.json
   $PY runs/o128/concentrate.py --threads 2 $D/stage8 $D/recipe/stage11-base.json $D/recipe/stage11.json.tmp --drop 0.9 2>> $D/concentrate.log && mv $D/recipe/stage11.json.tmp $D/recipe/stage11.json
-  echo "stage-8 check passed ($(tail -n 0 $D/quick-8.txt)): stages 9-10 skipped, stage 11 from stage 8 $(date)" >> $D/pipeline.log
+  echo "stage-8 check passed: stages 9-10 skipped, stage 11 from stage 8 $(date)" >> $D/pipeline.log
 else
   echo "stage-8 check not passed: stages 9-10 kept $(date)" >> $D/pipeline.log
 fi

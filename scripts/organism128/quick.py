@@ -1,6 +1,9 @@
-import sys, json, random, torch
+import sys
+
+import torch
+
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from retrieval_heads.heads import Head, HeadScores
+from retrieval_heads.heads import HeadScores
 from retrieval_heads.organism.tasks import make_eval_set, organism_generator
 from retrieval_heads.organism.measure import _accuracy, head_scores, _by
 from retrieval_heads.selection import random_heads

@@ -3,12 +3,12 @@
     python scripts/organism128/ship.py RUN_DIR [--package-dir src/retrieval_heads/organism] [--stages 13]
 
 RUN_DIR holds ``recipe/stageI.json`` and ``stageI/`` (each with its ``training.json``) for the stages the
-run trained, up to I = N, as ``pipeline2.sh`` leaves them (a stage with no stage file was skipped). Each
+run trained, up to I = N, as ``pipeline.sh`` leaves them (a stage with no stage file was skipped). Each
 stage file is checked against the settings its stage recorded (so the shipped recipe is what trained the
 checkpoint) and against the chain (it starts from the previous trained stage), its paths renamed to the
 shipped recipe's, numbered consecutively, and written to ``recipes/``; stage N's checkpoint goes to
-``checkpoint/`` with a
-``training.json`` that lists every stage's steps and times, as ``organism.recipe.train_recipe`` writes it.
+``checkpoint/`` with a ``training.json`` that lists every stage's steps and times, as
+``organism.recipe.train_recipe`` writes it.
 Nothing is written unless every check passes.
 """
 
@@ -52,8 +52,8 @@ def main() -> None:
         stage["out_dir"] = f"runs/organism-stage{j}"
         stage["init_from"] = f"runs/organism-stage{j - 1}" if j > 1 else ""
         stage_files[f"stage{j}.json"] = stage
-        times.append({"recipe": f"stage{j}.json", "run_stage": f"stage{i}", "steps": stage["steps"], "wall_time_s": record["wall_time_s"],
-                      "cpu_time_s": record["cpu_time_s"]})
+        times.append({"recipe": f"stage{j}.json", "run_stage": f"stage{i}", "steps": stage["steps"],
+                      "wall_time_s": record["wall_time_s"], "cpu_time_s": record["cpu_time_s"]})
     final = run / f"stage{n}"
     missing = [f for f in CHECKPOINT_FILES if not (final / f).is_file()]
     if missing:
