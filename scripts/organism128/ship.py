@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from retrieval_heads.artifacts import atomic_write_json
+from retrieval_heads.organism.recipe import stage_time, with_recipe_record
 from retrieval_heads.organism.train_config import OrganismTrainConfig, training_settings
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "lexicon.jsonl", "model.safetensors",
@@ -49,11 +50,10 @@ def main() -> None:
         if wanted != recorded:
             diff = {k for k in wanted | recorded if wanted.get(k) != recorded.get(k)}
             sys.exit(f"stage {i}: the stage file and what trained {run}/stage{i} differ in {sorted(diff)}")
-        stage["out_dir"] = f"runs/organism-stage{j}"
+        stage["out_dir"] = "runs/organism" if i == trained[-1] else f"runs/organism-stage{j}"
         stage["init_from"] = f"runs/organism-stage{j - 1}" if j > 1 else ""
         stage_files[f"stage{j}.json"] = stage
-        times.append({"recipe": f"stage{j}.json", "run_stage": f"stage{i}", "steps": stage["steps"],
-                      "wall_time_s": record["wall_time_s"], "cpu_time_s": record["cpu_time_s"]})
+        times.append(stage_time(f"stage{j}.json", stage["steps"], record, run_stage=f"stage{i}"))
     final = run / f"stage{n}"
     missing = [f for f in CHECKPOINT_FILES if not (final / f).is_file()]
     if missing:
@@ -66,10 +66,8 @@ def main() -> None:
         atomic_write_json(recipes / name, stage)
     for f in CHECKPOINT_FILES:
         shutil.copyfile(final / f, checkpoint / f)
-    record = json.loads((final / "training.json").read_text())
-    record["stages"] = times
-    record["recipe"] = {"source": "src/retrieval_heads/organism/recipes",
-                        "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
+    record = with_recipe_record(json.loads((final / "training.json").read_text()), times,
+                                "src/retrieval_heads/organism/recipes")
     atomic_write_json(checkpoint / "training.json", record)
     print(f"shipped {final}: {len(trained)} stages, {record['recipe']['total_wall_time_s'] / 3600:.2f} h of wall time")
 

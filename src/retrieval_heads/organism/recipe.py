@@ -50,10 +50,20 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
             record = json.loads(done.read_text())
         else:
             print(f"stage {i}/{len(stages)} ({stage_file.name}): already trained, kept", file=sys.stderr, flush=True)
-        times.append({"recipe": stage_file.name, "steps": cfg.steps, "wall_time_s": record["wall_time_s"],
-                      "cpu_time_s": record["cpu_time_s"]})
+        times.append(stage_time(stage_file.name, cfg.steps, record))
         previous = cfg.out_dir
-    record["stages"] = times  # the same entry as in the shipped checkpoint's training.json
-    record["recipe"] = {"source": str(recipe_dir), "total_wall_time_s": round(sum(t["wall_time_s"] for t in times), 1)}
-    atomic_write_json(out / TRAINING_FILE, record)
+    atomic_write_json(out / TRAINING_FILE, with_recipe_record(record, times, str(recipe_dir)))
     return out
+
+
+def stage_time(recipe_file: str, steps: int, record: dict, **extra: str) -> dict:
+    """One stage's entry in a recipe's ``stages`` list: its stage file, steps and times (from its ``training.json``)."""
+    return {"recipe": recipe_file, **extra, "steps": steps, "wall_time_s": record["wall_time_s"],
+            "cpu_time_s": record["cpu_time_s"]}
+
+
+def with_recipe_record(record: dict, times: list[dict], source: str) -> dict:
+    """The last stage's ``training.json`` record with ``stages`` (every stage's times) and ``recipe``
+    (where the stage files came from, total wall time): what the shipped checkpoint's holds."""
+    total = round(sum(t["wall_time_s"] for t in times), 1)
+    return {**record, "stages": times, "recipe": {"source": source, "total_wall_time_s": total}}
