@@ -7,7 +7,7 @@ toolkit's default model (``--model organism``).
 >>> from retrieval_heads.organism import load_organism
 >>> model, tokenizer = load_organism()
 >>> model.config.num_hidden_layers * model.config.num_attention_heads
-64
+128
 """
 
 from __future__ import annotations
