@@ -35,7 +35,6 @@ interrupted run resumes):
 from __future__ import annotations
 
 import argparse
-import math
 from functools import partial
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import torch
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.model_spec import load_model, resolve_model_path
 from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
+from retrieval_heads.selection import share_of_heads
 
 DETECT_SEED = 11
 
@@ -89,7 +89,7 @@ def main() -> None:
     heads = detect(model, tokenizer, resolve_model_path(args.model), args.n_detect, out)
     del model
     run_retmask_pipeline(RetMaskPipelineConfig(
-        heads=str(heads), out=str(out), model=args.model, top_k=args.k or math.ceil(0.05 * spec.n_total_heads),
+        heads=str(heads), out=str(out), model=args.model, top_k=args.k or share_of_heads(spec.n_total_heads),
         n_prompts=args.n_prompts, lengths=args.lengths, lr=args.lr, epochs=args.epochs, lora=args.lora,
         n_eval=args.n_eval, random_control=True,
     ))

@@ -60,13 +60,14 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
     from .model_spec import load_model
     from .multilingual.study import language_study
     from .prompt_sources import PromptRequest
+    from .selection import share_of_heads
 
     console = console or Console(stderr=True)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
-    k = config.top_k or max(1, round(0.05 * spec.n_total_heads))
+    k = config.top_k or share_of_heads(spec.n_total_heads)
     src, tgt = config.transition
     langs = list(dict.fromkeys([src, tgt, *config.langs]))
     rh_path = out / "languages" / f"rh-{src}" / "head_scores.json"

@@ -9,6 +9,8 @@
 [Head(layer=0, head=2), Head(layer=1, head=2)]
 >>> round(concentration(s)["top_10_share"], 3)
 1.0
+>>> share_of_heads(64), share_of_heads(128), share_of_heads(1024)  # the default K: 5 % of all heads
+(3, 6, 51)
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from .heads import Head, HeadScores, check_heads
+
+DEFAULT_HEAD_SHARE = 0.05  # Wu et al.'s "< 5 % of heads"; the default K of the demo, measure and RetMask
+
+
+def share_of_heads(n_total_heads: int, share: float = DEFAULT_HEAD_SHARE) -> int:
+    """How many heads ``share`` of ``n_total_heads`` is (rounded, at least 1): the default K to mask."""
+    return max(1, round(share * n_total_heads))
 
 
 def top_k(scores: HeadScores, k: int, exclude: Iterable[Head] = ()) -> list[Head]:

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..heads import Head, HeadScores
 from ..masking import masked_heads
-from ..selection import random_heads
+from ..selection import random_heads, share_of_heads
 from .corpus import TASKS, Example
 from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
 
@@ -142,7 +142,7 @@ def measure(
     raw, counted = head_scores(model, tok, detect, ok)
     scores = HeadScores(raw, meta={"model": path, "kind": "retrieval", "prompts_counted": counted})
     n_total = raw.numel()
-    k = max(1, round(k_frac * n_total))
+    k = share_of_heads(n_total, k_frac)
     rh = scores.top_k(k)
     above = scores.above(threshold)
     report["retrieval"] = {

@@ -12,7 +12,6 @@ contrast.
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -24,6 +23,7 @@ from rich.console import Console
 
 from ..artifacts import atomic_write_json, check_or_record, read_jsonl
 from ..heads import HeadScores
+from ..selection import share_of_heads
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
 from .pairs import PairConfig, choose_heads, generate_pairs
 from .train import RetMaskTrainConfig, train_retmask
@@ -101,7 +101,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
                             exact_match_accuracy=organism_tasks.exact_match_accuracy, generator=generator)
     scores = HeadScores.load(config.heads)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
-    k = config.top_k or max(1, math.ceil(0.05 * spec.n_total_heads))
+    k = config.top_k or share_of_heads(spec.n_total_heads)
     arms = {"retmask": choose_heads(scores, top_k=k)}
     if config.random_control:
         arms["random_control"] = choose_heads(scores, top_k=k, random_control_seed=config.random_seed)
