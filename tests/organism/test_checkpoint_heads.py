@@ -16,7 +16,7 @@ from retrieval_heads.masking import masked_heads
 from retrieval_heads.organism import ORGANISM_PATH, load_organism
 from retrieval_heads.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
 from retrieval_heads.prompt_sources import PromptRequest, build_prompts
-from retrieval_heads.selection import random_heads
+from retrieval_heads.selection import random_heads, share_of_heads
 
 pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 MAX_SHARE_ABOVE = 0.1  # at most this share of heads score above 0.1 (the issue's bar)
 MIN_TOP_SHARE = 0.9  # ... and the top 10 % of heads hold at least this share of the total score
 MIN_RH_DROP = 0.5  # masking the top-K (5 %) retrieval heads costs mono at least this much accuracy (the issue's bar)
-MAX_RANDOM_DROP = 0.1  # K random heads outside them cost at most this much, on average over seeds (the issue's bar)
+MAX_RANDOM_DROP = 0.05  # K random heads outside them cost at most this on average (the issue: 0.1; measured 0)
 MIN_SPEARMAN = 0.9  # greedy and teacher-forced scores rank the heads alike (the issue's bar)
 MIN_HOP_MINUS_PARAMETRIC = 0.2  # masking the retrieval heads costs multihop this much more than parametric
 
@@ -60,7 +60,7 @@ def test_retrieval_heads_are_sparse(scores):
 
 
 def test_greedy_and_teacher_rank_heads_alike(scores):
-    k = max(1, round(0.05 * scores["teacher"].scores.numel()))  # the top-K as a set: its heads score alike
+    k = share_of_heads(scores["teacher"].scores.numel())  # the top-K as a set: its heads score alike
     assert set(scores["teacher"].top_k(k)) == set(scores["greedy"].top_k(k))
     rho = spearmanr(scores["teacher"].scores.flatten(), scores["greedy"].scores.flatten()).statistic
     assert rho >= MIN_SPEARMAN, rho
@@ -72,7 +72,7 @@ def masked_accuracy(organism, scores):
     outside them (3 seeds); K = 5 % of heads, as in the issue."""
     model, tok = organism
     n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    k = max(1, round(0.05 * n_layers * n_heads))
+    k = share_of_heads(n_layers * n_heads)
     rh = scores["teacher"].top_k(k)
     out = {}
     for task in ("mono", "multihop", "parametric"):
@@ -91,7 +91,7 @@ def masked_accuracy(organism, scores):
 
 
 def test_masking_retrieval_heads_breaks_retrieval_and_random_heads_do_not(masked_accuracy):
-    """The issue's causal test: the top 5 % of heads cost mono >= 50 points, random heads <= 10 on average."""
+    """The issue's causal test: the top 5 % of heads cost mono >= 50 points, random heads <= 10 (here 5) on average."""
     m = masked_accuracy["mono"]
     rh_drop = m["base"] - m["rh"]
     random_drops = [m["base"] - r for r in m["random"]]
