@@ -30,7 +30,7 @@ def detect_command(
     lexicon: str | None = typer.Option(None, "--lexicon", help="Transition: multilingual lexicon JSONL (default: built-in CLDR)."),
     per_cell: int = typer.Option(3, "--per-cell", min=1, help="Built-in model: prompts per length x depth cell."),
     mode: str = typer.Option("greedy", "--mode", help="greedy (decode and score) | teacher (one forward over prompt + answer)."),
-    lengths: str = typer.Option("1000:8000:8", "--lengths", help="Context lengths: 'start:stop:count' or '1000,2000'."),
+    lengths: str | None = typer.Option(None, "--lengths", help="Context lengths: 'start:stop:count' or '1000,2000' (default: 1000:8000:8 scaled to fit the model's window)."),
     depths: str = typer.Option("10", "--depths", help="Needle depths: a count (evenly spaced, ends included) or '0,0.5,1'."),
     needles: str | None = typer.Option(None, "--needles", help="Needles JSONL file (default: the built-in needles of --lang)."),
     haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, a directory or file, dataset:NAME[:CONFIG], or organism (default: organism for the built-in model, else --lang)."),
@@ -61,7 +61,7 @@ def detect_command(
             batch_size=batch_size, seed=seed, top_k_table=top_k, progress=progress,
         )
         request = PromptRequest(
-            lengths=parse_lengths(lengths), depths=parse_depths(depths), kind=kind, lang=lang,
+            lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,
             source_lang=source_lang, target_lang=target_lang, needles=needles, haystack=haystack,
             chat_template=chat_template, per_cell=per_cell, seed=seed,
         )

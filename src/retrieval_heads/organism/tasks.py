@@ -22,8 +22,8 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..generation import StopTokens, greedy_answers
+from ..lexicon import Lexicon
 from .corpus import TASKS, CorpusGenerator, Example
-from .lexicon import Lexicon
 
 EVAL_SEED_OFFSET = 1_000_003  # eval seeds never collide with training seeds (which are small)
 DEFAULT_LENGTHS: tuple[int, ...] = (128, 256, 512, 1024)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
@@ -87,8 +85,8 @@ def _check_base_model(out: Path, model: str, weights: str) -> None:
 
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) RetMask; returns the evaluation report (also in ``out/retmask_eval.json``)."""
+    from ..builtins import task_suite
     from ..model_spec import load_model, resolve_model_path, weights_fingerprint
-    from ..organism import tasks as organism_tasks
 
     console = console or Console(stderr=True)
     out = Path(config.out)
@@ -96,16 +94,14 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     model_path = resolve_model_path(config.model)
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
     _check_base_model(out, str(model_path), weights_fingerprint(model))
-    generator = organism_tasks.organism_generator(model_path)
-    tasks = SimpleNamespace(make_eval_set=partial(organism_tasks.make_eval_set, generator=generator),
-                            exact_match_accuracy=organism_tasks.exact_match_accuracy, generator=generator)
+    tasks = task_suite(model_path)
     scores = HeadScores.load(config.heads)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
     k = config.top_k or share_of_heads(spec.n_total_heads)
     arms = {"retmask": choose_heads(scores, top_k=k)}
     if config.random_control:
         arms["random_control"] = choose_heads(scores, top_k=k, random_control_seed=config.random_seed)
-    prompts = _training_prompts(generator, config, out)
+    prompts = _training_prompts(tasks.generator, config, out)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)
     pair_stats = {}
