@@ -195,3 +195,22 @@ def test_heldout_metrics_match_an_independent_computation(tiny_checkpoint):
     assert metrics["reward_margin"] == pytest.approx(chosen - rejected, abs=1e-5)
     assert metrics["reward_accuracy"] == (1.0 if chosen > rejected else 0.0)
     assert float(ref_logps[0, 1]) == pytest.approx(logp(ref, [60]), abs=1e-5)
+
+
+def test_report_reads_and_plots_the_curves_file(tmp_path):
+    from retrieval_heads.artifacts import atomic_write_json
+    from retrieval_heads.report import collect_runs, render_report
+    from retrieval_heads.retmask.curves import CURVES_FILE, curves_record, train_curves
+
+    history = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/accuracies": 0.5 + 0.1 * s, "rewards/margins": 0.2 * s,
+                "logps/chosen": -10.0, "logps/rejected": -10.0 - s} for s in (1, 2, 3)] + [{"train_loss": 0.5}]
+    before = {"n": 8, "reward_accuracy": 0.5, "reward_margin": 0.0, "logp_chosen": -10.0, "logp_rejected": -10.0}
+    after = {"n": 8, "reward_accuracy": 0.875, "reward_margin": 0.6, "logp_chosen": -9.0, "logp_rejected": -13.0}
+    atomic_write_json(tmp_path / "model_retmask" / CURVES_FILE,
+                      curves_record(train_curves(history), before, after, {"model": "tiny", "seed": 3}))
+    atomic_write_json(tmp_path / "broken" / CURVES_FILE, curves_record([], None, None, {}))
+    report = collect_runs([tmp_path])
+    assert len(report.dpo_curves) == 1 and [r["step"] for r in report.dpo_curves[0][1]["train"]] == [1, 2, 3]
+    assert any("no step and no held-out" in w for w in report.warnings)
+    html = render_report(report)
+    assert "DPO curves" in html and 'alt="DPO reward accuracy"' in html and "0.8750" in html
