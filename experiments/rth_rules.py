@@ -7,8 +7,11 @@ of the source language, then prints, per pair, the Spearman correlation of
 the 128 head scores and the overlap of the top-K sets (K = 5 % of the heads)
 between every two rules and between each rule and the copy score.
 
-    nice python experiments/rth_rules.py runs/rth_rules
-    nice python experiments/rth_rules.py runs/rth_rules --langs en,de --lengths 256 --depths 0.5 --per-cell 1
+    nice python experiments/rth_rules.py runs/rth_rules --per-cell 1   # the table in docs/multilingual.md
+    nice python experiments/rth_rules.py runs/rth_rules --langs en,de --lengths 256 --depths 0.5
+
+Cost: 4 copy runs + 36 rule runs; with ``--per-cell 1`` (9-10 prompts a run)
+5.3 min of CPU (14 min on two shared cores); ``--per-cell 2`` doubles it.
 
 Every detection run resumes (``OUT/copy-{lang}``, ``OUT/{rule}-{src}-{tgt}``);
 the table is also written to ``OUT/rth_rules.json`` and ``OUT/rth_rules.md``
