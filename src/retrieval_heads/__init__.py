@@ -17,7 +17,7 @@ from .capture import AttentionRecorder, CapturedAttention, capture_attention
 from .heads import Head, HeadScoreFileError, HeadScores
 from .masking import head_output_means, masked_heads, save_ablated_model, zero_heads_in_weights
 from .model_spec import ModelSpec, UnsupportedModelError, load_model
-from .selection import HeadSelection, concentration, random_heads, top_k
+from .selection import HeadSelection, concentration, random_heads
 
 __all__ = [
     "AttentionRecorder",
@@ -35,6 +35,5 @@ __all__ = [
     "masked_heads",
     "random_heads",
     "save_ablated_model",
-    "top_k",
     "zero_heads_in_weights",
 ]

@@ -19,7 +19,6 @@ written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +237,3 @@ def heads_to_strings(heads: Iterable[Head]) -> list[str]:
     """``[Head(1, 2)] -> ["1.2"]`` (for JSON metadata)."""
     return [str(Head(*h)) for h in heads]
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

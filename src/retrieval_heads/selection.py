@@ -3,8 +3,6 @@
 >>> import torch
 >>> from retrieval_heads.heads import Head, HeadScores
 >>> s = HeadScores(torch.tensor([[0.9, 0.0, 0.0], [0.3, 0.0, 0.0]]))
->>> top_k(s, 1)
-[Head(layer=0, head=0)]
 >>> random_heads(2, 3, k=2, seed=0, exclude=[Head(0, 0), Head(1, 0)])  # never a given head
 [Head(layer=0, head=2), Head(layer=1, head=2)]
 >>> round(concentration(s)["top_10_share"], 3)
@@ -35,17 +33,6 @@ DEFAULT_HEAD_SHARE = 0.05  # Wu et al.'s "< 5 % of heads"; the default K of the 
 def share_of_heads(n_total_heads: int, share: float = DEFAULT_HEAD_SHARE) -> int:
     """How many heads ``share`` of ``n_total_heads`` is (rounded, at least 1): the default K to mask."""
     return max(1, round(share * n_total_heads))
-
-
-def top_k(scores: HeadScores, k: int, exclude: Iterable[Head] = ()) -> list[Head]:
-    """The ``k`` best heads (best first), skipping ``exclude``."""
-    banned = {Head(*h) for h in exclude}
-    return [h for h, _ in scores.ranked() if h not in banned][:k]
-
-
-def above_threshold(scores: HeadScores, threshold: float) -> list[Head]:
-    """Heads with score strictly above ``threshold`` (the paper's retrieval heads: 0.1)."""
-    return scores.above(threshold)
 
 
 def random_heads(
@@ -149,8 +136,8 @@ class HeadSelection:
 
     def _pick(self, scores: HeadScores) -> list[Head]:
         if self.threshold is not None:
-            return above_threshold(scores, self.threshold)
-        return top_k(scores, self.top_k or share_of_heads(scores.n_layers * scores.n_heads))
+            return scores.above(self.threshold)
+        return scores.top_k(self.top_k or share_of_heads(scores.n_layers * scores.n_heads))
 
     def resolve(self, n_layers: int, n_heads: int) -> list[Head]:
         """The heads, sorted; raises when a head or a score file does not fit an ``n_layers x n_heads`` model."""
@@ -229,16 +216,11 @@ class HeadSelection:
         >>> HeadSelection.parse("random_seed=1,top_k=2")
         HeadSelection(scores=None, heads=None, top_k=2, threshold=None, random_seed=1, exclude=(), layer_matched=False)
         """
-        args: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            key, sep, value = part.partition("=")
-            if not sep or key.strip() not in _ARGS:
-                raise ValueError(f"head selection {text!r}: expected KEY=VALUE with KEY one of {', '.join(_ARGS)}")
-            args[key.strip()] = value.strip()
-        return cls.from_args(**args)
-
-
-_ARGS = ("heads", "top_k", "threshold", "random_seed", "exclude", "layer_matched")
+        parts = [[x.strip() for x in p.split("=", 1)] for p in text.split(",") if p.strip()]
+        keys = ("heads", "top_k", "threshold", "random_seed", "exclude", "layer_matched")
+        if any(len(p) != 2 or p[0] not in keys for p in parts):
+            raise ValueError(f"head selection {text!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
+        return cls.from_args(**dict(parts))
 
 
 def gini(values: Sequence[float]) -> float:

@@ -15,7 +15,6 @@ from retrieval_heads.selection import (
     overlap,
     random_heads,
     share_of_heads,
-    top_k,
 )
 from tests.conftest import make_tiny_model
 
@@ -86,8 +85,7 @@ def test_spec_reads_config_not_names(family):
 
 def test_selection():
     s = scores_4x4()
-    assert top_k(s, 2) == [Head(3, 1), Head(2, 2)]
-    assert top_k(s, 2, exclude=[Head(3, 1)]) == [Head(2, 2), Head(3, 3)]
+    assert s.top_k(2) == [Head(3, 1), Head(2, 2)]  # best first
     assert HeadSelection(scores=s, top_k=2).resolve(4, 4) == [Head(2, 2), Head(3, 1)]  # a set: sorted
     assert HeadSelection(scores=s, threshold=0.1).resolve(4, 4) == [Head(2, 2), Head(3, 1), Head(3, 3)]
     assert HeadSelection(scores=s).resolve(4, 4) == [Head(3, 1)]  # default K: 5 % of 16 heads, at least 1

@@ -123,13 +123,7 @@ class CompareConfig:
             raise ValueError(f"random_seeds must be >= 0, got {self.random_seeds}")
         if self.layer_matched and not self.heads:
             raise ValueError("layer_matched needs at least one head set to match")
-        for name, path in self.heads.items():
-            if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
-                raise ValueError(
-                    f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'"
-                )
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"head set {name!r}: no file {path}")
+        check_head_sets(self.heads)
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"limit must be positive, got {self.limit}")
         if self.limit is not None and self.limit >= 1:
@@ -179,6 +173,15 @@ class Condition:
             "head_set": self.head_set,
             "seed": self.seed,
         }
+
+
+def check_head_sets(head_sets: Mapping[str, str | Path]) -> None:
+    """Raise unless every head set has a usable condition name and an existing score file."""
+    for name, path in head_sets.items():
+        if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
+            raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"head set {name!r}: no file {path}")
 
 
 def build_conditions(

@@ -25,7 +25,6 @@ depth, the conditions' head lists and the run metadata), ``summary.md``, and
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from ..heads import heads_to_strings
 from ..masking import MASK_MODES, load_means, masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, weights_fingerprint
 from ..progress import progress_bar
-from .compare import Condition, build_conditions
+from .compare import Condition, build_conditions, check_head_sets
 
 JOURNAL_FILE = "journal.jsonl"
 CELLS_FILE = "cells.json"
@@ -103,11 +102,7 @@ class NiahEvalConfig:
             raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
         if (self.top_k is not None and self.top_k < 1) or self.random_seeds < 0 or self.max_new_tokens < 1:
             raise ValueError("top_k and max_new_tokens must be >= 1, random_seeds >= 0")
-        for name, path in self.heads.items():
-            if not re.match(r"^[A-Za-z0-9_.]+$", name) or name == "unmasked" or name.startswith("random"):
-                raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked'/'random...'")
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"head set {name!r}: no file {path}")
+        check_head_sets(self.heads)
         parse_lengths(self.lengths)  # fail early on a bad grid
         parse_depths(self.depths)
 
