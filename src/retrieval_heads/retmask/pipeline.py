@@ -104,7 +104,10 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
     if config.random_control:  # as many random heads, outside that top-K
         selections["random_control"] = dataclasses.replace(selections["retmask"], random_seed=config.random_seed)
-    arms = {arm: (sel.resolve(spec.n_layers, spec.n_heads), sel.to_json()) for arm, sel in selections.items()}
+    arms = {}
+    for arm, sel in selections.items():
+        heads = sel.resolve(spec.n_layers, spec.n_heads)
+        arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
     prompts = _training_prompts(generator, config, out)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)
