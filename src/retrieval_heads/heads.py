@@ -78,7 +78,7 @@ def check_heads(heads: Iterable[Head | tuple[int, int]], n_layers: int, n_heads:
     return sorted(out)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: comparing score tensors elementwise has no single truth value
 class HeadScores:
     """Per-head scores ``[n_layers, n_heads]`` and the metadata of the run that made them.
 
