@@ -66,7 +66,7 @@ def main() -> None:
     k = share_of_heads(spec.n_total_heads)
     window = getattr(model.config, "max_position_embeddings", None)
     request = PromptRequest(lengths=lengths, depths=depths, per_cell=args.per_cell, seed=args.seed)
-    base = DetectConfig(mode=args.mode, progress=False, top_k_table=0, heatmap=False, seed=args.seed)
+    base = DetectConfig(mode=args.mode, progress=False, table_rows=0, heatmap=False, seed=args.seed)
     started = time.time()
 
     def run(name: str, req: PromptRequest, cfg: DetectConfig) -> HeadScores:

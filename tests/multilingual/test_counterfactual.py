@@ -91,7 +91,7 @@ def test_detect_with_the_counterfactual_rule_equals_a_plain_implementation(tmp_p
     model, tok = make_tiny_model("llama"), word_tokenizer()
     prompts = counterfactual_prompts(model, tok, seed=0)
     config = DetectConfig(kind="transition", alignment="counterfactual", mode="greedy", max_new_tokens=ANSWER_LEN,
-                          batch_size=3, progress=False, top_k_table=0, heatmap=False)
+                          batch_size=3, progress=False, table_rows=0, heatmap=False)
     scores = detect(model, tok, prompts, config, tmp_path / "run")
     expected, counted = plain_counterfactual_scores(model, prompts, ANSWER_LEN)
     assert counted >= 3 and scores.meta["counted_prompts"] == counted
@@ -101,7 +101,7 @@ def test_detect_with_the_counterfactual_rule_equals_a_plain_implementation(tmp_p
 
 def test_prompts_without_a_counterfactual_are_refused(tmp_path):
     model, tok = make_tiny_model("llama"), word_tokenizer()
-    config = DetectConfig(kind="transition", alignment="counterfactual", progress=False, top_k_table=0, heatmap=False)
+    config = DetectConfig(kind="transition", alignment="counterfactual", progress=False, table_rows=0, heatmap=False)
     with pytest.raises(ValueError, match="counterfactual_answer_token_ids"):
         detect(model, tok, transition_prompts(model, tok, n=2), config, tmp_path / "run")
     assert not (tmp_path / "run" / "head_scores.json").exists()
