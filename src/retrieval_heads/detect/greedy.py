@@ -65,7 +65,7 @@ def greedy_batch(
     ``scorer`` replaces the copy-event rule (e.g. the retrieval-transition
     rule); it gets ``(top1, tokens, key_tokens, span_start, span_end, valid)``.
     """
-    with capture_attention(model, top_k=1, rows="last", spec=spec) as rec:
+    with capture_attention(model, keys_per_row=1, rows="last", spec=spec) as rec:
         out = generate(model, seqs, max_new_tokens, stops, pad_id=pad_id)
     ids = out.ids  # (B, T) left-padded prompts
     device = ids.device
