@@ -38,7 +38,8 @@ def mono(organism):
 
 def test_same_answers_as_the_old_loops(organism, mono):
     from retrieval_heads.organism.tasks import generate_answers
-    from retrieval_heads.retmask.pairs import PairConfig, PromptItem, _sample_batch, prompt_seed
+    from retrieval_heads.retmask.pair_records import PairConfig, PromptItem, prompt_seed
+    from retrieval_heads.retmask.pairs import _sample_batch
 
     model, tok = organism
     assert generate_answers(model, tok, mono) == OLD_MONO_ANSWERS
