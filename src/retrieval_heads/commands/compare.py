@@ -87,9 +87,14 @@ def compare_command(
 
 def lm_eval_command(ctx: typer.Context) -> None:
     """Run lm-eval's own CLI with the masked-hf backend registered (all arguments are lm-eval's)."""
-    from ..evaluate.lm_eval_backend import main
+    import sys
 
-    main(list(ctx.args))
+    from lm_eval.__main__ import cli_evaluate
+
+    from ..evaluate import lm_eval_backend  # noqa: F401 - registers "masked-hf"
+
+    sys.argv = ["retrieval-heads lm-eval", *ctx.args]
+    cli_evaluate()
 
 
 LM_EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
