@@ -28,8 +28,8 @@ ORGANISM_TASKS = ("organism_mono", "organism_cross", "organism_multihop", "organ
 class DemoConfig:
     """Sizes of the demo's steps (the defaults fit ~15 minutes on 2 CPU cores)."""
 
-    out: str = "runs/demo"
-    model: str = "organism"
+    out: str = field(default="runs/demo", metadata={"help": "Output directory (re-running resumes)."})
+    model: str = field(default="organism", metadata={"help": "The built-in model, or a checkpoint trained like it."})
     langs: tuple[str, ...] = ("en", "de", "zh", "sw")
     transition: tuple[str, str] = ("en", "de")
     detect_mode: str = "greedy"
@@ -40,7 +40,7 @@ class DemoConfig:
     random_seeds: int = 5
     compare_limit: int = 30
     niah_lengths: tuple[int, ...] = (256, 512, 1024)
-    retmask: bool = True
+    retmask: bool = field(default=True, metadata={"help": "Include the short RetMask run."})
     retmask_prompts: int = 64
     retmask_eval: int = 40
     seed: int = 0

@@ -14,6 +14,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..detect.config import DetectConfig
+from .options import GridOptions, ModelOptions, option
+
 
 def _pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
@@ -26,25 +29,24 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 
 def languages_command(
-    model: str = typer.Option("organism", "--model", help="Hub id, local checkpoint, or organism."),
+    model: str = option(ModelOptions, "model"),
     langs: str = typer.Option("en,de,zh,sw", "--langs", help="Comma-separated languages."),
     out: Path = typer.Option(..., "--out", help="Output directory (resumed when re-run)."),
     transitions: str = typer.Option("", "--transitions", help="SOURCE:TARGET pairs for retrieval-transition heads, e.g. en:de,en:zh."),
-    mode: str = typer.Option("teacher", "--mode", help="greedy | teacher."),
-    lengths: str = typer.Option("128,256,512,1024", "--lengths", help="Context lengths."),
-    depths: str = typer.Option("5", "--depths", help="Needle depths (count or list)."),
-    per_cell: int = typer.Option(2, "--per-cell", min=1, help="Built-in model: prompts per length x depth cell."),
+    mode: str = option(DetectConfig, "mode", default="teacher"),
+    lengths: str = option(GridOptions, "lengths", default="128,256,512,1024"),
+    depths: str = option(GridOptions, "depths"),
+    per_cell: int = option(GridOptions, "per_cell", min=1),
     top_k: int = typer.Option(20, "--top-k", min=1, help="K of the top-K sets compared across languages."),
-    haystack: str | None = typer.Option(None, "--haystack", help="Haystack source (default: organism or each language)."),
-    alignment: str = typer.Option("lexicon", "--alignment", help="Transition alignment: lexicon | span."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    chat_template: bool = typer.Option(False, "--chat-template"),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
+    haystack: str | None = option(GridOptions, "haystack"),
+    alignment: str = option(DetectConfig, "alignment"),
+    batch_size: int = option(GridOptions, "batch_size", default=4, min=1),
+    chat_template: bool = option(GridOptions, "chat_template"),
+    device: str | None = option(ModelOptions, "device"),
+    dtype: str = option(ModelOptions, "dtype"),
+    seed: int = option(GridOptions, "seed"),
 ) -> None:
     """Retrieval heads per language, their overlap, and retrieval-transition heads vs retrieval heads."""
-    from ..detect import DetectConfig
     from ..model_spec import load_model
     from ..multilingual.study import language_study
     from ..niah import parse_depths, parse_lengths
