@@ -245,6 +245,12 @@ def train_retmask(
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
     trainer = build_trainer(model, pairs, out_dir, config)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils.logging import is_progress_bar_enabled
+
+    if not is_progress_bar_enabled():  # the CLI's quiet mode (no --verbose): no per-step dicts on the console
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     output = trainer.train()
     trainer.save_model(str(out_dir))
     merged_dir = None
