@@ -302,7 +302,7 @@ def test_the_built_in_model_is_shown_by_its_name_not_its_install_path(tmp_path):
 
 def test_metadata_is_one_row_per_run(full_page):
     _, report, page = full_page
-    table = re.search(r'<table[^>]*id="metadata".*?</table>', page, re.S).group(0)
+    table = re.search(r'<table[^>]*id="run-metadata".*?</table>', page, re.S).group(0)
     headers = re.findall(r"<th(?: [^>]*)?>([^<]*)</th>", table)
     assert headers == ["run", "kind", "model", "settings that differ", "seed", "versions", "created", "command"]
     assert table.count("<tr>") == len(report.metadata) + 1

@@ -623,7 +623,7 @@ def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
                     f"<td>{esc(versions_text)}</td><td>{esc(created)}</td><td><code>{esc(command_text)}</code></td></tr>")
     table = _table([("run", False), ("kind", False), ("model", False),
                     ("settings" if len(items) == 1 else "settings that differ", False), ("seed", True),
-                    ("versions", False), ("created", False), ("command", False)], rows, table_id="metadata")
+                    ("versions", False), ("created", False), ("command", False)], rows, table_id="run-metadata")
     note = ""
     if common and len(items) > 1:
         note = (f'<p class="note">Same in every run that records them: '
