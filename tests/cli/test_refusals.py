@@ -94,3 +94,12 @@ def test_in_a_fresh_process_the_window_refusal_is_the_only_line(tmp_path):
         "detect: context length 3000 exceeds the model's window of 2048 tokens; use lengths up to 2048 (--lengths)"
     ]
     assert not out.exists()
+
+
+def test_report_on_a_folder_with_only_a_corrupt_file_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "head_scores.json").write_text("{broken")
+    line = _refused(["report", str(run)])
+    assert line.startswith(f"report: no recognised artifacts in {run}") and "head_scores.json" in line
+    assert sorted(p.name for p in run.iterdir()) == ["head_scores.json"]  # no report.html
