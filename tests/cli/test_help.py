@@ -42,3 +42,28 @@ def test_help_at_80_columns_shows_every_option_whole_with_help(path, command):
         assert (param.help or "").strip(), f"{' '.join(path)} {param.opts[0]} has no help"
         for name in param.opts + param.secondary_opts:
             assert name in text, f"{' '.join(path)}: {name} is not shown whole at 80 columns"
+
+
+def test_one_cli_style_no_argparse_entry_points():
+    """Every command is a typer command of ``retrieval-heads``; no module parses its own argv."""
+    from pathlib import Path
+
+    import retrieval_heads
+
+    src = Path(retrieval_heads.__file__).parent
+    offenders = [str(p.relative_to(src)) for p in src.rglob("*.py") if "argparse" in p.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_options_come_from_config_fields():
+    """A command's default and help are its config field's (commands.options.option)."""
+    from retrieval_heads.detect.config import DetectConfig
+    from retrieval_heads.evaluate.niah_eval import NiahEvalConfig
+
+    detect = dict(_commands(get_command(app)))[("detect",)]
+    params = {p.name: p for p in detect.params}
+    for name in ("mode", "rouge_threshold", "max_new_tokens", "dedup"):
+        f = DetectConfig.__dataclass_fields__[name]
+        assert params[name].default == f.default and params[name].help == f.metadata["help"]
+    niah = {p.name: p for p in dict(_commands(get_command(app)))[("niah-eval",)].params}
+    assert niah["needle_lang"].help == NiahEvalConfig.__dataclass_fields__["needle_lang"].metadata["help"]

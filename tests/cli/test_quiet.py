@@ -14,7 +14,7 @@ from retrieval_heads.commands.quiet import LIBRARIES, quiet_libraries
 @pytest.fixture(autouse=True)
 def _restore(monkeypatch):
     """Leave the test process as it was: environment, logger levels and warning filters."""
-    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY",
+    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY",
                 "LMEVAL_LOG_LEVEL", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
         monkeypatch.delenv(key, raising=False)
     levels = {name: logging.getLogger(name).level for name in LIBRARIES}

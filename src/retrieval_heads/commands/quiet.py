@@ -16,6 +16,7 @@ LIBRARIES = ("transformers", "datasets", "lm_eval", "trl", "accelerate", "peft",
 
 _QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # hub downloads and transformers' "Loading weights" bar
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' map/filter bars (TRL's dataset preparation)
     "TQDM_DISABLE": "1",  # lm-eval's and datasets' tqdm bars (the toolkit's own bars are rich)
     "TRANSFORMERS_VERBOSITY": "error",
     "DATASETS_VERBOSITY": "error",
