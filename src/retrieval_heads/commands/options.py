@@ -100,11 +100,11 @@ def option(config: type, name: str, *flags: str, default: Any = _FROM_FIELD, **k
     return typer.Option(value, *names, help=f.metadata["help"], **kwargs)
 
 
-def config_parameters(config: type, *, optional: bool = True, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+def config_parameters(config: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """Keyword parameters with a ``typer.Option`` for every int/float/str/bool field of ``config``.
 
-    With ``optional`` each defaults to ``None`` (so a command can tell which settings were given)
-    and its help names the field's own default.
+    Each defaults to ``None`` (so a command can tell which settings were given); its help is the
+    field's, with the field's own default.
     """
     hints = typing.get_type_hints(config)
     params = []
@@ -112,13 +112,8 @@ def config_parameters(config: type, *, optional: bool = True, skip: tuple[str, .
         kind = hints[f.name]
         if f.name in skip or kind not in (int, float, str, bool):
             continue
-        default = field_default(f)
         text = f.metadata.get("help", "")
-        if optional:
-            text = f"{text[:1].upper()}{text[1:]} [default: {default}]"
-            opt = typer.Option(None, "--" + f.name.replace("_", "-"), help=text, show_default=False)
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind | None))
-        else:
-            opt = typer.Option(default, "--" + f.name.replace("_", "-"), help=text)
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind))
+        text = f"{text[:1].upper()}{text[1:]} [default: {field_default(f)}]"
+        opt = typer.Option(None, "--" + f.name.replace("_", "-"), help=text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind | None))
     return params
