@@ -47,7 +47,7 @@ def _path_like(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
 
 
-def _not_found(name: str) -> ModelNotFoundError:
+def model_not_found(name: str) -> ModelNotFoundError:
     """The one-line refusal for a model name that names nothing: what was looked for, where, and the fix."""
     fix = f"check the name, or give a checkpoint directory or a built-in model ({', '.join(BUILTIN_MODELS)})"
     if _path_like(name):
@@ -196,13 +196,13 @@ def load_model(
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
     if _path_like(path) and not Path(path).exists():
-        raise _not_found(name_or_path)
+        raise model_not_found(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:  # hub errors (RepositoryNotFoundError, LocalEntryNotFoundError, ...) arrive as OSError
         if Path(path).exists():
             raise
-        raise _not_found(name_or_path) from err
+        raise model_not_found(name_or_path) from err
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

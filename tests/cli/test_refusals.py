@@ -103,3 +103,15 @@ def test_report_on_a_folder_with_only_a_corrupt_file_writes_nothing(tmp_path):
     line = _refused(["report", str(run)])
     assert line.startswith(f"report: no recognised artifacts in {run}") and "head_scores.json" in line
     assert sorted(p.name for p in run.iterdir()) == ["head_scores.json"]  # no report.html
+
+
+def test_retmask_train_and_evaluate_refuse_a_model_that_exists_nowhere(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    out = tmp_path / "trained"
+    line = _refused(["retmask", "train", "--model", "organsim", "--pairs", str(pairs), "--out", str(out)], out)
+    assert line.startswith("retmask train: model 'organsim' not found locally")
+    out = tmp_path / "eval"
+    line = _refused(["retmask", "evaluate", "--base", "organism", "--tuned", "./no-such-run", "--out", str(out),
+                     "--n", "1"], out)
+    assert line.startswith("retmask evaluate: model './no-such-run': no such directory")

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +38,20 @@ RandomOpt = Annotated[
     int | None,
     typer.Option("--random-control", help="Control: mask as many random heads (outside the selection), this seed."),
 ]
+
+
+@contextmanager
+def _models_found(*names: str) -> Iterator[None]:
+    """Turn a loader's OSError about a model that exists nowhere into the one-line ModelNotFoundError."""
+    from ..model_spec import model_not_found, resolve_model_path
+
+    try:
+        yield
+    except OSError as err:
+        missing = [n for n in names if not Path(resolve_model_path(n)).exists()]
+        if missing:
+            raise model_not_found(missing[0]) from err
+        raise
 
 
 def _load_heads(model_name: str, heads_file: Path, top_k: int | None, threshold: float | None,
@@ -151,7 +167,8 @@ def train(
         lora_target_modules=lora_targets, merge_lora=merge_lora, seed=seed, bf16=bf16,
         gradient_checkpointing=gradient_checkpointing, dpo_overrides=dpo_overrides,  # type: ignore[arg-type]
     )
-    result = train_retmask(model, pairs, out, config)
+    with _models_found(model):
+        result = train_retmask(model, pairs, out, config)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     first, last = (f"{losses[0]:.4f}", f"{losses[-1]:.4f}") if losses else ("-", "-")
     typer.echo(f"trained on {result.n_pairs} pairs; DPO loss {first} -> {last}; saved to {result.out_dir}")
@@ -182,7 +199,8 @@ def evaluate(
         long_lengths=tuple(int(x) for x in long_lengths.split(",") if x.strip()), batch_size=batch_size,
     )
     scores = HeadScores.load(heads) if heads is not None else None
-    report = evaluate_models(models, config, scores=scores, out_dir=out)
+    with _models_found(*models.values()):
+        report = evaluate_models(models, config, scores=scores, out_dir=out)
     typer.echo(format_table(report))
     if report["concentration"]:
         typer.echo("head-score concentration: " + json.dumps({k: round(v, 4) for k, v in report["concentration"].items()}))
