@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from ..detect.config import DetectConfig
+from .errors import refuse
 from .options import GridOptions, ModelOptions, option
 
 
@@ -62,8 +63,11 @@ def languages_command(
         raise typer.BadParameter(str(err)) from err
     loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device)
     lang_list = [x.strip() for x in langs.split(",") if x.strip()]
-    result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,
-                            transitions=pairs, top_k=top_k, console=console)
+    try:
+        result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,
+                                transitions=pairs, top_k=top_k, console=console)
+    except ValueError as err:  # prompts that cannot be built (a length past the window, no chat template, ...)
+        raise refuse("languages", str(err)) from None
     console.print((out / "summary.md").read_text())
     if result["failed"]:
         console.print(f"[yellow]some runs found no retrieval: {sorted(result['failed'])}[/]")

@@ -23,14 +23,14 @@ import typer
 from ..retmask.evaluate import RetMaskEvalConfig
 from ..retmask.pairs import PairConfig
 from ..retmask.train import RetMaskTrainConfig
-from .options import option
+from .options import ModelOptions, config_field, option
 
 retmask_app = typer.Typer(
     help="RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones.",
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: hub id, local path or 'organism'.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=config_field(ModelOptions, "model").metadata["help"])]
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="head_scores.json written by detect.", exists=True)]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads.")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Mask heads scoring above T (paper: 0.1).")]
