@@ -21,7 +21,7 @@ from .commands.report import report_command
 from .commands.retmask import retmask_app
 
 HELP_WIDTH = {"max_content_width": 100}
-"""Every command's help: rich wraps it to the terminal, at most 100 columns (80 on a classic terminal)."""
+"""Every command's help: plain click formatting (no rich panels), wrapped to the terminal, at most 100 columns."""
 
 app = typer.Typer(
     name="retrieval-heads",

@@ -40,7 +40,7 @@ def test_quiet_by_default_and_verbose_restores():
     assert seen == []
 
     quiet_libraries(verbose=True)
-    assert all(logging.getLogger(name).getEffectiveLevel() == logging.INFO for name in LIBRARIES)
+    assert all(logging.getLogger(name).getEffectiveLevel() == logging.WARNING for name in LIBRARIES)
     assert "TQDM_DISABLE" not in os.environ and hf_logging.is_progress_bar_enabled()
 
 

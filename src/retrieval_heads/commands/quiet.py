@@ -27,7 +27,7 @@ _QUIET_ENV = {
 
 def quiet_libraries(verbose: bool) -> None:
     """Silence (``verbose=False``) or restore the logging, warnings and tqdm bars of :data:`LIBRARIES`."""
-    level = logging.INFO if verbose else logging.ERROR
+    level = logging.WARNING if verbose else logging.ERROR  # verbose: the libraries' own default level
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(level)
     if verbose:
