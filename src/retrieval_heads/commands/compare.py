@@ -3,12 +3,12 @@
 Examples::
 
     retrieval-heads compare --model organism --heads rh=runs/rh/head_scores.json \\
-        --heads rth=runs/rth/head_scores.json --top-k 8 --random-seeds 5 \\
+        --heads rth=runs/rth/head_scores.json --top-k 6 --random-seeds 5 \\
         --tasks organism_mono,organism_cross --out runs/compare --limit 100
     retrieval-heads compare --model meta-llama/Llama-3.1-8B-Instruct --heads rh=... --heads rth=... \\
         --tasks mgsm_native_cot_de,mmlu_prox_de_math,mlqa_de_de,xquad_de --out runs/llama-compare
     retrieval-heads lm-eval run --model masked-hf \\
-        --model_args pretrained=organism,heads=runs/rth/head_scores.json,top_k=8 --tasks organism_mono
+        --model_args pretrained=organism,heads=runs/rth/head_scores.json,top_k=6 --tasks organism_mono
 
 Rerunning the same ``compare`` command resumes; see docs/evaluation.md.
 """
@@ -42,7 +42,7 @@ def compare_command(
     heads: list[str] = option(MaskingOptions, "heads"),
     tasks: str = option(CompareConfig, "tasks"),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
-    top_k: int = option(MaskingOptions, "top_k", min=1),
+    top_k: int | None = option(MaskingOptions, "top_k", min=1),
     random_seeds: int = option(MaskingOptions, "random_seeds", default=5, min=0),
     layer_matched: bool = option(MaskingOptions, "layer_matched"),
     mode: str = option(MaskingOptions, "mode"),

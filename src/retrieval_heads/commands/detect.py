@@ -44,7 +44,7 @@ def detect_command(
     max_new_tokens: int = option(DetectConfig, "max_new_tokens", min=1),
     rouge_threshold: float = option(DetectConfig, "rouge_threshold"),
     seed: int = option(DetectConfig, "seed"),
-    top_k: int = option(DetectConfig, "top_k_table", "--top-k", min=0),
+    table_rows: int = option(DetectConfig, "table_rows", min=0),
     device: str | None = option(ModelOptions, "device"),
     dtype: str = option(ModelOptions, "dtype"),
     attn_implementation: str | None = option(ModelOptions, "attn_implementation"),
@@ -61,7 +61,7 @@ def detect_command(
         config = DetectConfig(
             kind=kind, alignment=alignment, lexicon=lexicon,
             mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
-            batch_size=batch_size, seed=seed, top_k_table=top_k, progress=progress,
+            batch_size=batch_size, seed=seed, table_rows=table_rows, progress=progress,
         )
         request = PromptRequest(
             lengths=parse_lengths(lengths), depths=parse_depths(depths), kind=kind, lang=lang,

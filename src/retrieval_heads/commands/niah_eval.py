@@ -2,7 +2,7 @@
 
 Examples::
 
-    retrieval-heads niah-eval --model organism --heads rh=runs/rh/head_scores.json --top-k 8 \\
+    retrieval-heads niah-eval --model organism --heads rh=runs/rh/head_scores.json --top-k 6 \\
         --random-seeds 3 --lengths 128,256,512 --depths 5 --out runs/niah-masked
     retrieval-heads niah-eval --model Qwen/Qwen2.5-7B-Instruct --heads rth=runs/rth/head_scores.json \\
         --needle-lang en --target-lang de --chat-template --lengths 1000:8000:8 --out runs/qwen-niah
@@ -27,7 +27,7 @@ def niah_eval_command(
     model: str = option(ModelOptions, "model", default=...),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
     heads: list[str] = option(MaskingOptions, "heads"),
-    top_k: int = option(MaskingOptions, "top_k", min=1),
+    top_k: int | None = option(MaskingOptions, "top_k", min=1),
     random_seeds: int = option(MaskingOptions, "random_seeds", min=0),
     layer_matched: bool = option(MaskingOptions, "layer_matched"),
     mode: str = option(MaskingOptions, "mode"),

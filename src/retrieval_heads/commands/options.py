@@ -42,7 +42,9 @@ class MaskingOptions:
     heads: list[str] = field(
         default_factory=list, metadata={"help": "A head set NAME=head_scores.json (repeat for several)."}
     )
-    top_k: int = field(default=25, metadata={"help": "Heads masked per set, and per random control."})
+    top_k: int | None = field(
+        default=None, metadata={"help": "Heads masked per set, and per random control (default: 5 % of the model's heads)."}
+    )
     mode: str = field(default="zero", metadata={"help": "zero | mean | uniform."})
     means: str | None = field(default=None, metadata={"help": "Per-head mean outputs (.pt/.safetensors) for --mode mean."})
     random_seeds: int = field(default=0, metadata={"help": "Random controls (seeds 0..n-1), drawn outside every set."})

@@ -26,17 +26,19 @@ from .render import render_report
 REPORT_FILE = "report.html"
 
 
-def write_report(run_dirs: list[Path], out: Path | None = None, *, top_k: int = 20, title: str | None = None) -> Path:
+def write_report(
+    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None
+) -> Path:
     """Read the artifacts under ``run_dirs`` and write the report page; returns its path.
 
     ``out`` is the HTML file to write (a directory gets ``report.html``
-    inside); by default ``report.html`` in the first run directory. ``top_k``
-    is the number of heads listed and outlined per score map. Unreadable
+    inside); by default ``report.html`` in the first run directory.
+    ``heads_listed`` is the number of best heads listed per score map. Unreadable
     artifacts become warnings on the page, never an exception.
 
     >>> path = write_report([Path("runs/organism")], Path("/tmp/organism-report.html"))  # doctest: +SKIP
     """
-    return build_report(run_dirs, out, top_k=top_k, title=title)[0]
+    return build_report(run_dirs, out, heads_listed=heads_listed, title=title)[0]
 
 
 class NoArtifactsError(ValueError):
@@ -44,7 +46,7 @@ class NoArtifactsError(ValueError):
 
 
 def build_report(
-    run_dirs: list[Path], out: Path | None = None, *, top_k: int = 20, title: str | None = None,
+    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None,
     require_artifacts: bool = False,
 ) -> tuple[Path, Report]:
     """:func:`write_report`, also returning the collected :class:`Report` (its warnings, what was found).
@@ -54,8 +56,8 @@ def build_report(
     """
     if not run_dirs:
         raise ValueError("give at least one run directory")
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if heads_listed < 1:
+        raise ValueError(f"heads_listed must be >= 1, got {heads_listed}")
     run_dirs = [Path(d) for d in run_dirs]
     if out is None:
         first = run_dirs[0]
@@ -68,7 +70,7 @@ def build_report(
         unread = f" ({'; '.join(report.warnings)})" if report.warnings else ""
         raise NoArtifactsError(f"no recognised artifacts in {', '.join(map(str, run_dirs))}{unread}; give the "
                                "folders that detect, niah-eval, compare, languages or retmask wrote")
-    return atomic_write_text(out, render_report(report, top_k=top_k, title=title)), report
+    return atomic_write_text(out, render_report(report, heads_listed=heads_listed, title=title)), report
 
 
 __all__ = ["REPORT_FILE", "NoArtifactsError", "Report", "build_report", "collect_runs", "render_report", "write_report"]
