@@ -57,7 +57,7 @@ def test_retmask_ablate_refuses_a_score_file_of_another_shape(tmp_path):
     out = tmp_path / "ablated"
     line = _refused(["retmask", "ablate", "--model", "organism", "--heads", str(scores), "--top-k", "2",
                      "--out", str(out)], out)
-    assert line.startswith("retmask ablate: head scores are 2 layers x 3 heads (made for a 2x3 model)")
+    assert line.startswith(f"retmask ablate: {scores}: head scores are 2 layers x 3 heads (made for a 2x3 model)")
     assert "has 4 x 32" in line
 
 
