@@ -175,7 +175,7 @@ def plot_rates(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(list(xs), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("answers = the context's value")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"DeCoRe on knowledge conflicts ({result.get('meta', {}).get('model', '')})", fontsize=9)
+    ax.set_title(f"DeCoRe on knowledge conflicts ({Path(str(result.get('meta', {}).get('model', ''))).name})", fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path

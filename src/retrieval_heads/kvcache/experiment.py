@@ -219,7 +219,7 @@ def plot_curve(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(-0.03, 1.03)
     ax.legend(loc="lower right", fontsize=8)
     meta = result.get("meta", {}).get("settings", {})
-    ax.set_title(f"{result.get('meta', {}).get('model', '')}: sink {meta.get('sink')}, window {meta.get('window')}",
+    ax.set_title(f"{Path(str(result.get('meta', {}).get('model', ''))).name}: sink {meta.get('sink')}, window {meta.get('window')}",
                  fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")

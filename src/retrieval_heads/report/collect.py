@@ -65,6 +65,7 @@ UNMASKED_NAMES = ("unmasked", "none", "baseline", "base", "original", "no_mask",
 FORMAT_DETECT_RUN = "retrieval-heads/detect-run"
 FORMAT_NIAH_EVAL = "retrieval-heads/niah-eval"
 FORMAT_COMPARE = "retrieval-heads/compare"
+FORMATS_USES = ("retrieval-heads/kv-compress", "retrieval-heads/decore")  # kv-compress and decore results
 NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
 RETMASK_EVAL_FILE = "retmask_eval.json"  # retmask.evaluate.REPORT_FILE
 ABLATION_FILE = "retrieval_heads_ablation.json"  # masking.ABLATION_FILE
@@ -163,13 +164,14 @@ class Report:
     training: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.sharing, self.rh_vs_rth))
+                        self.pair_stats, self.training, self.sharing, self.rh_vs_rth, self.uses))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -278,6 +280,9 @@ def _add_json(data: Any, name: str, source: str, report: Report) -> None:
         _add_niah_eval(data, source, report)
     elif fmt == FORMAT_COMPARE:
         report.compare.append((source, _compare_rows(data.get("rows") or [])))
+        report.add_metadata(source, data.get("meta"))
+    elif fmt in FORMATS_USES:
+        report.uses.append((source, data))
         report.add_metadata(source, data.get("meta"))
     elif fmt.startswith("retrieval-heads/"):
         return  # an artifact the report does not show (e.g. per-cell compare files)
