@@ -35,3 +35,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     res = runner.invoke(app, ["decore", "--model", "organism", "--heads", str(tmp_path / "none.json"), "--task",
                               "conflict", "--out", str(out)])
     assert res.exit_code == 2 and "Invalid value" in res.output and not out.exists()
+
+
+def test_per_layer_budgets_keep_b_kv_heads_in_every_layer():
+    scores = torch.rand(4, 32, generator=torch.Generator().manual_seed(0))
+    cfg = KVCompressConfig(model="m", heads="h", out="o", budgets=[1, 2], per_layer=True, random_seeds=2)
+    conds = {c.name: c for c in conditions(cfg, HeadScores(scores), 4, 32, 4)}
+    for b in (1, 2):
+        for name in (f"top-{b}pl", f"random-top-{b}pl-s0", f"random-top-{b}pl-s1"):
+            layers = [k.layer for k in conds[name].kv_heads]
+            assert sorted(layers) == sorted(list(range(4)) * b), name
+        assert not set(conds[f"random-top-{b}pl-s1"].kv_heads) & set(conds[f"top-{b}pl"].kv_heads)

@@ -23,6 +23,7 @@ def kv_compress_command(
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="Retrieval heads whose KV heads stay whole (default: 5 % of heads)."),
     budgets: str = typer.Option("1,2,4,8", "--budgets", help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8'."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="--budgets count KV heads per layer (1 .. n_kv-1) instead of in total."),
     aggregate: str = typer.Option("max", "--aggregate", help="Score of a KV head for the budgets: max | mean of its query heads."),
     sink: int = typer.Option(4, "--sink", min=0, help="Attention-sink tokens every streaming KV head keeps."),
     window: int = typer.Option(64, "--window", min=1, help="Recent tokens every streaming KV head keeps."),
@@ -53,7 +54,7 @@ def kv_compress_command(
     try:
         config = KVCompressConfig(
             model=model, heads=str(heads), out=str(out), top_k=top_k,
-            budgets=[int(b) for b in budgets.split(",") if b.strip()], aggregate=aggregate, sink=sink,
+            budgets=[int(b) for b in budgets.split(",") if b.strip()], aggregate=aggregate, per_layer=per_layer, sink=sink,
             window=window, lengths=parse_lengths(lengths), depths=parse_depths(depths), per_cell=per_cell,
             random_seeds=random_seeds, seed=seed, max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk,
             device=device, dtype=dtype, overwrite=overwrite,

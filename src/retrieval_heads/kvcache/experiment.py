@@ -7,8 +7,9 @@ with a :class:`HeadSplitCache`, prompt read with the compressed cache):
 - ``windowed``: no KV head kept (every head sink + window);
 - ``retrieval``: the KV heads holding the top-K heads of the score file (``any`` rule);
 - ``random-retrieval``: as many KV heads, drawn outside them (one per seed);
-- ``top-B``: the B KV heads with the best aggregated (max/mean) score, for each budget B;
-- ``random-top-B``: B KV heads drawn outside the top-B ones (one per seed).
+- ``top-B``: the B KV heads with the best aggregated (max/mean) score, for each budget B
+  (in total, or with ``per_layer`` in every layer: ``top-Bpl``);
+- ``random-top-B``: B KV heads drawn outside the top-B ones (one per seed; per layer with ``per_layer``).
 
 Answers go to ``journal.jsonl`` as they finish (a rerun resumes); the result
 is ``kv_compress.json`` (format ``retrieval-heads/kv-compress``) and ``kv_compress.png``.
@@ -39,6 +40,7 @@ class KVCompressConfig:
     top_k: int | None = None  # None: selection.share_of_heads (5 % of heads)
     budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     aggregate: str = "max"
+    per_layer: bool = False  # budgets count KV heads per layer instead of in total
     sink: int = 4
     window: int = 64
     lengths: list[int] = field(default_factory=lambda: [1024, 1536, 2000])
@@ -65,7 +67,13 @@ class Condition:
 def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
     """Every condition of the run, in run order."""
     from ..selection import share_of_heads
-    from .plan import kv_heads_of, random_kv_heads, top_kv_heads
+    from .plan import (
+        kv_heads_of,
+        random_kv_heads,
+        random_kv_heads_per_layer,
+        top_kv_heads,
+        top_kv_heads_per_layer,
+    )
 
     total = n_layers * n_kv
     everything = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv)]
@@ -78,6 +86,16 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
                                                                                   retrieval), len(retrieval), s)
             for s in seeds]
     for b in sorted(set(config.budgets)):
+        if config.per_layer:
+            if not 0 < b < n_kv:
+                continue
+            chosen = top_kv_heads_per_layer(scores, n_kv, b, config.aggregate)  # type: ignore[arg-type]
+            out.append(Condition(f"top-{b}pl", "top", chosen, b * n_layers))
+            if n_kv - b >= b:
+                out += [Condition(f"random-top-{b}pl-s{s}", "random-top",
+                                  random_kv_heads_per_layer(n_layers, n_kv, b, s, chosen), b * n_layers, s)
+                        for s in seeds]
+            continue
         if not 0 < b < total:
             continue
         chosen = top_kv_heads(scores, n_kv, b, config.aggregate)  # type: ignore[arg-type]

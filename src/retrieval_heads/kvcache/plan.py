@@ -69,6 +69,27 @@ def top_kv_heads(scores: HeadScores, n_kv_heads: int, budget: int, aggregate: Ag
     return [KVHead(i // n_kv_heads, i % n_kv_heads) for i in order[:budget]]
 
 
+def top_kv_heads_per_layer(scores: HeadScores, n_kv_heads: int, per_layer: int, aggregate: Aggregate = "max") -> list[KVHead]:
+    """The ``per_layer`` best KV heads of every layer by aggregated score (DuoAttention-style per-layer budgets)."""
+    agg = kv_scores(scores, n_kv_heads, aggregate)  # (L, n_kv)
+    return sorted(KVHead(layer, g) for layer in range(scores.n_layers)
+                  for g in sorted(range(n_kv_heads), key=lambda g: (-float(agg[layer, g]), g))[:per_layer])
+
+
+def random_kv_heads_per_layer(n_layers: int, n_kv_heads: int, per_layer: int, seed: int,
+                              exclude: Iterable[KVHead] = ()) -> list[KVHead]:
+    """``per_layer`` KV heads of every layer drawn with ``seed``, never one of ``exclude``."""
+    banned = {KVHead(*k) for k in exclude}
+    rng = random.Random(seed)
+    out = []
+    for layer in range(n_layers):
+        pool = [KVHead(layer, g) for g in range(n_kv_heads) if KVHead(layer, g) not in banned]
+        if per_layer > len(pool):
+            raise ValueError(f"layer {layer} has only {len(pool)} KV heads outside the excluded ones")
+        out += rng.sample(pool, per_layer)
+    return sorted(out)
+
+
 def random_kv_heads(n_layers: int, n_kv_heads: int, budget: int, seed: int, exclude: Iterable[KVHead] = ()) -> list[KVHead]:
     """``budget`` KV heads drawn with ``seed``, never one of ``exclude``."""
     banned = {KVHead(*k) for k in exclude}
