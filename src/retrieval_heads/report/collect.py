@@ -19,6 +19,8 @@ RetMask pairs / training   ``*.stats.json`` (``PairStats``), ``retmask_run.json`
 ablated checkpoint         ``retrieval_heads_ablation.json`` (metadata only)
 sharing                    ``{"languages": .., "jaccard_matrix": ..}`` (:func:`sharing_analysis`)
 RH vs RTH                  ``{"rh_top_k": .., "rth_top_k": ..}`` (:func:`compare_head_sets`)
+KV compression             ``kv_compress.json`` (``"format": "retrieval-heads/kv-compress"``)
+DeCoRe                     ``decore.json`` (``"format": "retrieval-heads/decore"``)
 =========================  =========================================================
 
 Files without a ``format`` are also recognised by their content: records
