@@ -11,6 +11,7 @@ contrast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -23,9 +24,9 @@ from rich.console import Console
 
 from ..artifacts import atomic_write_json, check_or_record, read_jsonl
 from ..heads import HeadScores
-from ..selection import share_of_heads
+from ..selection import HeadSelection
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
-from .pairs import PairConfig, choose_heads, generate_pairs
+from .pairs import PairConfig, generate_pairs
 from .train import RetMaskTrainConfig, train_retmask
 
 
@@ -100,11 +101,13 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     tasks = SimpleNamespace(make_eval_set=partial(organism_tasks.make_eval_set, generator=generator),
                             exact_match_accuracy=organism_tasks.exact_match_accuracy, generator=generator)
     scores = HeadScores.load(config.heads)
-    scores.check_model(spec.n_layers, spec.n_heads, config.model)
-    k = config.top_k or share_of_heads(spec.n_total_heads)
-    arms = {"retmask": choose_heads(scores, top_k=k)}
-    if config.random_control:
-        arms["random_control"] = choose_heads(scores, top_k=k, random_control_seed=config.random_seed)
+    selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
+    if config.random_control:  # as many random heads, outside that top-K
+        selections["random_control"] = dataclasses.replace(selections["retmask"], random_seed=config.random_seed)
+    arms = {}
+    for arm, sel in selections.items():
+        heads = sel.resolve(spec.n_layers, spec.n_heads)
+        arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
     prompts = _training_prompts(generator, config, out)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)
