@@ -55,16 +55,19 @@ class Condition:
     seed: int | None = None
 
 
-def conditions(config: DecoreRunConfig, top: list[Head], n_layers: int, n_heads: int) -> list[Condition]:
-    """Base, then per alpha (or once, dynamic): DeCoRe with the top-K heads and with random heads per seed."""
-    from ..selection import random_heads
+def conditions(config: DecoreRunConfig, scores: Any, n_layers: int, n_heads: int) -> list[Condition]:
+    """Base, then per alpha (or once, dynamic): DeCoRe with the top-K heads and with random heads per seed
+    (:class:`~retrieval_heads.selection.HeadSelection`'s random control: drawn outside the top-K)."""
+    from ..selection import HeadSelection
 
+    top = HeadSelection(scores=scores, top_k=config.top_k).resolve(n_layers, n_heads)
+    randoms = {s: HeadSelection(scores=scores, top_k=config.top_k, random_seed=s).resolve(n_layers, n_heads)
+               for s in range(config.seed, config.seed + config.random_seeds)}
     out = [Condition("base", "base", [], None)]
     for a in ([None] if config.dynamic else config.alphas):
         tag = "dyn" if a is None else f"a{a:g}"
         out.append(Condition(f"retrieval-{tag}", "retrieval", top, a))
-        out += [Condition(f"random-{tag}-s{s}", "random", random_heads(n_layers, n_heads, len(top), s, exclude=top), a, s)
-                for s in range(config.seed, config.seed + config.random_seeds)]
+        out += [Condition(f"random-{tag}-s{s}", "random", heads, a, s) for s, heads in randoms.items()]
     return out
 
 
@@ -82,7 +85,6 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
     from ..progress import progress_bar
-    from ..selection import share_of_heads
     from .decoding import decore_generate
 
     if not items:
@@ -91,8 +93,8 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
     scores = HeadScores.load(config.heads)
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
-    top = scores.top_k(config.top_k or share_of_heads(spec.n_total_heads))
-    conds = conditions(config, top, spec.n_layers, spec.n_heads)
+    conds = conditions(config, scores, spec.n_layers, spec.n_heads)
+    top = next(c.heads for c in conds if c.kind == "retrieval")
     identity = model_identity(model)
     settings = {**asdict(config), "out": None, "overwrite": None, "weights": identity["weights"],
                 "items": [it["id"] for it in items]}

@@ -14,10 +14,11 @@ retrieval_heads.evaluate.lm_eval_backend``) runs, next to ``masked-hf``::
   masks every position, the context included (a scored continuation has no
   separate decode stream).
 
-``model_args``: ``heads`` (as ``masked-hf``: a score file, ``random``, a list
-``"L-H;L-H"`` or ``none``), ``top_k`` (25), ``alpha`` (1.0), ``dynamic``,
-``normalise``, ``cap``, ``mode`` (``uniform``), ``random_seed``, ``exclude``,
-plus every ``hf`` argument. With ``alpha=0`` (not dynamic) or no heads it is ``hf``.
+``model_args``: the head selection as ``masked-hf`` takes it (``heads``: a
+score file, ``random``, a list ``"L-H;L-H"`` or ``none``; ``top_k`` (default 5 %
+of heads), ``threshold``, ``random_seed``, ``exclude``, ``layer_matched``: see
+:meth:`retrieval_heads.selection.HeadSelection.from_args`), ``alpha`` (1.0),
+``dynamic``, ``normalise``, ``cap``, ``mode`` (``uniform``), plus every ``hf`` argument. With ``alpha=0`` (not dynamic) or no heads it is ``hf``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from ..evaluate.lm_eval_backend import resolve_heads
 from ..heads import Head, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, resolve_model_path
+from ..selection import HeadSelection
 from .decoding import DecoreSettings, contrast, decore_generate
 
 __all__ = ["DecoreHFLM"]
@@ -47,19 +48,19 @@ class DecoreHFLM(HFLM):
     """lm-eval's ``HFLM`` whose next-token distribution is DeCoRe's contrast against ``heads`` masked."""
 
     def __init__(
-        self, pretrained: Any, heads: Any = None, top_k: int = 25, alpha: float = 1.0, dynamic: Any = False,
-        normalise: Any = False, cap: float | None = None, mode: str = "uniform", random_seed: int = 0,
-        exclude: Any = None, device: str | None = None, **kwargs: Any,
+        self, pretrained: Any, heads: Any = None, top_k: int | None = None, alpha: float = 1.0, dynamic: Any = False,
+        normalise: Any = False, cap: float | None = None, mode: str = "uniform", threshold: float | None = None,
+        random_seed: int | None = None, exclude: Any = None, layer_matched: Any = False, device: str | None = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
         super().__init__(pretrained=pretrained, device=device, **kwargs)
         self.spec = ModelSpec.from_model(self.model)
-        self.top_k = int(top_k)
         self.settings = DecoreSettings(alpha=float(alpha), dynamic=_flag(dynamic), normalise=_flag(normalise),
                                        cap=None if cap in (None, "", "none") else float(cap), mode=mode)  # type: ignore[arg-type]
-        self.heads: list[Head] = resolve_heads(heads, self.spec.n_layers, self.spec.n_heads, self.top_k,
-                                               int(random_seed), exclude, False)
+        self.selection = HeadSelection.from_args(heads, top_k, threshold, random_seed, exclude, layer_matched)
+        self.heads: list[Head] = self.selection.resolve(self.spec.n_layers, self.spec.n_heads)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, heads: Iterable[Head | tuple[int, int]] = (), **kwargs: Any) -> DecoreHFLM:

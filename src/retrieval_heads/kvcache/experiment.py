@@ -62,11 +62,12 @@ class Condition:
     kv_heads: list[KVHead]
     budget: int
     seed: int | None = None
+    query_heads: list[Any] = field(default_factory=list)  # the head set the KV heads were chosen for (retrieval)
 
 
 def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
     """Every condition of the run, in run order."""
-    from ..selection import share_of_heads
+    from ..selection import HeadSelection
     from .plan import (
         kv_heads_of,
         random_kv_heads,
@@ -77,10 +78,10 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
 
     total = n_layers * n_kv
     everything = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv)]
-    top = scores.top_k(config.top_k or share_of_heads(n_layers * n_heads))
+    top = HeadSelection(scores=scores, top_k=config.top_k).resolve(n_layers, n_heads)
     retrieval = kv_heads_of(top, n_heads, n_kv)
     out = [Condition("full", "full", everything, total), Condition("windowed", "windowed", [], 0),
-           Condition("retrieval", "retrieval", retrieval, len(retrieval))]
+           Condition("retrieval", "retrieval", retrieval, len(retrieval), query_heads=top)]
     seeds = [config.seed + i for i in range(config.random_seeds)]
     out += [Condition(f"random-retrieval-s{s}", "random-retrieval", random_kv_heads(n_layers, n_kv, len(retrieval), s,
                                                                                   retrieval), len(retrieval), s)
@@ -164,17 +165,11 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     result = summarize(conds, prompts, done)
     result = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "meta": run_metadata(**identity, settings={**asdict(config), "out": None},
-                                   top_heads=heads_to_strings(scores.top_k(_top_k(config, spec)))),
+                                   top_heads=heads_to_strings(next(c for c in conds if c.kind == "retrieval").query_heads)),
               **result}
     atomic_write_json(out / RESULT_FILE, result)
     plot_curve(result, out / FIGURE_FILE)
     return result
-
-
-def _top_k(config: KVCompressConfig, spec: Any) -> int:
-    from ..selection import share_of_heads
-
-    return config.top_k or share_of_heads(spec.n_total_heads)
 
 
 def _compressed(model: Any):
