@@ -143,3 +143,11 @@ def test_press_context_gives_generate_a_split_cache_and_masking_still_applies():
     with masked_heads(model, [Head(1, 0)], mode="uniform"), press(model):  # the other nesting order
         assert torch.equal(model(IDS).logits, masked)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_cache_refuses_to_run_without_its_attention():
+    model = tiny_llama()
+    cache = HeadSplitCache(MIXED, N_KV, sink=2, window=5)
+    model(IDS, cache=cache, use_cache=True)
+    with pytest.raises(RuntimeError, match="compressed_attention"):
+        model(IDS[:, :1], cache=cache, use_cache=True)

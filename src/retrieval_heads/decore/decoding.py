@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..detect.greedy import StopTokens
+from ..detect.greedy import StopTokens, _cache_argument
 from ..heads import Head
 from ..masking import MaskMode, masked_heads
 from ..model_spec import ModelSpec
@@ -84,7 +84,8 @@ def contrast(base_logits: torch.Tensor, masked_logits: torch.Tensor, settings: D
 
 
 def _forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    return model(ids, cache=cache, use_cache=True).logits[:, -1]  # (1, V)
+    """Last-position logits ``(1, V)``, extending ``cache`` (``cache=`` on transformers >= 5.24, else ``past_key_values=``)."""
+    return model(ids, **{_cache_argument(model): cache, "use_cache": True}).logits[:, -1]
 
 
 @torch.no_grad()
@@ -98,12 +99,12 @@ def _decode_one(
     prompt = torch.tensor([ids], device=device)  # (1, T)
     base_cache = DynamicCache(config=model.config)
     if prompt.shape[1] > 1:
-        model(prompt[:, :-1], cache=base_cache, use_cache=True)
+        _forward(model, prompt[:, :-1], base_cache)
     if settings.masked_prefill:
         masked_cache = DynamicCache(config=model.config)
         if prompt.shape[1] > 1:
             with masked_heads(model, heads, mode=settings.mode, spec=spec):
-                model(prompt[:, :-1], cache=masked_cache, use_cache=True)
+                _forward(model, prompt[:, :-1], masked_cache)
     else:
         masked_cache = copy.deepcopy(base_cache)
     token = prompt[:, -1:]

@@ -16,9 +16,9 @@ is bounded by the prefill chunk (:func:`retrieval_heads.kvcache.generate.answer`
 prefills in chunks).
 
 The attention over the two groups is computed by the function in
-:mod:`retrieval_heads.kvcache.attention`; this cache refuses to be used by a
-model whose attention does not go through it (the model would otherwise read
-the full-head keys as if they were all heads).
+:mod:`retrieval_heads.kvcache.attention`. Used without it, the model would read
+the full heads' keys as if they were all heads; the cache notices at the next
+update (the streaming view of the last forward was never read) and raises.
 """
 
 from __future__ import annotations
@@ -87,6 +87,11 @@ class HeadSplitLayer(CacheLayerMixin):
         and handed to the attention function through the model's attention
         kwargs (``kwargs["kwargs"]``, the dict the attention module passes on).
         """
+        if self.pending is not None:
+            raise RuntimeError(
+                "HeadSplitCache was used without its attention: the streaming heads of the last forward were never "
+                "read. Run the model inside retrieval_heads.kvcache.compressed_attention(model) (or a press)."
+            )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start, n_new = self.cumulative_length, key_states.shape[-2]
