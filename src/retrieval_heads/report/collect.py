@@ -16,6 +16,7 @@ NIAH under masking         ``cells.json`` (``"format": "retrieval-heads/niah-eva
 comparison (lm-eval)       ``results.json`` (``"format": "retrieval-heads/compare"``)
 RetMask before/after       ``retmask_eval.json`` (``results``: model -> suite -> accuracy)
 RetMask pairs / training   ``*.stats.json`` (``PairStats``), ``retmask_run.json``
+DPO curves                 ``"format": "retrieval-heads/dpo-curves"`` (``training_curves.json``)
 ablated checkpoint         ``retrieval_heads_ablation.json`` (metadata only)
 sharing                    ``{"languages": .., "jaccard_matrix": ..}`` (:func:`sharing_analysis`)
 RH vs RTH                  ``{"rh_top_k": .., "rth_top_k": ..}`` (:func:`compare_head_sets`)
@@ -67,6 +68,7 @@ UNMASKED_NAMES = ("unmasked", "none", "baseline", "base", "original", "no_mask",
 FORMAT_DETECT_RUN = "retrieval-heads/detect-run"
 FORMAT_NIAH_EVAL = "retrieval-heads/niah-eval"
 FORMAT_COMPARE = "retrieval-heads/compare"
+FORMAT_DPO_CURVES = "retrieval-heads/dpo-curves"  # retmask.curves.FORMAT_NAME
 FORMATS_USES = ("retrieval-heads/kv-compress", "retrieval-heads/decore")  # kv-compress and decore results
 NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
 RETMASK_EVAL_FILE = "retmask_eval.json"  # retmask.evaluate.REPORT_FILE
@@ -164,6 +166,7 @@ class Report:
     retmask: list[ModelComparison] = field(default_factory=list)
     pair_stats: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     training: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    dpo_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # training_curves.json
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
@@ -173,7 +176,7 @@ class Report:
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.sharing, self.rh_vs_rth, self.uses))
+                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth, self.uses))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -283,6 +286,8 @@ def _add_json(data: Any, name: str, source: str, report: Report) -> None:
     elif fmt == FORMAT_COMPARE:
         report.compare.append((source, _compare_rows(data.get("rows") or [])))
         report.add_metadata(source, data.get("meta"))
+    elif fmt == FORMAT_DPO_CURVES:
+        _add_dpo_curves(data, source, report)
     elif fmt in FORMATS_USES:
         report.uses.append((source, data))
         report.add_metadata(source, data.get("meta"))
@@ -420,6 +425,17 @@ def _add_model_comparison(data: dict[str, Any], source: str, report: Report) -> 
     conc = data.get("concentration") if isinstance(data.get("concentration"), dict) else None
     report.retmask.append(ModelComparison(source, base, _with_deltas(results, base), conc))
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
+
+
+def _add_dpo_curves(data: dict[str, Any], source: str, report: Report) -> None:
+    """``training_curves.json`` of :mod:`retrieval_heads.retmask.curves`: per-step DPO metrics, held-out before/after."""
+    train = [r for r in data.get("train") or [] if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
+    heldout = data.get("heldout") if isinstance(data.get("heldout"), dict) else {}
+    if not train and not any(isinstance(v, dict) for v in heldout.values()):
+        report.warnings.append(f"{source}: DPO curves file holds no step and no held-out metrics")
+        return
+    report.dpo_curves.append((source, {"train": train, "heldout": heldout}))
+    report.add_metadata(source, data.get("meta"))
 
 
 # ---- generic records: NIAH grids, comparisons, before/after ------------------------------------------

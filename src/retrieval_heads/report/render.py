@@ -171,7 +171,8 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
         "detection": _detection_section(page, report.detect_outcomes),
         "niah": _niah_section(page, report.niah),
         "compare": _compare_section(report.compare),
-        "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training),
+        "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training)
+        + _dpo_curves_section(report.dpo_curves),
         "uses": _uses_section(report.uses),
         "metadata": _metadata_section(report.metadata),
     }
@@ -456,7 +457,7 @@ def _uses_section(items: list[tuple[str, dict[str, Any]]]) -> str:
                       for name, rs in (("top-B KV heads", by_kind("windowed", "top", "full")),
                                        ("retrieval KV heads", by_kind("retrieval")),
                                        ("random KV heads", by_kind("random-retrieval", "random-top"))) if rs]
-            png = figures.curves_png(series, "KV memory (share of the full cache)", "NIAH exact match",
+            png = figures.errorbar_curves_png(series, "KV memory (share of the full cache)", "NIAH exact match",
                                      "accuracy vs KV memory")
             trs = [f"<tr><td>{esc(r['name'])}</td>{_num_td(r['kv_share'])}{_num_td(r['kv_bytes'] / 2**20)}"
                    f"{_num_td(r['accuracy'])}<td>{esc(_interval_text(*r['ci95']))}</td></tr>" for r in rows]
@@ -464,7 +465,7 @@ def _uses_section(items: list[tuple[str, dict[str, Any]]]) -> str:
         else:
             shown = [r for r in rows if "faithful" in r] + [
                 {"name": f"{g} (pooled)", **v} for g, v in (data.get("random_pooled") or {}).items() if "faithful" in v]
-            png = figures.curves_png([(r["name"], [i], [r["faithful"]["rate"]], [tuple(r["faithful"]["ci95"])])
+            png = figures.errorbar_curves_png([(r["name"], [i], [r["faithful"]["rate"]], [tuple(r["faithful"]["ci95"])])
                                       for i, r in enumerate(shown)], "condition", "faithful-answer rate",
                                      "DeCoRe: answers equal to the context's value") if shown else ""
             trs = [f"<tr><td>{esc(r['name'])}</td>{_num_td(r['faithful']['rate'])}"
@@ -524,6 +525,32 @@ def _retmask_section(page: _Page, comparisons: list[ModelComparison],
                                    "DPO training loss")
             parts.append(f'<div><img class="plain-fig" alt="DPO training loss" src="{png}"></div>')
         parts.append("</div>")
+    return "".join(parts)
+
+
+def _dpo_curves_section(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """Per run: held-out DPO metrics before/after training and the reward curves (``training_curves.json``)."""
+    parts = []
+    keys = ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected", "logp_accuracy", "loss", "n")
+    for source, curves in items:
+        held = curves["heldout"]
+        trs = [f"<tr><td>{esc(k)}</td>{_num_td((held.get('before') or {}).get(k))}"
+               f"{_num_td((held.get('after') or {}).get(k))}</tr>" for k in keys]
+        table = _table([("held-out pairs", False), ("before", True), ("after", True)], trs, sortable=False)
+        train, figs = curves["train"], ""
+        steps = [r["step"] for r in train]
+        last = max(steps, default=1)
+        for title, names in (("DPO reward accuracy", ("reward_accuracy",)), ("DPO reward margin", ("reward_margin",)),
+                             ("DPO log-probabilities", ("logp_chosen", "logp_rejected"))):
+            markers = [(f"held-out {when} ({name})", x, held[when][name]) for name in names
+                       for when, x in (("before", 0), ("after", last))
+                       if isinstance(held.get(when), dict) and isinstance(held[when].get(name), (int, float))]
+            if len(steps) >= 2 or markers:
+                png = figures.curves_png(steps, [(f"train {n}", [r.get(n) for r in train]) for n in names],
+                                         title.split(" ", 1)[1], title, markers)
+                figs += f'<div><img class="plain-fig" alt="{esc(title)}" src="{png}"></div>'
+        parts.append(f'<h3>DPO curves</h3><div class="source">{esc(source)}</div>'
+                     f'<div class="row"><div>{table}</div>{figs}</div>')
     return "".join(parts)
 
 
