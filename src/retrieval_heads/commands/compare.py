@@ -93,6 +93,7 @@ def lm_eval_command(ctx: typer.Context) -> None:
 
     from lm_eval.__main__ import cli_evaluate
 
+    from ..decore import lm_eval_backend as _decore  # noqa: F401 - registers "decore-hf"
     from ..evaluate import lm_eval_backend  # noqa: F401 - registers "masked-hf"
 
     sys.argv = ["retrieval-heads lm-eval", *ctx.args]
