@@ -138,7 +138,7 @@ def pad_id_of(tokenizer: Any) -> int:
     return 0
 
 
-def _cache_argument(model: PreTrainedModel) -> str:
+def cache_argument(model: PreTrainedModel) -> str:
     """The forward keyword of the KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -162,7 +162,7 @@ def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, posit
             ) -> tuple[torch.Tensor, DecodeState]:
     """Run the padded prompts ``(B, T)`` once; returns the last row's logits ``(B, V)`` and the decode state."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], DecodeState(mask, positions[:, -1:], _cache_of(out), _cache_argument(model))
+    return out.logits[:, -1], DecodeState(mask, positions[:, -1:], _cache_of(out), cache_argument(model))
 
 
 def decode_step(model: PreTrainedModel, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
