@@ -25,7 +25,7 @@ def _refused(tmp_path, *extra: str) -> str:
     out = tmp_path / "run"
     result = CliRunner().invoke(_app(), ["detect", "--model", "organism", "--out", str(out), "--depths", "0,1",
                                          "--no-progress", "--device", "cpu", *extra])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # the CLI's refusal code (commands/errors.refuse)
     assert not out.exists() or not any(out.iterdir())  # nothing written
     return result.output
 
