@@ -349,9 +349,10 @@ class Tracker:
     def __init__(self, progress: Any, task: Any, done: int, total: int) -> None:
         self._progress, self._task, self.done, self.total = progress, task, done, total
 
-    def advance(self, n: int = 1, description: str | None = None) -> None:
+    def advance(self, n: int = 1, description: str | None = None, **fields: Any) -> None:
         self.done += n
-        fields = {"description": description} if description else {}
+        if description:
+            fields["description"] = description
         self._progress.update(self._task, advance=n, **fields)
 
 
