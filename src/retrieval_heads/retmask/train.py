@@ -25,6 +25,7 @@ PosixPath('runs/retmask')
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -34,8 +35,8 @@ from typing import Any
 
 import torch
 
-from ..artifacts import atomic_write_json, read_jsonl, run_metadata
 from ..model_spec import resolve_model_path
+from ..runs import atomic_write_json, open_run, read_jsonl, stamp
 
 RUN_FILE = "retmask_run.json"
 MERGED_DIR = "merged"
@@ -238,12 +239,25 @@ def train_retmask(
 
     ``out_dir`` gets the model (the adapter with LoRA; plus ``merged/`` with
     ``merge_lora``), the tokenizer, and ``retmask_run.json`` with the config,
-    the loss curve and run metadata.
+    the loss curve and run metadata. ``out_dir`` is a run
+    (:func:`retrieval_heads.runs.open_run`): a folder trained with another base
+    model, other pairs or other settings is refused by name, and a finished
+    training with the same ones is kept (its result returned, ``trainer`` None).
 
     >>> train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
     """
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
+    rows = list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    run = open_run(out_dir, "retmask-train", {"base model": model, **asdict(config)}, discard=(RUN_FILE,),
+                   fingerprints={"the preference pairs": digest}, model=model, seed=config.seed,
+                   hint=f"Use another --out folder, or delete {out_dir} to train again.")
+    if run.resumed and (out_dir / RUN_FILE).is_file():
+        done = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
+        print(f"{out_dir}: resuming: 1 of 1 trainings done (kept)", file=sys.stderr, flush=True)
+        merged = Path(done["merged_dir"]) if done.get("merged_dir") else None
+        return TrainResult(out_dir, done["n_pairs"], done["metrics"], done["log_history"], merged)
     trainer = build_trainer(model, pairs, out_dir, config)
     output = trainer.train()
     trainer.save_model(str(out_dir))
@@ -256,13 +270,13 @@ def train_retmask(
     result = TrainResult(out_dir, len(trainer.train_dataset), dict(output.metrics), list(trainer.state.log_history),
                          merged_dir, trainer)
     if trainer.is_world_process_zero():
-        atomic_write_json(out_dir / RUN_FILE, run_metadata(
-            base_model=model, base_path=resolve_model_path(model),
-            pairs=str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", n_pairs=result.n_pairs,
-            config=asdict(config), metrics=result.metrics, log_history=result.log_history,
-            adapter=config.use_lora, merged_dir=str(merged_dir) if merged_dir else None,
-            world_size=trainer.args.world_size,
-        ))
+        atomic_write_json(out_dir / RUN_FILE, stamp("retmask-train", {
+            **run.meta, "base_model": model, "base_path": resolve_model_path(model),
+            "pairs": str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", "n_pairs": result.n_pairs,
+            "config": asdict(config), "metrics": result.metrics, "log_history": result.log_history,
+            "adapter": config.use_lora, "merged_dir": str(merged_dir) if merged_dir else None,
+            "world_size": trainer.args.world_size,
+        }))
     return result
 
 
