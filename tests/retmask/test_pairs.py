@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from retrieval_heads.artifacts import read_jsonl
+from retrieval_heads.artifacts import ResumeMismatchError, read_jsonl
 from retrieval_heads.heads import Head, HeadScores
 from retrieval_heads.masking import save_ablated_model
 from retrieval_heads.retmask.pairs import (
@@ -154,8 +154,7 @@ def test_resume_skips_done_prompts_and_matches_a_fresh_run(model_and_tokenizer, 
         return {r["id"]: (r["chosen"], r["rejected"]) for r in rows}
 
     assert responses(out) == responses(fresh)
-    from retrieval_heads.artifacts import ResumeMismatchError  # the one refusal: `demo` and `retmask pairs` catch it
-
+    # the one refusal (retrieval_heads.artifacts.ResumeMismatchError): `demo` and `retmask pairs` catch it
     files = {p: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ResumeMismatchError, match=r"--heads \(masked\): \['0.0', '1.3', '2.1'\] .recorded. vs"):
         generate_pairs(model, tokenizer, HEADS[:1], prompts, config, out, progress=False)
