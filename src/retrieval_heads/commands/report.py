@@ -16,14 +16,16 @@ def report_command(
     The page is self-contained (no network): open it from disk in any browser.
     Example: retrieval-heads report runs/organism runs/organism-eval --out runs/report.html
     """
-    from ..report import build_report
+    from ..report import NothingToReportError, build_report
 
     missing = [str(d) for d in run_dirs if not d.exists()]
     if missing:
         raise typer.BadParameter(f"no such run directory: {', '.join(missing)}", param_hint="RUN_DIRS")
-    path, report = build_report(run_dirs, out)
+    try:
+        path, report = build_report(run_dirs, out)
+    except NothingToReportError as err:
+        typer.secho(f"report: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    if report.empty:
-        typer.echo(f"warning: no recognised artifacts in {', '.join(map(str, run_dirs))}", err=True)
     typer.echo(f"report written to {path}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artifacts import atomic_write_text
-from .collect import Report, collect_runs
+from .collect import NothingToReportError, Report, check_reportable, collect_runs
 from .render import render_report
 
 REPORT_FILE = "report.html"
@@ -32,7 +32,8 @@ def write_report(run_dirs: list[Path], out: Path | None = None, *, top_k: int = 
     ``out`` is the HTML file to write (a directory gets ``report.html``
     inside); by default ``report.html`` in the first run directory. ``top_k``
     is the number of heads listed and outlined per score map. Unreadable
-    artifacts become warnings on the page, never an exception.
+    artifacts become warnings on the page; when nothing can be shown,
+    :class:`~retrieval_heads.report.collect.NothingToReportError` is raised and no page is written.
 
     >>> path = write_report([Path("runs/organism")], Path("/tmp/organism-report.html"))  # doctest: +SKIP
     """
@@ -55,7 +56,8 @@ def build_report(
     if out.is_dir():
         out = out / REPORT_FILE
     report = collect_runs(run_dirs)
+    check_reportable(report)  # nothing to show: one clear error, and no page written
     return atomic_write_text(out, render_report(report, top_k=top_k, title=title)), report
 
 
-__all__ = ["REPORT_FILE", "Report", "build_report", "collect_runs", "render_report", "write_report"]
+__all__ = ["REPORT_FILE", "NothingToReportError", "Report", "build_report", "collect_runs", "render_report", "write_report"]
