@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..model_spec import resolve_model_path
-from ..runs import atomic_write_json, open_run, read_jsonl, stamp
+from ..runs import atomic_write_json, open_run, read_jsonl, stamp, track
 
 RUN_FILE = "retmask_run.json"
 MERGED_DIR = "merged"
@@ -259,7 +259,8 @@ def train_retmask(
         merged = Path(done["merged_dir"]) if done.get("merged_dir") else None
         return TrainResult(out_dir, done["n_pairs"], done["metrics"], done["log_history"], merged)
     trainer = build_trainer(model, pairs, out_dir, config)
-    output = trainer.train()
+    with track("retmask train", 1, enabled=False):  # Ctrl-C: says how to go on
+        output = trainer.train()
     trainer.save_model(str(out_dir))
     merged_dir = None
     if config.use_lora and config.merge_lora:
