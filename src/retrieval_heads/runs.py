@@ -42,8 +42,11 @@ RUN_FILE = "run.json"
 JOURNAL_FILE = "journal.jsonl"
 
 
-class ResumeMismatchError(RuntimeError):
-    """An output folder holds another run (other kind, settings or weights): resuming would mix the two."""
+class ResumeMismatchError(ValueError):
+    """An output folder holds another run (other kind, settings or weights): resuming would mix the two.
+
+    A ``ValueError``: a folder that cannot take this run is bad input, which every command reports in one line.
+    """
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -376,7 +379,10 @@ def track(label: str, total: int, done: int = 0, *, enabled: bool = True, consol
     if done:
         console.print(f"{label}: resuming: {done} of {total} done", highlight=False, soft_wrap=True)
     with bar:
-        tracker = Tracker(bar, bar.add_task(label, total=total, completed=done, **fields), done, total)
+        task = bar.add_task(label, total=total, completed=done, **fields)
+        if done >= total:  # all done before: a finished bar (ETA 0:00:00, not -:--:--)
+            bar.update(task, completed=done)
+        tracker = Tracker(bar, task, done, total)
         try:
             yield tracker
         except KeyboardInterrupt:
