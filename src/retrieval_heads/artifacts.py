@@ -1,9 +1,6 @@
-"""The old home of the file helpers and the resume error: they live in :mod:`retrieval_heads.runs` now.
+"""The old home of the file helpers and the resume error, now in :mod:`retrieval_heads.runs` (re-exported here)."""
 
-Kept so that ``from retrieval_heads.artifacts import atomic_write_json, ResumeMismatchError`` goes on working.
-"""
-
-from .runs import (
+from .runs import (  # noqa: F401
     ResumeMismatchError,
     append_jsonl,
     atomic_write_bytes,
@@ -13,14 +10,3 @@ from .runs import (
     read_jsonl,
     run_metadata,
 )
-
-__all__ = [
-    "ResumeMismatchError",
-    "append_jsonl",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "package_versions",
-    "read_jsonl",
-    "run_metadata",
-]

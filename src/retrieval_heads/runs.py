@@ -10,7 +10,7 @@ append-only JSONL journal (fsync'd per record, a torn last line ignored) or in
 per-cell files with their own settings, written atomically; every JSON
 artifact a run writes is stamped with ``format`` (``retrieval-heads/<kind>``),
 ``format_version`` and the run's metadata (model, settings, seed, versions,
-creation time, command line). :meth:`Run.track` shows the progress bar with
+creation time, command line). :func:`track` shows the progress bar with
 the real total, prints ``resuming: N of M done`` when finished work is found
 and ``interrupted after N of M; rerun the same command to resume`` on Ctrl-C.
 
@@ -18,7 +18,7 @@ Files are written through a temporary file and ``os.replace``, with the
 permissions the umask gives a new file (``0o666 & ~umask``).
 
 >>> run = open_run("runs/x", "detect", {"--mode": "greedy"}, model="organism", seed=0)  # doctest: +SKIP
->>> with run.track("detect", total=10, done=len(run.records())) as bar:  # doctest: +SKIP
+>>> with track("detect", total=10, done=len(run.records())) as bar:  # doctest: +SKIP
 ...     run.append({"id": 1}); bar.advance()
 """
 
@@ -262,14 +262,6 @@ class Run:
         cell = stamp(f"{self.kind}-cell", {"settings": _jsonable(dict(settings)), **data})
         atomic_write_json(self.dir / name, cell)
         return cell
-
-    # progress
-    @contextmanager
-    def track(self, label: str, total: int, done: int = 0, *, enabled: bool = True,
-              console: Any = None) -> Iterator[Tracker]:
-        """See :func:`track`."""
-        with track(label, total, done, enabled=enabled, console=console) as bar:
-            yield bar
 
 
 def open_run(

@@ -42,6 +42,7 @@ from ..runs import (
     open_run,
     read_jsonl,
     run_metadata,
+    track,
 )
 from .config import DetectConfig
 from .greedy import StopTokens, greedy_batch, response_text
@@ -274,7 +275,7 @@ def detect(
 
     label = f"detect {config.kind} {config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
     mine = len(items[rank::world])
-    with run.track(label, mine, mine - len(todo), enabled=config.progress and rank == 0, console=console) as bar:
+    with track(label, mine, mine - len(todo), enabled=config.progress and rank == 0, console=console) as bar:
         for first in range(0, len(todo), config.batch_size):
             batch = todo[first : first + config.batch_size]
             t0 = time.perf_counter()

@@ -50,6 +50,7 @@ from ..runs import (
     open_run,
     package_versions,
     stamp,
+    track,
 )
 from ..selection import random_heads
 from .fixtures import TASKS_DIR
@@ -357,7 +358,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     computed: list[tuple[str, str]] = []
     found = {(c.name, t): run.cell(_cell_name(c, t)) for c, t in todo}
-    with run.track("compare", len(todo), sum(v is not None for v in found.values()), enabled=progress) as bar, \
+    with track("compare", len(todo), sum(v is not None for v in found.values()), enabled=progress) as bar, \
             _quiet_lm_eval(progress):
         for cond, task in todo:
             cell = found[(cond.name, task)]

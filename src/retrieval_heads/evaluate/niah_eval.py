@@ -38,7 +38,7 @@ import torch
 from ..heads import HeadScores, heads_to_strings
 from ..masking import MASK_MODES, masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, weights_fingerprint
-from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp
+from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
 from .compare import Condition, build_conditions
 
 CELLS_FILE = "cells.json"
@@ -200,7 +200,7 @@ def evaluate_niah(
     done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in run.records()}
     todo = [(c, p) for c in conditions for p in prompts if (c.name, p.meta["prompt_id"], _heads_key(c)) not in done]
     total = len(conditions) * len(prompts)
-    with run.track("niah", total, total - len(todo), enabled=progress) as bar:
+    with track("niah", total, total - len(todo), enabled=progress) as bar:
         for cond, prompt in todo:
             with masked_heads(model, cond.heads, mode=mode, means=means, spec=spec):  # type: ignore[arg-type]
                 answer = greedy_answer(model, tokenizer, prompt.input_ids, max_new_tokens)

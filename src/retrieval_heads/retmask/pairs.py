@@ -47,7 +47,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from ..heads import Head, HeadScores, check_heads, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
-from ..runs import Run, atomic_write_json, flags, open_run, read_jsonl, stamp
+from ..runs import Run, atomic_write_json, flags, open_run, read_jsonl, stamp, track
 from ..selection import concentration, random_heads, select_heads
 
 DROP_REASONS = ("empty_chosen", "empty_rejected", "empty_both", "identical", "prompt_too_long")
@@ -558,7 +558,7 @@ def _run_transformers(model, tokenizer, heads, pending, config, run: Run, progre
     lengths = {it.id: len(_encode(tokenizer, it)) for it in pending}
     order = sorted(pending, key=lambda it: -lengths[it.id])
     dropped = dropped_path(run.journal).name
-    with run.track("RetMask pairs", total, total - len(order), enabled=progress) as bar:
+    with track("RetMask pairs", total, total - len(order), enabled=progress) as bar:
         for start in range(0, len(order), config.batch_size):
             batch = order[start: start + config.batch_size]
             seeds = [_seeds(it, config) for it in batch]
