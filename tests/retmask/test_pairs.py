@@ -15,7 +15,6 @@ from retrieval_heads.retmask.pairs import (
     PairConfig,
     PairStats,
     PerRowSampler,
-    choose_heads,
     dropped_path,
     generate_pairs,
     load_prompts,
@@ -221,17 +220,6 @@ def test_per_row_sampler_is_batch_independent_and_respects_top_p():
     assert torch.equal(both[1:2].argmax(-1), alone.argmax(-1))
     greedy = PerRowSampler([1, 2, 3], temperature=0.6, top_p=1e-6, device=torch.device("cpu"))(None, scores)
     assert torch.equal(greedy.argmax(-1), scores.argmax(-1))  # a tiny nucleus keeps only the best token
-
-
-def test_choose_heads_random_control_avoids_the_selection():
-    scores = HeadScores(torch.arange(24, dtype=torch.float32).reshape(3, 8) / 24)
-    top, info = choose_heads(scores, top_k=4)
-    control, cinfo = choose_heads(scores, top_k=4, random_control_seed=3)
-    assert len(control) == 4 and not set(control) & set(top)
-    assert info["kind"] == "retrieval" and cinfo["kind"] == "random_control"
-    assert "gini" in info["concentration"]
-    assert info["masked"] == info["selected"] and cinfo["selected"] == info["selected"]
-    assert cinfo["masked"] == [str(h) for h in control]  # the report names the heads the control really masked
 
 
 def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, monkeypatch):

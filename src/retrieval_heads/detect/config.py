@@ -24,7 +24,7 @@ class DetectConfig:
 
     Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold``, ``dedup``,
     ``stop_on_newline``. Running: ``batch_size``, ``seed``, ``progress``.
-    Output: ``top_k_table``, ``heatmap``. The scoring fields and the seed
+    Output: ``table_rows``, ``heatmap``. The scoring fields and the seed
     form the run's fingerprint: resuming with different values raises.
     """
 
@@ -71,7 +71,7 @@ class DetectConfig:
     )
     batch_size: int = field(default=1, metadata={"help": "Prompts per forward (results do not depend on it)."})
     seed: int = field(default=0, metadata={"help": "Seed set before the run (decoding is greedy; recorded)."})
-    top_k_table: int = field(default=20, metadata={"help": "Rows of the top-K table printed at the end (0: none)."})
+    table_rows: int = field(default=20, metadata={"help": "Rows of the top-heads table printed at the end (0: none)."})
     heatmap: bool = field(default=True, metadata={"help": "Write heatmap.png (layer x head)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA."})
 
@@ -88,8 +88,8 @@ class DetectConfig:
             raise ValueError(f"rouge_threshold must be in [0, 1) (a prompt counts when strictly above), got {self.rouge_threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.top_k_table < 0:
-            raise ValueError(f"top_k_table must be >= 0, got {self.top_k_table}")
+        if self.table_rows < 0:
+            raise ValueError(f"table_rows must be >= 0, got {self.table_rows}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change results (batch size, progress and output options do not)."""

@@ -126,7 +126,7 @@ def greedy_batch(
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     started = torch.zeros(bsz, dtype=torch.bool, device=device)
     cache_arg = _cache_argument(model)
-    with capture_attention(model, top_k=1, rows="last", spec=spec) as rec:
+    with capture_attention(model, keys_per_row=1, rows="last", spec=spec) as rec:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         for step in range(max_new_tokens):
             token = out.logits[:, -1].argmax(-1)  # (B,)

@@ -97,7 +97,7 @@ def teacher_batch(
     rows = torch.where(valid, first_row[:, None] + j, width - 2)  # padding rows: any real row, masked later
     targets = torch.where(valid, ids.gather(1, (rows + 1).clamp(max=width - 1)), pad_id)  # (B, R)
 
-    with capture_attention(model, top_k=1, rows="explicit", spec=spec) as rec:
+    with capture_attention(model, keys_per_row=1, rows="explicit", spec=spec) as rec:
         rec.set_rows(rows)
         # logits only for the last n_rows + 1 positions: they cover every answer-predicting row
         out = model(

@@ -17,6 +17,7 @@ answer span while a *different* (translated) token is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -28,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..heads import Head, HeadScores
 from ..masking import masked_heads
-from ..selection import random_heads, share_of_heads
+from ..selection import HeadSelection, share_of_heads
 from .corpus import TASKS, Example
 from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
 
@@ -142,8 +143,9 @@ def measure(
     raw, counted = head_scores(model, tok, detect, ok)
     scores = HeadScores(raw, meta={"model": path, "kind": "retrieval", "prompts_counted": counted})
     n_total = raw.numel()
-    k = share_of_heads(n_total, k_frac)
-    rh = scores.top_k(k)
+    selection = HeadSelection(scores=scores, top_k=share_of_heads(n_total, k_frac))
+    rh = selection.resolve(scores.n_layers, scores.n_heads)
+    k = len(rh)
     above = scores.above(threshold)
     report["retrieval"] = {
         "prompts_counted": counted, "n_heads": n_total, "threshold": threshold,
@@ -160,17 +162,16 @@ def measure(
         "top10": [[str(h), round(tscores[h], 4)] for h in tscores.top_k(10)],
     }
 
-    excluded = sorted(set(rh) | set(above))
-    n_layers, n_heads = scores.n_layers, scores.n_heads
+    # the controls: k random heads outside the top-k, per seed (the package's one rule, HeadSelection)
+    controls = {str(s): dataclasses.replace(selection, random_seed=s).resolve(scores.n_layers, scores.n_heads)
+                for s in seeds}  # fmt: skip
     masking: dict = {"k": k, "retrieval_heads": [str(h) for h in rh], "tasks": {}}
     for t in ("mono", "multihop", "parametric", "multikey", "cross"):
         exs = sets[t]
         base = acc[t]["all"]
         m_rh, ok_rh = _accuracy(model, tok, exs, rh)
-        rand = {}
-        for s in seeds:
-            heads = random_heads(n_layers, n_heads, k, seed=s, exclude=excluded)
-            rand[str(s)] = {"heads": [str(h) for h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
+        rand = {s: {"heads": [str(h) for h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
+                for s, heads in controls.items()}  # fmt: skip
         mean_rand = sum(r["acc"] for r in rand.values()) / len(rand)
         masking["tasks"][t] = {
             "base": base, "rh_masked": round(m_rh, 4), "rh_by_length": _by(exs, ok_rh, lambda e: e.length),
@@ -199,9 +200,10 @@ def masking_curve(
     """
     out = {"base": base, "k": {}}
     for k in ks:
-        rh = scores.top_k(k)
-        rand = [_accuracy(model, tok, examples, random_heads(scores.n_layers, scores.n_heads, k, seed=s, exclude=rh))[0]
-                for s in seeds]
+        top = HeadSelection(scores=scores, top_k=k)
+        rh = top.resolve(scores.n_layers, scores.n_heads)
+        drawn = [dataclasses.replace(top, random_seed=s).resolve(scores.n_layers, scores.n_heads) for s in seeds]
+        rand = [_accuracy(model, tok, examples, heads)[0] for heads in drawn]
         out["k"][str(k)] = {"rh_masked": round(_accuracy(model, tok, examples, rh)[0], 4),
                             "random_mean": round(sum(rand) / len(rand), 4), "random": [round(r, 4) for r in rand]}
     return out

@@ -116,8 +116,8 @@ def _asset(name: str) -> str:
 class _Page:
     """Collects the interactive figures' data while the sections are rendered."""
 
-    def __init__(self, top_k: int):
-        self.top_k = top_k
+    def __init__(self, heads_listed: int):
+        self.heads_listed = heads_listed
         self.heatmaps: dict[str, dict[str, Any]] = {}
         self.bars: dict[str, dict[str, Any]] = {}
 
@@ -160,9 +160,9 @@ class _Page:
                 f'<div class="js-fig" {attr}="{fig_id}"></div>{cap}</div>')
 
 
-def render_report(report: Report, top_k: int = 20, title: str | None = None) -> str:
+def render_report(report: Report, heads_listed: int = 20, title: str | None = None) -> str:
     """The report page as one HTML string (CSS, JS, data and static figures inline; no external URLs)."""
-    page = _Page(top_k)
+    page = _Page(heads_listed)
     sections = {
         "head-scores": _head_scores_section(page, report.score_maps),
         "rh-vs-rth": _rh_vs_rth_section(page, report.rh_vs_rth),
@@ -254,7 +254,7 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap]) -> str:
              "to sort.</p>"]
     for i, m in enumerate(sorted(maps, key=_map_order)):
         s = m.scores
-        k = min(page.top_k, s.n_layers * s.n_heads)
+        k = min(page.heads_listed, s.n_layers * s.n_heads)
         ranked = s.ranked()[:k]
         heatmap = page.heatmap(
             s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",

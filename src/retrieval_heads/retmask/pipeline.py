@@ -15,6 +15,7 @@ contrast.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -28,9 +29,9 @@ from rich.console import Console
 
 from ..heads import HeadScores
 from ..runs import Run, atomic_write_text, open_run
-from ..selection import share_of_heads
+from ..selection import HeadSelection
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
-from .pairs import PairConfig, choose_heads, generate_pairs
+from .pairs import PairConfig, generate_pairs
 from .train import RetMaskTrainConfig, train_retmask
 
 
@@ -100,16 +101,18 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     out = Path(config.out)
     model_path = resolve_model_path(config.model)
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
-    run = open_pipeline(config, weights_fingerprint(model))
     generator = organism_tasks.organism_generator(model_path)
     tasks = SimpleNamespace(make_eval_set=partial(organism_tasks.make_eval_set, generator=generator),
                             exact_match_accuracy=organism_tasks.exact_match_accuracy, generator=generator)
     scores = HeadScores.load(config.heads)
-    scores.check_model(spec.n_layers, spec.n_heads, config.model)
-    k = config.top_k or share_of_heads(spec.n_total_heads)
-    arms = {"retmask": choose_heads(scores, top_k=k)}
-    if config.random_control:
-        arms["random_control"] = choose_heads(scores, top_k=k, random_control_seed=config.random_seed)
+    selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
+    if config.random_control:  # as many random heads, outside that top-K
+        selections["random_control"] = dataclasses.replace(selections["retmask"], random_seed=config.random_seed)
+    arms = {}
+    for arm, sel in selections.items():
+        heads = sel.resolve(spec.n_layers, spec.n_heads)
+        arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
+    run = open_pipeline(config, weights_fingerprint(model))  # the heads are valid: now the folder is checked
     prompts = _training_prompts(generator, config, run)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)
