@@ -51,9 +51,13 @@ class ResumeMismatchError(ValueError):
 
 # ---- files --------------------------------------------------------------------------------------
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it: set and restore at once
-    os.umask(mask)
-    return mask
+    try:  # Linux says it without changing it (another thread may be creating files meanwhile)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)  # elsewhere: set and restore at once
+        os.umask(mask)
+        return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
