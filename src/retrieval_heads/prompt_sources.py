@@ -69,6 +69,9 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
                 req.depths, generator=gen,
             )
             prompts = [p for p in prompts if p.needle.lang == req.source_lang]
+            from .organism.prompts import organism_counterfactuals
+
+            prompts = organism_counterfactuals(tokenizer, prompts)  # for alignment="counterfactual"
         else:
             prompts = organism_prompts(tokenizer, "mono", n, req.seed, req.lengths, [req.lang], req.depths, generator=gen)
         too_long = [p for p in prompts if max_positions and len(p.input_ids) > max_positions]
@@ -90,6 +93,11 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
         needles = load_needles(req.needles, lang=req.lang)
         hay_lang = req.lang
     hay = load_haystack(req.haystack or hay_lang, lang=hay_lang)
-    return build_grid(
+    prompts = build_grid(
         tokenizer, hay, needles, req.lengths, req.depths, chat_template=req.chat_template, max_model_length=max_positions
     )
+    if transition and not req.needles:  # built-in needles have a target-language twin: the counterfactual
+        from .niah.prompts import builtin_counterfactual
+
+        prompts = [builtin_counterfactual(tokenizer, p) for p in prompts]
+    return prompts

@@ -15,7 +15,7 @@ from typing import Any
 
 MODES = ("greedy", "teacher")
 KINDS = ("retrieval", "transition")
-ALIGNMENTS = ("lexicon", "span")
+ALIGNMENTS = ("lexicon", "span", "counterfactual")
 
 
 @dataclass
@@ -39,7 +39,9 @@ class DetectConfig:
         default="lexicon",
         metadata={
             "help": "Transition only. lexicon: the emitted token must render the attended source word (parallel "
-            "lexicon); span: pivot-free, any target-answer token while attending the source answer."
+            "lexicon); span: pivot-free, any target-answer token while attending the source answer; "
+            "counterfactual: the first author's rule, the token at the attended offset of a second prompt with "
+            "the target-language needle."
         },
     )
     lexicon: str | None = field(

@@ -15,6 +15,7 @@ and every JSON file is read by the ``format`` it is stamped with
 ``retrieval-heads/retmask-eval``    RetMask before/after (``retmask_eval.json``)
 ``retrieval-heads/pair-stats``      RetMask preference pairs (``*.stats.json``)
 ``retrieval-heads/retmask-train``   DPO training (``retmask_run.json``)
+``retrieval-heads/dpo-curves``      DPO curves, held-out before/after (``training_curves.json``)
 ``retrieval-heads/sharing``         sharing across languages (``sharing.json``)
 ``retrieval-heads/rh-vs-rth``       RH vs RTH (``rh_vs_rth-*.json``)
 ==================================  ==============================================================
@@ -149,6 +150,7 @@ class Report:
     retmask: list[ModelComparison] = field(default_factory=list)
     pair_stats: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     training: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    dpo_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # training_curves.json
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -158,7 +160,7 @@ class Report:
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.sharing, self.rh_vs_rth))
+                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -368,6 +370,17 @@ def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: 
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
 
 
+def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    """``training_curves.json`` of :mod:`retrieval_heads.retmask.curves`: per-step DPO metrics, held-out before/after."""
+    train = [r for r in data.get("train") or [] if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
+    heldout = data.get("heldout") if isinstance(data.get("heldout"), dict) else {}
+    if not train and not any(isinstance(v, dict) for v in heldout.values()):
+        report.warnings.append(f"{source}: DPO curves file holds no step and no held-out metrics")
+        return
+    report.dpo_curves.append((source, {"train": train, "heldout": heldout}))
+    report.add_metadata(source, data.get("meta"))
+
+
 # ---- shared helpers --------------------------------------------------------------------------------------
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
@@ -429,6 +442,7 @@ READERS = {  # format -> reader(data, file name, source, report)
     format_name("retmask-eval"): _add_model_comparison,
     format_name("pair-stats"): _add_pair_stats,
     format_name("retmask-train"): _add_training,
+    format_name("dpo-curves"): _add_dpo_curves,
     format_name("sharing"): _add_sharing,
     format_name("rh-vs-rth"): _add_rh_vs_rth,
 }

@@ -36,7 +36,16 @@ from typing import Any
 import torch
 
 from ..model_spec import resolve_model_path
-from ..runs import atomic_write_json, open_run, read_jsonl, stamp, track
+from ..runs import atomic_write_json, open_run, read_jsonl, run_metadata, stamp, track
+from .curves import (
+    CURVES_FILE,
+    CURVES_PLOT,
+    curves_record,
+    heldout_metrics,
+    plot_curves,
+    split_pairs,
+    train_curves,
+)
 
 RUN_FILE = "retmask_run.json"
 MERGED_DIR = "merged"
@@ -98,6 +107,11 @@ class RetMaskTrainConfig:
     bf16: str = field(default="auto", metadata={"help": "bf16 mixed precision: auto (on a bf16 GPU), true or false."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Trade compute for memory on long prompts."})
     logging_steps: int = field(default=1, metadata={"help": "Log the DPO metrics every N optimiser steps."})
+    heldout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of the pairs held out of training (drawn with seed); DPO metrics on them are "
+                  "recorded before and after training in training_curves.json. 0: none."},
+    )
     # `| str | None`: HfArgumentParser then reads the flag as a string (JSON), parsed in __post_init__
     dpo_overrides: dict[str, Any] | str | None = field(
         default_factory=dict, metadata={"help": "Other DPOConfig / TrainingArguments fields, as a dict."}
@@ -121,6 +135,8 @@ class RetMaskTrainConfig:
             raise ValueError("lora_r must be >= 1")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError("max_length must be >= 2 or None")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError("heldout_fraction must be in [0, 1)")
 
     def use_bf16(self) -> bool:
         if self.bf16 == "auto":
@@ -177,13 +193,14 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     merged_dir: Path | None = None
     trainer: Any = field(default=None, repr=False)  # the trl.DPOTrainer, for further use in the same process
+    curves: dict[str, Any] | None = None  # the content of training_curves.json (retmask.curves)
 
 
 def load_pairs(pairs: str | Path | Sequence[dict[str, Any]]):  # noqa: ANN201 - datasets.Dataset
     """A ``datasets.Dataset`` with the ``prompt``/``chosen``/``rejected`` columns of a pairs JSONL (or rows)."""
     from datasets import Dataset
 
-    rows = list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+    rows = _pair_rows(pairs)
     if not rows:
         raise ValueError(f"no preference pairs in {pairs if isinstance(pairs, (str, Path)) else 'the given rows'}")
     missing = [k for k in ("prompt", "chosen", "rejected") if k not in rows[0]]
@@ -229,6 +246,15 @@ def save_merged(adapter_dir: str | Path, merged_dir: str | Path) -> Path:
     return Path(merged_dir)
 
 
+def _pair_rows(pairs: str | Path | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+
+
+def _heldout_possible(trainer: Any) -> bool:
+    """Held-out log-probs are computed outside the trainer's engine: not with sharded (ZeRO-3 / FSDP) weights."""
+    return not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+
+
 def train_retmask(
     model: str,
     pairs: str | Path | Sequence[dict[str, Any]],
@@ -238,8 +264,11 @@ def train_retmask(
     """Train ``model`` (a path, hub id or ``organism``) with DPO on RetMask ``pairs``; save it to ``out_dir``.
 
     ``out_dir`` gets the model (the adapter with LoRA; plus ``merged/`` with
-    ``merge_lora``), the tokenizer, and ``retmask_run.json`` with the config,
-    the loss curve and run metadata. ``out_dir`` is a run
+    ``merge_lora``), the tokenizer, ``retmask_run.json`` with the config,
+    the loss curve and run metadata, and ``training_curves.json`` /
+    ``training_curves.png``: the DPO metrics per step and on the held-out
+    pairs (``config.heldout_fraction``) before and after training
+    (:mod:`retrieval_heads.retmask.curves`). ``out_dir`` is a run
     (:func:`retrieval_heads.runs.open_run`): a folder trained with another base
     model, other pairs or other settings is refused by name, and a finished
     training with the same ones is kept (its result returned, ``trainer`` None).
@@ -248,7 +277,7 @@ def train_retmask(
     """
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
-    rows = list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+    rows = _pair_rows(pairs)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
     run = open_run(out_dir, "retmask-train", {"base model": model, **asdict(config)}, discard=(RUN_FILE,),
                    fingerprints={"the preference pairs": digest}, model=model, seed=config.seed,
@@ -257,10 +286,19 @@ def train_retmask(
         done = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
         print(f"{out_dir}: resuming: 1 of 1 trainings done (kept)", file=sys.stderr, flush=True)
         merged = Path(done["merged_dir"]) if done.get("merged_dir") else None
-        return TrainResult(out_dir, done["n_pairs"], done["metrics"], done["log_history"], merged)
-    trainer = build_trainer(model, pairs, out_dir, config)
+        curves = json.loads((out_dir / CURVES_FILE).read_text(encoding="utf-8")) if (out_dir / CURVES_FILE).is_file() \
+            else None
+        return TrainResult(out_dir, done["n_pairs"], done["metrics"], done["log_history"], merged, None, curves)
+    train_rows, held_rows = split_pairs(rows, config.heldout_fraction, config.seed)
+    trainer = build_trainer(model, load_pairs(train_rows), out_dir, config)
+    held_tok, ref_logps, before = None, None, None
+    if held_rows and _heldout_possible(trainer):
+        # tokenized exactly as TRL tokenizes the training pairs
+        held_tok = list(trainer._prepare_dataset(load_pairs(held_rows), trainer.processing_class, trainer.args, "heldout"))
+        before, ref_logps = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta)
     with track("retmask train", 1, enabled=False):  # Ctrl-C: says how to go on
         output = trainer.train()
+    after = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta, ref_logps)[0] if held_tok else None
     trainer.save_model(str(out_dir))
     merged_dir = None
     if config.use_lora and config.merge_lora:
@@ -268,13 +306,21 @@ def train_retmask(
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             save_merged(out_dir, merged_dir)
-    result = TrainResult(out_dir, len(trainer.train_dataset), dict(output.metrics), list(trainer.state.log_history),
-                         merged_dir, trainer)
+    log_history = list(trainer.state.log_history)
+    meta = run_metadata(base_model=model, base_path=resolve_model_path(model), seed=config.seed, config=asdict(config),
+                        n_pairs=len(train_rows), n_heldout=len(held_rows), world_size=trainer.args.world_size,
+                        heldout_ids=[str(r.get("id", i)) for i, r in enumerate(held_rows)])
+    curves = curves_record(train_curves(log_history), before, after, meta)
+    result = TrainResult(out_dir, len(trainer.train_dataset), dict(output.metrics), log_history, merged_dir, trainer,
+                         curves)
     if trainer.is_world_process_zero():
+        atomic_write_json(out_dir / CURVES_FILE, curves)
+        plot_curves(curves, out_dir / CURVES_PLOT)
         atomic_write_json(out_dir / RUN_FILE, stamp("retmask-train", {
             **run.meta, "base_model": model, "base_path": resolve_model_path(model),
             "pairs": str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", "n_pairs": result.n_pairs,
-            "config": asdict(config), "metrics": result.metrics, "log_history": result.log_history,
+            "n_heldout": len(held_rows), "config": asdict(config), "metrics": result.metrics,
+            "log_history": result.log_history, "heldout": {"before": before, "after": after},
             "adapter": config.use_lora, "merged_dir": str(merged_dir) if merged_dir else None,
             "world_size": trainer.args.world_size,
         }))
