@@ -18,6 +18,8 @@ and every JSON file is read by the ``format`` it is stamped with
 ``retrieval-heads/dpo-curves``      DPO curves, held-out before/after (``training_curves.json``)
 ``retrieval-heads/sharing``         sharing across languages (``sharing.json``)
 ``retrieval-heads/rh-vs-rth``       RH vs RTH (``rh_vs_rth-*.json``)
+``retrieval-heads/kv-compress``     KV compression by retrieval heads (``kv_compress.json``)
+``retrieval-heads/decore``          DeCoRe contrastive decoding (``decore.json``)
 ==================================  ==============================================================
 
 The detection journal (``samples.jsonl``, the journal the detect run names)
@@ -153,6 +155,7 @@ class Report:
     dpo_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # training_curves.json
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)  # JSON files with no known format: "source: why"
@@ -160,7 +163,7 @@ class Report:
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth))
+                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth, self.uses))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -370,6 +373,12 @@ def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: 
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
 
 
+def _add_uses(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    """``kv_compress.json`` (:mod:`retrieval_heads.use.kv_compress`) and ``decore.json`` results."""
+    report.uses.append((source, data))
+    report.add_metadata(source, data.get("meta"))
+
+
 def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report) -> None:
     """``training_curves.json`` of :mod:`retrieval_heads.retmask.curves`: per-step DPO metrics, held-out before/after."""
     train = [r for r in data.get("train") or [] if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
@@ -443,6 +452,8 @@ READERS = {  # format -> reader(data, file name, source, report)
     format_name("pair-stats"): _add_pair_stats,
     format_name("retmask-train"): _add_training,
     format_name("dpo-curves"): _add_dpo_curves,
+    format_name("kv-compress"): _add_uses,
+    format_name("decore"): _add_uses,
     format_name("sharing"): _add_sharing,
     format_name("rh-vs-rth"): _add_rh_vs_rth,
 }
