@@ -13,7 +13,7 @@ cp -n "$RECIPE"/stage*.json "$D/recipe/"
 train() {  # stage number
   if [ ! -f "$D/recipe/stage$1.json" ]; then echo "stage $1 not in this recipe"; return 0; fi
   echo "stage $1 start $(date)"
-  $PY -m retrieval_heads.organism.train --config "$D/recipe/stage$1.json" --threads "$T" >> "$D/stage$1.log" 2>&1
+  $PY -m retrieval_heads.cli organism train --config "$D/recipe/stage$1.json" --threads "$T" >> "$D/stage$1.log" 2>&1
   echo "stage $1 end $(date)"
 }
 for i in $(seq "${FIRST:-1}" 10); do train "$i"; done

@@ -8,7 +8,7 @@ stage file is checked against the settings its stage recorded (so the shipped re
 checkpoint) and against the chain (it starts from the previous trained stage), its paths renamed to the
 shipped recipe's, numbered consecutively, and written to ``recipes/``; stage N's checkpoint goes to
 ``checkpoint/`` with a ``training.json`` that lists every stage's steps and times, as
-``organism.train.train_recipe`` writes it.
+``organism.recipe.train_recipe`` writes it.
 Nothing is written unless every check passes.
 """
 

@@ -76,7 +76,10 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
             prompts = organism_prompts(tokenizer, "mono", n, req.seed, req.lengths, [req.lang], req.depths, generator=gen)
         too_long = [p for p in prompts if max_positions and len(p.input_ids) > max_positions]
         if too_long:
-            raise ValueError(f"{len(too_long)} prompts exceed the model's window of {max_positions} tokens")
+            asked = sorted({p.meta.get("requested_context_length", len(p.input_ids)) for p in too_long})
+            raise ValueError(f"{len(too_long)} prompts of length {', '.join(map(str, asked))} (up to "
+                             f"{max(len(p.input_ids) for p in too_long)} tokens) exceed the model's window of "
+                             f"{max_positions} tokens; use shorter lengths (--lengths)")
         return prompts
 
     from .niah import build_grid, cross_lingual_needles, load_haystack, load_needles

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 import torch
+import typer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retrieval_heads.organism.head_surgery import add_head_dropout
-from retrieval_heads.organism.train import main, train_organism
+from retrieval_heads.organism.train import train_organism
 from retrieval_heads.organism.train_config import OrganismTrainConfig
 
 TINY = dict(
@@ -42,6 +44,20 @@ def test_training_is_deterministic(tmp_path):
     la = [r["loss"] for r in json.loads((a / "training.json").read_text())["log"]]
     lb = [r["loss"] for r in json.loads((b / "training.json").read_text())["log"]]
     assert la == lb
+
+
+def main(argv):
+    """``retrieval-heads organism train ARGV`` in this process; returns the saved folder (or raises its error)."""
+    from click.testing import CliRunner
+    from typer.main import get_command
+
+    from retrieval_heads.cli import app
+
+    result = CliRunner().invoke(get_command(app), ["organism", "train", *argv], standalone_mode=False)
+    sys.stderr.write(result.stderr)
+    if result.exception is not None:
+        raise result.exception
+    return result.return_value
 
 
 def _write(path, obj):
@@ -280,9 +296,9 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
 
     with pytest.raises(ResumeMismatchError, match="lr: 0.003 .recorded. vs 0.001 .now."):
         main(["--recipe", str(recipe), "--out", str(tmp_path / "model")])
-    with pytest.raises(SystemExit, match="only --out"):
+    with pytest.raises(typer.BadParameter, match="only --out"):
         main(["--recipe", str(recipe), "--steps", "5"])
-    with pytest.raises(SystemExit, match="neither 'shipped' nor a directory"):
+    with pytest.raises(typer.BadParameter, match="neither 'shipped' nor a directory"):
         main(["--recipe", str(tmp_path / "nowhere")])
 
 
@@ -357,7 +373,7 @@ def test_bare_out_trains_the_shipped_recipe(tmp_path, monkeypatch, capsys):
     import retrieval_heads.organism.train as train
 
     recipes, runs = [], []
-    monkeypatch.setattr(train, "train_recipe", lambda out, d, threads: recipes.append((out, d, threads)) or tmp_path)
+    monkeypatch.setattr(recipe, "train_recipe", lambda out, d, threads: recipes.append((out, d, threads)) or tmp_path)
     monkeypatch.setattr(train, "train_organism", lambda cfg: runs.append(cfg) or tmp_path)
     main(["--out", str(tmp_path / "m"), "--threads", "1"])
     assert recipes == [(str(tmp_path / "m"), recipe.RECIPES, 1)] and not runs

@@ -3,8 +3,8 @@
 Usage::
 
     # the shipped checkpoint: every stage of recipes/, each continuing from the previous one
-    python -m retrieval_heads.organism.train --out runs/organism      # = --recipe shipped
-    python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # one run: a smoke test
+    retrieval-heads organism train --out runs/organism      # = --recipe shipped
+    retrieval-heads organism train --out /tmp/o --steps 20 --n-layers 2   # one run: a smoke test
 
 One run's defaults (any setting flag, or ``--config``) are a one-stage version of that recipe that
 has not been validated.
@@ -25,7 +25,6 @@ checkpoint, also across an interruption (``checkpoint_every``). The settings are
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -34,7 +33,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -46,7 +45,6 @@ from .batches import forward_losses, make_batch, sample_examples, stage_at, step
 from .corpus import TASKS, CorpusGenerator
 from .head_surgery import HeadDropout, grow_query_heads, head_dropout_at, reinitialize_heads
 from .lexicon import Lexicon, load_lexicon
-from .recipe import RECIPES, recipe_stages, stage_time, with_recipe_record
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
 from .train_config import OrganismTrainConfig, training_settings
 
@@ -311,83 +309,3 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     save(model, tokenizer, lexicon, out, stamp("organism-train", {**record, "meta": run.meta}))
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
     return out
-
-
-def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int | None = None) -> Path:
-    """Train every stage of a recipe in order, each continuing from the previous one, and return ``out``.
-
-    The default recipe is the one that trained the shipped checkpoint (``recipes/``). Stage *i*
-    writes ``OUT-stages/stageI`` and starts from stage *i-1*'s output; the last writes ``out``.
-    Each stage is a run of :func:`train_organism`, so a finished stage is kept, an interrupted one
-    resumes and a folder holding a stage with other settings is refused. The final ``training.json``
-    gains ``stages`` (every stage's steps and times) and ``recipe`` (where it came from, total time).
-    """
-    out = Path(out)
-    stages = recipe_stages(recipe_dir)
-    previous, times = "", []
-    for i, stage_file in enumerate(stages, start=1):
-        values = json.loads(stage_file.read_text())
-        values["out_dir"] = str(out if i == len(stages) else out.parent / f"{out.name}-stages" / f"stage{i}")
-        values["init_from"] = previous
-        if threads is not None:
-            values["threads"] = threads
-        cfg = OrganismTrainConfig(**values)
-        print(f"stage {i}/{len(stages)} ({stage_file.name})", file=sys.stderr, flush=True)
-        train_organism(cfg)
-        record = json.loads((Path(cfg.out_dir) / TRAINING_FILE).read_text())
-        times.append(stage_time(stage_file.name, cfg.steps, record))
-        previous = cfg.out_dir
-    atomic_write_json(out / TRAINING_FILE, with_recipe_record(record, times, str(recipe_dir)))
-    return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(OrganismTrainConfig):
-        if f.type in ("int", "float", "str"):
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f.metadata.get("help"))
-    ap.add_argument("--config", help="JSON file with OrganismTrainConfig fields (flags override it)")
-    ap.add_argument("--out", dest="out_dir_alias", help="alias of --out-dir")
-    ap.add_argument("--recipe", help="train every stage of a recipe: 'shipped' (the one that trained the "
-                                     "built-in checkpoint) or a directory of stage1.json, stage2.json, ...")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``.
-
-    With nothing but ``--out`` (and ``--threads``) it trains the shipped recipe; ``--config FILE``
-    or any setting flag trains one run of :class:`OrganismTrainConfig` (defaults for the rest);
-    ``--recipe DIR`` trains another directory of stage files.
-    """
-    args = vars(_parser().parse_args(argv))
-    config_path, alias, recipe = args.pop("config"), args.pop("out_dir_alias"), args.pop("recipe")
-    one_run = config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads"))
-    if not recipe and not one_run:  # nothing asked but where: the recipe the model card describes
-        print("no settings given: training the shipped recipe (every stage of organism/recipes/, hours on a "
-              "CPU); --config FILE or any --setting trains one run instead", file=sys.stderr, flush=True)
-        recipe = "shipped"
-    if recipe:
-        if one_run:
-            raise SystemExit("--recipe takes only --out and --threads (each stage file holds its own settings)")
-        recipe_dir = RECIPES if recipe == "shipped" else Path(recipe)
-        try:
-            recipe_stages(recipe_dir)
-        except FileNotFoundError:
-            raise SystemExit(f"--recipe: {recipe!r} is neither 'shipped' nor a directory of stage1.json, "
-                             "stage2.json, ...") from None
-        out = train_recipe(alias or args["out_dir"] or "runs/organism", recipe_dir, args["threads"])
-        print(f"saved {out}")
-        return out
-    values = json.loads(Path(config_path).read_text()) if config_path else {}
-    values.update({k: v for k, v in args.items() if v is not None})
-    if alias:
-        values["out_dir"] = alias
-    out = train_organism(OrganismTrainConfig(**values))
-    print(f"saved {out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artifacts import atomic_write_text
-from .collect import NothingToReportError, Report, check_reportable, collect_runs
+from .collect import Report, collect_runs
 from .render import render_report
 
 REPORT_FILE = "report.html"
@@ -34,18 +34,26 @@ def write_report(
     ``out`` is the HTML file to write (a directory gets ``report.html``
     inside); by default ``report.html`` in the first run directory.
     ``heads_listed`` is the number of best heads listed per score map. Unreadable
-    artifacts become warnings on the page; when nothing can be shown,
-    :class:`~retrieval_heads.report.collect.NothingToReportError` is raised and no page is written.
+    artifacts become warnings on the page, never an exception.
 
     >>> path = write_report([Path("runs/organism")], Path("/tmp/organism-report.html"))  # doctest: +SKIP
     """
     return build_report(run_dirs, out, heads_listed=heads_listed, title=title)[0]
 
 
+class NoArtifactsError(ValueError):
+    """The run directories hold nothing a report can show (``build_report(..., require_artifacts=True)``)."""
+
+
 def build_report(
-    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None
+    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None,
+    require_artifacts: bool = False,
 ) -> tuple[Path, Report]:
-    """:func:`write_report`, also returning the collected :class:`Report` (its warnings, what was found)."""
+    """:func:`write_report`, also returning the collected :class:`Report` (its warnings, what was found).
+
+    With ``require_artifacts`` a folder with no recognised artifact raises :class:`NoArtifactsError`
+    (naming the files that could not be read) and nothing is written.
+    """
     if not run_dirs:
         raise ValueError("give at least one run directory")
     if heads_listed < 1:
@@ -58,8 +66,12 @@ def build_report(
     if out.is_dir():
         out = out / REPORT_FILE
     report = collect_runs(run_dirs)
-    check_reportable(report)  # nothing to show: one clear error, and no page written
+    if require_artifacts and report.empty:
+        problems = report.warnings + report.unrecognised  # each file that was found and why it shows nothing
+        unread = f" ({'; '.join(problems)})" if problems else ""
+        raise NoArtifactsError(f"no recognised artifacts in {', '.join(map(str, run_dirs))}{unread}; give the "
+                               "folders that detect, niah-eval, compare, languages or retmask wrote")
     return atomic_write_text(out, render_report(report, heads_listed=heads_listed, title=title)), report
 
 
-__all__ = ["REPORT_FILE", "NothingToReportError", "Report", "build_report", "collect_runs", "render_report", "write_report"]
+__all__ = ["REPORT_FILE", "NoArtifactsError", "Report", "build_report", "collect_runs", "render_report", "write_report"]

@@ -27,8 +27,8 @@ gives the per-cell retrieval outcome; ``retrieval_heads_ablation.json`` (an
 ablated checkpoint) its metadata. Other ``retrieval-heads/...`` formats (run
 records, per-cell files, journals) are parts of runs and not shown. A file
 that cannot be read, or a JSON file without a known format, becomes a warning
-or an entry of :attr:`Report.unrecognised`; :func:`check_reportable` turns a
-report with nothing to show into one clear error.
+or an entry of :attr:`Report.unrecognised` (``build_report(..., require_artifacts=True)``
+names them when nothing can be shown).
 
 >>> from pathlib import Path
 >>> report = collect_runs([Path("runs/demo")])  # doctest: +SKIP
@@ -65,11 +65,6 @@ NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
 JOURNAL_RE = re.compile(r"^samples(\.rank\d+)?\.jsonl$")  # detect's journal (detect.runner.SAMPLES_FILE)
 
 
-class NothingToReportError(ValueError):
-    """The run directories hold nothing a report can show (no file, or only unreadable or unknown ones)."""
-
-
-# ---- what a report is made of ---------------------------------------------------------------------
 @dataclass
 class ScoreMap:
     """One head-score file: its label (``retrieval``, ``transition``, ``retrieval · de``), kind and language."""
@@ -208,16 +203,6 @@ def collect_runs(run_dirs: list[Path]) -> Report:
     except Exception as err:  # noqa: BLE001 - derived views are extras: say why they are missing, go on
         report.warnings.append(f"could not compare head sets ({type(err).__name__}: {err})")
     return report
-
-
-def check_reportable(report: Report) -> None:
-    """Raise :class:`NothingToReportError` (one line naming the files and their problems) when ``report`` is empty."""
-    if not report.empty:
-        return
-    problems = report.warnings + report.unrecognised
-    where = ", ".join(map(str, report.run_dirs))
-    detail = "; ".join(problems) if problems else "no retrieval-heads artifact found"
-    raise NothingToReportError(f"nothing to report in {where}: {detail}")
 
 
 # ---- reading one file -----------------------------------------------------------------------------------
