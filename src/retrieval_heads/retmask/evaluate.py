@@ -163,6 +163,11 @@ def evaluate_models(
     tasks = tasks or organism_tasks()
     if not models:
         raise ValueError("no models to evaluate")
+    for spec in models.values():  # a checkpoint folder that is not there: refused before anything is written
+        if isinstance(spec, (str, Path)) and str(spec).startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+            from ..model_spec import model_not_found
+
+            raise model_not_found(str(spec))
     suites = config.build_suites()
     examples = {s.name: make_suite_examples(s, config, tasks) for s in suites}
     settings = {k: v for k, v in asdict(config).items() if k != "batch_size"}  # the batch changes no answer

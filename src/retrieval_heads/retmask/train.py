@@ -277,7 +277,11 @@ def train_retmask(
     """
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
+    from transformers import AutoTokenizer
+
     rows = _pair_rows(pairs)
+    load_pairs(rows)  # bad pairs and a model that exists nowhere are refused before the folder is touched
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model))
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
     run = open_run(out_dir, "retmask-train", {"base model": model, **asdict(config)}, discard=(RUN_FILE,),
                    fingerprints={"the preference pairs": digest}, model=model, seed=config.seed,
@@ -290,7 +294,7 @@ def train_retmask(
             else None
         return TrainResult(out_dir, done["n_pairs"], done["metrics"], done["log_history"], merged, None, curves)
     train_rows, held_rows = split_pairs(rows, config.heldout_fraction, config.seed)
-    trainer = build_trainer(model, load_pairs(train_rows), out_dir, config)
+    trainer = build_trainer(model, load_pairs(train_rows), out_dir, config, tokenizer)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.logging import is_progress_bar_enabled
 
