@@ -24,14 +24,14 @@ browser:
 	-sh scripts/install_browser.sh
 
 test: venv browser
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/python -m pytest -q --timeout=900 tests --doctest-modules src/retrieval_heads
 
 demo: venv
 	$(BIN)/retrieval-heads demo --out runs/demo
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) runs

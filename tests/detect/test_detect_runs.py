@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_run_writes_its_files(setup, tmp_path, capsys):
     assert "Top 5 retrieval heads" in capsys.readouterr().err
 
 
-def test_interrupted_run_resumes_to_the_same_scores(setup, reference_run, tmp_path):
+def test_interrupted_run_resumes_to_the_same_scores(setup, reference_run, tmp_path, capsys):
     model, tokenizer, prompts = setup
     full, _ = reference_run
     seen = []
@@ -79,11 +80,13 @@ def test_interrupted_run_resumes_to_the_same_scores(setup, reference_run, tmp_pa
         detect(model, tokenizer, prompts, _config(), tmp_path, on_sample=interrupt_after_three)
     assert len(list(read_jsonl(tmp_path / "samples.jsonl"))) == 3
     assert not (tmp_path / "head_scores.json").exists()
+    assert "interrupted after 3 of 6; rerun the same command to resume" in capsys.readouterr().err
     with open(tmp_path / "samples.jsonl", "a") as fh:  # a crash mid-write leaves a torn line
         fh.write('{"prompt_id": "p0-')
     redone = []
     resumed = detect(model, tokenizer, prompts, _config(batch_size=3), tmp_path, on_sample=lambda r: redone.append(r))
     assert len(redone) == 3 and not set(r["prompt_id"] for r in redone) & set(seen)
+    assert "resuming: 3 of 6 done" in capsys.readouterr().err
     assert torch.equal(resumed.scores, full.scores)
     assert len(list(read_jsonl(tmp_path / "samples.jsonl"))) == 6
 
@@ -91,12 +94,15 @@ def test_interrupted_run_resumes_to_the_same_scores(setup, reference_run, tmp_pa
 def test_resuming_with_other_settings_raises(setup, reference_run):
     model, tokenizer, prompts = setup
     _, out = reference_run
-    with pytest.raises(ResumeMismatchError, match="dedup"):
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ResumeMismatchError, match="--dedup: False .recorded. vs True .now."):
         detect(model, tokenizer, prompts, _config(dedup=True), out)
-    with pytest.raises(ResumeMismatchError, match="prompts"):
+    with pytest.raises(ResumeMismatchError, match="prompts: 6 .recorded. vs 4 .now.") as err:
         detect(model, tokenizer, prompts[:4], _config(), out)
-    with pytest.raises(ResumeMismatchError, match="mode"):
+    assert not re.search(r"\b[0-9a-f]{16}\b", str(err.value))  # settings by name, never an opaque hash
+    with pytest.raises(ResumeMismatchError, match="--mode: 'greedy' .recorded. vs 'teacher' .now."):
         detect(model, tokenizer, prompts, _config(mode="teacher"), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before writing anything
 
 
 def test_resuming_with_other_weights_at_the_same_path_raises(setup, reference_run):
@@ -109,7 +115,7 @@ def test_resuming_with_other_weights_at_the_same_path_raises(setup, reference_ru
     with torch.no_grad():
         retrained.model.layers[0].self_attn.q_proj.weight.mul_(1.01)
     assert retrained.config._name_or_path == model.config._name_or_path
-    with pytest.raises(ResumeMismatchError, match="weights"):
+    with pytest.raises(ResumeMismatchError, match="the model's weights differ from the recorded run's"):
         detect(retrained, tokenizer, prompts, _config(), out)
 
 

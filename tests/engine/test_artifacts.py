@@ -1,49 +1,85 @@
-"""The shared file helpers: atomic writes, torn JSONL lines, and the resume check every resumable command uses."""
+"""The run contract (runs.py): refusing another run before writing, journals, cells, stamps, messages, umask."""
 
 import json
+import os
+import stat
+import sys
 
 import pytest
 
-from retrieval_heads.artifacts import (
+from retrieval_heads.runs import (
     ResumeMismatchError,
     append_jsonl,
     atomic_write_json,
-    check_or_record,
+    open_run,
     read_jsonl,
+    track,
 )
 
 
-def test_check_or_record_records_resumes_refuses_and_overwrites(tmp_path):
-    path = tmp_path / "run" / "run.json"
-    settings = {"mode": "greedy", "lengths": (128, 256), "weights": "aaaa"}
-    assert check_or_record(path, "settings", settings, what="a test run", hint="hint", record={"format": "x"}) is False
-    saved = json.loads(path.read_text())
-    assert saved == {"format": "x", "settings": {"mode": "greedy", "lengths": [128, 256], "weights": "aaaa"}}
-    # same settings (a tuple equals its JSON list): resumable, file untouched
-    assert check_or_record(path, "settings", settings, what="a test run", hint="hint") is False
-    assert json.loads(path.read_text()) == saved
-    # other weights and a new key: refused, naming both, and nothing is overwritten
-    other = {**settings, "weights": "bbbb", "seed": 1}
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_open_run_records_resumes_refuses_before_writing_and_overwrites(tmp_path):
+    out = tmp_path / "run"
+    settings = {"--mode": "greedy", "--lengths": (128, 256)}
+    run = open_run(out, "test", settings, fingerprints={"the model's weights": "aaaa"}, model="m", seed=3)
+    assert not run.resumed
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["format"] == "retrieval-heads/test-run" and saved["format_version"] == 1
+    assert saved["settings"] == {"--mode": "greedy", "--lengths": [128, 256]}  # a tuple equals its JSON list
+    meta = saved["meta"]
+    assert meta["model"] == "m" and meta["seed"] == 3 and meta["command"] == sys.argv
+    assert {"versions", "created", "python"} <= set(meta)
+    run.append({"i": 0})
+
+    assert open_run(out, "test", settings, fingerprints={"the model's weights": "aaaa"}).resumed
+    files = _files(out)
     with pytest.raises(ResumeMismatchError) as err:
-        check_or_record(path, "settings", other, what="a test run", hint="Use another folder.")
+        open_run(out, "test", {**settings, "--lengths": [512], "--seed": 1}, fingerprints={"the model's weights": "bb"})
     msg = str(err.value)
-    assert "weights: 'aaaa' (recorded) vs 'bbbb' (now)" in msg and "seed: None (recorded) vs 1 (now)" in msg
-    assert "mode" not in msg and msg.endswith("Use another folder.")
-    assert json.loads(path.read_text()) == saved
-    # overwrite: the new settings are recorded and the caller is told to discard the old work
-    assert check_or_record(path, "settings", other, what="a test run", hint="", overwrite=True) is True
-    assert json.loads(path.read_text())["settings"]["weights"] == "bbbb"
+    assert "--lengths: [128, 256] (recorded) vs [512] (now)" in msg and "--seed: (not set) (recorded) vs 1 (now)" in msg
+    assert "the model's weights differ from the recorded run's" in msg and "aaaa" not in msg  # no opaque hashes
+    assert "--mode" not in msg and "nothing was written" in msg
+    assert _files(out) == files
+    with pytest.raises(ResumeMismatchError, match="is retrieval-heads/test-run, not retrieval-heads/other-run"):
+        open_run(out, "other", settings)
+    # overwrite: the old journal is discarded and the new settings recorded
+    run = open_run(out, "test", {"--mode": "teacher"}, overwrite=True)
+    assert not run.resumed and run.records() == []
+    assert json.loads((out / "run.json").read_text())["settings"] == {"--mode": "teacher"}
 
 
-def test_check_or_record_raises_the_callers_subclass(tmp_path):
-    from retrieval_heads.detect import DetectionError
-    from retrieval_heads.detect import ResumeMismatchError as DetectResumeMismatchError
+def test_cells_are_checked_before_anything_is_written(tmp_path):
+    run = open_run(tmp_path, "grid", {"--mode": "zero"}, cells={"cells/a.json": {"heads": ["0.1"]}})
+    cell = run.save_cell("cells/a.json", {"heads": ["0.1"]}, {"score": 0.5})
+    assert cell["format"] == "retrieval-heads/grid-cell" and run.cell("cells/a.json")["score"] == 0.5
+    files = _files(tmp_path)
+    with pytest.raises(ResumeMismatchError, match=r"cells/a.json .*\n  heads: \['0.1'\] \(recorded\) vs \['0.2'\]"):
+        open_run(tmp_path, "grid", {"--mode": "zero"}, cells={"cells/a.json": {"heads": ["0.2"]}})
+    assert _files(tmp_path) == files
+    run = open_run(tmp_path, "grid", {"--mode": "zero"}, cells={"cells/a.json": {"heads": ["0.2"]}}, overwrite=True)
+    assert run.cell("cells/a.json") is None  # stale: recomputed
 
-    path = tmp_path / "run.json"
-    check_or_record(path, "fingerprint", {"a": 1}, what="a detection run", hint="")
-    with pytest.raises(DetectionError):
-        check_or_record(path, "fingerprint", {"a": 2}, what="a detection run", hint="", error=DetectResumeMismatchError)
-    assert issubclass(DetectResumeMismatchError, ResumeMismatchError)
+
+def test_write_json_stamps_format_version_and_metadata(tmp_path):
+    run = open_run(tmp_path, "niah-eval", {"--mode": "zero"}, model="organism", seed=0)
+    data = json.loads(run.write_json("cells.json", {"cells": [], "meta": {"n": 2}}).read_text())
+    assert data["format"] == "retrieval-heads/niah-eval" and data["format_version"] == 1
+    assert data["meta"]["model"] == "organism" and data["meta"]["n"] == 2 and data["meta"]["settings"] == {
+        "--mode": "zero"}
+
+
+def test_track_says_resuming_and_interrupted(capsys):
+    with track("job", total=5, done=2, enabled=False) as bar:
+        bar.advance()
+    assert "job: resuming: 2 of 5 done" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt), track("job", total=5, done=0, enabled=False) as bar:
+        bar.advance()
+        raise KeyboardInterrupt
+    err = capsys.readouterr().err
+    assert "job: interrupted after 1 of 5; rerun the same command to resume" in err and "resuming" not in err
 
 
 def test_jsonl_skips_a_torn_last_line_only(tmp_path):
@@ -53,6 +89,9 @@ def test_jsonl_skips_a_torn_last_line_only(tmp_path):
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"i": 2, "trunc')  # a crash mid-write
     assert [r["i"] for r in read_jsonl(path)] == [0, 1]
+    run = open_run(tmp_path, "j", {}, journal="j.jsonl")
+    run.append({"i": 3})  # the torn line is cut first: the new record is a line of its own
+    assert [r["i"] for r in run.records()] == [0, 1, 3]
     path.write_text('{"i": 0}\nnot json\n{"i": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
         list(read_jsonl(path))
@@ -62,3 +101,17 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"x": [1, 2]})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_atomic_writes_respect_the_umask(tmp_path, umask):
+    """mkstemp makes 0600 files; an artifact must get what a plain open() would give (shareable results)."""
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)

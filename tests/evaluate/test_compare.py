@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -129,10 +130,18 @@ def test_compare_twice_gives_the_same_table_and_resumes(tiny_dir, tiny_model, he
     assert again.computed == [("rth", "organism_mono")]
     assert again.markdown == first.markdown
 
-    # other settings in the same folder: refuse, unless asked to overwrite
+    # other settings in the same folder: refused before anything is written (the old code rewrote run.json
+    # first, so the folder then recorded settings its cells were not made with), unless asked to overwrite
+    files = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
     other = _config(tmp_path / "a", tiny_dir, head_files, local_tasks, top_k=2, random_seeds=0, tasks=["tiny_mc"])
-    with pytest.raises(ResumeMismatchError):
+    with pytest.raises(ResumeMismatchError) as refused:
         run_compare(other, model=model, tokenizer=tok, progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == files
+    assert re.search(r"cells/rh/tiny_mc.json .*\n  heads masked: \[", str(refused.value))
+    with pytest.raises(ResumeMismatchError, match="--limit: 4 .recorded. vs 3 .now."):
+        run_compare(_config(tmp_path / "a", tiny_dir, head_files, local_tasks, limit=3), model=model, tokenizer=tok,
+                    progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == files
     other.overwrite = True
     assert len(run_compare(other, model=model, tokenizer=tok, progress=False).computed) == 2  # rh, rth changed
 

@@ -64,8 +64,10 @@ def test_grid_heatmaps_resume_and_masked_answers(tiny_model, head_files, tmp_pat
     more = conditions + [Condition("random-s0", HeadSelection(random_seed=0, top_k=1), (Head(0, 0),))]
     assert evaluate_niah(model, tok, prompts, more, tmp_path, max_new_tokens=8, progress=False).computed == 4
     # other settings in the same folder: refused, unless overwriting (which starts afresh)
-    with pytest.raises(ResumeMismatchError):
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeMismatchError, match="--mode: 'zero' .recorded. vs 'uniform' .now."):
         evaluate_niah(model, tok, prompts, conditions, tmp_path, mode="uniform", max_new_tokens=8, progress=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
     fresh = evaluate_niah(model, tok, prompts[:1], conditions[:1], tmp_path, mode="uniform", max_new_tokens=8,
                           progress=False, overwrite=True)  # fmt: skip
     assert fresh.computed == 1 and len(list(read_jsonl(tmp_path / "journal.jsonl"))) == 1

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+
+import pytest
 
 import retrieval_heads.multilingual.study as study
 from retrieval_heads.detect import DetectConfig
 from retrieval_heads.prompt_sources import PromptRequest
+from retrieval_heads.runs import ResumeMismatchError
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import copy_prompts, word_tokenizer
 from tests.multilingual.test_transition_detect import ANSWER_LEN, transition_prompts
@@ -45,3 +49,10 @@ def test_language_study_writes_every_artifact_and_resumes(tmp_path, monkeypatch)
     # re-running resumes every run (nothing recomputed) and gives the same sharing
     again = run()
     assert again["sharing"] == result["sharing"]
+    # another grid in the same folder: refused by name before any language starts, nothing written
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeMismatchError, match=r"--lengths: \[32\] \(recorded\) vs \[64\] \(now\)"):
+        study.language_study(model, tok, "tiny", None, ["zz"], tmp_path, config,
+                             dataclasses.replace(request, lengths=[64]))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert json.loads((tmp_path / "sharing.json").read_text())["format"] == "retrieval-heads/sharing"

@@ -287,22 +287,30 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     main(["--recipe", str(recipe), "--out", str(tmp_path / "model"), "--threads", "2"])
     log = capsys.readouterr().err
-    assert "stage 1/3 (stage1.json): already trained" in log and "stage 3/3 (stage10.json): training" in log
+    assert "stage1: resuming: 3 of 3 steps done (already trained, kept)" in log
+    assert "stage10.json" in log and "model: resuming" not in log
     assert (tmp_path / "model-stages" / "stage1" / "model.safetensors").stat().st_mtime_ns == first_weights
+    # a stage folder holding a stage trained with other settings is refused, not retrained
+    (recipe / "stage2.json").write_text(json.dumps({**TINY, "steps": 2, "log_every": 1, "lr": 1e-3}))
+    capsys.readouterr()
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "model")]) != 0  # refused, in words
+    assert "lr: 0.003 (recorded) vs 0.001 (now)" in capsys.readouterr().err
     with pytest.raises(typer.BadParameter, match="only --out"):
         main(["--recipe", str(recipe), "--steps", "5"])
     with pytest.raises(typer.BadParameter, match="neither 'shipped' nor a directory"):
         main(["--recipe", str(tmp_path / "nowhere")])
 
 
-def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
     """Killed after its step-4 checkpoint, a run started again continues from it and ends with the
     very weights and log of a run never interrupted (optimizer, data and head-dropout RNGs saved)."""
     import retrieval_heads.organism.train as train
-    from retrieval_heads.artifacts import ResumeMismatchError
+    from retrieval_heads.runs import ResumeMismatchError
 
+    # one thread for every run: a resumed run must give the very bits of an uninterrupted one on the same
+    # thread count; across thread counts float sums run in another order and the bits may differ
     cfg = {**TINY, "steps": 7, "log_every": 1, "checkpoint_every": 2, "head_dropout": 0.3,
-           "head_dropout_ramp": (0.0, 0.0)}
+           "head_dropout_ramp": (0.0, 0.0), "threads": 1}
     straight = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "a"), **cfg))
     assert not (straight / "resume").exists()  # a finished run leaves no resume state behind
 
@@ -315,19 +323,23 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "forward_losses", dies_in_step_6)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **cfg))
+    assert "interrupted after 5 of 7; rerun the same command to resume" in capsys.readouterr().err
     monkeypatch.setattr(train, "forward_losses", real)
     state = tmp_path / "b" / "resume" / "state.pt"
     assert state.is_file() and not (tmp_path / "b" / "training.json").exists()
 
-    with pytest.raises(ResumeMismatchError, match="lr: 0.003 .recorded. vs 0.001"):
+    files = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    with pytest.raises(ResumeMismatchError, match="lr: 0.003 .recorded. vs 0.001 .now."):
         train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "lr": 1e-3}))
     with pytest.raises(ResumeMismatchError, match="already trained 4 steps"):
         train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "stop_at": 3}))
-    assert state.is_file()  # refusing loses nothing
+    assert {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()} == files  # refusing loses nothing
 
-    resumed = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **{**cfg, "threads": 1}))
+    resumed = train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **cfg))
+    assert "resuming: 4 of 7 done" in capsys.readouterr().err
     a, b = (json.loads((d / "training.json").read_text()) for d in (straight, resumed))
     assert b["resumed_at"] == [4] and "resumed_at" not in a
     assert [r["step"] for r in b["log"]] == list(range(1, 8))
@@ -336,10 +348,17 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     wb = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not (resumed / "resume").exists()
+    weights = (resumed / "model.safetensors").read_bytes()
+    assert train_organism(OrganismTrainConfig(out_dir=str(tmp_path / "b"), **cfg)) == resumed  # finished: kept
+    assert "resuming: 7 of 7 steps done" in capsys.readouterr().err
+    assert (resumed / "model.safetensors").read_bytes() == weights
 
 
 def test_a_damaged_resume_state_is_refused_by_name(tmp_path):
+    from retrieval_heads.organism.train import open_training
+
     cfg = OrganismTrainConfig(out_dir=str(tmp_path / "o"), **{**TINY, "steps": 2})
+    open_training(cfg)  # the run is recorded, as the first start of an interrupted run does
     (tmp_path / "o" / "resume").mkdir(parents=True)
     (tmp_path / "o" / "resume" / "state.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="state.pt is not a readable training state.*delete"):

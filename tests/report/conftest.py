@@ -5,8 +5,8 @@
 - ``scores``: ``detect/head_scores.json`` (6 layers x 8 heads, ``HeadScores.save``) and ``detect/run.json``
 - ``samples``: ``detect/samples.jsonl`` (the detection journal, one line per prompt)
 - ``transition``: ``rth/head_scores.json`` (``meta["method"] = "transition"``)
-- ``languages``: ``ml/{en,de,zh}/head_scores.json`` and ``ml/sharing.json`` (``sharing_analysis``)
-- ``rh_rth``: ``ml/rh_vs_rth.json`` (``compare_head_sets``)
+- ``languages``: ``ml/{en,de,zh}/head_scores.json`` and ``ml/sharing.json`` (``sharing_analysis``, stamped)
+- ``rh_rth``: ``ml/rh_vs_rth.json`` (``compare_head_sets``, stamped)
 - ``niah``: ``niah/cells.json`` (``evaluate.niah_eval.aggregate`` + ``write_niah_outputs``)
 - ``compare``: ``compare/results.json`` and ``results.csv`` (``evaluate.compare.summarize`` + ``write_outputs``)
 - ``retmask``: ``retmask/retmask_eval.json`` (``retmask.evaluate.evaluate_models`` on stand-in tasks),
@@ -23,10 +23,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retrieval_heads.artifacts import append_jsonl, atomic_write_json, run_metadata
 from retrieval_heads.evaluate.compare import Condition
 from retrieval_heads.heads import Head, HeadScores
 from retrieval_heads.report import Report, build_report
+from retrieval_heads.runs import append_jsonl, atomic_write_json, run_metadata, stamp
 from retrieval_heads.selection import HeadSelection
 
 N_LAYERS, N_HEADS = 6, 8
@@ -88,12 +88,12 @@ def make_run(root: Path, parts: tuple[str, ...] = ALL_PARTS) -> Path:
         per_lang = {lang: synthetic_scores(i, lang=lang) for i, lang in enumerate(("en", "de", "zh"))}
         for lang, s in per_lang.items():
             s.save(root / "ml" / lang / "head_scores.json")
-        atomic_write_json(root / "ml" / "sharing.json", sharing_analysis(per_lang, top_k=5))
+        atomic_write_json(root / "ml" / "sharing.json", stamp("sharing", sharing_analysis(per_lang, top_k=5)))
     if "rh_rth" in parts:
         from retrieval_heads.multilingual.sharing import compare_head_sets
 
         rth = HeadScores(synthetic_scores(1).scores.flip(0))
-        atomic_write_json(root / "ml" / "rh_vs_rth.json", compare_head_sets(rh, rth, top_k=5))
+        atomic_write_json(root / "ml" / "rh_vs_rth.json", stamp("rh-vs-rth", compare_head_sets(rh, rth, top_k=5)))
     if "niah" in parts:
         from retrieval_heads.evaluate.niah_eval import aggregate, write_niah_outputs
 
@@ -141,9 +141,9 @@ def make_run(root: Path, parts: tuple[str, ...] = ALL_PARTS) -> Path:
         PairStats(n_prompts=20, n_pairs=16, n_generated=20, dropped={"identical": 3, "empty_rejected": 1},
                   mean_chosen_tokens=40.5, mean_rejected_tokens=22.0, heads=["5.3", "4.1"],
                   settings={"temperature": 0.6, "top_p": 1.0}).save(root / "retmask" / "pairs.stats.json")
-        atomic_write_json(root / "retmask" / "retmask_run.json", run_metadata(
+        atomic_write_json(root / "retmask" / "retmask_run.json", stamp("retmask-train", run_metadata(
             base_model="tiny-llama", n_pairs=16, adapter=False, metrics={"train_runtime": 42.0, "train_loss": 0.61},
-            log_history=[{"step": s, "loss": 0.69 - 0.02 * s} for s in range(1, 11)]))
+            log_history=[{"step": s, "loss": 0.69 - 0.02 * s} for s in range(1, 11)])))
     return root
 
 

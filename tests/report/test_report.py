@@ -14,7 +14,14 @@ from typer.testing import CliRunner
 
 from retrieval_heads.artifacts import append_jsonl, atomic_write_json
 from retrieval_heads.heads import HeadScores
-from retrieval_heads.report import REPORT_FILE, build_report, collect_runs, render_report, write_report
+from retrieval_heads.report import (
+    REPORT_FILE,
+    NoArtifactsError,
+    build_report,
+    collect_runs,
+    render_report,
+    write_report,
+)
 from tests.report.conftest import ALL_PARTS, LENGTHS, N_HEADS, N_LAYERS, make_run, subset_run
 
 ALL_SECTIONS = {"head-scores", "rh-vs-rth", "sharing", "detection", "niah", "compare", "retmask", "metadata"}
@@ -139,27 +146,16 @@ def test_retmask_before_after(full_page):
     assert cmp.concentration and cmp.concentration["gini"] > 0
 
 
-def test_formatless_records(tmp_path):
-    """Files without a ``format``: NIAH records (JSONL), comparison rows (JSON), a before/after mapping."""
+def test_files_are_read_by_their_format_not_their_keys(tmp_path):
+    """A file that looks like NIAH records or a comparison but carries no format is not guessed at."""
     run = tmp_path / "run"
-    for condition, drop in (("unmasked", 0.0), ("top-8", 0.6)):
-        for length in LENGTHS:
-            for depth in (0.0, 1.0):
-                append_jsonl(run / "niah_results.jsonl", {"condition": condition, "length": length, "depth": depth,
-                                                          "score": 1.0 - drop})
-    atomic_write_json(run / "compare.json", {"meta": {"model": "m"}, "rows": [
-        {"task": "mgsm", "condition": "unmasked", "score": 0.62, "ci": [0.55, 0.69], "n": 250},
-        {"task": "mgsm", "condition": "top-25 RTH", "score": 0.31, "ci": [0.25, 0.37], "n": 250}]})
-    atomic_write_json(run / "before_after.json", {"before": {"niah": 0.8}, "after": {"niah": 0.86}})
+    append_jsonl(run / "niah_results.jsonl", {"condition": "unmasked", "length": 100, "depth": 0.0, "score": 1.0})
+    atomic_write_json(run / "compare.json", {"rows": [{"task": "mgsm", "condition": "unmasked", "score": 0.62}]})
+    atomic_write_json(run / "sharing.json", {"languages": ["en"], "jaccard_matrix": [[1.0]]})  # unstamped
     report = collect_runs([run])
-    assert report.warnings == []
-    (niah,) = report.niah
-    assert [g.name for g in niah.grids] == ["unmasked", "top-8"] and niah.grids[1].values[0][0] == pytest.approx(0.4)
-    (_, rows), = report.compare
-    assert rows[1].delta == pytest.approx(-0.31) and (rows[1].ci_low, rows[1].ci_high) == (0.25, 0.37)
-    (cmp,) = report.retmask
-    assert cmp.base == "before" and cmp.results["after"]["niah"]["delta"] == pytest.approx(0.06)
-    assert sections(render_report(report)) == {"niah", "compare", "retmask", "metadata"}
+    assert report.empty and report.warnings == []
+    assert sorted(report.unrecognised) == ["run/compare.json: not a retrieval-heads artifact (no known format)",
+                                           "run/sharing.json: not a retrieval-heads artifact (no known format)"]
 
 
 def test_corrupt_files_become_warnings(full_run, tmp_path):
@@ -169,48 +165,38 @@ def test_corrupt_files_become_warnings(full_run, tmp_path):
                                                   "n_heads": 2, "scores": [[0.1, 0.2], [0.3]]})
     cells = run / "niah" / "cells.json"
     cells.write_text(cells.read_text()[:200], "utf-8")  # cut short, as by a full disk
-    append_jsonl(run / "niah_extra.jsonl", {"condition": "x", "length": 1, "depth": 0.0, "score": 1.0})
-    with open(run / "niah_extra.jsonl", "a") as fh:  # a torn line in the middle (not just the last) is corrupt
-        fh.write("{torn\n" + json.dumps({"condition": "x", "length": 2, "depth": 0.0, "score": 1.0}) + "\n")
+    append_jsonl(run / "extra" / "samples.jsonl", {"prompt_id": "a", "length": 1, "depth": 0.0, "counted": True})
+    with open(run / "extra" / "samples.jsonl", "a") as fh:  # a torn line in the middle (not just the last) is corrupt
+        fh.write("{torn\n" + json.dumps({"prompt_id": "b", "length": 2, "depth": 0.0, "counted": True}) + "\n")
     path, report = build_report([run])
     page = path.read_text(encoding="utf-8")
     assert len(report.warnings) == 4, report.warnings
     assert 'id="warnings"' in page
-    for name in ("head_scores.json", "other_scores.json", "cells.json", "niah_extra.jsonl"):
+    for name in ("head_scores.json", "other_scores.json", "cells.json", "extra/samples.jsonl"):
         assert name in page.split('id="warnings"')[1].split("</div>")[0]
     assert "compare" in sections(page)  # the rest still renders
     assert "head-scores" not in sections(page) and "niah" not in sections(page)
 
 
-def test_unknown_and_missing_inputs_never_crash(tmp_path):
+def test_unknown_and_missing_inputs_never_crash_but_write_no_empty_report(tmp_path):
     run = tmp_path / "run"
     atomic_write_json(run / "notes.json", {"anything": [1, 2, 3]})
     (run / "config.json").write_text("{not json")  # a checkpoint file: skipped, no warning
     (run / "checkpoint-10").mkdir()
     (run / "checkpoint-10" / "head_scores.json").write_text("{broken")
-    path, report = build_report([run, tmp_path / "missing"])
-    page = path.read_text(encoding="utf-8")
-    assert report.empty and sections(page) == set()
-    assert report.warnings == [f"{tmp_path / 'missing'}: no such directory"]
-    assert "No recognised artifacts" in page
+    report = collect_runs([run, tmp_path / "missing"])
+    assert report.empty and report.warnings == [f"{tmp_path / 'missing'}: no such directory"]
+    with pytest.raises(NoArtifactsError, match=r"^no recognised artifacts in .*run/notes.json: not a retrieval-heads"):
+        build_report([run], require_artifacts=True)
+    assert not (run / REPORT_FILE).exists()
 
 
-def test_reference_format_and_grid_dict(tmp_path):
+def test_reference_format(tmp_path):
     run = tmp_path / "run"
     atomic_write_json(run / "reference_scores.json", {"0-0": [0.5, 0.7], "0-1": [0.0], "1-0": [], "1-1": [0.2]})
-    atomic_write_json(run / "niah_summary.json", {
-        "meta": {"model": "m", "seed": 3},
-        "conditions": {
-            "unmasked": {"lengths": [100, 200, 400], "depths": [0.0, 1.0], "accuracy": [[1.0, 1.0, 0.5], [1.0, 0.5, 0.5]]},
-            # given as [length][depth]: transposed on reading
-            "masked": {"lengths": [100, 200, 400], "depths": [0.0, 1.0], "accuracy": [[0.0, 0.1], [0.2, 0.3], [0.4, 0.5]]},
-        }})
     report = collect_runs([run])
-    assert report.warnings == []
+    assert report.warnings == [] and report.unrecognised == []
     assert report.score_maps[0].scores[(0, 0)] == pytest.approx(0.6)
-    (result,) = report.niah
-    assert result.grids[1].values == [[0.0, 0.2, 0.4], [0.1, 0.3, 0.5]]
-    assert ("run/niah_summary.json", {"model": "m", "seed": 3}) in report.metadata
 
 
 def test_several_run_dirs_and_out_path(full_run, tmp_path):
@@ -240,6 +226,13 @@ def test_cli(tmp_path):
     assert "report written to" in result.output and (tmp_path / "r.html").exists()
     result = runner.invoke(app, [str(tmp_path / "nope")])
     assert result.exit_code != 0 and "no such run directory" in result.output
+    broken = tmp_path / "broken"  # only a corrupt file: refused in one line naming it, no page written
+    broken.mkdir()
+    (broken / "head_scores.json").write_text('{"format": "retrieval-heads/head-scores", "scores": [[0.1')
+    result = runner.invoke(app, [str(broken)])
+    assert result.exit_code != 0 and not (broken / REPORT_FILE).exists()
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "broken/head_scores.json: corrupt JSON" in lines[0], result.output
 
 
 def test_top_k_table_is_sorted_by_score(full_page):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from retrieval_heads.artifacts import read_jsonl
-from retrieval_heads.heads import Head
+from retrieval_heads.artifacts import ResumeMismatchError, read_jsonl
+from retrieval_heads.heads import Head, HeadScores
 from retrieval_heads.masking import save_ablated_model
 from retrieval_heads.retmask.pairs import (
     ChatTemplateError,
@@ -152,18 +152,21 @@ def test_resume_skips_done_prompts_and_matches_a_fresh_run(model_and_tokenizer, 
         return {r["id"]: (r["chosen"], r["rejected"]) for r in rows}
 
     assert responses(out) == responses(fresh)
-    with pytest.raises(ValueError, match="other heads, sampling settings or model weights"):
+    # the one refusal (retrieval_heads.artifacts.ResumeMismatchError): `demo` and `retmask pairs` catch it
+    files = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ResumeMismatchError, match=r"--heads \(masked\): \['0.0', '1.3', '2.1'\] .recorded. vs"):
         generate_pairs(model, tokenizer, HEADS[:1], prompts, config, out, progress=False)
+    with pytest.raises(ResumeMismatchError, match="--temperature: 0.6 .recorded. vs 0.9 .now."):
+        generate_pairs(model, tokenizer, HEADS, prompts, PairConfig(**{**config.__dict__, "temperature": 0.9}), out,
+                       progress=False)
     import copy
 
     retrained = copy.deepcopy(model)  # same path, other weights: its responses must not join the old ones
     with torch.no_grad():
         next(retrained.parameters()).add_(0.01)
-    with pytest.raises(ValueError, match="'weights': '") as err:
+    with pytest.raises(ResumeMismatchError, match="the model's weights differ"):
         generate_pairs(retrained, tokenizer, HEADS, prompts, config, out, progress=False)
-    from retrieval_heads.artifacts import ResumeMismatchError
-
-    assert isinstance(err.value, ResumeMismatchError)  # so `demo` and `retmask pairs` report it, no traceback
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == files  # refused before writing anything
 
 
 def test_chat_prompts_and_missing_template(model_and_tokenizer, tmp_path):
@@ -272,10 +275,12 @@ def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, mo
 
 
 def test_retmask_pipeline_refuses_work_from_other_base_weights(tmp_path):
-    from retrieval_heads.evaluate.compare import ResumeMismatchError
-    from retrieval_heads.retmask.pipeline import _check_base_model
+    from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, open_pipeline
+    from retrieval_heads.runs import ResumeMismatchError
 
-    _check_base_model(tmp_path, "organism", "aaaa")  # first run: records the base
-    _check_base_model(tmp_path, "organism", "aaaa")  # same weights: resumes
-    with pytest.raises(ResumeMismatchError, match=r"(?s)RetMask pairs and models of .*organism.*weights: "):
-        _check_base_model(tmp_path, "organism", "bbbb")
+    config = RetMaskPipelineConfig(heads=str(HeadScores(torch.rand(3, 8)).save(tmp_path / "s.json")),
+                                   out=str(tmp_path / "rm"))
+    assert not open_pipeline(config, "aaaa").resumed  # first run: records the base
+    assert open_pipeline(config, "aaaa").resumed  # same weights: resumes
+    with pytest.raises(ResumeMismatchError, match="the base model's weights differ from the recorded run's"):
+        open_pipeline(config, "bbbb")

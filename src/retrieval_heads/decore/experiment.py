@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import append_jsonl, atomic_write_json, check_or_record, read_jsonl, run_metadata
 from ..heads import Head
+from ..runs import Run, atomic_write_json, flags, open_run, run_metadata, track
 
 FORMAT = "retrieval-heads/decore"
 FORMAT_VERSION = 1
@@ -71,20 +71,20 @@ def conditions(config: DecoreRunConfig, scores: Any, n_layers: int, n_heads: int
     return out
 
 
-def _resume(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    """Finished answers of an earlier run with the same settings (the one place that knows the resume contract)."""
-    journal = out / "journal.jsonl"
-    if check_or_record(out / "settings.json", "settings", settings, what="a decore run",
-                       hint="Rerun with --overwrite to discard it, or choose another --out.", overwrite=overwrite):
-        journal.unlink(missing_ok=True)
-    return {(r["condition"], r["id"]): r for r in read_jsonl(journal)}
+def _resume(config: DecoreRunConfig, weights: str,
+            items: list[dict[str, Any]]) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]]:
+    """The run (:func:`retrieval_heads.runs.open_run`) and the finished answers of an earlier one with the same settings."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite")}
+    run = open_run(config.out, "decore", {**flags(settings), "prompt ids": [it["id"] for it in items]},
+                   fingerprints={"the model's weights": weights}, overwrite=config.overwrite,
+                   hint="Rerun with --overwrite to discard it, or choose another --out.", model=config.model)
+    return run, {(r["condition"], r["id"]): r for r in run.records()}
 
 
 def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every condition on ``items``; return the result written to ``out/decore.json``."""
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
-    from ..progress import progress_bar
     from .decoding import decore_generate
 
     if not items:
@@ -96,11 +96,9 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
     conds = conditions(config, scores, spec.n_layers, spec.n_heads)
     top = next(c.heads for c in conds if c.kind == "retrieval")
     identity = model_identity(model)
-    settings = {**asdict(config), "out": None, "overwrite": None, "weights": identity["weights"],
-                "items": [it["id"] for it in items]}
-    done = _resume(out, settings, config.overwrite)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("decore", total=len(conds) * len(items))
+    run, done = _resume(config, identity["weights"], items)
+    wanted = {(c.name, it["id"]) for c in conds for it in items}
+    with track("decore", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for c in conds:
             for it in items:
                 if (c.name, it["id"]) not in done:
@@ -113,9 +111,9 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
                            "faithful": _match(o.text, it.get("context_answer")),
                            "memorised": _match(o.text, it.get("memory_answer")),
                            "mean_alpha": sum(o.alphas) / len(o.alphas) if o.alphas else None}
-                    append_jsonl(out / "journal.jsonl", rec)
+                    run.append(rec)
                     done[(c.name, it["id"])] = rec
-                bar.advance(task)
+                    bar.advance()
     result = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "meta": run_metadata(**identity, settings={**asdict(config), "out": None},
                                    heads=heads_to_strings(top), n_items=len(items)),

@@ -2,8 +2,9 @@
 
 Files (see ``docs/detection.md``):
 
-- ``run.json`` — the settings fingerprint and the ordered prompt ids; a rerun
-  with other settings raises :class:`ResumeMismatchError`.
+- ``run.json`` — the run's settings (:func:`retrieval_heads.runs.open_run`) and
+  the ordered prompt ids; a rerun with other settings raises
+  :class:`~retrieval_heads.runs.ResumeMismatchError` naming each.
 - ``samples.jsonl`` — the journal, one line per finished prompt (a shard
   writes ``samples.rank{r}.jsonl``); a rerun skips the prompt ids found there.
 - ``head_scores.json`` — computed from the journal at the end, written
@@ -31,18 +32,18 @@ from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
 
-from .. import artifacts
-from ..artifacts import (
-    append_jsonl,
-    atomic_write_text,
-    check_or_record,
-    read_jsonl,
-    run_metadata,
-)
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..niah import rouge1_recall
-from ..progress import progress_bar
+from ..runs import (
+    ResumeMismatchError,  # noqa: F401 - the one refusal, re-exported by retrieval_heads.detect
+    atomic_write_text,
+    flags,
+    open_run,
+    read_jsonl,
+    run_metadata,
+    track,
+)
 from .config import DetectConfig
 from .greedy import StopTokens, greedy_batch, response_text
 from .inputs import PromptError, PromptItem, pad_id_of, prompt_item
@@ -64,10 +65,6 @@ class NoRetrievalError(DetectionError):
     """No prompt passed the retrieval filter: the model never retrieved the needle, so there are no scores."""
 
 
-class ResumeMismatchError(DetectionError, artifacts.ResumeMismatchError):
-    """``out_dir`` holds a run made with other settings, model or prompts."""
-
-
 class IncompleteRunError(DetectionError):
     """Merging was asked for before every prompt of the run had a sample."""
 
@@ -80,37 +77,25 @@ def _prompts_digest(items: Sequence[PromptItem]) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_info(model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, items: Sequence[PromptItem]) -> dict[str, Any]:
+def _open_run(out: Path, model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, items: Sequence[PromptItem]):
+    """Open ``out`` for this run (refusing another one, naming what differs) and record its settings."""
     identity = model_identity(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    fingerprint = {
-        **config.fingerprint(),
-        "model": identity["model"],
-        "revision": identity["revision"],
-        "weights": identity["weights"],
-        "dtype": dtype,
-        "n_layers": spec.n_layers,
-        "n_heads": spec.n_heads,
-        "prompts": _prompts_digest(items),
+    lengths, depths = sorted({it.length for it in items}), sorted({it.depth for it in items})
+    needle_ids = sorted({it.needle_id for it in items})
+    settings = {
+        **flags(config.fingerprint()), "--model": identity["model"], "revision": identity["revision"],
+        "--dtype": dtype, "--lengths": lengths, "--depths": depths, "needles": needle_ids, "prompts": len(items),
     }
-    return {
-        "format": RUN_FORMAT,
-        "fingerprint": fingerprint,
-        "config": asdict(config),
-        "model": identity,
-        "spec": spec.describe(),
-        "lengths": sorted({it.length for it in items}),
-        "depths": sorted({it.depth for it in items}),
-        "needle_ids": sorted({it.needle_id for it in items}),
-        "prompt_ids": [it.prompt_id for it in items],
-    }
-
-
-def _check_or_write_run(out_dir: Path, info: dict[str, Any]) -> None:
-    check_or_record(
-        out_dir / RUN_FILE, "fingerprint", info["fingerprint"], what="a detection run",
-        hint="Use another output directory, or delete its run.json and samples*.jsonl to start over.",
-        record={**info, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, error=ResumeMismatchError,
+    return open_run(
+        out, "detect", settings,
+        fingerprints={"the model's weights": identity["weights"],
+                      "the prompt texts (haystack, template or tokenizer)": _prompts_digest(items)},
+        record={"config": asdict(config), "model": identity, "spec": spec.describe(), "dtype": dtype,
+                "lengths": lengths, "depths": depths, "needle_ids": needle_ids,
+                "prompt_ids": [it.prompt_id for it in items]},
+        discard=(), journal=SAMPLES_FILE, model=identity["model"], seed=config.seed,
+        hint="Use another --out folder, or delete its run.json and samples*.jsonl to start over.",
     )
 
 
@@ -140,16 +125,6 @@ def _read_samples(out_dir: Path) -> dict[str, dict[str, Any]]:
         for rec in read_jsonl(path):
             records.setdefault(str(rec["prompt_id"]), rec)
     return records
-
-
-def _repair_journal(path: Path) -> None:
-    """Cut a torn last line (a crash mid-write) so that new records start on a line of their own."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as fh:
-            fh.truncate(data.rfind(b"\n") + 1)
 
 
 def _process_group(world: int) -> tuple[Any, bool]:
@@ -288,10 +263,9 @@ def detect(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = resolve_shard(shard)
-    _check_or_write_run(out, _run_info(model, spec, config, items))
+    run = _open_run(out, model, spec, config, items)
 
-    journal = out / (SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl")
-    _repair_journal(journal)
+    journal = SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl"
     done = set(_read_samples(out))
     todo = [it for it in items[rank::world] if it.prompt_id not in done]
     todo.sort(key=lambda it: len(it.input_ids))  # batches of similar lengths pad little
@@ -299,10 +273,9 @@ def detect(
     stops = StopTokens.from_tokenizer(model, tokenizer, config.stop_on_newline) if config.mode == "greedy" and todo else None
     pad_id = pad_id_of(tokenizer)
 
-    progress = progress_bar(config.progress and rank == 0, console)
-    with progress:
-        label = f"detect {config.kind} {config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
-        task = progress.add_task(label, total=len(items[rank::world]), completed=len(items[rank::world]) - len(todo))
+    label = f"detect {config.kind} {config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
+    mine = len(items[rank::world])
+    with track(label, mine, mine - len(todo), enabled=config.progress and rank == 0, console=console) as bar:
         for first in range(0, len(todo), config.batch_size):
             batch = todo[first : first + config.batch_size]
             t0 = time.perf_counter()
@@ -310,8 +283,8 @@ def detect(
             per_prompt = (time.perf_counter() - t0) / len(batch)
             for rec in records:
                 rec.update(seconds=round(per_prompt, 4), rank=rank)
-                append_jsonl(journal, rec)
-                progress.advance(task)
+                run.append(rec, journal)
+                bar.advance()
                 if on_sample is not None:
                     on_sample(rec)
 
@@ -389,7 +362,7 @@ def merge_shards(
         model=run["model"]["model"],
         model_identity=run["model"],
         spec=run["spec"],
-        dtype=run["fingerprint"]["dtype"],
+        dtype=run["dtype"],
         mode=cfg["mode"],
         dedup=cfg["dedup"],
         rouge_threshold=cfg["rouge_threshold"],

@@ -10,9 +10,11 @@ Conditions (:func:`build_conditions`):
 
 Each (condition, task) cell is one ``lm_eval.simple_evaluate`` call through
 the ``masked-hf`` backend with ``log_samples``; its per-item scores are saved
-atomically to ``cells/{condition}/{task}.json``, so an interrupted run resumes
-where it stopped (a cell made with other settings raises
-:class:`ResumeMismatchError`). The summary gives per (task, condition) the
+atomically to ``cells/{condition}/{task}.json`` with the heads and metric they
+depend on, so an interrupted run resumes where it stopped. The folder is a run
+(:func:`retrieval_heads.runs.open_run`): a folder made with other run settings
+(model, weights, mask mode, limit, ...) or holding a cell made with other heads
+raises :class:`~retrieval_heads.runs.ResumeMismatchError` before anything is written. The summary gives per (task, condition) the
 score, its bootstrap interval over items, and the change against unmasked
 with a paired bootstrap interval; random controls are summarised over seeds
 (mean, sd, min, max; interval of the seed-averaged item scores). Files:
@@ -27,7 +29,6 @@ with a paired bootstrap interval; random controls are summarised over seeds
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -39,22 +40,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import (
-    ResumeMismatchError,
-    atomic_write_json,
-    atomic_write_text,
-    package_versions,
-    run_metadata,
-)
 from ..heads import Head, HeadScores, heads_to_strings
 from ..masking import MASK_MODES, load_means
-from ..progress import progress_bar
+from ..runs import (
+    ResumeMismatchError,  # noqa: F401 - the one refusal, importable from here as before
+    atomic_write_json,
+    atomic_write_text,
+    flags,
+    open_run,
+    package_versions,
+    stamp,
+    track,
+)
 from ..selection import HeadSelection, load_scores
 from .fixtures import TASKS_DIR
 from .stats import bootstrap_ci, is_close, mean_and_spread, paired_bootstrap_ci, stable_seed
 
 CELLS_DIR = "cells"
-CELL_FORMAT = "retrieval-heads/compare-cell"
 PREFERRED_METRICS = ("f1", "exact_match", "acc_norm", "acc")
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
@@ -321,23 +323,6 @@ class CompareResult:
         return self.files["markdown"].read_text(encoding="utf-8")
 
 
-def _fingerprint(config: CompareConfig, model_id: str, condition: Condition, task: str, weights: str) -> str:
-    key = {
-        "model": model_id,
-        "weights": weights,
-        "task": task,
-        "heads": heads_to_strings(condition.heads),
-        "mode": config.mode,
-        "means": config.means,
-        "limit": config.limit,
-        "num_fewshot": config.num_fewshot,
-        "gen_kwargs": config.gen_kwargs,
-        "metric": config.metrics.get(task),
-        "seed": config.seed,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> CompareResult:
     """Run (or resume) a comparison and write its tables and plot to ``config.out``.
 
@@ -363,37 +348,31 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     )
     means = load_means(config.means) if config.means else None
     lm = MaskedHFLM.from_model(model, tokenizer, heads=[], mode=config.mode, means=means, batch_size=config.batch_size)
-    model_id = config.model
-    weights = weights_fingerprint(model)  # a cell made with other weights at the same path is refused
-    meta = run_metadata(
-        model=model_id,
-        model_spec=spec.describe(),
-        top_k=config.top_k,
-        mode=config.mode,
-        random_seeds=list(range(config.random_seeds)),
-        layer_matched=config.layer_matched,
+    tm = make_task_manager(config.tasks, config.include_path, metadata={"organism_cache_dir": str(out / "data")})
+    todo = [(c, t) for c in conditions for t in config.tasks]
+    cell_settings = {_cell_name(c, t): {"heads masked": heads_to_strings(c.heads), "--metric": config.metrics.get(t)}
+                     for c, t in todo}
+    run = open_run(
+        out, "compare",
+        {"--model": config.model, **flags(asdict(config), ("mode", "means", "limit", "num_fewshot", "gen_kwargs", "seed"))},
+        fingerprints={"the model's weights": weights_fingerprint(model)}, cells=cell_settings,
+        record={"config": asdict(config), "conditions": [c.to_json() for c in conditions]},
+        overwrite=config.overwrite, discard=(CELLS_DIR,), hint="Use another --out folder, or --overwrite.",
+        model=config.model, model_spec=spec.describe(), seed=config.seed, top_k=config.top_k, mode=config.mode,
+        random_seeds=list(range(config.random_seeds)), layer_matched=config.layer_matched,
         head_files={k: str(Path(v).resolve()) for k, v in config.heads.items()},
     )
+    meta = run.meta
     meta["versions"].update(package_versions(("lm-eval", "datasets")))
-    atomic_write_json(
-        out / "run.json",
-        {"config": asdict(config), "conditions": [c.to_json() for c in conditions], "meta": meta},
-    )
-    tm = make_task_manager(config.tasks, config.include_path, metadata={"organism_cache_dir": str(out / "data")})
 
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     computed: list[tuple[str, str]] = []
-    todo = [(c, t) for c in conditions for t in config.tasks]
-    bar = progress_bar(progress)
-    with bar, _quiet_lm_eval(progress):
-        job = bar.add_task("compare", total=len(todo)) if progress else None
+    found = {(c.name, t): run.cell(_cell_name(c, t)) for c, t in todo}
+    with track("compare", len(todo), sum(v is not None for v in found.values()), enabled=progress) as bar, \
+            _quiet_lm_eval(progress):
         for cond, task in todo:
-            path = out / CELLS_DIR / cond.name / f"{task}.json"
-            fp = _fingerprint(config, model_id, cond, task, weights)
-            cell = _load_cell(path, fp, config.overwrite)
+            cell = found[(cond.name, task)]
             if cell is None:
-                if progress:
-                    bar.update(job, description=f"{cond.name} / {task}")
                 lm.heads = list(cond.heads)
                 res = simple_evaluate(
                     model=lm,
@@ -410,23 +389,17 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
                     fewshot_random_seed=config.seed,
                 )
                 scored = item_scores(res, task, config.metrics.get(task))
-                cell = {
-                    "format": CELL_FORMAT,
-                    "fingerprint": fp,
-                    "condition": cond.to_json(),
-                    "task": task,
-                    **scored,
-                    "score": sum(scored["items"].values()) / len(scored["items"]),
+                score = sum(scored["items"].values()) / len(scored["items"])
+                if len(scored["lm_eval"]) == 1 and not is_close(next(iter(scored["lm_eval"].values())), score):
+                    log.warning("%s/%s: lm-eval's aggregate differs from the item mean", cond.name, task)
+                cell = run.save_cell(_cell_name(cond, task), cell_settings[_cell_name(cond, task)], {
+                    "condition": cond.to_json(), "task": task, **scored, "score": score,
                     "meta": {**meta, "task": task, "condition": cond.name, "heads": heads_to_strings(cond.heads),
                              "limit": config.limit, "lm_eval_config": _jsonable(res.get("config", {}))},
-                }  # fmt: skip
-                if len(scored["lm_eval"]) == 1 and not is_close(next(iter(scored["lm_eval"].values())), cell["score"]):
-                    log.warning("%s/%s: lm-eval's aggregate differs from the item mean", cond.name, task)
-                atomic_write_json(path, cell)
+                })  # fmt: skip
                 computed.append((cond.name, task))
+                bar.advance(description=f"{cond.name} / {task}")
             cells[(cond.name, task)] = cell
-            if progress:
-                bar.advance(job)
     rows, seed_rows = summarize(cells, conditions, config.tasks, config.n_bootstrap, config.confidence, config.seed)
     files = write_outputs(out, rows, seed_rows, conditions, config, meta)
     return CompareResult(rows=rows, seed_rows=seed_rows, conditions=conditions, files=files, computed=computed)
@@ -436,21 +409,8 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _load_cell(path: Path, fingerprint: str, overwrite: bool) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        cell = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None  # written atomically, so only a foreign file can be torn: recompute it
-    if cell.get("fingerprint") == fingerprint:
-        return cell
-    if overwrite:
-        return None
-    raise ResumeMismatchError(
-        f"{path} was computed with other settings (model, its weights, heads, mode, limit, ...); "
-        "use another --out folder, or --overwrite to recompute it"
-    )
+def _cell_name(condition: Condition, task: str) -> str:
+    return f"{CELLS_DIR}/{condition.name}/{task}.json"
 
 
 # ---- summary ---------------------------------------------------------------------------------
@@ -646,14 +606,13 @@ def write_outputs(
         "csv": atomic_write_text(out / "results.csv", format_csv(rows, seed_rows)),
         "json": atomic_write_json(
             out / "results.json",
-            {
-                "format": "retrieval-heads/compare",
+            stamp("compare", {
                 "rows": rows,
                 "seed_rows": seed_rows,
                 "conditions": [c.to_json() for c in conditions],
                 "config": asdict(config),
                 "meta": meta,
-            },
+            }),
         ),
     }
     files["plot"] = plot_comparison(rows, seed_rows, out / "results.png")

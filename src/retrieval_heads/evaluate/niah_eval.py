@@ -34,24 +34,14 @@ from typing import Any
 
 import torch
 
-from ..artifacts import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    check_or_record,
-    read_jsonl,
-    run_metadata,
-)
 from ..generation import StopTokens, greedy_answers
 from ..heads import heads_to_strings
 from ..masking import MASK_MODES, load_means, masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
-from ..progress import progress_bar
+from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
 from .compare import Condition, build_conditions, check_head_sets
 
-JOURNAL_FILE = "journal.jsonl"
 CELLS_FILE = "cells.json"
-RUN_FILE = "run.json"
 METRICS = ("exact_match", "rouge1")
 
 
@@ -160,10 +150,11 @@ def evaluate_niah(
     ``prompts`` are :class:`retrieval_heads.niah.prompts.NiahPrompt` s (any
     object with ``input_ids``, ``depth``, ``expected_answer`` and a ``meta``
     holding ``prompt_id`` and ``requested_context_length`` will do). ``settings``
-    (the model, the prompt source, ...) are stored in ``out/run.json``; a rerun
-    with other settings (or another ``mode``/``max_new_tokens``) raises
-    :class:`~retrieval_heads.artifacts.ResumeMismatchError` unless
-    ``overwrite``, which starts the journal afresh. Answers are keyed by
+    (the model, the prompt source, ..., by their user-facing names) are stored in
+    ``out/run.json`` (:func:`retrieval_heads.runs.open_run`); a rerun with other
+    settings (or another ``mode``/``max_new_tokens``, or other weights) raises
+    :class:`~retrieval_heads.runs.ResumeMismatchError` unless ``overwrite``,
+    which starts the journal afresh. Answers are keyed by
     condition, prompt id and head list, so new conditions or grid points are added.
 
     >>> evaluate_niah(model, tok, build_grid(tok, hay, needles, [256], [0.0, 1.0]),
@@ -171,20 +162,16 @@ def evaluate_niah(
     """
     from ..niah.prompts import rouge1_recall
 
-    out = Path(out)
-    journal = out / JOURNAL_FILE
     spec = ModelSpec.from_model(model)
-    settings = {"mode": mode, "max_new_tokens": max_new_tokens, "weights": weights_fingerprint(model), **(settings or {})}
-    if check_or_record(out / RUN_FILE, "settings", settings, what="NIAH answers",
-                       hint="Use another output folder, or overwrite.",
-                       record={"format": "retrieval-heads/niah-eval-run"}, overwrite=overwrite):
-        journal.unlink(missing_ok=True)
-    done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in read_jsonl(journal)}
+    settings = {"--mode": mode, "--max-new-tokens": max_new_tokens, **(settings or {})}
+    run = open_run(out, "niah-eval", settings, fingerprints={"the model's weights": weights_fingerprint(model)},
+                   overwrite=overwrite, model=(meta or {}).get("model"),
+                   hint="Use another --out folder, or --overwrite to start its answers afresh.")
+    done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in run.records()}
     todo = [(c, p) for c in conditions for p in prompts if (c.name, p.meta["prompt_id"], _heads_key(c)) not in done]
     stops = StopTokens.from_tokenizer(model, tokenizer) if todo else None  # resolved once per run
-    bar = progress_bar(progress)
-    with bar:
-        job = bar.add_task("niah", total=len(todo)) if progress else None
+    total = len(conditions) * len(prompts)
+    with track("niah", total, total - len(todo), enabled=progress) as bar:
         for cond, prompt in todo:
             with masked_heads(model, cond.heads, mode=mode, means=means, spec=spec):  # type: ignore[arg-type]
                 answer = greedy_answer(model, tokenizer, prompt.input_ids, max_new_tokens, stops)
@@ -200,14 +187,13 @@ def evaluate_niah(
                 "exact_match": answer_contains(answer, expected),
                 "rouge1": rouge1_recall(answer, expected, prompt.meta.get("expected_lang")),
             }
-            append_jsonl(journal, record)
+            run.append(record)
             done[(cond.name, record["prompt_id"], record["heads_key"])] = record
-            if progress:
-                bar.update(job, advance=1, description=f"{cond.name}")
+            bar.advance(description=cond.name)
     wanted = {(c.name, p.meta["prompt_id"], _heads_key(c)) for c in conditions for p in prompts}
     records = [r for k, r in done.items() if k in wanted]
     cells, summary = aggregate(records, conditions)
-    files = write_niah_outputs(out, cells, summary, conditions, meta or {})
+    files = write_niah_outputs(run.dir, cells, summary, conditions, {**run.meta, **(meta or {})})
     return NiahResult(cells=cells, summary=summary, files=files, computed=len(todo))
 
 
@@ -291,8 +277,8 @@ def write_niah_outputs(
     files = {
         "cells": atomic_write_json(
             out / CELLS_FILE,
-            {"format": "retrieval-heads/niah-eval", "conditions": [c.to_json() for c in conditions],
-             "cells": cells, "summary": summary, "meta": meta},
+            stamp("niah-eval", {"conditions": [c.to_json() for c in conditions], "cells": cells, "summary": summary,
+                                "meta": meta}),
         )  # fmt: skip
     }
     lines = ["| condition | heads | prompts | exact match | ROUGE-1 recall |", "|---|---|---|---|---|"]
@@ -355,8 +341,8 @@ def run_niah_eval(config: NiahEvalConfig, model: Any = None, tokenizer: Any = No
         n_prompts=len(prompts),
     )  # fmt: skip
     means = load_means(config.means) if config.means else None
-    settings = {k: getattr(config, k) for k in ("model", "means", "haystack", "needles", "needle_lang", "target_lang",
-                                                "chat_template")}  # fmt: skip
+    settings = flags(asdict(config), ("model", "means", "haystack", "needles", "needle_lang", "target_lang",
+                                      "chat_template"))  # fmt: skip
     return evaluate_niah(
         model, tokenizer, prompts, conditions, config.out, config.mode, means, config.max_new_tokens, meta, progress,
         settings=settings, overwrite=config.overwrite,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import append_jsonl, atomic_write_json, check_or_record, read_jsonl, run_metadata
+from ..runs import Run, atomic_write_json, flags, open_run, run_metadata, track
 from .plan import KVHead
 
 FORMAT = "retrieval-heads/kv-compress"
@@ -107,13 +107,13 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
     return out
 
 
-def _resume(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    """Finished answers of an earlier run with the same settings (the one place that knows the resume contract)."""
-    journal = out / "journal.jsonl"
-    if check_or_record(out / "settings.json", "settings", settings, what="a kv-compress run",
-                       hint="Rerun with --overwrite to discard it, or choose another --out.", overwrite=overwrite):
-        journal.unlink(missing_ok=True)
-    return {(r["condition"], r["prompt_id"]): r for r in read_jsonl(journal)}
+def _resume(config: KVCompressConfig, weights: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]]:
+    """The run (:func:`retrieval_heads.runs.open_run`) and the finished answers of an earlier one with the same settings."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite")}
+    run = open_run(config.out, "kv-compress", flags(settings), fingerprints={"the model's weights": weights},
+                   overwrite=config.overwrite, hint="Rerun with --overwrite to discard it, or choose another --out.",
+                   model=config.model, seed=config.seed)
+    return run, {(r["condition"], r["prompt_id"]): r for r in run.records()}
 
 
 def expected_answer(prompt: Any) -> str:
@@ -127,7 +127,6 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     from ..generation import StopTokens
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
-    from ..progress import progress_bar
     from ..prompt_sources import PromptRequest, build_prompts
     from .cache import HeadSplitCache
     from .generate import greedy_answer
@@ -141,11 +140,10 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
         lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed))
     identity = model_identity(model)
-    settings = {**asdict(config), "out": None, "overwrite": None, "weights": identity["weights"]}
-    done = _resume(out, settings, config.overwrite)
+    run, done = _resume(config, identity["weights"])
     stops = StopTokens.from_tokenizer(model, tokenizer)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("kv-compress", total=len(conds) * len(prompts))
+    wanted = {(c.name, p.meta["prompt_id"]) for c in conds for p in prompts}
+    with track("kv-compress", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for cond in conds:
             full = full_per_layer(cond.kv_heads, spec.n_layers)
             for p in prompts:
@@ -159,9 +157,9 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
                     record = {"condition": cond.name, "prompt_id": pid, "length": len(p.input_ids),
                               "answer": text, "expected": expected_answer(p), "kv_bytes": cache.peak_bytes}
                     record["correct"] = float(text == record["expected"])
-                    append_jsonl(out / "journal.jsonl", record)
+                    run.append(record)
                     done[(cond.name, pid)] = record
-                bar.advance(task)
+                    bar.advance()
     result = summarize(conds, prompts, done)
     result = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "meta": run_metadata(**identity, settings={**asdict(config), "out": None},

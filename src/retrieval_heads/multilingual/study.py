@@ -8,8 +8,11 @@ Layout of ``out_dir``::
     rh_vs_rth-{src}-{tgt}.json   RH vs RTH (compare_head_sets)
     sharing.png, rh_vs_rth-{src}-{tgt}.png, summary.md
 
-Every detection run resumes on its own, so re-running the same command
-skips finished prompts and finished languages.
+The folder is a run (:func:`retrieval_heads.runs.open_run`, ``run.json``): a
+rerun with another grid or detection settings is refused by name before any
+language starts; every detection run inside it resumes on its own, so
+re-running the same command skips finished prompts and finished languages
+(a new language or pair is added).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from typing import Any
 
 from rich.console import Console
 
-from ..artifacts import atomic_write_json, atomic_write_text, run_metadata
 from ..detect import DetectConfig, NoRetrievalError, detect
 from ..heads import HeadScores
 from ..prompt_sources import PromptRequest, build_prompts
+from ..runs import atomic_write_text, flags, open_run
 from .sharing import compare_head_sets, sharing_analysis
 
 
@@ -50,7 +53,12 @@ def language_study(
     """
     console = console or Console(stderr=True)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    grid = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("kind", "lang", "source_lang", "target_lang")}
+    settings = {"--model": model_name, **flags(config.fingerprint(), [k for k in config.fingerprint() if k != "kind"]),
+                **flags(grid)}
+    run = open_run(out, "language-study", settings, discard=(), model=model_name, seed=config.seed,
+                   langs=list(langs), transitions=[f"{s}-{t}" for s, t in transitions], top_k=top_k,
+                   detect=dataclasses.asdict(config))
     rh: dict[str, HeadScores] = {}
     failed: dict[str, str] = {}
     for lang in langs:
@@ -74,12 +82,10 @@ def language_study(
         except NoRetrievalError as err:
             failed[f"rth-{src}-{tgt}"] = str(err).splitlines()[0]
 
-    meta = run_metadata(model=model_name, langs=list(langs), transitions=[f"{s}-{t}" for s, t in transitions],
-                        top_k=top_k, detect=dataclasses.asdict(config))
-    result: dict[str, Any] = {"format": "retrieval-heads/language-study", "meta": meta, "failed": failed}
+    result: dict[str, Any] = {"failed": failed}
     if len(rh) >= 2:
         sharing = sharing_analysis(rh, top_k=top_k)
-        atomic_write_json(out / "sharing.json", {**sharing, "meta": meta})
+        run.write_json("sharing.json", sharing, kind="sharing")
         plot_matrix(sharing["jaccard_matrix"], sharing["languages"], out / "sharing.png",
                     f"Jaccard of top-{top_k} retrieval heads")
         result["sharing"] = sharing
@@ -89,11 +95,12 @@ def language_study(
         if src not in rh:
             continue
         comp = compare_head_sets(rh[src], scores, top_k=top_k)
-        atomic_write_json(out / f"rh_vs_rth-{pair}.json", {**comp, "pair": pair, "meta": meta})
+        run.write_json(f"rh_vs_rth-{pair}.json", {**comp, "pair": pair}, kind="rh-vs-rth")
         plot_side_by_side(rh[src], scores, out / f"rh_vs_rth-{pair}.png", f"RH ({src}) vs RTH ({pair})")
         comparisons[pair] = comp
     result["rh_vs_rth"] = comparisons
-    atomic_write_json(out / "study.json", result)
+    run.write_json("study.json", result)
+    result["meta"] = run.meta
     atomic_write_text(out / "summary.md", summary_markdown(rh, rth, result, top_k))
     return result
 

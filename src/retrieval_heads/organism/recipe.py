@@ -1,16 +1,16 @@
 """Recipes: a directory of stage files (``stage1.json``, ``stage2.json``, ...), trained in order,
-each stage continuing from the previous one's output; the shipped one trained the built-in model."""
+each stage continuing from the previous one's output; the shipped one trained the built-in model.
+It builds on :mod:`.train` (never the other way round)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from ..artifacts import atomic_write_json
+from ..runs import atomic_write_json
 from .train import TRAINING_FILE, train_organism
-from .train_config import OrganismTrainConfig, training_settings
+from .train_config import OrganismTrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -28,9 +28,9 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
 
     The default recipe is the one that trained the shipped checkpoint (``recipes/``). Stage *i*
     writes ``OUT-stages/stageI`` and starts from stage *i-1*'s output; the last writes ``out``.
-    Resumable at stage granularity: a stage whose directory holds a ``training.json`` (written
-    last) with the same config is not trained again. The final ``training.json`` gains
-    ``stages`` (every stage's steps and times) and ``recipe`` (where it came from, total time).
+    Each stage is a run of :func:`~.train.train_organism`, so a finished stage is kept, an interrupted
+    one resumes and a folder holding a stage with other settings is refused. The final ``training.json``
+    gains ``stages`` (every stage's steps and times) and ``recipe`` (where it came from, total time).
     """
     out = Path(out)
     stages = recipe_stages(recipe_dir)
@@ -42,14 +42,9 @@ def train_recipe(out: str | Path, recipe_dir: str | Path = RECIPES, threads: int
         if threads is not None:
             values["threads"] = threads
         cfg = OrganismTrainConfig(**values)
-        done = Path(cfg.out_dir) / TRAINING_FILE
-        record = json.loads(done.read_text()) if done.is_file() else {}
-        if training_settings(record.get("config", {})) != training_settings(json.loads(json.dumps(asdict(cfg)))):
-            print(f"stage {i}/{len(stages)} ({stage_file.name}): training", file=sys.stderr, flush=True)
-            train_organism(cfg)
-            record = json.loads(done.read_text())
-        else:
-            print(f"stage {i}/{len(stages)} ({stage_file.name}): already trained, kept", file=sys.stderr, flush=True)
+        print(f"stage {i}/{len(stages)} ({stage_file.name})", file=sys.stderr, flush=True)
+        train_organism(cfg)
+        record = json.loads((Path(cfg.out_dir) / TRAINING_FILE).read_text())
         times.append(stage_time(stage_file.name, cfg.steps, record))
         previous = cfg.out_dir
     atomic_write_json(out / TRAINING_FILE, with_recipe_record(record, times, str(recipe_dir)))

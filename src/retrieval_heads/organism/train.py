@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..artifacts import ResumeMismatchError, atomic_write_bytes, atomic_write_json, settings_diff
 from ..heads import Head
 from ..lexicon import Lexicon, load_lexicon
+from ..runs import ResumeMismatchError, Run, atomic_write_bytes, atomic_write_json, open_run, stamp, track
 from .batches import forward_losses, make_batch, sample_examples, stage_at, step_length
 from .corpus import TASKS, CorpusGenerator
 from .head_surgery import HeadDropout, grow_query_heads, head_dropout_at, reinitialize_heads
@@ -136,19 +136,26 @@ def save(model: LlamaForCausalLM, tokenizer, lexicon, out: Path, record: dict) -
     (out / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     tokenizer.save_pretrained(out)
     lexicon.to_jsonl(out / LEXICON_FILE)
-    atomic_write_json(out / TRAINING_FILE, record)  # last, and whole: train_recipe reads it as "stage done"
+    atomic_write_json(out / TRAINING_FILE, record)  # last, and whole: it marks the run finished
 
 
-def load_resume_state(cfg: OrganismTrainConfig) -> dict | None:
-    """The saved state of an unfinished run of ``cfg`` in ``OUT/resume``, or ``None`` if there is none.
+def open_training(cfg: OrganismTrainConfig) -> Run:
+    """Open ``cfg.out_dir`` for this training run (:func:`retrieval_heads.runs.open_run`): a folder that holds
+    a run with other settings (``stop_at`` and :data:`RUN_ONLY_FIELDS` aside) is refused, naming each."""
+    settings = training_settings(json.loads(json.dumps(asdict(cfg))), "stop_at")  # a run may end elsewhere
+    return open_run(cfg.out_dir, "organism-train", settings, discard=(RESUME_DIR, TRAINING_FILE), model="organism",
+                    seed=cfg.seed, hint=f"Train with those settings to continue it, or delete {cfg.out_dir} to start over.")
 
-    Raises :class:`~retrieval_heads.artifacts.ResumeMismatchError` when the state belongs to a
-    run with other settings (naming each) or has already passed this run's end, and
-    ``ValueError`` when it cannot be read; either way nothing is deleted.
+
+def load_resume_state(run: Run, end: int) -> dict | None:
+    """The saved state of the unfinished run in ``OUT/resume``, or ``None`` if there is none.
+
+    Raises :class:`~retrieval_heads.runs.ResumeMismatchError` when the state has already passed
+    this run's end ``end``, and ``ValueError`` when it cannot be read; either way nothing is deleted.
     """
-    folder = Path(cfg.out_dir) / RESUME_DIR
+    folder = run.dir / RESUME_DIR
     path = folder / RESUME_STATE
-    if not path.is_file():
+    if not run.resumed or not path.is_file():
         return None
     hint = f"delete {folder} to train from the start"
     try:
@@ -156,14 +163,9 @@ def load_resume_state(cfg: OrganismTrainConfig) -> dict | None:
     except Exception as err:  # a damaged file: say which and how to go on
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a readable training state ({reason}); {hint}") from err
-    now = json.loads(json.dumps(asdict(cfg)))
-    diff = settings_diff(training_settings(state["config"], "stop_at"), training_settings(now, "stop_at"))  # may end elsewhere
-    if diff:
-        raise ResumeMismatchError(f"{folder} holds an unfinished run with other settings: "
-                                  + "; ".join(diff) + f". Train with those settings to continue it, or {hint}.")
-    if state["step"] >= (cfg.stop_at or cfg.steps):
+    if state["step"] >= end:
         raise ResumeMismatchError(f"{folder} has already trained {state['step']} steps, past this run's end "
-                                  f"({cfg.stop_at or cfg.steps}); raise stop_at, or {hint}.")
+                                  f"({end}); raise stop_at, or {hint}.")
     return state
 
 
@@ -182,7 +184,11 @@ def save_resume_state(out: Path, tokenizer, lexicon, state: dict) -> None:
 def train_organism(config: OrganismTrainConfig) -> Path:
     """Train the organism as ``config`` says and save an HF checkpoint in ``config.out_dir``.
 
-    >>> cfg = OrganismTrainConfig(out_dir="/tmp/organism-doc", steps=2, n_layers=1, n_heads=4,
+    The folder is a run (:func:`open_training`): the same config again resumes an interrupted run
+    from its last ``checkpoint_every`` state, or keeps a finished one; other settings are refused.
+
+    >>> import tempfile
+    >>> cfg = OrganismTrainConfig(out_dir=tempfile.mkdtemp() + "/organism-doc", steps=2, n_layers=1, n_heads=4,
     ...     n_kv_heads=2, intermediate_size=64, vocab_size=512, tokenizer_texts=100, tokens_per_step=256,
     ...     curriculum=[(1.0, 64, 128)], log_every=1)
     >>> train_organism(cfg).name  # the progress bar's last state prints first
@@ -195,12 +201,21 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     t0, c0 = time.time(), time.process_time()
     out = Path(cfg.out_dir)
-    resumed = load_resume_state(cfg)
+    end = cfg.stop_at or cfg.steps
+    run = open_training(cfg)
+    finished = json.loads((out / TRAINING_FILE).read_text()) if run.resumed and (out / TRAINING_FILE).is_file() else None
+    if finished is not None:  # this very run is done: nothing to train
+        steps = finished.get("steps_done", finished["config"]["stop_at"] or finished["config"]["steps"])
+        if steps != end:
+            raise ResumeMismatchError(f"{out} holds this run finished after {steps} steps, not {end}; "
+                                      f"delete {out} to train it again.")
+        print(f"{out}: resuming: {steps} of {end} steps done (already trained, kept)", file=sys.stderr, flush=True)
+        return out
+    resumed = load_resume_state(run, end)
     if resumed:  # an interrupted run of this config: its own tokenizer, weights, optimizer and RNGs
         tokenizer, lexicon, gen = load_tokenizer(out / RESUME_DIR, cfg.passkey_rate)
         model = build_model(cfg, tokenizer)
         model.load_state_dict(resumed["model"])
-        print(f"resuming {out} at step {resumed['step']}", file=sys.stderr, flush=True)
     else:
         tokenizer, lexicon, gen = build_tokenizer(cfg)
         model = build_model(cfg, tokenizer)
@@ -233,15 +248,14 @@ def train_organism(config: OrganismTrainConfig) -> Path:
         log, window = resumed["log"], defaultdict(list, resumed["window"])
         first, resumed_at = resumed["step"], [*resumed["resumed_at"], resumed["step"]]
         t0, c0 = t0 - resumed["wall_s"], c0 - resumed["cpu_s"]
-    end = cfg.stop_at or cfg.steps
     model.train()
     columns = [
         TextColumn("[bold]organism"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]:.3f} lm {task.fields[lm]:.2f} len {task.fields[len]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns) as progress:
-        bar = progress.add_task("train", total=end, completed=first, loss=float("nan"), lm=float("nan"), len=0)
+    progress = Progress(*columns)
+    with track("organism", end, first, progress=progress, loss=float("nan"), lm=float("nan"), len=0) as bar:
         for step in range(first, end):
             length = step_length(cfg, step, rng)
             examples = sample_examples(gen, tokenizer, cfg, rng, length, max(1, cfg.tokens_per_step // length),
@@ -261,7 +275,7 @@ def train_organism(config: OrganismTrainConfig) -> Path:
                 window["loss" if name == "answer" else name].append(value.item())
             for ex, h in zip(examples, hit.tolist(), strict=True):
                 window["tf_" + ex.task].append(float(h))
-            progress.update(bar, advance=1, loss=losses["answer"].item(), lm=losses["lm"].item(), len=length)
+            bar.advance(loss=losses["answer"].item(), lm=losses["lm"].item(), len=length)
             if (step + 1) % cfg.log_every == 0 or step + 1 == end:
                 row = {"step": step + 1, "time_s": round(time.time() - t0, 1),
                        "cpu_s": round(time.process_time() - c0, 1), "length": length}
@@ -287,11 +301,11 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     dropout.remove()
     model.eval()
     wall = time.time() - t0
-    record = {"config": asdict(cfg), "wall_time_s": round(wall, 1),
+    record = {"config": asdict(cfg), "steps_done": end, "wall_time_s": round(wall, 1),
               "cpu_time_s": round(time.process_time() - c0, 1), "log": log,
               "n_params": sum(p.numel() for p in model.parameters()), "lexicon_entries": len(lexicon)}
     if resumed_at:
         record["resumed_at"] = resumed_at  # steps at which an interrupted run was continued
-    save(model, tokenizer, lexicon, out, record)
+    save(model, tokenizer, lexicon, out, stamp("organism-train", {**record, "meta": run.meta}))
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
     return out

@@ -67,7 +67,8 @@ def build_report(
         out = out / REPORT_FILE
     report = collect_runs(run_dirs)
     if require_artifacts and report.empty:
-        unread = f" ({'; '.join(report.warnings)})" if report.warnings else ""
+        problems = report.warnings + report.unrecognised  # each file that was found and why it shows nothing
+        unread = f" ({'; '.join(problems)})" if problems else ""
         raise NoArtifactsError(f"no recognised artifacts in {', '.join(map(str, run_dirs))}{unread}; give the "
                                "folders that detect, niah-eval, compare, languages or retmask wrote")
     return atomic_write_text(out, render_report(report, heads_listed=heads_listed, title=title)), report

@@ -1,39 +1,34 @@
-"""Find and read the artifacts of one or more run directories, tolerantly.
+"""Find and read the artifacts of one or more run directories.
 
 Each run directory is walked (a few levels deep, skipping model checkpoints)
-and every file is recognised by its name *or* its content, so a report can be
-made from a detection run, an evaluation, a RetMask run, a multilingual run or
-a directory that holds several of them:
+and every JSON file is read by the ``format`` it is stamped with
+(:func:`retrieval_heads.runs.stamp`), never by guessing from its keys:
 
-=========================  =========================================================
-artifact                   recognised by
-=========================  =========================================================
-head scores                ``"format": "retrieval-heads/head-scores"`` (any file name),
-                           or the reference code's ``{"L-H": [...]}`` named ``*scores*.json``
-detection journal          ``samples.jsonl`` records with ``counted`` and ``events``
-detection settings         ``run.json`` (``"format": "retrieval-heads/detect-run"``)
-NIAH under masking         ``cells.json`` (``"format": "retrieval-heads/niah-eval"``)
-comparison (lm-eval)       ``results.json`` (``"format": "retrieval-heads/compare"``)
-RetMask before/after       ``retmask_eval.json`` (``results``: model -> suite -> accuracy)
-RetMask pairs / training   ``*.stats.json`` (``PairStats``), ``retmask_run.json``
-DPO curves                 ``"format": "retrieval-heads/dpo-curves"`` (``training_curves.json``)
-ablated checkpoint         ``retrieval_heads_ablation.json`` (metadata only)
-sharing                    ``{"languages": .., "jaccard_matrix": ..}`` (:func:`sharing_analysis`)
-RH vs RTH                  ``{"rh_top_k": .., "rth_top_k": ..}`` (:func:`compare_head_sets`)
-KV compression             ``kv_compress.json`` (``"format": "retrieval-heads/kv-compress"``)
-DeCoRe                     ``decore.json`` (``"format": "retrieval-heads/decore"``)
-=========================  =========================================================
+==================================  ==============================================================
+``format``                          shown as
+==================================  ==============================================================
+``retrieval-heads/head-scores``     a head-score map (also the reference code's ``{"L-H": [...]}``
+                                    in a file named ``*scores*.json``)
+``retrieval-heads/detect-run``      the detection run's settings (metadata)
+``retrieval-heads/niah-eval``       NIAH grids under masking (``cells.json``)
+``retrieval-heads/compare``         the comparison table (``results.json``)
+``retrieval-heads/retmask-eval``    RetMask before/after (``retmask_eval.json``)
+``retrieval-heads/pair-stats``      RetMask preference pairs (``*.stats.json``)
+``retrieval-heads/retmask-train``   DPO training (``retmask_run.json``)
+``retrieval-heads/dpo-curves``      DPO curves, held-out before/after (``training_curves.json``)
+``retrieval-heads/sharing``         sharing across languages (``sharing.json``)
+``retrieval-heads/rh-vs-rth``       RH vs RTH (``rh_vs_rth-*.json``)
+``retrieval-heads/kv-compress``     KV compression by retrieval heads (``kv_compress.json``)
+``retrieval-heads/decore``          DeCoRe contrastive decoding (``decore.json``)
+==================================  ==============================================================
 
-Files without a ``format`` are also recognised by their content: records
-(JSON list, JSONL or CSV) with a length, a depth and a score are a NIAH grid;
-with a task, a condition and a score a comparison; with ``before`` and
-``after`` a before/after table. A file whose ``format`` names another
-``retrieval-heads/...`` artifact (e.g. the per-cell ``compare-cell`` files) is
-not shown.
-
-A missing or unrecognised file only means a section is left out; a file that
-is recognised but cannot be read becomes a warning shown on the page. Nothing
-here raises on bad input.
+The detection journal (``samples.jsonl``, the journal the detect run names)
+gives the per-cell retrieval outcome; ``retrieval_heads_ablation.json`` (an
+ablated checkpoint) its metadata. Other ``retrieval-heads/...`` formats (run
+records, per-cell files, journals) are parts of runs and not shown. A file
+that cannot be read, or a JSON file without a known format, becomes a warning
+or an entry of :attr:`Report.unrecognised` (``build_report(..., require_artifacts=True)``
+names them when nothing can be shown).
 
 >>> from pathlib import Path
 >>> report = collect_runs([Path("runs/demo")])  # doctest: +SKIP
@@ -43,17 +38,17 @@ here raises on bad input.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import read_jsonl
 from ..heads import FORMAT_NAME, HeadScoreFileError, HeadScores
+from ..runs import format_name, read_jsonl
 
 MAX_DEPTH = 4  # directory levels below a run directory that are searched
 MAX_BYTES = 50 * 2**20  # larger files are skipped (checkpoint shards, big journals)
@@ -63,27 +58,13 @@ SKIP_FILES = {  # files of Hugging Face checkpoints and trainers: never report a
     "special_tokens_map.json", "added_tokens.json", "trainer_state.json", "adapter_config.json",
     "model.safetensors.index.json", "preprocessor_config.json", "chat_template.json",
 }
-UNMASKED_NAMES = ("unmasked", "none", "baseline", "base", "original", "no_mask", "no-mask", "clean", "before")
+UNMASKED = "unmasked"  # the reference condition of niah-eval and compare (evaluate.compare.build_conditions)
 
-FORMAT_DETECT_RUN = "retrieval-heads/detect-run"
-FORMAT_NIAH_EVAL = "retrieval-heads/niah-eval"
-FORMAT_COMPARE = "retrieval-heads/compare"
-FORMAT_DPO_CURVES = "retrieval-heads/dpo-curves"  # retmask.curves.FORMAT_NAME
-FORMATS_USES = ("retrieval-heads/kv-compress", "retrieval-heads/decore")  # kv-compress and decore results
-NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
-RETMASK_EVAL_FILE = "retmask_eval.json"  # retmask.evaluate.REPORT_FILE
 ABLATION_FILE = "retrieval_heads_ablation.json"  # masking.ABLATION_FILE
-
-LENGTH_KEYS = ("length", "context_length", "ctx_len", "context_tokens", "n_tokens")
-DEPTH_KEYS = ("depth", "depth_percent", "depth_frac")
-SCORE_KEYS = ("accuracy", "acc", "correct", "score", "exact_match", "em", "rouge1", "rouge", "recall", "f1",
-              "value", "mean")
-CONDITION_KEYS = ("condition", "masking", "mask", "setting", "variant", "head_set", "label", "name")
-TASK_KEYS = ("task", "benchmark", "dataset", "suite")
-CONTAINER_KEYS = ("records", "results", "rows", "cells", "items", "table", "data")
+NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
+JOURNAL_RE = re.compile(r"^samples(\.rank\d+)?\.jsonl$")  # detect's journal (detect.runner.SAMPLES_FILE)
 
 
-# ---- what a report is made of ---------------------------------------------------------------------
 @dataclass
 class ScoreMap:
     """One head-score file: its label (``retrieval``, ``transition``, ``retrieval · de``), kind and language."""
@@ -172,6 +153,7 @@ class Report:
     uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unrecognised: list[str] = field(default_factory=list)  # JSON files with no known format: "source: why"
 
     @property
     def empty(self) -> bool:
@@ -190,14 +172,12 @@ def _walk(root: Path, depth: int = 0) -> Iterator[Path]:
         entries = sorted(root.iterdir())
     except OSError:
         return
-    names = {p.name for p in entries}
     for path in entries:
         if path.is_dir():
             if depth < MAX_DEPTH and path.name not in SKIP_DIRS and not path.name.startswith((".", "checkpoint-")):
                 yield from _walk(path, depth + 1)
-        elif path.suffix in (".json", ".jsonl", ".csv") and path.name not in SKIP_FILES and not path.name.startswith("."):
-            if path.suffix == ".csv" and f"{path.stem}.json" in names:
-                continue  # results.csv repeats results.json
+        elif (path.suffix == ".json" or JOURNAL_RE.match(path.name)) and path.name not in SKIP_FILES \
+                and not path.name.startswith("."):
             yield path
 
 
@@ -226,100 +206,52 @@ def collect_runs(run_dirs: list[Path]) -> Report:
 
 
 # ---- reading one file -----------------------------------------------------------------------------------
-def _load_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        return [{k.strip(): _number(v) for k, v in row.items() if k} for row in csv.DictReader(fh)]
-
-
-def _number(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    try:
-        return float(text) if text.strip() else None
-    except ValueError:
-        return text
-
-
 def _read_file(path: Path, source: str, report: Report) -> None:
-    """Recognise ``path`` and add what it holds to ``report`` (unrecognised: nothing happens)."""
-    name = path.name
+    """Add what ``path`` holds to ``report``, by its stamped ``format``."""
     if path.suffix == ".jsonl":
-        if not any(word in name for word in ("samples", "niah", "eval", "compare", "results")):
-            return  # journals of other steps (pairs, NIAH answers): large and summarised elsewhere
         records = list(read_jsonl(path))
-        if name.startswith("samples") and records and all("counted" in r for r in records):
+        if records:
             _add_detect_journal(records, source, report)
-        else:
-            _add_records(records, source, report)
-        return
-    if path.suffix == ".csv":
-        _add_records(_load_csv(path), source, report)
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        if _looks_like_ours(name):
-            report.warnings.append(f"{source}: corrupt JSON ({err})")
+        report.warnings.append(f"{source}: corrupt JSON ({err})")
         return
-    _add_json(data, name, source, report)
-
-
-def _looks_like_ours(name: str) -> bool:
-    words = ("scores", "run", "niah", "eval", "compare", "comparison", "retmask", "sharing", "overlap",
-             "stats", "results", "before_after", "transition", "summary", "cells", "ablation")
-    return any(w in name for w in words)
-
-
-def _add_json(data: Any, name: str, source: str, report: Report) -> None:
-    if not isinstance(data, dict):
-        records = _records_of(data)
-        if records:
-            _add_records(records, source, report)
-        return
-    fmt = str(data.get("format", ""))
-    if fmt == FORMAT_NAME or (not fmt and "scores" in name and _is_reference_scores(data)):
-        _add_scores(data, name, source, report)
-    elif fmt == FORMAT_DETECT_RUN:
-        report.add_metadata(source, {k: v for k, v in data.items() if k not in ("prompt_ids", "format")})
-    elif fmt == FORMAT_NIAH_EVAL:
-        _add_niah_eval(data, source, report)
-    elif fmt == FORMAT_COMPARE:
-        report.compare.append((source, _compare_rows(data.get("rows") or [])))
-        report.add_metadata(source, data.get("meta"))
-    elif fmt == FORMAT_DPO_CURVES:
-        _add_dpo_curves(data, source, report)
-    elif fmt in FORMATS_USES:
-        report.uses.append((source, data))
-        report.add_metadata(source, data.get("meta"))
-    elif fmt.startswith("retrieval-heads/"):
-        return  # an artifact the report does not show (e.g. per-cell compare files)
-    elif "languages" in data and "jaccard_matrix" in data:
-        report.sharing.append((source, data))
-    elif "rh_top_k" in data and "rth_top_k" in data:
-        report.rh_vs_rth.append((source, data))
-    elif name.endswith(".stats.json") and "n_pairs" in data:
-        report.pair_stats.append((source, data))
-        report.add_metadata(source, data.get("meta"))
-    elif "log_history" in data or name == "retmask_run.json":
-        report.training.append((source, data))
-        report.add_metadata(source, {k: v for k, v in data.items() if k != "log_history"})
-    elif name == ABLATION_FILE:
+    fmt = str(data.get("format", "")) if isinstance(data, dict) else ""
+    reader = READERS.get(fmt)
+    if reader is not None:
+        reader(data, path.name, source, report)
+    elif isinstance(data, dict) and not fmt and "scores" in path.name and _is_reference_scores(data):
+        _add_scores(data, path.name, source, report)
+    elif path.name == ABLATION_FILE and isinstance(data, dict):
         report.add_metadata(source, data)
-    elif isinstance(data.get("results"), dict) and "base" in data:
-        _add_model_comparison(data, source, report)
-    elif isinstance(data.get("before"), dict) and isinstance(data.get("after"), dict):
-        results = {"before": _suite_scores(data["before"]), "after": _suite_scores(data["after"])}
-        report.retmask.append(ModelComparison(source, "before", _with_deltas(results, "before")))
-        report.add_metadata(source, data.get("meta"))
-    elif not _add_grid_dict(data, source, report):
-        records = _records_of(data, nested=_looks_like_ours(name))
-        if records:
-            _add_records(records, source, report)
-            report.add_metadata(source, data.get("meta") or data.get("metadata"))
+    elif not fmt.startswith(format_name("")):
+        report.unrecognised.append(f"{source}: not a retrieval-heads artifact (no known format)")
 
 
 def _is_reference_scores(data: dict[str, Any]) -> bool:
     return bool(data) and all(isinstance(v, list) for v in data.values()) and all("-" in k for k in data)
+
+
+def _add_detect_run(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.add_metadata(source, {k: v for k, v in data.items() if k not in ("prompt_ids", "format", "format_version",
+                                                                          "fingerprints")})
+
+
+def _add_compare(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.compare.append((source, _compare_rows(data.get("rows") or [])))
+    report.add_metadata(source, data.get("meta"))
+
+
+def _add_pair_stats(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.pair_stats.append((source, data))
+    report.add_metadata(source, data.get("meta"))
+
+
+def _add_training(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.training.append((source, data))
+    report.add_metadata(source, {k: v for k, v in data.items() if k != "log_history"})
 
 
 # ---- head scores ------------------------------------------------------------------------------------
@@ -380,7 +312,7 @@ def _add_detect_journal(records: list[dict[str, Any]], source: str, report: Repo
 
 
 # ---- NIAH under masking ------------------------------------------------------------------------------
-def _add_niah_eval(data: dict[str, Any], source: str, report: Report) -> None:
+def _add_niah_eval(data: dict[str, Any], name: str, source: str, report: Report) -> None:
     """``cells.json`` of :mod:`retrieval_heads.evaluate.niah_eval`: one set of grids per metric."""
     cells = [c for c in data.get("cells") or [] if isinstance(c, dict)]
     heads = {str(c.get("name")): list(c.get("heads") or []) for c in data.get("conditions") or [] if isinstance(c, dict)}
@@ -396,38 +328,43 @@ def _add_niah_eval(data: dict[str, Any], source: str, report: Report) -> None:
     report.add_metadata(source, data.get("meta"))
 
 
+# ---- sharing across languages, RH vs RTH ------------------------------------------------------------
+def _add_sharing(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.sharing.append((source, data))
+
+
+def _add_rh_vs_rth(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.rh_vs_rth.append((source, data))
+    report.add_metadata(source, data.get("meta"))
+
+
 # ---- RetMask before/after -----------------------------------------------------------------------------
-def _suite_scores(per_suite: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    out = {}
-    for suite, value in per_suite.items():
-        row = value if isinstance(value, dict) else {}
-        out[str(suite)] = {"accuracy": _score_of(value), "ci95": _score_of(row.get("ci95")),
-                           "n": _score_of(row.get("n")), "delta": _score_of(row.get("delta"))}
-    return out
-
-
-def _with_deltas(results: dict[str, dict[str, dict[str, float | None]]], base: str) -> dict[str, Any]:
-    for per_suite in results.values():
-        for suite, row in per_suite.items():
-            ref = results[base].get(suite, {}).get("accuracy")
-            if row.get("delta") is None and row.get("accuracy") is not None and ref is not None:
-                row["delta"] = row["accuracy"] - ref  # type: ignore[operator]
-    return results
-
-
-def _add_model_comparison(data: dict[str, Any], source: str, report: Report) -> None:
+def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: Report) -> None:
     """``retmask_eval.json`` of :mod:`retrieval_heads.retmask.evaluate` (``results``: model -> suite -> row)."""
-    results = {str(m): _suite_scores(v) for m, v in data["results"].items() if isinstance(v, dict)}
+    results = {str(m): {str(suite): {k: _number(row.get(k)) for k in ("accuracy", "ci95", "n", "delta")}
+                        for suite, row in per_suite.items() if isinstance(row, dict)}
+               for m, per_suite in (data.get("results") or {}).items() if isinstance(per_suite, dict)}
     base = str(data.get("base", next(iter(results), "")))
     if base not in results:
         report.warnings.append(f"{source}: base model {base!r} has no results")
         return
+    for per_suite in results.values():  # files from before the change was stored: compute it
+        for suite, row in per_suite.items():
+            ref = results[base].get(suite, {}).get("accuracy")
+            if row["delta"] is None and row["accuracy"] is not None and ref is not None:
+                row["delta"] = row["accuracy"] - ref
     conc = data.get("concentration") if isinstance(data.get("concentration"), dict) else None
-    report.retmask.append(ModelComparison(source, base, _with_deltas(results, base), conc))
+    report.retmask.append(ModelComparison(source, base, results, conc))
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
 
 
-def _add_dpo_curves(data: dict[str, Any], source: str, report: Report) -> None:
+def _add_uses(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    """``kv_compress.json`` (:mod:`retrieval_heads.use.kv_compress`) and ``decore.json`` results."""
+    report.uses.append((source, data))
+    report.add_metadata(source, data.get("meta"))
+
+
+def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report) -> None:
     """``training_curves.json`` of :mod:`retrieval_heads.retmask.curves`: per-step DPO metrics, held-out before/after."""
     train = [r for r in data.get("train") or [] if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
     heldout = data.get("heldout") if isinstance(data.get("heldout"), dict) else {}
@@ -438,42 +375,8 @@ def _add_dpo_curves(data: dict[str, Any], source: str, report: Report) -> None:
     report.add_metadata(source, data.get("meta"))
 
 
-# ---- generic records: NIAH grids, comparisons, before/after ------------------------------------------
-def _key(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
-    return next((k for k in keys if k in record and record[k] is not None), None)
-
-
-def _records_of(data: Any, nested: bool = False) -> list[dict[str, Any]] | None:
-    """The records in ``data``: a list, a list under a container key, or (``nested``) ``{condition: [...]}``
-    and ``{task: {condition: score}}``."""
-    if isinstance(data, list):
-        return [r for r in data if isinstance(r, dict)] or None
-    if not isinstance(data, dict):
-        return None
-    for key in CONTAINER_KEYS:
-        if isinstance(data.get(key), list):
-            return _records_of(data[key])
-    if not nested:
-        return None
-    out: list[dict[str, Any]] = []
-    for outer, value in data.items():
-        if outer in ("meta", "metadata", "config"):
-            continue
-        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            out += [{"condition": outer, **r} for r in value]
-        elif isinstance(value, dict) and value and all(isinstance(v, (int, float, dict)) for v in value.values()):
-            for inner, cell in value.items():
-                cell = cell if isinstance(cell, dict) else {"score": cell}
-                if _key(cell, SCORE_KEYS) is None:
-                    return None
-                out.append({"task": outer, "condition": inner, **cell})
-    return out or None
-
-
-def _score_of(value: Any) -> float | None:
-    if isinstance(value, dict):
-        key = _key(value, SCORE_KEYS)
-        value = value[key] if key else None
+# ---- shared helpers --------------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) and math.isfinite(value):
@@ -481,31 +384,13 @@ def _score_of(value: Any) -> float | None:
     return None
 
 
-def _add_records(records: list[dict[str, Any]], source: str, report: Report) -> None:
-    if not records:
-        return
-    first = records[0]
-    if _key(first, LENGTH_KEYS) and _key(first, DEPTH_KEYS) and _key(first, SCORE_KEYS):
-        _add_niah(records, source, report)
-    elif "before" in first and "after" in first:
-        results: dict[str, dict[str, dict[str, float | None]]] = {"before": {}, "after": {}}
-        for r in records:
-            task = str(r.get(_key(r, TASK_KEYS) or "task", "?"))
-            results["before"][task] = {"accuracy": _score_of(r.get("before"))}
-            results["after"][task] = {"accuracy": _score_of(r.get("after"))}
-        report.retmask.append(ModelComparison(source, "before", _with_deltas(results, "before")))
-    elif _key(first, TASK_KEYS) and (_key(first, SCORE_KEYS) or "delta" in first):
-        report.compare.append((source, _compare_rows(records)))
-
-
 def _grid_from_records(records: list[dict[str, Any]], score_key: str, name: str) -> Grid | None:
     cells: dict[tuple[Any, Any], list[float]] = defaultdict(list)
     for r in records:
-        length_key, depth_key = _key(r, LENGTH_KEYS), _key(r, DEPTH_KEYS)
-        value = _score_of(r.get(score_key))
-        if length_key is None or depth_key is None or value is None:
+        value = _number(r.get(score_key))
+        if r.get("length") is None or r.get("depth") is None or value is None:
             continue
-        cells[(r[depth_key], r[length_key])].append(value)
+        cells[(r["depth"], r["length"])].append(value)
     if not cells:
         return None
     depths = sorted({d for d, _ in cells}, key=_sort_key)
@@ -522,99 +407,41 @@ def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _add_niah(records: list[dict[str, Any]], source: str, report: Report) -> None:
-    by_condition: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        key = _key(r, CONDITION_KEYS)
-        by_condition[_condition_name(r[key]) if key else "unmasked"].append(r)
-    score_key = _key(records[0], SCORE_KEYS) or "score"
-    grids = [g for c, rows in by_condition.items() if (g := _grid_from_records(rows, score_key, c)) is not None]
-    if grids:
-        report.niah.append(NiahResult(source, grids, _baseline([g.name for g in grids]), score_key))
-
-
-def _condition_name(value: Any) -> str:
-    if isinstance(value, dict):  # a condition record: {"name": ..., "kind": ..., "heads": [...]}
-        value = value.get("name", value)
-    if isinstance(value, list):  # a list of heads
-        return ",".join(map(str, value)) or "unmasked"
-    return str(value)
-
-
 def _baseline(names: list[str]) -> str | None:
-    for candidate in UNMASKED_NAMES:
-        for name in names:
-            if name.lower() == candidate:
-                return name
-    return None
-
-
-def _add_grid_dict(data: dict[str, Any], source: str, report: Report) -> bool:
-    """``{"conditions": {name: {"lengths", "depths", "accuracy": [[depth][length]]}}}`` or one such grid."""
-    specs = data.get("conditions") if isinstance(data.get("conditions"), dict) else {"unmasked": data}
-    grids = []
-    for condition, spec in specs.items():
-        if not isinstance(spec, dict):
-            return False
-        lengths = spec.get("lengths") or spec.get("context_lengths")
-        depths = spec.get("depths")
-        matrix_key = next((k for k in ("accuracy", "grid", "scores", "values", "score") if isinstance(spec.get(k), list)), None)
-        if not (isinstance(lengths, list) and isinstance(depths, list) and matrix_key):
-            return False
-        matrix = spec[matrix_key]
-        if len(matrix) == len(lengths) != len(depths):  # given as [length][depth]
-            matrix = [list(col) for col in zip(*matrix, strict=True)]
-        if len(matrix) != len(depths) or any(len(row) != len(lengths) for row in matrix):
-            report.warnings.append(f"{source}: grid '{condition}' does not match its lengths x depths")
-            return True
-        grids.append(Grid(str(condition), list(depths), list(lengths),
-                          [[_score_of(v) for v in row] for row in matrix], metric=matrix_key))
-    if not grids:
-        return False
-    report.niah.append(NiahResult(source, grids, _baseline([g.name for g in grids]), grids[0].metric))
-    report.add_metadata(source, data.get("meta"))
-    return True
-
-
-def _interval(r: dict[str, Any], prefix: str = "") -> tuple[float | None, float | None]:
-    for key in (f"{prefix}ci", f"{prefix}ci95", f"{prefix}ci_95", f"{prefix}interval"):
-        ci = r.get(key)
-        if isinstance(ci, (list, tuple)) and len(ci) == 2:
-            return _score_of(ci[0]), _score_of(ci[1])
-        if isinstance(ci, dict):
-            return _score_of(ci.get("low", ci.get("lo"))), _score_of(ci.get("high", ci.get("hi")))
-    low = next((r[k] for k in (f"{prefix}ci_low", f"{prefix}ci_lower") if k in r), None)
-    high = next((r[k] for k in (f"{prefix}ci_high", f"{prefix}ci_upper") if k in r), None)
-    return _score_of(low), _score_of(high)
+    return UNMASKED if UNMASKED in names else None
 
 
 def _compare_rows(records: list[dict[str, Any]]) -> list[CompareRow]:
+    """The summary rows of ``results.json`` (:func:`retrieval_heads.evaluate.compare.summarize`)."""
     rows = []
     for r in records:
         if not isinstance(r, dict):
             continue
-        task_key, cond_key, score_key = _key(r, TASK_KEYS), _key(r, CONDITION_KEYS), _key(r, SCORE_KEYS)
-        low, high = _interval(r)
-        d_low, d_high = _interval(r, "delta_")
-        n = r.get("n") if r.get("n") is not None else r.get("n_items")
-        k = r.get("k")
+        n, k = r.get("n_items"), r.get("k")
         rows.append(CompareRow(
-            task=str(r[task_key]) if task_key else "?",
-            condition=_condition_name(r[cond_key]) if cond_key else "?",
-            score=_score_of(r.get(score_key)) if score_key else None,
-            delta=_score_of(r.get("delta", r.get("change"))),
-            ci_low=low, ci_high=high, n=int(n) if isinstance(n, (int, float)) else None,
-            delta_ci_low=d_low, delta_ci_high=d_high,
-            k=int(k) if isinstance(k, (int, float)) else None,
+            task=str(r.get("task", "?")), condition=str(r.get("condition", "?")), score=_number(r.get("score")),
+            delta=_number(r.get("delta")), ci_low=_number(r.get("ci_low")), ci_high=_number(r.get("ci_high")),
+            n=int(n) if isinstance(n, (int, float)) else None, delta_ci_low=_number(r.get("delta_ci_low")),
+            delta_ci_high=_number(r.get("delta_ci_high")), k=int(k) if isinstance(k, (int, float)) else None,
             metric=str(r["metric"]) if r.get("metric") is not None else None,
         ))
-    baseline = _baseline(sorted({row.condition for row in rows}))
-    if baseline is not None:  # fill a missing delta from the unmasked score of the same task
-        base = {row.task: row.score for row in rows if row.condition == baseline}
-        for row in rows:
-            if row.delta is None and row.score is not None and base.get(row.task) is not None:
-                row.delta = row.score - base[row.task]  # type: ignore[operator]
     return rows
+
+
+READERS = {  # format -> reader(data, file name, source, report)
+    FORMAT_NAME: _add_scores,
+    format_name("detect-run"): _add_detect_run,
+    format_name("niah-eval"): _add_niah_eval,
+    format_name("compare"): _add_compare,
+    format_name("retmask-eval"): _add_model_comparison,
+    format_name("pair-stats"): _add_pair_stats,
+    format_name("retmask-train"): _add_training,
+    format_name("dpo-curves"): _add_dpo_curves,
+    format_name("kv-compress"): _add_uses,
+    format_name("decore"): _add_uses,
+    format_name("sharing"): _add_sharing,
+    format_name("rh-vs-rth"): _add_rh_vs_rth,
+}
 
 
 # ---- derived views ----------------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
-from ..artifacts import atomic_write_json, run_metadata
 from ..heads import HeadScores
-from ..model_spec import resolve_model_path
+from ..model_spec import resolve_model_path, weights_fingerprint
+from ..runs import ResumeMismatchError, atomic_write_json, open_run, run_metadata, stamp, track
 from ..selection import concentration
 
 REPORT_FILE = "retmask_eval.json"
+JOURNAL_FILE = "retmask_eval.jsonl"  # one line per (model, suite) scored: a rerun scores only what is missing
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,11 @@ def evaluate_models(
     (default: the built-in model's). Returns the report (also written to
     ``out_dir/retmask_eval.json``): per model and suite the accuracy, its 95 %
     half-width and the change from the base; and the concentration of
-    ``scores``.
+    ``scores``. With ``out_dir`` the run is resumable
+    (:func:`retrieval_heads.runs.open_run`): each scored (model, suite) is
+    journalled with the model's weights fingerprint, a rerun scores only what is
+    missing, and other evaluation settings, or other weights under a model's
+    name, are refused.
 
     >>> evaluate_models({"base": "organism", "retmask": "runs/retmask"})  # doctest: +SKIP
     """
@@ -158,23 +163,47 @@ def evaluate_models(
     tasks = tasks or organism_tasks()
     if not models:
         raise ValueError("no models to evaluate")
+    for spec in models.values():  # a checkpoint folder that is not there: refused before anything is written
+        if isinstance(spec, (str, Path)) and str(spec).startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+            from ..model_spec import model_not_found
+
+            raise model_not_found(str(spec))
     suites = config.build_suites()
     examples = {s.name: make_suite_examples(s, config, tasks) for s in suites}
+    settings = {k: v for k, v in asdict(config).items() if k != "batch_size"}  # the batch changes no answer
+    run = None if out_dir is None else open_run(
+        out_dir, "retmask-eval", settings, record_file="retmask_eval.run.json", journal=JOURNAL_FILE,
+        discard=(JOURNAL_FILE,), seed=config.seed)
+    done = {(r["model"], r["suite"]): r for r in (run.records() if run else [])}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for name, spec in models.items():
-        model, tokenizer = load_for_eval(spec) if isinstance(spec, (str, Path)) else spec
-        results[name] = {}
-        for suite in suites:
-            exs = examples[suite.name]
-            acc = float(tasks.exact_match_accuracy(model, tokenizer, exs, batch_size=config.batch_size))
-            results[name][suite.name] = {"accuracy": acc, "ci95": ci95(acc, len(exs)), "n": len(exs)}
-        if isinstance(spec, (str, Path)):
-            del model
+    total = len(models) * len(suites)
+    with track("retmask evaluate", total, sum(1 for n in models for s in suites if (n, s.name) in done)) as bar:
+        for name, spec in models.items():
+            model, tokenizer = load_for_eval(spec) if isinstance(spec, (str, Path)) else spec
+            weights = weights_fingerprint(model) if isinstance(model, torch.nn.Module) else None
+            results[name] = {}
+            for suite in suites:
+                row = done.get((name, suite.name))
+                if row is not None and row["weights"] != weights:
+                    raise ResumeMismatchError(
+                        f"{out_dir} holds scores of a model {name!r} whose weights differ from this one's "
+                        "(retrained?); use another --out folder, or delete its retmask_eval.jsonl.")
+                if row is None:
+                    exs = examples[suite.name]
+                    acc = float(tasks.exact_match_accuracy(model, tokenizer, exs, batch_size=config.batch_size))
+                    row = {"model": name, "suite": suite.name, "weights": weights, "accuracy": acc,
+                           "ci95": ci95(acc, len(exs)), "n": len(exs)}
+                    if run is not None:
+                        run.append(row)
+                    bar.advance(description=f"{name} / {suite.name}")
+                results[name][suite.name] = {k: row[k] for k in ("accuracy", "ci95", "n")}
+            if isinstance(spec, (str, Path)):
+                del model
     base = next(iter(results))
     for per_suite in results.values():
         for suite_name, row in per_suite.items():
             row["delta"] = row["accuracy"] - results[base][suite_name]["accuracy"]
-    report = run_metadata(
+    report = stamp("retmask-eval", run_metadata(
         base=base,
         models={k: (str(v) if isinstance(v, (str, Path)) else "<in memory>") for k, v in models.items()},
         config=asdict(config),
@@ -182,7 +211,7 @@ def evaluate_models(
         results=results,
         concentration=concentration(scores) if scores is not None else None,
         **dict(extra or {}),
-    )
+    ))
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / REPORT_FILE, report)
     return report

@@ -15,9 +15,11 @@ and rejected responses use the *same* random stream (common random numbers):
 the two differ only where the masked heads change the distribution, not
 through sampling noise.
 
-The output JSONL is the journal: a re-run with the same arguments skips the
-prompt ids already written (kept pairs in ``OUT``, dropped ones in
-``OUT.dropped.jsonl``) and the counts in ``OUT.stats.json`` cover the whole file.
+The output JSONL is the journal of a run (:func:`retrieval_heads.runs.open_run`,
+recorded in ``OUT.run.json``): a re-run with the same heads, sampling settings
+and weights skips the prompt ids already written (kept pairs in ``OUT``,
+dropped ones in ``OUT.dropped.jsonl``), other ones are refused by name; the
+counts in ``OUT.stats.json`` cover the whole file.
 
 >>> from retrieval_heads import load_model
 >>> from retrieval_heads.heads import HeadScores
@@ -40,20 +42,14 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from ..artifacts import ResumeMismatchError, append_jsonl, atomic_write_json, read_jsonl, run_metadata
 from ..generation import RowSampler, StopTokens, generate
 from ..heads import Head, check_heads, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
-from ..progress import progress_bar
+from ..runs import Run, atomic_write_json, flags, open_run, read_jsonl, stamp, track
 from .pair_records import PairConfig, PromptItem, Response, dropped_path, encode_prompt, pair_row, pair_seeds
 
 DROP_REASONS = ("empty_chosen", "empty_rejected", "empty_both", "identical", "prompt_too_long")
-
-
-class PairsResumeMismatchError(ResumeMismatchError, ValueError):
-    """The pairs file was made with other heads, sampling settings or model weights (a ``ValueError`` too, as
-    before the shared :class:`~retrieval_heads.artifacts.ResumeMismatchError`)."""
 
 
 class ChatTemplateError(ValueError):
@@ -82,16 +78,21 @@ class PairStats:
         return sum(self.dropped.values())
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write_json(path, {**asdict(self), "n_dropped": self.n_dropped})
+        return atomic_write_json(path, stamp("pair-stats", {**asdict(self), "n_dropped": self.n_dropped}))
 
     @classmethod
     def load(cls, path: str | Path) -> PairStats:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        data.pop("n_dropped", None)
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k not in ("n_dropped", "format", "format_version")})
 
 
 # ---- prompts -----------------------------------------------------------------------------------------
+
+
+def run_path(out_path: str | Path) -> Path:
+    """``pairs.jsonl`` -> ``pairs.run.json`` (the run's settings: heads, sampling, weights)."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".run.json")
 
 
 def stats_path(out_path: str | Path) -> Path:
@@ -254,20 +255,6 @@ def _decode_continuation(tokenizer, prompt_ids: list[int], tokens: list[int]) ->
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def _check_resume(out_path: Path, heads: list[Head], config: PairConfig, weights: str) -> None:
-    path = stats_path(out_path)
-    if not path.exists():
-        return
-    old = PairStats.load(path)
-    want = {"heads": heads_to_strings(heads), "settings": config.sampling_settings(), "weights": weights}
-    have = {"heads": old.heads, "settings": old.settings, "weights": old.meta.get("weights")}
-    if want != have:
-        raise PairsResumeMismatchError(
-            f"{out_path} was made with other heads, sampling settings or model weights ({path}: {have}); "
-            f"this run asks for {want}. Write to a new --out, or delete the old files to start over."
-        )
-
-
 def _summarise(out_path: Path, items: Sequence[PromptItem], heads: list[Head], config: PairConfig,
                n_resumed: int, n_generated: int, meta: dict[str, Any]) -> PairStats:
     kept = list(read_jsonl(out_path))
@@ -315,19 +302,23 @@ def generate_pairs(
     heads = check_heads(heads, spec.n_layers, spec.n_heads)  # fail before any work on a head the model lacks
     items = prepare_prompts(prompts, tokenizer, config)
     identity = model_identity(model)
-    _check_resume(out_path, heads, config, identity["weights"])
-    done = {r["id"] for r in read_jsonl(out_path)} | {r["id"] for r in read_jsonl(dropped_path(out_path))}
+    run = open_run(
+        out_path.parent, "retmask-pairs", {"--heads (masked)": heads_to_strings(heads), **flags(config.sampling_settings())},
+        fingerprints={"the model's weights": identity["weights"]}, discard=(), record_file=run_path(out_path).name,
+        journal=out_path.name, hint=f"Write to a new --out, or delete {out_path} and its .run/.stats/.dropped files.",
+        **identity, seed=config.seed, engine=config.engine, n_heads_masked=len(heads),
+    )
+    done = {r["id"] for r in run.records()} | {r["id"] for r in run.records(dropped_path(out_path).name)}
     pending = [it for it in items if it.id not in done]
     n_resumed = len(items) - len(pending)
-    meta = run_metadata(**identity, engine=config.engine, n_heads_masked=len(heads))
-    PairStats(heads=heads_to_strings(heads), settings=config.sampling_settings(), meta=meta).save(stats_path(out_path))
+    meta = run.meta
 
     if config.max_prompt_tokens is not None:
         keep = []
         for it in pending:
             n = len(encode_prompt(tokenizer, it))
             if n > config.max_prompt_tokens:
-                append_jsonl(dropped_path(out_path), {"id": it.id, "reason": "prompt_too_long", "prompt_tokens": n})
+                run.append({"id": it.id, "reason": "prompt_too_long", "prompt_tokens": n}, dropped_path(out_path).name)
             else:
                 keep.append(it)
         pending = keep
@@ -337,18 +328,18 @@ def generate_pairs(
 
             run_vllm(model, tokenizer, heads, pending, config, out_path)
         else:
-            _run_transformers(model, tokenizer, heads, pending, config, out_path, progress)
+            _run_transformers(model, tokenizer, heads, pending, config, run, progress, len(items))
     stats = _summarise(out_path, items, heads, config, n_resumed, len(pending), meta)
     stats.save(stats_path(out_path))
     return stats
 
 
-def _run_transformers(model, tokenizer, heads, pending, config, out_path, progress) -> None:  # noqa: ANN001
+def _run_transformers(model, tokenizer, heads, pending, config, run: Run, progress, total: int) -> None:  # noqa: ANN001
     # longest first, so padding is small within a batch and a memory error shows up at once
     lengths = {it.id: len(encode_prompt(tokenizer, it)) for it in pending}
     order = sorted(pending, key=lambda it: -lengths[it.id])
-    with progress_bar(progress) as bar:
-        task = bar.add_task("RetMask pairs", total=len(order))
+    dropped = dropped_path(run.journal).name
+    with track("RetMask pairs", total, total - len(order), enabled=progress) as bar:
         for start in range(0, len(order), config.batch_size):
             batch = order[start: start + config.batch_size]
             seeds = [pair_seeds(it, config) for it in batch]
@@ -357,5 +348,5 @@ def _run_transformers(model, tokenizer, heads, pending, config, out_path, progre
                 rejected = _sample_batch(model, tokenizer, batch, [s[1] for s in seeds], config)
             for it, c, r, s in zip(batch, chosen, rejected, seeds, strict=True):
                 row, reason = pair_row(it, c, r, s)
-                append_jsonl(dropped_path(out_path) if reason else out_path, row)
-            bar.advance(task, len(batch))
+                run.append(row, dropped if reason else None)
+            bar.advance(len(batch))

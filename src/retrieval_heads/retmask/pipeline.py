@@ -1,7 +1,11 @@
 """RetMask end to end on an organism-like model: heads -> pairs -> DPO -> before/after evaluation.
 
-Every step writes into ``out`` and is skipped when its output exists, so an
-interrupted run resumes. With ``random_control=True`` the same pipeline runs a
+``out`` is a run (:func:`retrieval_heads.runs.open_run`): the pipeline's
+settings, the base weights and the head scores are recorded in ``out/run.json``
+and a rerun with any of them changed is refused by name before anything is
+written. Every step is a run of its own inside it (pairs journal, trained model,
+evaluation journal), so an interrupted run resumes where it stopped and a
+finished step is kept. With ``random_control=True`` the same pipeline runs a
 second arm whose rejected responses come from K random heads (outside the
 top-K) masked — the control that the gain comes from the retrieval-head
 contrast.
@@ -12,6 +16,7 @@ contrast.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -20,8 +25,8 @@ from typing import Any
 
 from rich.console import Console
 
-from ..artifacts import atomic_write_json, check_or_record, read_jsonl
 from ..heads import HeadScores
+from ..runs import Run, atomic_write_text, open_run
 from ..selection import HeadSelection
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
 from .pairs import PairConfig, generate_pairs
@@ -60,11 +65,10 @@ class RetMaskPipelineConfig:
             raise ValueError("n_prompts and n_eval must be >= 1")
 
 
-def _training_prompts(generator: Any, config: RetMaskPipelineConfig, out: Path) -> list[dict[str, Any]]:
+def _training_prompts(generator: Any, config: RetMaskPipelineConfig, run: Run) -> list[dict[str, Any]]:
     """Long-context prompts from the *training* name pool (evaluation uses the held-out one)."""
-    path = out / "prompts.jsonl"
-    if path.exists():
-        return list(read_jsonl(path))
+    if run.journal.exists():
+        return run.records()
     rng = random.Random(23 + config.seed)
     rows = []
     for i in range(config.n_prompts):
@@ -72,16 +76,18 @@ def _training_prompts(generator: Any, config: RetMaskPipelineConfig, out: Path) 
         length = config.lengths[i % len(config.lengths)]
         ex = generator.example(task, rng, length, split="train")
         rows.append({"id": f"{task}-{i}", "prompt": ex.prompt, "task": task, "length": length, "answer": ex.answer})
-    atomic_write_json(out / "prompts.meta.json", {"n": len(rows), "seed": config.seed})
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(run.journal, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
-def _check_base_model(out: Path, model: str, weights: str) -> None:
-    """Refuse to resume RetMask work (pairs, trained models) that was made from other base weights."""
-    check_or_record(out / "base_model.json", "base", {"weights": weights}, record={"model": model},
-                    what=f"RetMask pairs and models of {model}",
-                    hint="Resuming would mix work from two base models: use another --out, or delete that folder to start over.")
+def open_pipeline(config: RetMaskPipelineConfig, weights: str) -> Run:
+    """Open ``config.out`` for this pipeline, refusing a folder made with other settings, base weights or heads."""
+    scores = hashlib.sha256(json.dumps(HeadScores.load(config.heads).scores.tolist()).encode()).hexdigest()
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "heads")}
+    return open_run(config.out, "retmask-pipeline", settings, journal="prompts.jsonl", discard=(),
+                    fingerprints={"the base model's weights": weights, "the head scores (heads file)": scores},
+                    model=config.model, seed=config.seed, heads=config.heads,
+                    hint="Resuming would mix work from two runs: use another out folder, or delete it to start over.")
 
 
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
@@ -91,10 +97,8 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
 
     console = console or Console(stderr=True)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(config.model)
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
-    _check_base_model(out, str(model_path), weights_fingerprint(model))
     tasks = task_suite(model_path)
     scores = HeadScores.load(config.heads)
     selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
@@ -104,7 +108,8 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     for arm, sel in selections.items():
         heads = sel.resolve(spec.n_layers, spec.n_heads)
         arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
-    prompts = _training_prompts(tasks.generator, config, out)
+    run = open_pipeline(config, weights_fingerprint(model))  # the heads are valid: now the folder is checked
+    prompts = _training_prompts(tasks.generator, config, run)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)
     pair_stats = {}
@@ -124,8 +129,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
         if pair_stats[arm]["n_pairs"] == 0:
             console.print(f"[yellow]retmask train [{arm}]: no pair survived the filters; nothing to train[/]")
             continue
-        if not (model_dir / "retmask_run.json").exists():
-            train_retmask(model_path, out / f"pairs_{arm}.jsonl", model_dir, train_cfg)
+        train_retmask(model_path, out / f"pairs_{arm}.jsonl", model_dir, train_cfg)  # kept when finished
         trained[arm] = str(model_dir / "merged") if config.lora and (model_dir / "merged").exists() else str(model_dir)
 
     eval_cfg = RetMaskEvalConfig(suites=("multikey_long", "mono_long", "cross", "multihop", "parametric"),

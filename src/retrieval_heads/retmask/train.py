@@ -25,6 +25,7 @@ PosixPath('runs/retmask')
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -34,8 +35,8 @@ from typing import Any
 
 import torch
 
-from ..artifacts import atomic_write_json, read_jsonl, run_metadata
 from ..model_spec import resolve_model_path
+from ..runs import atomic_write_json, open_run, read_jsonl, run_metadata, stamp, track
 from .curves import (
     CURVES_FILE,
     CURVES_PLOT,
@@ -267,15 +268,33 @@ def train_retmask(
     the loss curve and run metadata, and ``training_curves.json`` /
     ``training_curves.png``: the DPO metrics per step and on the held-out
     pairs (``config.heldout_fraction``) before and after training
-    (:mod:`retrieval_heads.retmask.curves`).
+    (:mod:`retrieval_heads.retmask.curves`). ``out_dir`` is a run
+    (:func:`retrieval_heads.runs.open_run`): a folder trained with another base
+    model, other pairs or other settings is refused by name, and a finished
+    training with the same ones is kept (its result returned, ``trainer`` None).
 
     >>> train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
     """
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
+    from transformers import AutoTokenizer
+
     rows = _pair_rows(pairs)
+    load_pairs(rows)  # bad pairs and a model that exists nowhere are refused before the folder is touched
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model))
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    run = open_run(out_dir, "retmask-train", {"base model": model, **asdict(config)}, discard=(RUN_FILE,),
+                   fingerprints={"the preference pairs": digest}, model=model, seed=config.seed,
+                   hint=f"Use another --out folder, or delete {out_dir} to train again.")
+    if run.resumed and (out_dir / RUN_FILE).is_file():
+        done = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
+        print(f"{out_dir}: resuming: 1 of 1 trainings done (kept)", file=sys.stderr, flush=True)
+        merged = Path(done["merged_dir"]) if done.get("merged_dir") else None
+        curves = json.loads((out_dir / CURVES_FILE).read_text(encoding="utf-8")) if (out_dir / CURVES_FILE).is_file() \
+            else None
+        return TrainResult(out_dir, done["n_pairs"], done["metrics"], done["log_history"], merged, None, curves)
     train_rows, held_rows = split_pairs(rows, config.heldout_fraction, config.seed)
-    trainer = build_trainer(model, load_pairs(train_rows), out_dir, config)
+    trainer = build_trainer(model, load_pairs(train_rows), out_dir, config, tokenizer)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.logging import is_progress_bar_enabled
 
@@ -287,7 +306,8 @@ def train_retmask(
         # tokenized exactly as TRL tokenizes the training pairs
         held_tok = list(trainer._prepare_dataset(load_pairs(held_rows), trainer.processing_class, trainer.args, "heldout"))
         before, ref_logps = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta)
-    output = trainer.train()
+    with track("retmask train", 1, enabled=False):  # Ctrl-C: says how to go on
+        output = trainer.train()
     after = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta, ref_logps)[0] if held_tok else None
     trainer.save_model(str(out_dir))
     merged_dir = None
@@ -306,14 +326,14 @@ def train_retmask(
     if trainer.is_world_process_zero():
         atomic_write_json(out_dir / CURVES_FILE, curves)
         plot_curves(curves, out_dir / CURVES_PLOT)
-        atomic_write_json(out_dir / RUN_FILE, run_metadata(
-            base_model=model, base_path=resolve_model_path(model),
-            pairs=str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", n_pairs=result.n_pairs,
-            n_heldout=len(held_rows), config=asdict(config), metrics=result.metrics, log_history=result.log_history,
-            heldout={"before": before, "after": after},
-            adapter=config.use_lora, merged_dir=str(merged_dir) if merged_dir else None,
-            world_size=trainer.args.world_size,
-        ))
+        atomic_write_json(out_dir / RUN_FILE, stamp("retmask-train", {
+            **run.meta, "base_model": model, "base_path": resolve_model_path(model),
+            "pairs": str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", "n_pairs": result.n_pairs,
+            "n_heldout": len(held_rows), "config": asdict(config), "metrics": result.metrics,
+            "log_history": result.log_history, "heldout": {"before": before, "after": after},
+            "adapter": config.use_lora, "merged_dir": str(merged_dir) if merged_dir else None,
+            "world_size": trainer.args.world_size,
+        }))
     return result
 
 

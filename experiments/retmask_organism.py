@@ -1,7 +1,7 @@
 """RetMask end to end on the built-in model, with a random-heads control, on CPU.
 
-    python scripts/retmask_organism.py --out runs/retmask_organism
-    python scripts/retmask_organism.py --out /tmp/rm --n-prompts 32 --n-eval 24   # a quick look
+    python experiments/retmask_organism.py --out runs/retmask_organism
+    python experiments/retmask_organism.py --out runs/rm-quick --n-prompts 32 --n-eval 24   # a quick look
 
 Cost on 2 shared CPU cores (a 6 x 16-head organism, measured while another
 training run shared the cores): sampling ~1.3 s per prompt and arm at 1024
@@ -11,8 +11,9 @@ example and model. The defaults (192 prompts at 512/1024 tokens, 2 epochs,
 100 held-out examples per suite) therefore take roughly 7 min of sampling,
 2 x 15-25 min of DPO and 20 min of evaluation; idle cores roughly halve that.
 
-Steps (each writes into ``--out`` and is skipped when its output exists, so an
-interrupted run resumes):
+Steps 2-4 are :func:`retrieval_heads.retmask.pipeline.run_retmask_pipeline`
+(with its random-heads control); ``--out`` is its run folder, so an interrupted
+run resumes and a rerun with other settings is refused:
 
 1. detect: a teacher-forced retrieval (copy) score per head on held-out
    ``mono`` prompts the model answers correctly

@@ -1,6 +1,6 @@
 """Do both halves of a 128-head organism work? LM loss and accuracy with each half of every KV group masked.
 
-    python runs/o128/halves.py CHECKPOINT [THREADS]
+    python experiments/organism128/halves.py CHECKPOINT [THREADS]
 
 Halves: query heads 0-3 of each group of 8 ("first": where grow_query_heads puts the 64 original heads of a
 grown checkpoint) vs 4-7 ("second": the added ones). LM loss: mean token cross-entropy over 48 held-out
@@ -10,11 +10,11 @@ import json
 import sys
 
 import torch
+from common import accuracy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retrieval_heads.heads import Head
 from retrieval_heads.masking import masked_heads
-from retrieval_heads.organism.measure import _accuracy
 from retrieval_heads.organism.tasks import make_eval_set, organism_generator
 
 path = sys.argv[1]
@@ -46,5 +46,5 @@ halves = {"none": [],
 out = {}
 for name, heads in halves.items():
     out[name] = {"n_masked": len(heads), "lm_loss": lm_loss(heads),
-                 **{t: round(_accuracy(model, tok, exs, heads)[0], 3) for t, exs in tasks.items()}}
+                 **{t: round(accuracy(model, tok, exs, heads)[0], 3) for t, exs in tasks.items()}}
     print(name, json.dumps(out[name]), flush=True)

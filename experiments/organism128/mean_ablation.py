@@ -1,6 +1,6 @@
 """Zeroing vs mean-ablating the shipped organism's six retrieval heads (docs/organism.md, "Measurements").
 
-    python scripts/organism128/mean_ablation.py
+    python experiments/organism128/mean_ablation.py
 
 Heads: the top-K the model card's measurement masked (``docs/organism-measure.json``, ``masking``).
 Means: each head's output averaged over 32 held-out prompts with their answers (8 each of mono, cross,

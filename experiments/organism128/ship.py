@@ -1,6 +1,6 @@
 """Install a finished pipeline run as the shipped organism: its stage files, its checkpoint, its training record.
 
-    python scripts/organism128/ship.py RUN_DIR [--package-dir src/retrieval_heads/organism] [--stages 13]
+    python experiments/organism128/ship.py RUN_DIR --package-dir src/retrieval_heads/organism [--stages 13]
 
 RUN_DIR holds ``recipe/stageI.json`` and ``stageI/`` (each with its ``training.json``) for the stages the
 run trained, up to I = N, as ``pipeline.sh`` leaves them (a stage with no stage file was skipped). Each
@@ -21,9 +21,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from retrieval_heads.artifacts import atomic_write_json
 from retrieval_heads.organism.recipe import stage_time, with_recipe_record
 from retrieval_heads.organism.train_config import OrganismTrainConfig, training_settings
+from retrieval_heads.runs import atomic_write_json
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "lexicon.jsonl", "model.safetensors",
                     "tokenizer.json", "tokenizer_config.json")
@@ -32,7 +32,7 @@ CHECKPOINT_FILES = ("config.json", "generation_config.json", "lexicon.jsonl", "m
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--package-dir", type=Path, default=Path("src/retrieval_heads/organism"))
+    ap.add_argument("--package-dir", type=Path, required=True, help="the organism package to install into")
     ap.add_argument("--stages", type=int, default=13)
     args = ap.parse_args()
     run, n = args.run_dir, args.stages

@@ -1,6 +1,6 @@
 """Write a concentration stage (as shipped stages 11-13) for a checkpoint, with heads chosen by detection.
 
-    python runs/o128/concentrate.py CHECKPOINT BASE_STAGE.json OUT_STAGE.json [--keep 6] [--drop 0.9]
+    python experiments/organism128/concentrate.py CHECKPOINT BASE_STAGE.json OUT_STAGE.json [--keep 6] [--drop 0.9]
         [--reinit-above 0.04] [--carry PREVIOUS_STAGE.json]
 
 Detection: teacher-forced copy score (organism.measure.head_scores) on 40 held-out mono
@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
+from common import accuracy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retrieval_heads.heads import HeadScores
-from retrieval_heads.organism.measure import _accuracy, head_scores
+from retrieval_heads.organism.measure import head_scores
 from retrieval_heads.organism.tasks import make_eval_set, organism_generator
 
 ap = argparse.ArgumentParser()
@@ -38,7 +39,7 @@ tok = AutoTokenizer.from_pretrained(args.checkpoint)
 model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
 gen = organism_generator(args.checkpoint)
 det = make_eval_set("mono", 40, seed=2, generator=gen)
-acc, ok = _accuracy(model, tok, det)
+acc, ok = accuracy(model, tok, det)
 raw, counted = head_scores(model, tok, det, ok)
 scores = HeadScores(raw)
 keep = scores.top_k(args.keep)
