@@ -56,14 +56,15 @@ def detect(model, tokenizer, model_path: str, n_detect: int, out: Path) -> Path:
         return path
     from retrieval_heads.organism import tasks
     from retrieval_heads.organism.measure import head_scores
+    from retrieval_heads.organism.prompts import example_to_prompt
 
     gen = tasks.organism_generator(model_path)
     make = partial(tasks.make_eval_set, generator=gen)
     examples = make("mono", n=n_detect, seed=DETECT_SEED, lengths=(256, 512, 1024))
-    answers = tasks.generate_answers(model, tokenizer, examples)
-    correct = [a == ex.answer.strip() for a, ex in zip(answers, examples, strict=True)]
-    scores, counted = head_scores(model, tokenizer, examples, correct, kind="retrieval")
-    HeadScores(scores, {"model": model_path, "method": "teacher-forced copy score (organism.measure)",
+    prompts = [example_to_prompt(tokenizer, ex, f"det{i}") for i, ex in enumerate(examples)]
+    found = head_scores(model, tokenizer, prompts, kind="retrieval")  # detect, teacher mode
+    counted = int(found.meta["counted_prompts"])
+    HeadScores(found.scores, {"model": model_path, "method": "retrieval score, detect teacher mode (organism.measure)",
                         "task": "mono", "n_prompts": len(examples), "n_counted": counted,
                         "seed": DETECT_SEED}).save(path)
     return path

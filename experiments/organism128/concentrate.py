@@ -19,8 +19,8 @@ import torch
 from common import accuracy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.heads import HeadScores
 from retrieval_heads.organism.measure import head_scores
+from retrieval_heads.organism.prompts import example_to_prompt
 from retrieval_heads.organism.tasks import make_eval_set, organism_generator
 
 ap = argparse.ArgumentParser()
@@ -40,8 +40,8 @@ model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float3
 gen = organism_generator(args.checkpoint)
 det = make_eval_set("mono", 40, seed=2, generator=gen)
 acc, ok = accuracy(model, tok, det)
-raw, counted = head_scores(model, tok, det, ok)
-scores = HeadScores(raw)
+scores = head_scores(model, tok, [example_to_prompt(tok, ex, f"det{i}") for i, ex in enumerate(det)])  # detect, teacher
+raw, counted = scores.scores, int(scores.meta["counted_prompts"])
 keep = scores.top_k(args.keep)
 reinit = [h for h in scores.top_k(args.keep + args.max_reinit)[args.keep:]
           if scores[h] >= args.reinit_above and h.layer > 0]  # layer 0 feeds the rest: left alone, as shipped

@@ -13,8 +13,8 @@ import torch
 from common import accuracy, accuracy_by
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.heads import HeadScores
 from retrieval_heads.organism.measure import head_scores
+from retrieval_heads.organism.prompts import example_to_prompt
 from retrieval_heads.organism.tasks import make_eval_set, organism_generator
 from retrieval_heads.selection import random_heads
 
@@ -32,8 +32,8 @@ for t, exs in sets.items():
     print(t, out[t], flush=True)
 det = make_eval_set("mono", 24, seed=2, lengths=(512, 768, 1024), generator=gen)
 _, ok = accuracy(model, tok, det)
-raw, n = head_scores(model, tok, det, ok)
-s = HeadScores(raw)
+s = head_scores(model, tok, [example_to_prompt(tok, ex, f"det{i}") for i, ex in enumerate(det)])  # detect, teacher
+raw, n = s.scores, int(s.meta["counted_prompts"])
 print("heads>0.1", len(s.above(0.1)), "of", raw.numel(), "counted", n,
       [(str(h), round(s[h], 3)) for h in s.top_k(10)], flush=True)
 above = s.above(0.1)

@@ -153,17 +153,19 @@ def projection_weight_in_dim(proj: nn.Module) -> int:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map built-in names (``organism``) to their shipped checkpoints; anything else passes through."""
-    if name_or_path == "organism":
-        from .organism import ORGANISM_PATH
+    """Map built-in names (``organism``, see :mod:`retrieval_heads.builtins`) to their checkpoints; others pass through."""
+    from .builtins import get_builtin
 
-        if not (ORGANISM_PATH / "config.json").is_file():
-            raise FileNotFoundError(
-                f"the built-in organism checkpoint is not shipped in this installation ({ORGANISM_PATH}); "
-                "train one with `retrieval-heads organism train --out DIR` and pass `--model DIR`"
-            )
-        return str(ORGANISM_PATH)
-    return name_or_path
+    builtin = get_builtin(name_or_path)
+    if builtin is None:
+        return name_or_path
+    path = builtin.checkpoint()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in {name_or_path} checkpoint is not shipped in this installation ({path}); "
+            f"train one (e.g. `retrieval-heads {name_or_path} train --out DIR`) and pass `--model DIR`"
+        )
+    return str(path)
 
 
 def load_model(

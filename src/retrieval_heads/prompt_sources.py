@@ -1,30 +1,32 @@
-"""Where detection prompts come from: built-in/user haystacks and needles, or the organism's own tasks.
+"""Where detection prompts come from: built-in/user haystacks and needles, or a built-in model's own prompts.
 
-The built-in model was trained on its own synthetic corpus, so for it (and
-for any checkpoint that carries the organism's ``lexicon.jsonl``) the
-prompts are held-out organism examples; every other model gets NIAH grids
-from :mod:`retrieval_heads.niah`.
+A built-in model (:mod:`retrieval_heads.builtins`; the organism was trained on
+its own synthetic corpus) brings its own prompt source, also used for any
+checkpoint trained like it; every other model gets NIAH grids from
+:mod:`retrieval_heads.niah`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ORGANISM_SOURCE = "organism"
+from .builtins import BuiltinModel, builtin_for, get_builtin
+
+DEFAULT_MAX_LENGTH, DEFAULT_N_LENGTHS = 8000, 8
 
 
 @dataclass
 class PromptRequest:
     """What prompts to build: a grid, a kind, and languages.
 
+    ``lengths`` None asks for the default grid (:func:`default_lengths`).
     ``lang`` is the monolingual language; ``source_lang``/``target_lang`` the
     needle and answer languages of a transition (cross-lingual) grid. For the
     built-in model, ``per_cell`` examples are drawn per length x depth cell.
     """
 
-    lengths: list[int]
+    lengths: list[int] | None
     depths: list[float]
     kind: str = "retrieval"
     lang: str = "en"
@@ -37,50 +39,51 @@ class PromptRequest:
     seed: int = 0
 
 
-def uses_organism_prompts(model_name: str, haystack: str | None) -> bool:
-    """True for the built-in model (or a checkpoint trained like it) unless another haystack is asked for."""
-    if haystack is not None:
-        return haystack == ORGANISM_SOURCE
-    if model_name == ORGANISM_SOURCE:
-        return True
-    from .organism.train import LEXICON_FILE
+def builtin_prompt_source(model_name: str, haystack: str | None) -> BuiltinModel | None:
+    """The built-in model whose own prompts ``model_name`` gets (None: NIAH grids).
 
-    return (Path(model_name) / LEXICON_FILE).is_file()
+    A built-in model (or a checkpoint trained like one) gets its own prompts
+    unless another haystack is asked for; ``--haystack NAME`` of a built-in
+    model asks for that model's prompts.
+    """
+    if haystack is not None:
+        return get_builtin(haystack)
+    return builtin_for(model_name)
+
+
+def default_lengths(max_positions: int | None) -> list[int]:
+    """The default grid: 8 lengths from 1000 to 8000, scaled down to fit the model's window.
+
+    The longest length is ``stop = min(8000, floor(0.9 * window))`` (room for
+    the question, answer and any chat template), the shortest ``stop // 8``
+    (1000 at 8000), 8 lengths evenly spaced between them.
+
+    >>> default_lengths(None), default_lengths(2048)
+    ([1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000], [230, 460, 691, 921, 1152, 1382, 1613, 1843])
+    """
+    stop = DEFAULT_MAX_LENGTH if not max_positions else min(DEFAULT_MAX_LENGTH, int(0.9 * max_positions))
+    start = max(1, stop // 8)
+    from .niah import parse_lengths
+
+    return parse_lengths(f"{start}:{stop}:{DEFAULT_N_LENGTHS}")
 
 
 def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, req: PromptRequest) -> list[Any]:
-    """NIAH prompts for ``req``: organism task examples or a haystack x needle grid."""
+    """NIAH prompts for ``req``: a built-in model's own prompts or a haystack x needle grid.
+
+    ``req.lengths`` None is the :func:`default_lengths` grid of the window (set on ``req``).
+    """
     transition = req.kind == "transition"
     if transition and not (req.source_lang and req.target_lang):
         raise ValueError("the transition score needs --source-lang and --target-lang")
     if transition and req.source_lang == req.target_lang:
         raise ValueError("source and target language must differ for retrieval-transition heads")
-    if uses_organism_prompts(model_name, req.haystack):
-        from .model_spec import resolve_model_path
-        from .organism.prompts import organism_prompts
-        from .organism.tasks import organism_generator
-
-        gen = organism_generator(resolve_model_path(model_name))
-        n = len(req.lengths) * len(req.depths) * req.per_cell
-        if transition:
-            # organism_prompts cycles ordered pairs of `langs`; keep only source -> target
-            prompts = organism_prompts(
-                tokenizer, "cross", 2 * n, req.seed, req.lengths, [req.source_lang, req.target_lang],
-                req.depths, generator=gen,
-            )
-            prompts = [p for p in prompts if p.needle.lang == req.source_lang]
-            from .organism.prompts import organism_counterfactuals
-
-            prompts = organism_counterfactuals(tokenizer, prompts)  # for alignment="counterfactual"
-        else:
-            prompts = organism_prompts(tokenizer, "mono", n, req.seed, req.lengths, [req.lang], req.depths, generator=gen)
-        too_long = [p for p in prompts if max_positions and len(p.input_ids) > max_positions]
-        if too_long:
-            asked = sorted({p.meta.get("requested_context_length", len(p.input_ids)) for p in too_long})
-            raise ValueError(f"{len(too_long)} prompts of length {', '.join(map(str, asked))} (up to "
-                             f"{max(len(p.input_ids) for p in too_long)} tokens) exceed the model's window of "
-                             f"{max_positions} tokens; use shorter lengths (--lengths)")
-        return prompts
+    if req.lengths is None:
+        req.lengths = default_lengths(max_positions)
+    builtin = builtin_prompt_source(model_name, req.haystack)
+    if builtin is not None and builtin.prompts is not None:
+        path = None if model_name == builtin.name else model_name
+        return builtin.prompts(path, tokenizer, max_positions, req)
 
     from .niah import build_grid, cross_lingual_needles, load_haystack, load_needles
 

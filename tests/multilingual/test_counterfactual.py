@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retrieval_heads.detect import DetectConfig, detect
-from retrieval_heads.multilingual.transition import counterfactual_events
+from retrieval_heads.detect.transition import counterfactual_events
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import word_tokenizer
 from tests.multilingual.test_transition_detect import ANSWER_LEN, transition_prompts

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from retrieval_heads.lexicon import Lexicon, load_lexicon
 from retrieval_heads.organism.corpus import (
     CHAIN_SEP,
     PROMPT_TEMPLATE,
@@ -15,7 +16,6 @@ from retrieval_heads.organism.corpus import (
     joiner,
     name_split,
 )
-from retrieval_heads.organism.lexicon import Lexicon, load_lexicon
 
 COPULA = {"en": " is", "de": " ist", "sw": " ni", "zh": "是"}
 

@@ -14,7 +14,6 @@ from retrieval_heads.retmask.pairs import (
     ChatTemplateError,
     PairConfig,
     PairStats,
-    PerRowSampler,
     dropped_path,
     generate_pairs,
     load_prompts,
@@ -210,16 +209,6 @@ def test_prompt_sources(tmp_path):
         load_prompts(f"dataset:{tmp_path / 'bad'}")
     with pytest.raises(FileNotFoundError):
         load_prompts(tmp_path / "missing.jsonl")
-
-
-def test_per_row_sampler_is_batch_independent_and_respects_top_p():
-    torch.manual_seed(0)
-    scores = torch.randn(3, 50)
-    both = PerRowSampler([11, 12, 13], temperature=0.6, top_p=1.0, device=torch.device("cpu"))(None, scores)
-    alone = PerRowSampler([12], temperature=0.6, top_p=1.0, device=torch.device("cpu"))(None, scores[1:2])
-    assert torch.equal(both[1:2].argmax(-1), alone.argmax(-1))
-    greedy = PerRowSampler([1, 2, 3], temperature=0.6, top_p=1e-6, device=torch.device("cpu"))(None, scores)
-    assert torch.equal(greedy.argmax(-1), scores.argmax(-1))  # a tiny nucleus keeps only the best token
 
 
 def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, monkeypatch):

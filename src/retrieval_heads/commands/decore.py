@@ -30,12 +30,12 @@ def _items(task: str | None, prompts: Path | None, model: str, n: int, lengths: 
     if task is not None:
         if task not in TASKS:
             raise typer.BadParameter(f"--task must be one of {TASKS}")
+        from ..builtins import builtin_for
         from ..model_spec import resolve_model_path
         from ..organism.conflict import conflict_prompts
         from ..organism.tasks import organism_generator
-        from ..prompt_sources import uses_organism_prompts
 
-        if not uses_organism_prompts(model, None):
+        if builtin_for(model) is None:
             raise typer.BadParameter("--task conflict needs the built-in model (or a checkpoint trained like it)")
         gen = organism_generator(resolve_model_path(model))
         return [it.to_json() for it in conflict_prompts(n, seed, lengths, generator=gen)]

@@ -33,7 +33,7 @@ def detect_command(
     lexicon: str | None = option(DetectConfig, "lexicon"),
     per_cell: int = option(GridOptions, "per_cell", default=3, min=1),
     mode: str = option(DetectConfig, "mode"),
-    lengths: str = option(GridOptions, "lengths", default="1000:8000:8"),
+    lengths: str | None = option(GridOptions, "lengths", default=None),  # None: default_lengths(window)
     depths: str = option(GridOptions, "depths", default="10"),
     needles: str | None = option(GridOptions, "needles"),
     haystack: str | None = option(GridOptions, "haystack"),
@@ -64,7 +64,7 @@ def detect_command(
             batch_size=batch_size, seed=seed, table_rows=table_rows, progress=progress,
         )
         request = PromptRequest(
-            lengths=parse_lengths(lengths), depths=parse_depths(depths), kind=kind, lang=lang,
+            lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,
             source_lang=source_lang, target_lang=target_lang, needles=needles, haystack=haystack,
             chat_template=chat_template, per_cell=per_cell, seed=seed,
         )

@@ -14,7 +14,7 @@ heads masked from the prompt's last token on. ``masked_prefill=True`` instead
 prefills the masked stream with the heads masked too (two prefills).
 
 Stops at EOS, at a newline once the answer has begun (the tokenizer's own
-newline tokens, :class:`retrieval_heads.detect.greedy.StopTokens`), or at a
+newline tokens, :class:`retrieval_heads.generation.StopTokens`), or at a
 stop string. When the toolkit's generation module lands, the loop in
 :func:`_decode_one` moves there as a two-stream step.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..detect.greedy import StopTokens, _cache_argument
+from ..generation import StopTokens, cache_argument
 from ..heads import Head
 from ..masking import MaskMode, masked_heads
 from ..model_spec import ModelSpec
@@ -85,7 +85,7 @@ def contrast(base_logits: torch.Tensor, masked_logits: torch.Tensor, settings: D
 
 def _forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
     """Last-position logits ``(1, V)``, extending ``cache`` (``cache=`` on transformers >= 5.24, else ``past_key_values=``)."""
-    return model(ids, **{_cache_argument(model): cache, "use_cache": True}).logits[:, -1]
+    return model(ids, **{cache_argument(model): cache, "use_cache": True}).logits[:, -1]
 
 
 @torch.no_grad()

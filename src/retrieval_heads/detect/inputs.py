@@ -1,4 +1,4 @@
-"""What detection needs from a NIAH prompt, and batching with left padding.
+"""What detection needs from a NIAH prompt.
 
 Detection reads these attributes of a prompt (a
 :class:`retrieval_heads.niah.NiahPrompt`, or any object with the same
@@ -6,18 +6,20 @@ fields): ``input_ids``, ``answer_token_span`` (half-open range of the answer
 tokens inside ``input_ids``), ``answer_token_ids``, ``context_length``,
 ``depth``, ``needle`` (``.id``, ``.answer``, ``.lang``) and ``meta["prompt_id"]``.
 
->>> ids, mask, pos = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
->>> ids.tolist(), mask.tolist(), pos.tolist()
-([[5, 6, 7], [0, 8, 9]], [[1, 1, 1], [0, 1, 1]], [[0, 1, 2], [0, 0, 1]])
+Batching (:func:`~retrieval_heads.generation.left_pad`, :func:`~retrieval_heads.generation.pad_id_of`)
+lives in :mod:`retrieval_heads.generation`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ..generation import left_pad, pad_id_of
+
+__all__ = ["PromptError", "PromptItem", "left_pad", "pad_id_of", "prompt_item"]
 
 
 class PromptError(ValueError):
@@ -119,24 +121,3 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
         depth=float(getattr(prompt, "depth", 0.0)),
         **extra,
     )
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to ``(B, T)`` ids, attention mask and position ids (0 at each first real token)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, seq in enumerate(seqs):
-        ids[b, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-        mask[b, width - len(seq) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    """A token id to pad with (its value never matters: padded positions are masked)."""
-    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return value
-    return 0

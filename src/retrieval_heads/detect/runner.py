@@ -162,7 +162,7 @@ def _score_batch(
     transition = config.kind == "transition"
     scorer = None
     if transition:
-        from ..multilingual.transition import make_transition_scorer
+        from .transition import make_transition_scorer
 
         scorer = make_transition_scorer(batch, tokenizer, config.alignment, config.lexicon)
     # what the model must write, and in which language: the needle's answer, or its translation

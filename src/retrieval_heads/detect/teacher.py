@@ -41,9 +41,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ..capture import capture_attention
+from ..generation import left_pad
 from ..model_spec import ModelSpec
 from .events import EventScorer, copy_events
-from .inputs import left_pad
 
 
 @dataclass

@@ -457,9 +457,10 @@ def cache_dir(override: str | Path | None = None) -> Path:
 
 
 def _make_eval_set(task: str, n: int, seed: int, lengths: Sequence[int] | None, langs: Sequence[str] | None):
-    """``retrieval_heads.organism.tasks.make_eval_set`` (tests replace this with a stand-in)."""
-    from ..organism.tasks import make_eval_set  # type: ignore[import-not-found]
+    """The built-in organism's ``make_eval_set`` (its task suite; tests replace this with a stand-in)."""
+    from ..builtins import task_suite
 
+    make_eval_set = task_suite("organism").make_eval_set
     kwargs: dict[str, Any] = {}
     if lengths is not None:
         kwargs["lengths"] = list(lengths)

@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
+from ..generation import StopTokens, greedy_answers
 from ..heads import heads_to_strings
 from ..masking import MASK_MODES, load_means, masked_heads
-from ..model_spec import ModelSpec, eos_token_ids, weights_fingerprint
+from ..model_spec import ModelSpec, weights_fingerprint
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
 from .compare import Condition, build_conditions, check_head_sets
 
@@ -120,36 +121,10 @@ def answer_contains(answer: str, expected: str) -> int:
     return int(bool(_normalize(expected)) and _normalize(expected) in _normalize(answer))
 
 
-class _StopAtNewline:
-    """Stop generating once the text after the prompt has a newline after some non-space text."""
-
-    def __init__(self, tokenizer: Any, prompt_len: int) -> None:
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len :], skip_special_tokens=True)
-        done = "\n" in text.lstrip()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
-def greedy_answer(model: Any, tokenizer: Any, input_ids: Sequence[int], max_new_tokens: int = 50) -> str:
-    """The model's greedy answer to one prompt: the first line of text it generates."""
-    from transformers import StoppingCriteriaList
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(input_ids)], device=device)
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos_token_ids(model, tokenizer) or None,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        stopping_criteria=StoppingCriteriaList([_StopAtNewline(tokenizer, ids.shape[1])]),
-    )
-    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    return text.lstrip().split("\n", 1)[0].strip()
+def greedy_answer(model: Any, tokenizer: Any, input_ids: Sequence[int], max_new_tokens: int = 50,
+                  stops: StopTokens | None = None) -> str:
+    """The model's greedy answer to one prompt: the first line of text it generates (see :mod:`~retrieval_heads.generation`)."""
+    return greedy_answers(model, tokenizer, [input_ids], max_new_tokens, stops=stops)[0]
 
 
 def _heads_key(condition: Condition) -> str:
@@ -194,11 +169,12 @@ def evaluate_niah(
                    hint="Use another --out folder, or --overwrite to start its answers afresh.")
     done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in run.records()}
     todo = [(c, p) for c in conditions for p in prompts if (c.name, p.meta["prompt_id"], _heads_key(c)) not in done]
+    stops = StopTokens.from_tokenizer(model, tokenizer) if todo else None  # resolved once per run
     total = len(conditions) * len(prompts)
     with track("niah", total, total - len(todo), enabled=progress) as bar:
         for cond, prompt in todo:
             with masked_heads(model, cond.heads, mode=mode, means=means, spec=spec):  # type: ignore[arg-type]
-                answer = greedy_answer(model, tokenizer, prompt.input_ids, max_new_tokens)
+                answer = greedy_answer(model, tokenizer, prompt.input_ids, max_new_tokens, stops)
             expected = prompt.expected_answer
             record = {
                 "condition": cond.name,

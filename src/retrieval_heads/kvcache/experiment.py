@@ -124,7 +124,7 @@ def expected_answer(prompt: Any) -> str:
 
 def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the experiment; return the result written to ``out/kv_compress.json``."""
-    from ..detect.greedy import StopTokens
+    from ..generation import StopTokens
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
     from ..prompt_sources import PromptRequest, build_prompts

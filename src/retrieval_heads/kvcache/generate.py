@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from ..detect.greedy import StopTokens, _cache_argument
+from ..generation import StopTokens, cache_argument
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def greedy_answer(
 ) -> list[int]:
     """Greedy tokens after ``input_ids`` (one prompt), stopping before EOS or a newline token once the answer began."""
     device = next(model.parameters()).device
-    kw = {_cache_argument(model): cache, "use_cache": True}  # `cache` (transformers >= 5.24) or `past_key_values`
+    kw = {cache_argument(model): cache, "use_cache": True}  # `cache` (transformers >= 5.24) or `past_key_values`
     ids = torch.tensor([list(input_ids)], device=device)  # (1, T)
     for start in range(0, ids.shape[1] - 1, prefill_chunk):
         model(ids[:, start : min(start + prefill_chunk, ids.shape[1] - 1)], **kw)

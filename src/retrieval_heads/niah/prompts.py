@@ -497,7 +497,7 @@ def add_counterfactual(tokenizer: Any, prompt: NiahPrompt, needle_text: str, ans
     answer ``answer`` (a substring of ``needle_text``) is what the model is
     asked to write. Adds to ``meta``: ``counterfactual_input_ids``,
     ``counterfactual_answer_token_span`` and ``counterfactual_answer_token_ids``
-    (the tokens :func:`retrieval_heads.multilingual.transition.counterfactual_events`
+    (the tokens :func:`retrieval_heads.detect.transition.counterfactual_events`
     compares the emitted tokens with).
     """
     if answer not in needle_text:

@@ -31,7 +31,7 @@ at chosen depths. Five tasks (:data:`TASKS`):
 Each :class:`Example` records, per needle, exact character offsets of the
 needle sentence and of its (source-language) answer value in ``prompt``.
 
->>> from retrieval_heads.organism.lexicon import load_lexicon
+>>> from retrieval_heads.lexicon import load_lexicon
 >>> import random
 >>> gen = CorpusGenerator(load_lexicon())
 >>> ex = gen.example("mono", random.Random(0), n_tokens=128, lang="en")
@@ -48,7 +48,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .lexicon import LexEntry, Lexicon, load_lexicon
+from ..lexicon import LexEntry, Lexicon, load_lexicon
 
 PROMPT_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:{lead}"
 ANSWER_TEMPLATE = " {answer}\n"

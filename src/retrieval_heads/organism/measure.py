@@ -4,19 +4,16 @@ Usage::
 
     retrieval-heads organism measure --out runs/organism-measure.json [--model DIR]
 
-Retrieval score (a minimal, teacher-forced version of the paper's; the
-toolkit's ``detect`` is the full one): for every answer token at position
-p+1 (whitespace-only tokens skipped), take each head's top-1 attended position
-in query row p (eager attention); if it lies in a needle's answer span and the
-token there equals the answer token, the head gets 1/|answer tokens|. Scores
-are averaged over the prompts the model answers correctly. For ``cross``
-prompts the analogous *transition* score counts top-1 positions in the source
-answer span while a *different* (translated) token is written.
+Head scores come from the toolkit's ``detect`` in teacher mode (one forward
+over prompt + answer; a prompt counts when its answer token accuracy is above
+0.5), on held-out ``mono`` prompts (retrieval) and ``cross`` prompts
+(retrieval-transition, lexicon alignment); see ``docs/detection.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,68 +26,31 @@ from ..heads import Head, HeadScores
 from ..masking import masked_heads
 from ..selection import HeadSelection, share_of_heads
 from .corpus import TASKS, Example
+from .prompts import organism_prompts
 from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
 
 
-def _answer_rows(tokenizer: PreTrainedTokenizerBase, ex: Example) -> tuple[list[int], list[int], set[int]]:
-    """(full ids, positions of scored answer tokens, positions of needle answer-span tokens)."""
-    enc = tokenizer(ex.prompt, return_offsets_mapping=True)
-    prompt_ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
-    ids = prompt_ids + target
-    scored = [
-        len(prompt_ids) + j for j, t in enumerate(target) if tokenizer.decode([t]).strip()
-    ]
-    span: set[int] = set()
-    for n in ex.needles:
-        span |= {i for i, (a, b) in enumerate(offsets) if b > a and a < n.answer_end and b > n.answer_start}
-    return ids, scored, span
-
-
-@torch.no_grad()
 def head_scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    correct: Sequence[bool] | None = None,
+    prompts: Sequence,
     kind: str = "retrieval",
-) -> tuple[torch.Tensor, int]:
-    """Teacher-forced ``retrieval`` (copy) or ``transition`` (translate) score per head.
+    out_dir: str | Path | None = None,
+) -> HeadScores:
+    """``detect``'s teacher-mode ``retrieval`` (copy) or ``transition`` scores of ``prompts``.
 
-    Returns ``([n_layers, n_heads] mean score over counted prompts, n counted)``.
+    The run's files go to ``out_dir`` (a temporary folder when ``None``).
+    ``meta["counted_prompts"]`` holds the prompts the scores average over.
     """
-    if kind not in ("retrieval", "transition"):
-        raise ValueError("kind: retrieval or transition")
-    cfg = model.config
-    total = torch.zeros(cfg.num_hidden_layers, cfg.num_attention_heads)
-    counted = 0
-    old = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        for k, ex in enumerate(examples):
-            if correct is not None and not correct[k]:
-                continue
-            ids, scored, span = _answer_rows(tokenizer, ex)
-            if not scored or not span:
-                continue
-            x = torch.tensor([ids])
-            att = model(input_ids=x, output_attentions=True).attentions  # per layer (1, H, T, T)
-            rows = torch.tensor(scored) - 1
-            per = torch.zeros_like(total)
-            for layer, a in enumerate(att):
-                top = a[0][:, rows, :].argmax(-1)  # (H, n_scored): top-1 key of each answer row
-                src = x[0][top]  # token at the attended position
-                tgt = x[0][torch.tensor(scored)].expand_as(src)
-                in_span = torch.zeros_like(top, dtype=torch.bool)
-                for i in span:
-                    in_span |= top == i
-                hit = in_span & ((src == tgt) if kind == "retrieval" else (src != tgt))
-                per[layer] = hit.float().sum(-1) / len(scored)
-            total += per
-            counted += 1
-    finally:
-        model.set_attn_implementation(old)
-    return (total / max(counted, 1)), counted
+    from ..detect import DetectConfig, NoRetrievalError, detect
+
+    config = DetectConfig(kind=kind, mode="teacher", progress=False, heatmap=False, table_rows=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return detect(model, tokenizer, prompts, config, out_dir or tmp)
+        except NoRetrievalError:
+            n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+            return HeadScores(torch.zeros(n_layers, n_heads), meta={"kind": kind, "counted_prompts": 0})
 
 
 def _accuracy(model, tok, examples: Sequence[Example], heads: Sequence[Head] = (),
@@ -136,10 +96,8 @@ def measure(
                   "by_lang": _by(exs, ok, lambda e: f"{e.lang_needle}->{e.lang_question}")}
     report["accuracy"] = acc
 
-    detect = make_eval_set("mono", n_detect, seed=2, generator=gen)
-    _, ok = _accuracy(model, tok, detect)
-    raw, counted = head_scores(model, tok, detect, ok)
-    scores = HeadScores(raw, meta={"model": path, "kind": "retrieval", "prompts_counted": counted})
+    scores = head_scores(model, tok, organism_prompts(tok, "mono", n_detect, seed=2, generator=gen))
+    raw, counted = scores.scores, int(scores.meta["counted_prompts"])
     n_total = raw.numel()
     selection = HeadSelection(scores=scores, top_k=share_of_heads(n_total, k_frac))
     rh = selection.resolve(scores.n_layers, scores.n_heads)
@@ -151,10 +109,8 @@ def measure(
         "top10": [[str(h), round(scores[h], 4)] for h in scores.top_k(10)],
         "scores": [[round(float(v), 4) for v in row] for row in raw],
     }
-    cross = make_eval_set("cross", n_detect, seed=2, generator=gen)
-    _, ok_c = _accuracy(model, tok, cross)
-    traw, tcount = head_scores(model, tok, cross, ok_c, kind="transition")
-    tscores = HeadScores(traw, meta={"model": path, "kind": "transition", "prompts_counted": tcount})
+    tscores = head_scores(model, tok, organism_prompts(tok, "cross", n_detect, seed=2, generator=gen), "transition")
+    tcount = int(tscores.meta["counted_prompts"])
     report["transition"] = {
         "prompts_counted": tcount, "n_above_threshold": len(tscores.above(threshold)),
         "top10": [[str(h), round(tscores[h], 4)] for h in tscores.top_k(10)],

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..generation import StopTokens, greedy_answers
+from ..lexicon import Lexicon
 from .corpus import TASKS, CorpusGenerator, Example
-from .lexicon import Lexicon
 
 EVAL_SEED_OFFSET = 1_000_003  # eval seeds never collide with training seeds (which are small)
 DEFAULT_LENGTHS: tuple[int, ...] = (128, 256, 512, 1024)
@@ -79,7 +79,6 @@ def make_eval_set(
     return out
 
 
-@torch.no_grad()
 def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -89,30 +88,19 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers (text up to the first newline or EOS, stripped), in input order.
 
-    Batched by similar length with left padding.
+    Batched by similar length with left padding (:func:`retrieval_heads.generation.generate`).
     """
-    newline = tokenizer.convert_tokens_to_ids("Ċ")
-    stops = [tokenizer.eos_token_id] + ([newline] if newline is not None and newline >= 0 else [])
     if max_new_tokens is None:
         longest = max(len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"]) for ex in examples)
         max_new_tokens = longest + 4
+    stops = StopTokens.from_tokenizer(model, tokenizer)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
     out: list[str] = [""] * len(examples)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([examples[i].prompt for i in idx], return_tensors="pt", padding=True)
-            gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            for i, row in zip(idx, gen[:, enc["input_ids"].shape[1] :], strict=True):
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                out[i] = text.split("\n", 1)[0].strip()
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [tokenizer(examples[i].prompt)["input_ids"] for i in idx]
+        for i, text in zip(idx, greedy_answers(model, tokenizer, seqs, max_new_tokens, stops), strict=True):
+            out[i] = text
     return out
 
 

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ..lexicon import LexEntry, Lexicon
 from .corpus import CorpusGenerator, parametric_facts
-from .lexicon import LexEntry, Lexicon
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]

@@ -40,11 +40,11 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..heads import Head
+from ..lexicon import Lexicon, load_lexicon
 from ..runs import ResumeMismatchError, Run, atomic_write_bytes, atomic_write_json, open_run, stamp, track
 from .batches import forward_losses, make_batch, sample_examples, stage_at, step_length
 from .corpus import TASKS, CorpusGenerator
 from .head_surgery import HeadDropout, grow_query_heads, head_dropout_at, reinitialize_heads
-from .lexicon import Lexicon, load_lexicon
 from .tokenizer import make_generator, select_lexicon, train_tokenizer
 from .train_config import OrganismTrainConfig, training_settings
 

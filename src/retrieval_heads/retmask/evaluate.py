@@ -93,11 +93,11 @@ class RetMaskEvalConfig:
         return [catalogue[name] for name in self.suites]
 
 
-def organism_tasks() -> ModuleType:
-    """The built-in model's task module (``make_eval_set``, ``exact_match_accuracy``)."""
-    from ..organism import tasks
+def organism_tasks() -> Any:
+    """The built-in model's task suite (``make_eval_set``, ``exact_match_accuracy``; see :mod:`retrieval_heads.builtins`)."""
+    from ..builtins import task_suite
 
-    return tasks
+    return task_suite("organism")
 
 
 def load_for_eval(path_or_name: str, device: str | None = None):  # noqa: ANN201 - (model, tokenizer)

@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import PreTrainedModel
 
+from ..generation import RowSampler, StopTokens, generate
 from ..heads import Head, check_heads, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
@@ -205,38 +205,6 @@ def prepare_prompts(records: Sequence[dict[str, Any]], tokenizer, config: PairCo
 # ---- sampling ----------------------------------------------------------------------------------------
 
 
-class PerRowSampler(LogitsProcessor):
-    """Temperature + top-p sampling with one ``torch.Generator`` per batch row.
-
-    Used with greedy ``generate`` (``do_sample=False``): it samples the next
-    token of each row from that row's own generator and returns logits that are
-    ``-inf`` except at the drawn token, so greedy picks it. A row's draws depend
-    only on its seed and its logits, never on the other rows of the batch.
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device):
-        self.temperature, self.top_p = temperature, top_p
-        self.generators = []
-        for s in seeds:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(s))
-            self.generators.append(g)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
-        if self.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # keep the smallest prefix whose mass reaches top_p (always at least the best token)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
-        chosen = torch.cat(picks)  # (B,)
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(scores.shape[0], device=scores.device), chosen] = 0.0
-        return out
-
-
 def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> tuple[str, bool]:
     best = None
     for s in stop:
@@ -252,34 +220,21 @@ def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> tuple[str, bo
 def _sample_batch(
     model: PreTrainedModel, tokenizer, items: Sequence[PromptItem], seeds: Sequence[int], config: PairConfig  # noqa: ANN001
 ) -> list[Response]:
+    """Sample one response per item (row ``i`` from its own generator seeded ``seeds[i]``), stopping at EOS or a stop string."""
     device = next(model.parameters()).device
     enc = [encode_prompt(tokenizer, it) for it in items]
-    width = max(len(e) for e in enc)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model, tokenizer)[0]
-    input_ids = torch.full((len(enc), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(enc), width), dtype=torch.long)
-    for i, e in enumerate(enc):  # left padding: the last prompt token of every row is the last column
-        input_ids[i, width - len(e):] = torch.tensor(e, dtype=torch.long)
-        attention[i, width - len(e):] = 1
-    eos = eos_token_ids(model, tokenizer)
-    gen_config = GenerationConfig(
-        max_new_tokens=config.max_new_tokens, do_sample=False, eos_token_id=eos or None, pad_token_id=pad,
-        stop_strings=list(config.stop) or None,
-    )
-    sampler = PerRowSampler(seeds, config.temperature, config.top_p, device)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config,
-            logits_processor=LogitsProcessorList([sampler]), tokenizer=tokenizer if config.stop else None,
-        )
-    new = out[:, width:].cpu()
+    stops = StopTokens.from_tokenizer(model, tokenizer, stop_on_newline=False)
+    out = generate(model, enc, config.max_new_tokens, stops, pad_id=pad,
+                   sampler=RowSampler(seeds, config.temperature, config.top_p, device),
+                   stop_strings=config.stop, tokenizer=tokenizer)
     responses = []
-    for prompt_ids, row in zip(enc, new.tolist(), strict=True):
-        ended = next((j for j, t in enumerate(row) if t in eos), None)
-        tokens = row[:ended] if ended is not None else row
+    for b, prompt_ids in enumerate(enc):
+        n = int(out.n_tokens[b])
+        tokens = out.tokens[b, : n + (out.stop_reason[b] == "stop_string")].tolist()  # a stop string's token is kept
         text = _decode_continuation(tokenizer, prompt_ids, tokens)
         text, hit_stop = _cut_at_stop(text, config.stop, config.include_stop)
-        responses.append(Response(text, len(tokens), ended is not None or hit_stop))
+        responses.append(Response(text, len(tokens), out.stop_reason[b] != "max_new_tokens" or hit_stop))
     return responses
 
 

@@ -20,9 +20,7 @@ import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
@@ -94,16 +92,14 @@ def open_pipeline(config: RetMaskPipelineConfig, weights: str) -> Run:
 
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) RetMask; returns the evaluation report (also in ``out/retmask_eval.json``)."""
+    from ..builtins import task_suite
     from ..model_spec import load_model, resolve_model_path, weights_fingerprint
-    from ..organism import tasks as organism_tasks
 
     console = console or Console(stderr=True)
     out = Path(config.out)
     model_path = resolve_model_path(config.model)
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
-    generator = organism_tasks.organism_generator(model_path)
-    tasks = SimpleNamespace(make_eval_set=partial(organism_tasks.make_eval_set, generator=generator),
-                            exact_match_accuracy=organism_tasks.exact_match_accuracy, generator=generator)
+    tasks = task_suite(model_path)
     scores = HeadScores.load(config.heads)
     selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
     if config.random_control:  # as many random heads, outside that top-K
@@ -113,7 +109,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
         heads = sel.resolve(spec.n_layers, spec.n_heads)
         arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
     run = open_pipeline(config, weights_fingerprint(model))  # the heads are valid: now the folder is checked
-    prompts = _training_prompts(generator, config, run)
+    prompts = _training_prompts(tasks.generator, config, run)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)
     pair_stats = {}

@@ -168,7 +168,7 @@ def aligned_table(
 # ---- the scorer plugged into detection ----------------------------------------------------------
 def lexicon_pairs(source_lang: str, target_lang: str, path: str | None = None) -> list[tuple[str, str]]:
     """(source form, target form) pairs of a parallel lexicon: the built-in CLDR one or a JSONL file."""
-    from ..organism.lexicon import Lexicon, load_lexicon
+    from ..lexicon import Lexicon, load_lexicon
 
     if path:
         lex = Lexicon.from_jsonl(path, langs=(source_lang, target_lang))
