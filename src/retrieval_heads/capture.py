@@ -102,6 +102,13 @@ class AttentionRecorder:
         if layer == self.layers[0]:
             self.positions.append(row_index + offset)
 
+    def own_last(self) -> None:
+        """Copy the last forward's records (a CUDA graph replays into the buffers they live in)."""
+        for layer in self.layers:
+            self.indices[layer][-1] = self.indices[layer][-1].clone()
+            self.weights[layer][-1] = self.weights[layer][-1].clone()
+        self.positions[-1] = self.positions[-1].clone()
+
     @property
     def n_steps(self) -> int:
         return len(self.positions)
