@@ -117,8 +117,9 @@ class AttentionRecorder:
         """All forward calls so far as tensors (rows must have the same count in every call)."""
         if not self.positions:
             raise RuntimeError("nothing was captured: run a forward inside capture_attention()")
-        indices = torch.stack([torch.stack(self.indices[layer]) for layer in self.layers], dim=1)
-        weights = torch.stack([torch.stack(self.weights[layer]) for layer in self.layers], dim=1)
+        device = self.positions[0].device  # layers split over devices (device_map) meet on the first one
+        indices = torch.stack([torch.stack(self.indices[layer]).to(device) for layer in self.layers], dim=1)
+        weights = torch.stack([torch.stack(self.weights[layer]).to(device) for layer in self.layers], dim=1)
         return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
 
 

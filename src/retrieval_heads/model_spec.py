@@ -155,6 +155,8 @@ def load_model(
     attn_implementation: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    **load_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
     """Load a causal LM and its tokenizer, and introspect it.
 
@@ -164,6 +166,9 @@ def load_model(
     ``device`` defaults to CUDA when available. ``attn_implementation`` is
     the backend the toolkit wraps (``"sdpa"`` by default; Gemma 2's
     soft-capping needs ``"eager"``; ``"flash_attention_2"`` on GPUs).
+    ``device_map`` (``"auto"`` or an accelerate placement) splits a model
+    larger than one GPU over the GPUs, CPU and disk instead of ``device``;
+    ``load_kwargs`` (``max_memory``, ``offload_folder`` ...) go to ``from_pretrained``.
 
     >>> model, tokenizer, spec = load_model("organism")  # doctest: +SKIP
     """
@@ -178,7 +183,10 @@ def load_model(
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code,
+                              **load_kwargs}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -187,7 +195,9 @@ def load_model(
         if "Unrecognized configuration class" in str(err):
             raise UnsupportedModelError(f"{name_or_path} is not a causal LM ({err}). Supported: {SUPPORTED_FAMILIES}.") from err
         raise
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     spec = ModelSpec.from_model(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -36,13 +36,15 @@ def detect_command(
     haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, a directory or file, dataset:NAME[:CONFIG], or organism (default: organism for the built-in model, else --lang)."),
     lang: str = typer.Option("en", "--lang", help="Language of the haystack and needles."),
     chat_template: bool = typer.Option(False, "--chat-template", help="Wrap prompts in the tokenizer's chat template."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Prompts per forward (results do not depend on it)."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="Prompts per forward, or auto: what the GPU's free memory holds (1 on CPU). Results do not depend on it."),
+    share_prefix: bool = typer.Option(True, "--share-prefix/--no-share-prefix", help="Run the prefix that prompts of one haystack share once (same scores)."),
     dedup: bool = typer.Option(False, "--dedup", help="Count each answer position once per head and prompt (score <= 1)."),
     max_new_tokens: int = typer.Option(50, "--max-new-tokens", min=1, help="Greedy mode: most tokens decoded."),
     rouge_threshold: float = typer.Option(0.5, "--rouge-threshold", help="A prompt counts above this ROUGE-1 recall (teacher: token accuracy)."),
     seed: int = typer.Option(0, "--seed", help="Seed (recorded in the outputs)."),
     top_k: int = typer.Option(20, "--top-k", min=0, help="Rows of the top-heads table printed at the end."),
     device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: CUDA when available)."),
+    device_map: str | None = typer.Option(None, "--device-map", help="auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
     attn_implementation: str | None = typer.Option(None, "--attn-implementation", help="Backend to wrap: sdpa (default), eager, flash_attention_2."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
@@ -58,7 +60,7 @@ def detect_command(
         config = DetectConfig(
             kind=kind, alignment=alignment, lexicon=lexicon,
             mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
-            batch_size=batch_size, seed=seed, top_k_table=top_k, progress=progress,
+            batch_size=batch_size, share_prefix=share_prefix, seed=seed, top_k_table=top_k, progress=progress,
         )
         request = PromptRequest(
             lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,
@@ -73,7 +75,8 @@ def detect_command(
 
         if torch.cuda.is_available():
             device = f"cuda:{os.environ['LOCAL_RANK']}"
-    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                         device_map=device_map)
     try:
         prompts = build_prompts(model, tokenizer, spec.max_positions, request)
         console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {kind} score on "
