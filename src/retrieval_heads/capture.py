@@ -54,6 +54,8 @@ class AttentionRecorder:
         self.indices: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.weights: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.positions: list[torch.Tensor] = []
+        self.buffered = False
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def set_rows(self, positions: torch.Tensor) -> None:
         """Select absolute query positions ``(B, R)`` for the following forward calls."""
@@ -97,17 +99,28 @@ class AttentionRecorder:
         q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
         probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
         weights, indices = probs.topk(self.top_k, dim=-1)  # (B, H, R, k)
-        self.indices[layer].append(indices.to(torch.int32))
-        self.weights[layer].append(weights.to(torch.float16 if weights.is_cuda else torch.float32))
+        record = (indices.to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
+                  row_index + offset)
+        if self.buffered:  # a compiled step: overwrite one slot per layer, collected by flush()
+            self._pending[layer] = record
+            return
+        self.indices[layer].append(record[0])
+        self.weights[layer].append(record[1])
         if layer == self.layers[0]:
-            self.positions.append(row_index + offset)
+            self.positions.append(record[2])
 
-    def own_last(self) -> None:
-        """Copy the last forward's records (a CUDA graph replays into the buffers they live in)."""
+    def flush(self) -> None:
+        """Keep the records of the last forward made with ``buffered`` set (copied: a CUDA graph replays
+        into the buffers they live in). A buffered recorder writes one slot per layer instead of appending
+        to lists, so a compiled step sees the same Python state at every call."""
+        if not self._pending:
+            return
         for layer in self.layers:
-            self.indices[layer][-1] = self.indices[layer][-1].clone()
-            self.weights[layer][-1] = self.weights[layer][-1].clone()
-        self.positions[-1] = self.positions[-1].clone()
+            indices, weights, positions = self._pending[layer]
+            self.indices[layer].append(indices.clone())
+            self.weights[layer].append(weights.clone())
+            if layer == self.layers[0]:
+                self.positions.append(positions.clone())
 
     @property
     def n_steps(self) -> int:

@@ -260,7 +260,7 @@ def _compiled_step(model: PreTrainedModel) -> Callable[..., torch.Tensor]:
     """The model's decode step compiled once per model (CUDA graphs: every step has the same shapes)."""
     compiled = getattr(model, "_rh_compiled_step", None)
     if compiled is None:
-        compiled = torch.compile(_forward_step, mode="reduce-overhead", dynamic=False)
+        compiled = torch.compile(_forward_step, mode="reduce-overhead")  # shapes go dynamic after one recompile
         model._rh_compiled_step = compiled
 
     def step(*args: Any) -> torch.Tensor:
@@ -279,7 +279,7 @@ def static_slots(width: int, max_new_tokens: int, bucket: int = 256) -> int:
     return -(-(width + max_new_tokens) // bucket) * bucket
 
 
-def auto_batch_size(model: PreTrainedModel, width: int, max_new_tokens: int = 0, cap: int = 64) -> int:
+def auto_batch_size(model: PreTrainedModel, width: int, max_new_tokens: int = 0, cap: int = 32) -> int:
     """The most rows of ``width + max_new_tokens`` tokens that fit in the free memory of ``model``'s GPU (1 on CPU).
 
     Per row: the KV cache (2 x layers x KV heads x head dim x tokens), the
@@ -349,7 +349,7 @@ def generate(
     ``prefix``: a :class:`~retrieval_heads.prefix.Prefix` every sequence
     starts with, computed once (``ids`` then pads after it). The decode path
     (static cache, compiled step) follows :func:`fast_decode`; ``on_step`` is
-    called after each decode step (a capture recorder keeps its records there).
+    called after the prefill and each decode step (a buffered capture recorder flushes there).
     """
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
@@ -368,6 +368,8 @@ def generate(
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     started = torch.zeros(bsz, dtype=torch.bool, device=device)  # some non-space text was emitted
     logits, state = prefill(model, ids, mask, positions, prefix, static_len)
+    if on_step is not None:
+        on_step()
     for step in range(max_new_tokens):
         token = pick(logits)  # (B,)
         emitted.append(token)

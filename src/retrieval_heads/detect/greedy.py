@@ -70,7 +70,8 @@ def greedy_batch(
     :mod:`retrieval_heads.prefix`); the scores do not change.
     """
     with capture_attention(model, top_k=1, rows="last", spec=spec) as rec:
-        out = generate(model, seqs, max_new_tokens, stops, pad_id=pad_id, prefix=prefix, on_step=rec.own_last)
+        rec.buffered = True  # records leave the (possibly compiled) forward through flush(), once per step
+        out = generate(model, seqs, max_new_tokens, stops, pad_id=pad_id, prefix=prefix, on_step=rec.flush)
     ids = out.ids  # (B, T) padded prompts
     device = ids.device
     pad = ids.shape[1] - torch.tensor([len(s) for s in seqs], device=device)  # (B,) padding of each row
