@@ -124,9 +124,9 @@ def per_length(model, device: str, lengths: list[int], n_prompts: int, steps: in
     vocab = model.config.vocab_size
     stops = StopTokens.none(vocab)
     rows = []
+    dev = torch.device(device)
     for length in lengths:
         prompts = [make_prompt(vocab, length, (k + 1) / (n_prompts + 1), seed=k) for k in range(n_prompts)]
-        dev = torch.device(device)
 
         def forward(ids):
             return model(torch.tensor([ids], device=dev), logits_to_keep=1)
@@ -156,7 +156,7 @@ def per_length(model, device: str, lengths: list[int], n_prompts: int, steps: in
         with torch.no_grad():
             for name, fn in variants.items():
                 fn(*prompts[0])  # warm-up (and, on CUDA, compilation of this shape): not timed
-                row[name] = sum(timed(lambda p=p: fn(*p), device) for p in prompts) / len(prompts)
+                row[name] = sum(timed(lambda p=p, fn=fn: fn(*p), device) for p in prompts) / len(prompts)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
