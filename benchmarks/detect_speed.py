@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2, help="prompts per length (mean)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-sizes", default="1,4,8,16,auto")
-    parser.add_argument("--grid-lengths", default=None, help="default: 256:8192:20 on CUDA, 64:640:20 on CPU")
+    parser.add_argument("--grid-lengths", default=None, help="default: 256:8192:20 on CUDA, 256:2048:20 on CPU")
     parser.add_argument("--grid-depths", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable on a shared CPU)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: lengths,batch,grid")
@@ -249,7 +249,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     torch.set_num_threads(args.threads)
     lengths = parse_range(args.lengths or ("4096,16384,32768,65536" if cuda else "1024,2048"))
-    grid_lengths = parse_range(args.grid_lengths or ("256:8192:20" if cuda else "64:640:20"))
+    grid_lengths = parse_range(args.grid_lengths or ("256:8192:20" if cuda else "256:2048:20"))
     depths = [k / (args.grid_depths - 1) for k in range(args.grid_depths)]
     skip = set(filter(None, args.skip.split(",")))
     import transformers
