@@ -53,7 +53,7 @@ for mode in ("teacher", "greedy"):
                                 PromptRequest(lengths=[256, 512], depths=[0.0, 0.5, 1.0], per_cell=2))
         prompts += organism_prompts(tok)  # variants sharing their start: the prefix path runs
         cfg = DetectConfig(mode=mode, share_prefix=share, batch_size=batch, max_new_tokens=12, progress=False,
-                           top_k_table=0, heatmap=False)
+                           table_rows=0, heatmap=False)
         t0 = time.perf_counter()
         scores = detect(model, tok, prompts, cfg, f"{out}/organism-{mode}-{name}")
         run = json.load(open(f"{out}/organism-{mode}-{name}/run.json"))

@@ -5,7 +5,7 @@ The engine, in three calls::
     from retrieval_heads import load_model, capture_attention, masked_heads, Head
 
     model, tokenizer, spec = load_model("organism")          # any HF causal LM
-    with capture_attention(model, top_k=1) as rec:           # observe
+    with capture_attention(model) as rec:                     # observe
         model(**tokenizer("...", return_tensors="pt"))
     with masked_heads(model, [Head(3, 5)], mode="zero"):     # intervene
         model.generate(...)
@@ -17,7 +17,7 @@ from .capture import AttentionRecorder, CapturedAttention, capture_attention
 from .heads import Head, HeadScoreFileError, HeadScores
 from .masking import head_output_means, masked_heads, save_ablated_model, zero_heads_in_weights
 from .model_spec import ModelSpec, UnsupportedModelError, load_model
-from .selection import concentration, random_heads, select_heads, top_k
+from .selection import HeadSelection, concentration, random_heads
 
 __all__ = [
     "AttentionRecorder",
@@ -25,6 +25,7 @@ __all__ = [
     "Head",
     "HeadScoreFileError",
     "HeadScores",
+    "HeadSelection",
     "ModelSpec",
     "UnsupportedModelError",
     "capture_attention",
@@ -34,7 +35,5 @@ __all__ = [
     "masked_heads",
     "random_heads",
     "save_ablated_model",
-    "select_heads",
-    "top_k",
     "zero_heads_in_weights",
 ]

@@ -1,11 +1,11 @@
-"""Observe: the top-k attended key positions of selected query rows, for every head.
+"""Observe: the most attended key positions of selected query rows, for every head.
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
 >>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
 ...                   num_attention_heads=4, num_key_value_heads=2)
 >>> model = LlamaForCausalLM(cfg).eval()
->>> with capture_attention(model, top_k=2) as rec:      # default rows: the last row of each forward
+>>> with capture_attention(model, keys_per_row=2) as rec:  # default rows: the last row of each forward
 ...     _ = model(torch.randint(0, 64, (1, 10)))
 >>> rec.stacked().indices.shape                          # (steps, layers, batch, heads, rows, k)
 torch.Size([1, 2, 1, 4, 1, 2])
@@ -41,13 +41,13 @@ class CapturedAttention:
 
 
 class AttentionRecorder:
-    """Collects, per layer and forward call, the top-k keys of the selected query rows."""
+    """Collects, per layer and forward call, the ``keys_per_row`` most attended keys of the selected query rows."""
 
-    def __init__(self, n_layers: int, top_k: int = 1, rows: str = "last", layers: list[int] | None = None):
+    def __init__(self, n_layers: int, keys_per_row: int = 1, rows: str = "last", layers: list[int] | None = None):
         if rows not in ("last", "explicit"):
             raise ValueError("rows must be 'last' or 'explicit'")
         self.n_layers = n_layers
-        self.top_k = top_k
+        self.keys_per_row = keys_per_row
         self.rows = rows
         self.layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
         self._explicit: torch.Tensor | None = None
@@ -98,7 +98,7 @@ class AttentionRecorder:
         # (B, H, R, D): only the selected query rows are scored
         q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
         probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
-        weights, indices = probs.topk(self.top_k, dim=-1)  # (B, H, R, k)
+        weights, indices = probs.topk(self.keys_per_row, dim=-1)  # (B, H, R, k)
         record = (indices.to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
                   row_index + offset)
         if self.buffered:  # a compiled step: overwrite one slot per layer, collected by flush()
@@ -149,18 +149,18 @@ class _LayerObserver:
 @contextmanager
 def capture_attention(
     model: PreTrainedModel,
-    top_k: int = 1,
+    keys_per_row: int = 1,
     rows: str = "last",
     layers: list[int] | None = None,
     spec: ModelSpec | None = None,
 ) -> Iterator[AttentionRecorder]:
-    """Record the top-``k`` attended key positions (and weights) of selected query rows, per head.
+    """Record the ``keys_per_row`` most attended key positions (and their weights) of selected query rows, per head.
 
     The model's outputs are exactly those of its own attention backend; the
     extra cost is one ``rows x context`` score matrix per layer.
     """
     spec = spec or ModelSpec.from_model(model)
-    recorder = AttentionRecorder(spec.n_layers, top_k=top_k, rows=rows, layers=layers)
+    recorder = AttentionRecorder(spec.n_layers, keys_per_row=keys_per_row, rows=rows, layers=layers)
     attached = []
     with engine_installed(model):
         try:

@@ -84,7 +84,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
     if step("languages"):
         request = PromptRequest(lengths=list(config.lengths), depths=_depths(config.depths), per_cell=config.per_cell,
                                 seed=config.seed)
-        detect_config = DetectConfig(mode=config.detect_mode, batch_size=4, seed=config.seed, top_k_table=10)
+        detect_config = DetectConfig(mode=config.detect_mode, batch_size=4, seed=config.seed, table_rows=10)
         language_study(model, tokenizer, config.model, spec.max_positions, langs, out / "languages", detect_config,
                        request, transitions=[(src, tgt)], top_k=k, console=console)
     heads = {"rh": str(rh_path), "rth": str(rth_path)}
@@ -122,7 +122,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
         from .report import write_report
 
         runs = [p for p in (out / "languages", out / "niah", out / "compare", out / "retmask") if p.exists()]
-        report = write_report(runs, out / "report.html", top_k=k, title=f"retrieval-heads demo — {config.model}")
+        report = write_report(runs, out / "report.html", heads_listed=k, title=f"retrieval-heads demo — {config.model}")
     _summary(console, timings, started, report)
     return report
 

@@ -19,7 +19,6 @@ written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +78,7 @@ def check_heads(heads: Iterable[Head | tuple[int, int]], n_layers: int, n_heads:
     return sorted(out)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: comparing score tensors elementwise has no single truth value
 class HeadScores:
     """Per-head scores ``[n_layers, n_heads]`` and the metadata of the run that made them.
 
@@ -238,6 +237,3 @@ def heads_to_strings(heads: Iterable[Head]) -> list[str]:
     """``[Head(1, 2)] -> ["1.2"]`` (for JSON metadata)."""
     return [str(Head(*h)) for h in heads]
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -115,6 +115,17 @@ def _output_slice_hook(heads: list[int], head_dim: int, n_heads: int, fill: torc
     return hook
 
 
+def load_means(path: str | Path) -> torch.Tensor:
+    """Per-head mean outputs ``[n_layers, n_heads, head_dim]`` for mode ``mean`` (``.pt`` or ``.safetensors``, key ``means``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))["means"]
+    value = torch.load(path, map_location="cpu", weights_only=True)
+    return value["means"] if isinstance(value, dict) else value
+
+
 @torch.no_grad()
 def head_output_means(
     model: PreTrainedModel, batches: Iterable[dict[str, torch.Tensor]], spec: ModelSpec | None = None

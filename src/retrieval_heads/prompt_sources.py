@@ -99,6 +99,11 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
         needles = load_needles(req.needles, lang=req.lang)
         hay_lang = req.lang
     hay = load_haystack(req.haystack or hay_lang, lang=hay_lang)
-    return build_grid(
+    prompts = build_grid(
         tokenizer, hay, needles, req.lengths, req.depths, chat_template=req.chat_template, max_model_length=max_positions
     )
+    if transition and not req.needles:  # built-in needles have a target-language twin: the counterfactual
+        from .niah.prompts import builtin_counterfactual
+
+        prompts = [builtin_counterfactual(tokenizer, p) for p in prompts]
+    return prompts

@@ -3,14 +3,16 @@
 >>> import torch
 >>> from retrieval_heads.heads import Head, HeadScores
 >>> s = HeadScores(torch.tensor([[0.9, 0.0, 0.0], [0.3, 0.0, 0.0]]))
->>> top_k(s, 1)
-[Head(layer=0, head=0)]
 >>> random_heads(2, 3, k=2, seed=0, exclude=[Head(0, 0), Head(1, 0)])  # never a given head
 [Head(layer=0, head=2), Head(layer=1, head=2)]
 >>> round(concentration(s)["top_10_share"], 3)
 1.0
 >>> share_of_heads(64), share_of_heads(128), share_of_heads(1024)  # the default K: 5 % of all heads
 (3, 6, 51)
+>>> HeadSelection(scores=s, top_k=1).resolve(2, 3)
+[Head(layer=0, head=0)]
+>>> HeadSelection.parse("heads=1.2;0.1").resolve(2, 3)
+[Head(layer=0, head=1), Head(layer=1, head=2)]
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from .heads import Head, HeadScores, check_heads
+from .heads import Head, HeadScoreFileError, HeadScores, check_heads, heads_to_strings
 
 DEFAULT_HEAD_SHARE = 0.05  # Wu et al.'s "< 5 % of heads"; the default K of the demo, measure and RetMask
 
@@ -28,24 +33,6 @@ DEFAULT_HEAD_SHARE = 0.05  # Wu et al.'s "< 5 % of heads"; the default K of the 
 def share_of_heads(n_total_heads: int, share: float = DEFAULT_HEAD_SHARE) -> int:
     """How many heads ``share`` of ``n_total_heads`` is (rounded, at least 1): the default K to mask."""
     return max(1, round(share * n_total_heads))
-
-
-def top_k(scores: HeadScores, k: int, exclude: Iterable[Head] = ()) -> list[Head]:
-    """The ``k`` best heads (best first), skipping ``exclude``."""
-    banned = {Head(*h) for h in exclude}
-    return [h for h, _ in scores.ranked() if h not in banned][:k]
-
-
-def above_threshold(scores: HeadScores, threshold: float) -> list[Head]:
-    """Heads with score strictly above ``threshold`` (the paper's retrieval heads: 0.1)."""
-    return scores.above(threshold)
-
-
-def select_heads(scores: HeadScores, top: int | None = None, threshold: float | None = None) -> list[Head]:
-    """Top-K or threshold selection (exactly one of them)."""
-    if (top is None) == (threshold is None):
-        raise ValueError("give exactly one of top (top-K) or threshold")
-    return top_k(scores, top) if top is not None else above_threshold(scores, threshold)  # type: ignore[arg-type]
 
 
 def random_heads(
@@ -77,6 +64,163 @@ def random_heads(
     if k > len(pool):
         raise ValueError(f"cannot draw {k} random heads: only {len(pool)} heads lie outside the excluded sets")
     return sorted(rng.sample(pool, k))
+
+
+ScoreSource = str | Path | HeadScores
+
+
+def load_scores(source: ScoreSource, n_layers: int, n_heads: int) -> HeadScores:
+    """``source`` (a head-score file or :class:`HeadScores`) checked against an ``n_layers x n_heads`` model.
+
+    Raises :class:`HeadScoreFileError` naming the file and both shapes when they differ.
+    """
+    scores = source if isinstance(source, HeadScores) else HeadScores.load(source)
+    try:
+        scores.check_model(n_layers, n_heads)
+    except HeadScoreFileError as err:
+        raise (err if isinstance(source, HeadScores) else HeadScoreFileError(f"{source}: {err}")) from None
+    return scores
+
+
+def _source_name(source: ScoreSource) -> str:
+    return str(source) if not isinstance(source, HeadScores) else str(source.meta.get("source", "in memory"))
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Which heads to mask; :meth:`resolve` checks it against the model once and returns the heads.
+
+    - ``HeadSelection(heads=(Head(3, 25), Head(3, 27)))``: an explicit list (``()``: none);
+    - ``HeadSelection(scores="rh/head_scores.json")``: the ``top_k`` best heads of a score file (or
+      :class:`HeadScores`), or with ``threshold`` those scoring above it; K defaults to
+      :func:`share_of_heads` (5 % of the model's heads, rounded, at least 1);
+    - with ``random_seed``, a *random control*: K heads drawn with the seed from all heads minus the
+      selection (same ``top_k``/``threshold``) of ``scores`` and of every set in ``exclude`` — the one
+      rule of the package. With ``scores`` K is the size of its selection; ``layer_matched`` takes as
+      many heads per layer as the first of these sets has.
+
+    >>> import torch
+    >>> s = HeadScores(torch.tensor([[0.9, 0.8, 0.0], [0.7, 0.0, 0.0]]))
+    >>> HeadSelection(scores=s, top_k=2).resolve(2, 3)
+    [Head(layer=0, head=0), Head(layer=0, head=1)]
+    >>> HeadSelection(scores=s, top_k=2, random_seed=0).resolve(2, 3)  # two heads outside that top-2
+    [Head(layer=1, head=0), Head(layer=1, head=2)]
+    """
+
+    scores: ScoreSource | None = None
+    heads: tuple[Head, ...] | None = None
+    top_k: int | None = None
+    threshold: float | None = None
+    random_seed: int | None = None
+    exclude: tuple[ScoreSource, ...] = ()
+    layer_matched: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(Head(int(h[0]), int(h[1])) for h in self.heads))
+            if (self.scores, self.top_k, self.threshold, self.random_seed, self.exclude) != (None,) * 4 + ((),):
+                raise ValueError("an explicit head list takes no scores, top_k, threshold or random control")
+        elif self.scores is None and self.random_seed is None:
+            raise ValueError("say which heads: scores (a head-score file), heads (a list) or random_seed")
+        if self.top_k is not None and self.threshold is not None:
+            raise ValueError("give top_k or threshold, not both")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.random_seed is None and (self.exclude or self.layer_matched):
+            raise ValueError("exclude and layer_matched apply to a random control (give random_seed)")
+        if self.random_seed is not None and self.scores is None and self.threshold is not None:
+            raise ValueError("a random control without scores draws top_k heads; a threshold does not say how many")
+        if self.layer_matched and self.scores is None and not self.exclude:
+            raise ValueError("layer_matched needs a head set to match (scores, or a file in exclude)")
+
+    def _pick(self, scores: HeadScores) -> list[Head]:
+        if self.threshold is not None:
+            return scores.above(self.threshold)
+        return scores.top_k(self.top_k or share_of_heads(scores.n_layers * scores.n_heads))
+
+    def resolve(self, n_layers: int, n_heads: int) -> list[Head]:
+        """The heads, sorted; raises when a head or a score file does not fit an ``n_layers x n_heads`` model."""
+        if self.heads is not None:
+            return check_heads(self.heads, n_layers, n_heads)
+        own = self._pick(load_scores(self.scores, n_layers, n_heads)) if self.scores is not None else None
+        if self.random_seed is None:
+            return sorted(own)  # type: ignore[arg-type]
+        sets = ([own] if own is not None else []) + [self._pick(load_scores(s, n_layers, n_heads)) for s in self.exclude]
+        k = len(own) if own is not None else self.top_k or share_of_heads(n_layers * n_heads)
+        return random_heads(n_layers, n_heads, k, self.random_seed, exclude={h for s in sets for h in s},
+                            layer_matched_to=sets[0] if self.layer_matched else None)  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """The selection as JSON (for run metadata); score files by path."""
+        return {
+            "scores": _source_name(self.scores) if self.scores is not None else None,
+            "heads": heads_to_strings(self.heads) if self.heads is not None else None,
+            "top_k": self.top_k, "threshold": self.threshold, "random_seed": self.random_seed,
+            "exclude": [_source_name(s) for s in self.exclude], "layer_matched": self.layer_matched,
+        }  # fmt: skip
+
+    @classmethod
+    def from_args(
+        cls,
+        heads: Any = None,
+        top_k: int | str | None = None,
+        threshold: float | str | None = None,
+        random_seed: int | str | None = None,
+        exclude: str | Sequence[ScoreSource] | None = None,
+        layer_matched: bool | str = False,
+    ) -> HeadSelection:
+        """A selection from loosely typed arguments, as lm-eval's ``model_args`` give them.
+
+        ``heads``: a :class:`HeadSelection`, :class:`HeadScores` or list of heads; or a string — a
+        head-score file, a head list ``"3-25;3-27"`` (``L.H`` works too, but lm-eval reads a lone
+        ``3.10`` as the number 3.1), ``none`` (nothing masked) or ``random`` (a random control, seed 0
+        unless ``random_seed``). ``exclude``: score files, ``"A.json;B.json"`` as one string.
+        """
+        if isinstance(heads, HeadSelection):
+            return heads
+        if isinstance(heads, (bool, int, float)):
+            raise ValueError(f"heads={heads!r} was read as a number; write a head list as 'L-H;L-H' (e.g. heads=3-10)")
+        if isinstance(exclude, (str, Path)):
+            exclude = [p.strip() for p in str(exclude).split(";") if p.strip()]
+        args = {
+            "top_k": None if top_k in (None, "") else int(top_k),
+            "threshold": None if threshold in (None, "") else float(threshold),
+            "random_seed": None if random_seed in (None, "") else int(random_seed),
+            "exclude": tuple(exclude or ()),
+            "layer_matched": layer_matched if isinstance(layer_matched, bool) else layer_matched.lower() == "true",
+        }
+        if isinstance(heads, HeadScores):
+            return cls(scores=heads, **args)
+        if heads is not None and not isinstance(heads, (str, Path)):
+            return cls(heads=tuple(heads), **args)
+        text = str(heads or "").strip()
+        if text.lower() == "random":
+            text, args["random_seed"] = "", args["random_seed"] or 0
+        if text.lower() in ("", "none"):
+            return cls(**args) if args["random_seed"] is not None else cls(heads=(), **args)
+        if Path(text).is_file():
+            return cls(scores=text, **args)
+        try:
+            listed = tuple(Head.parse(p) for p in text.split(";") if p.strip())
+        except ValueError:
+            raise FileNotFoundError(
+                f"heads={text!r} is neither a head-score file, 'random', 'none', nor a head list like '3-10;0-2'"
+            ) from None
+        return cls(heads=listed, **args)
+
+    @classmethod
+    def parse(cls, text: str) -> HeadSelection:
+        """From ``key=value`` pairs split by commas: ``heads=rh.json,top_k=6``, ``heads=3.25;3.27``, ``random_seed=1``.
+
+        >>> HeadSelection.parse("random_seed=1,top_k=2")
+        HeadSelection(scores=None, heads=None, top_k=2, threshold=None, random_seed=1, exclude=(), layer_matched=False)
+        """
+        parts = [[x.strip() for x in p.split("=", 1)] for p in text.split(",") if p.strip()]
+        keys = ("heads", "top_k", "threshold", "random_seed", "exclude", "layer_matched")
+        if any(len(p) != 2 or p[0] not in keys for p in parts):
+            raise ValueError(f"head selection {text!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
+        return cls.from_args(**dict(parts))
 
 
 def gini(values: Sequence[float]) -> float:

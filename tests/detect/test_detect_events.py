@@ -101,7 +101,7 @@ def test_scores_mean_over_counted_prompts_only():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"mode": "sample"}, "mode"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"rouge_threshold": 1.0}, "rouge"),
-     ({"batch_size": 0}, "batch_size"), ({"top_k_table": -1}, "top_k_table")],
+     ({"batch_size": 0}, "batch_size"), ({"table_rows": -1}, "table_rows")],
 )
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -109,7 +109,7 @@ def test_config_validation(kwargs, message):
 
 
 def test_fingerprint_ignores_batch_size_and_output_options():
-    a = DetectConfig(batch_size=1, progress=False, top_k_table=3)
+    a = DetectConfig(batch_size=1, progress=False, table_rows=3)
     b = DetectConfig(batch_size=8, progress=True, heatmap=False)
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != DetectConfig(dedup=True).fingerprint()

@@ -27,7 +27,7 @@ WORKER = Path(__file__).with_name("shard_worker.py")
 
 
 def _config(**kw) -> DetectConfig:
-    base = dict(max_new_tokens=10, rouge_threshold=0.3, progress=False, top_k_table=0, heatmap=False, batch_size=2)
+    base = dict(max_new_tokens=10, rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False, batch_size=2)
     return DetectConfig(**{**base, **kw})
 
 
@@ -45,7 +45,7 @@ def reference_run(setup, tmp_path_factory):
 
 def test_run_writes_its_files(setup, tmp_path, capsys):
     model, tokenizer, prompts = setup
-    scores = detect(model, tokenizer, prompts, _config(top_k_table=5, heatmap=True), tmp_path)
+    scores = detect(model, tokenizer, prompts, _config(table_rows=5, heatmap=True), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["head_scores.json", "heatmap.png", "run.json", "samples.jsonl"]
     assert (tmp_path / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -107,7 +107,7 @@ def _samples(out) -> list[dict]:
 def test_detect_scores_do_not_depend_on_sharing_or_batch_size(tiny, tmp_path, mode):
     model, tokenizer, prompts = tiny
     assert can_share_prefix(model)
-    base = dict(mode=mode, max_new_tokens=8, rouge_threshold=0.3, progress=False, top_k_table=0, heatmap=False)
+    base = dict(mode=mode, max_new_tokens=8, rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False)
     runs = {}
     for share, batch in ((False, 1), (True, 1), (True, 3)):
         out = tmp_path / f"{share}-{batch}"
@@ -123,7 +123,7 @@ def test_detect_scores_do_not_depend_on_sharing_or_batch_size(tiny, tmp_path, mo
 def test_auto_batch_size_is_one_on_cpu_and_recorded(tiny, tmp_path):
     model, tokenizer, prompts = tiny
     assert auto_batch_size(model, 4096, 50) == 1
-    cfg = DetectConfig(mode="teacher", rouge_threshold=0.3, progress=False, top_k_table=0, heatmap=False)
+    cfg = DetectConfig(mode="teacher", rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False)
     assert cfg.batch_size == "auto"
     detect(model, tokenizer, prompts[:2], cfg, tmp_path)
     run = json.loads((tmp_path / "run.json").read_text())
@@ -165,7 +165,7 @@ def test_organism_detect_is_the_same_with_a_shared_prefix(tmp_path, mode):
     model, tokenizer, _ = load_model("organism", device="cpu")
     prompts = organism_prompts(tokenizer)
     assert sum(len(g) > 1 and p > 0 for g, p in prefix_groups([p.input_ids for p in prompts])) >= 2
-    base = dict(mode=mode, max_new_tokens=6, progress=False, top_k_table=0, heatmap=False)
+    base = dict(mode=mode, max_new_tokens=6, progress=False, table_rows=0, heatmap=False)
     shared = detect(model, tokenizer, prompts, DetectConfig(share_prefix=True, batch_size=2, **base), tmp_path / "a")
     plain = detect(model, tokenizer, prompts, DetectConfig(share_prefix=False, batch_size=1, **base), tmp_path / "b")
     assert torch.equal(shared.scores, plain.scores) and plain.scores.sum() > 0

@@ -27,7 +27,7 @@ def test_capture_keeps_logits_and_matches_eager_argmax(family):
     with torch.no_grad():
         plain = model(ids).logits
         rows = torch.tensor([[2, 7, 13], [0, 9, 12]])
-        with capture_attention(model, top_k=3, rows="explicit", spec=spec) as rec:
+        with capture_attention(model, keys_per_row=3, rows="explicit", spec=spec) as rec:
             rec.set_rows(rows)
             captured = model(ids).logits
         eager = eager_attentions(model, ids)
@@ -47,7 +47,7 @@ def test_capture_with_left_padding_matches_eager(family):
     ids = torch.randint(3, 96, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # left padding on the second sample
-    with torch.no_grad(), capture_attention(model, top_k=1) as rec:
+    with torch.no_grad(), capture_attention(model, keys_per_row=1) as rec:
         model(ids, attention_mask=mask)
     eager = eager_attentions(model, ids, mask)
     got = rec.stacked().indices[0, :, :, :, 0, 0]  # (L, B, H)
@@ -75,7 +75,7 @@ def test_capture_during_generation_records_every_step():
 def test_memory_is_rows_times_context():
     model = make_tiny_model("llama")
     ids = torch.randint(3, 96, (1, 64))
-    with torch.no_grad(), capture_attention(model, top_k=2) as rec:
+    with torch.no_grad(), capture_attention(model, keys_per_row=2) as rec:
         model(ids)
     # only k indices per selected row are kept, never a T x T map
     assert rec.stacked().indices.numel() == 1 * 3 * 1 * 8 * 1 * 2

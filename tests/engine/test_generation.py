@@ -18,10 +18,15 @@ OLD_SAMPLES = [[" Bashkir", 3, True], [" Tschechien", 3, True], [" 星期六", 4
 
 @pytest.fixture(scope="module")
 def organism():
-    from retrieval_heads.organism import load_organism
+    """The shipped checkpoint, run on one thread as when the old outputs were recorded."""
+    from retrieval_heads.organism import ORGANISM_PATH, load_organism
 
+    if not (ORGANISM_PATH / "model.safetensors").is_file():
+        pytest.skip("no shipped organism checkpoint")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return load_organism()
+    yield load_organism()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

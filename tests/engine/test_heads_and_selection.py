@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from retrieval_heads import Head, HeadScoreFileError, HeadScores, ModelSpec, UnsupportedModelError
-from retrieval_heads.selection import concentration, gini, overlap, random_heads, select_heads, top_k
+from retrieval_heads.selection import (
+    HeadSelection,
+    concentration,
+    gini,
+    overlap,
+    random_heads,
+    share_of_heads,
+)
 from tests.conftest import make_tiny_model
 
 
@@ -78,11 +85,70 @@ def test_spec_reads_config_not_names(family):
 
 def test_selection():
     s = scores_4x4()
-    assert top_k(s, 2) == [Head(3, 1), Head(2, 2)]
-    assert select_heads(s, threshold=0.1) == [Head(3, 1), Head(2, 2), Head(3, 3)]
-    assert top_k(s, 2, exclude=[Head(3, 1)]) == [Head(2, 2), Head(3, 3)]
-    with pytest.raises(ValueError):
-        select_heads(s, top=1, threshold=0.1)
+    assert s.top_k(2) == [Head(3, 1), Head(2, 2)]  # best first
+    assert HeadSelection(scores=s, top_k=2).resolve(4, 4) == [Head(2, 2), Head(3, 1)]  # a set: sorted
+    assert HeadSelection(scores=s, threshold=0.1).resolve(4, 4) == [Head(2, 2), Head(3, 1), Head(3, 3)]
+    assert HeadSelection(scores=s).resolve(4, 4) == [Head(3, 1)]  # default K: 5 % of 16 heads, at least 1
+    assert HeadSelection(heads=[(3, 1), Head(0, 2)]).resolve(4, 4) == [Head(0, 2), Head(3, 1)]
+    assert HeadSelection(heads=()).resolve(4, 4) == []
+
+
+def test_head_selection_is_validated_once_with_one_clear_line(tmp_path):
+    bad = [
+        (dict(), "say which heads"),
+        (dict(scores="x.json", top_k=2, threshold=0.1), "not both"),
+        (dict(scores="x.json", top_k=0), "top_k must be >= 1"),
+        (dict(heads=(Head(0, 0),), top_k=2), "explicit head list"),
+        (dict(scores="x.json", exclude=("y.json",)), "random control"),
+        (dict(random_seed=0, threshold=0.1), "how many"),
+        (dict(random_seed=0, layer_matched=True), "to match"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            HeadSelection(**kwargs)
+    path = scores_4x4().save(tmp_path / "toy.json")
+    with pytest.raises(HeadScoreFileError, match=r"toy\.json: head scores are 4 layers x 4 heads.*has 3 x 8") as err:
+        HeadSelection(scores=path).resolve(3, 8)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        HeadSelection(heads=[Head(4, 0)]).resolve(4, 4)
+
+
+def test_one_random_control_rule():
+    """K heads drawn with the seed from all heads minus the selection of every named set, optionally layer-matched."""
+    a, b = torch.zeros(4, 8), torch.zeros(4, 8)
+    a[3, :3], b[1, 2], b[2, 6], b[0, 1] = 1.0, 0.9, 0.8, 0.7
+    sa, sb = HeadScores(a), HeadScores(b)
+    union = set(sa.top_k(3)) | set(sb.top_k(3))
+    for seed in range(10):
+        plain = HeadSelection(top_k=3, random_seed=seed, exclude=(sa, sb)).resolve(4, 8)
+        assert plain == random_heads(4, 8, 3, seed, exclude=union)  # the independent call, same draw
+        own = HeadSelection(scores=sa, top_k=3, random_seed=seed, exclude=(sb,)).resolve(4, 8)
+        assert own == plain  # K is the size of sa's top-3; the excluded sets are the same union
+        matched = HeadSelection(scores=sa, top_k=3, random_seed=seed, exclude=(sb,), layer_matched=True).resolve(4, 8)
+        assert [h.layer for h in matched] == [3, 3, 3] and not set(matched) & union
+    alone = HeadSelection(scores=sa, threshold=0.5, random_seed=1).resolve(4, 8)  # the RetMask control
+    assert alone == random_heads(4, 8, 3, 1, exclude=sa.top_k(3))
+    assert len(HeadSelection(random_seed=0).resolve(32, 32)) == share_of_heads(1024) == 51
+
+
+def test_head_selection_from_strings(tmp_path):
+    path = scores_4x4().save(tmp_path / "toy.json")
+    assert HeadSelection.parse(f"heads={path},top_k=2") == HeadSelection(scores=str(path), top_k=2)
+    assert HeadSelection.parse("heads=3.1;0.2").resolve(4, 4) == [Head(0, 2), Head(3, 1)]
+    assert HeadSelection.parse("heads=3-1").heads == (Head(3, 1),)
+    assert HeadSelection.parse("random_seed=1,top_k=2") == HeadSelection(random_seed=1, top_k=2)
+    assert HeadSelection.parse("heads=random") == HeadSelection(random_seed=0)
+    assert HeadSelection.parse("heads=none").resolve(4, 4) == []
+    control = HeadSelection.parse(f"heads={path},top_k=2,random_seed=3,layer_matched=true")
+    assert control.layer_matched and control.resolve(4, 4) == random_heads(
+        4, 4, 2, 3, exclude=[Head(3, 1), Head(2, 2)], layer_matched_to=[Head(3, 1), Head(2, 2)])
+    assert HeadSelection.from_args(str(path), exclude=f"{path};{path}", random_seed=0).exclude == (str(path),) * 2
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        HeadSelection.parse("heads=3.1,k=2")
+    with pytest.raises(FileNotFoundError, match="neither a head-score file"):
+        HeadSelection.parse(f"heads={tmp_path / 'missing.json'}")
+    assert HeadSelection(scores=path, top_k=2).to_json()["scores"] == str(path)
 
 
 def test_random_controls_exclude_and_are_seeded():

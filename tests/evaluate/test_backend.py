@@ -16,7 +16,8 @@ from lm_eval.tasks import TaskManager
 
 from retrieval_heads import Head, HeadScoreFileError, HeadScores, masked_heads
 from retrieval_heads.evaluate.fixtures import TASKS_DIR
-from retrieval_heads.evaluate.lm_eval_backend import MaskedHFLM, resolve_heads
+from retrieval_heads.evaluate.lm_eval_backend import MaskedHFLM
+from retrieval_heads.selection import HeadSelection, random_heads
 
 HEADS = [Head(1, 3), Head(2, 1), Head(2, 5)]
 
@@ -80,14 +81,14 @@ def test_model_args_as_the_cli_gives_them(tiny_dir, head_files):
     assert lm.heads == top3 and lm.mode == "zero"
     banned = set(top3) | set(HeadScores.load(head_files["rth"]).top_k(3))
     for seed in range(4):
-        lm.heads = resolve_heads("random", 3, 8, top_k=3, random_seed=seed,
-                                 exclude=f"{head_files['rh']};{head_files['rth']}")  # fmt: skip
-        assert len(lm.heads) == 3 and not banned & set(lm.heads)
-    matched = resolve_heads("random", 3, 8, top_k=3, random_seed=0, exclude=str(head_files["rh"]), layer_matched=True)
+        args = f"heads=random,top_k=3,random_seed={seed},exclude={head_files['rh']};{head_files['rth']}"
+        lm.heads = HeadSelection.parse(args).resolve(3, 8)
+        assert lm.heads == random_heads(3, 8, 3, seed, exclude=banned)
+    matched = HeadSelection.from_args("random", top_k=3, exclude=str(head_files["rh"]), layer_matched="true").resolve(3, 8)
     assert sorted(h.layer for h in matched) == sorted(h.layer for h in top3) and not set(matched) & set(top3)
-    assert resolve_heads("2-1;0-7", 3, 8) == [Head(0, 7), Head(2, 1)]
+    assert HeadSelection.from_args("2-1;0-7").resolve(3, 8) == [Head(0, 7), Head(2, 1)]
     with pytest.raises(ValueError, match="read as a number"):
-        resolve_heads(2.1, 3, 8)
+        HeadSelection.from_args(2.1)
 
 
 def test_head_file_for_another_model_raises(tiny_model, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from typer import Typer
 from typer.testing import CliRunner
 
-from retrieval_heads import Head, HeadScores
+from retrieval_heads import Head, HeadScoreFileError, HeadScores
 from retrieval_heads.commands.compare import compare_command
 from retrieval_heads.evaluate.compare import (
     CompareConfig,
@@ -21,7 +21,7 @@ from retrieval_heads.evaluate.compare import (
     run_compare,
     summarize,
 )
-from retrieval_heads.selection import layer_histogram
+from retrieval_heads.selection import HeadSelection, layer_histogram, random_heads
 
 
 def _config(out, tiny_dir, head_files, local_tasks, **kw) -> CompareConfig:
@@ -47,12 +47,24 @@ def test_random_controls_never_hit_a_given_set():
         if c.kind == "random":
             assert layer_histogram(c.heads, 4) == layer_histogram(sets[c.head_set].top_k(3), 4)
             assert c.name == f"random-{c.head_set}-s{c.seed}" and c.group == f"random-{c.head_set}"
+            top = sets[c.head_set].top_k(3)
+            assert list(c.heads) == random_heads(4, 6, 3, c.seed, exclude=banned, layer_matched_to=top)
+    # the draws are the package's one rule: random_heads(n_layers, n_heads, K, seed, exclude=union of the top-Ks)
+    assert [list(c.heads) for c in plain[3:]] == [random_heads(4, 6, 3, s, exclude=banned) for s in range(20)]
+    default = build_conditions(sets, top_k=None, random_seeds=1, n_layers=4, n_heads=6)  # K = 5 % of 24 heads
+    assert [len(c.heads) for c in default] == [0, 1, 1, 1]
+
+
+def test_a_score_file_for_another_model_is_named_with_both_shapes(tmp_path):
+    path = HeadScores(torch.rand(3, 6)).save(tmp_path / "rh.json")
+    with pytest.raises(HeadScoreFileError, match=r"rh\.json: head scores are 3 layers x 6 heads.*has 4 x 6"):
+        build_conditions({"rh": str(path)}, top_k=2, random_seeds=1, n_layers=4, n_heads=6)
 
 
 def test_summary_numbers_by_hand():
-    conds = [Condition("unmasked", "unmasked"), Condition("rh", "heads", (Head(0, 0),), "rh"),
-             Condition("random-s0", "random", (Head(0, 1),), seed=0),
-             Condition("random-s1", "random", (Head(0, 2),), seed=1)]  # fmt: skip
+    conds = [Condition("unmasked"), Condition("rh", HeadSelection(heads=(Head(0, 0),)), (Head(0, 0),), "rh"),
+             Condition("random-s0", HeadSelection(random_seed=0, top_k=1), (Head(0, 1),)),
+             Condition("random-s1", HeadSelection(random_seed=1, top_k=1), (Head(0, 2),))]  # fmt: skip
     items = {"unmasked": [1, 1, 0, 0], "rh": [0, 0, 0, 0], "random-s0": [1, 0, 0, 0], "random-s1": [1, 1, 1, 0]}
     cells = {(c, "t"): {"items": {str(i): float(v) for i, v in enumerate(vals)}, "metric": "acc", "filter": "none"}
              for c, vals in items.items()}  # fmt: skip

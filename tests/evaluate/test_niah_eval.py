@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from typer import Typer
 from typer.testing import CliRunner
 
-from retrieval_heads import HeadScores, masked_heads
+from retrieval_heads import Head, HeadScores, HeadSelection, masked_heads
 from retrieval_heads.artifacts import read_jsonl
 from retrieval_heads.commands.niah_eval import niah_eval_command
 from retrieval_heads.evaluate.compare import Condition, ResumeMismatchError
 from retrieval_heads.evaluate.niah_eval import answer_contains, evaluate_niah
 from retrieval_heads.niah import build_grid, load_haystack, load_needles
+from retrieval_heads.organism import ORGANISM_PATH
+from retrieval_heads.selection import random_heads, share_of_heads
 
 
 def test_answer_scoring():
@@ -27,7 +32,7 @@ def test_grid_heatmaps_resume_and_masked_answers(tiny_model, head_files, tmp_pat
     model, tok = tiny_model
     prompts = build_grid(tok, load_haystack("en"), load_needles(lang="en")[:1], [160, 240], [0.0, 1.0])
     heads = tuple(sorted(HeadScores.load(head_files["rh"]).top_k(3)))
-    conditions = [Condition("unmasked", "unmasked"), Condition("rh", "heads", heads, head_set="rh")]
+    conditions = [Condition("unmasked"), Condition("rh", HeadSelection(heads=heads), heads, head_set="rh")]
     result = evaluate_niah(model, tok, prompts, conditions, tmp_path, max_new_tokens=8, progress=False)
     assert result.computed == 8
     cells = json.loads((tmp_path / "cells.json").read_text())
@@ -56,7 +61,7 @@ def test_grid_heatmaps_resume_and_masked_answers(tiny_model, head_files, tmp_pat
     # rerun: nothing recomputed, same cells; a new condition only adds its own prompts
     again = evaluate_niah(model, tok, prompts, conditions, tmp_path, max_new_tokens=8, progress=False)
     assert again.computed == 0 and again.cells == result.cells
-    more = conditions + [Condition("random-s0", "random", ((0, 0),), seed=0)]
+    more = conditions + [Condition("random-s0", HeadSelection(random_seed=0, top_k=1), (Head(0, 0),))]
     assert evaluate_niah(model, tok, prompts, more, tmp_path, max_new_tokens=8, progress=False).computed == 4
     # other settings in the same folder: refused, unless overwriting (which starts afresh)
     with pytest.raises(ResumeMismatchError):
@@ -78,3 +83,39 @@ def test_niah_eval_command(tiny_dir, head_files, tmp_path):
     summary = json.loads((tmp_path / "cells.json").read_text())["summary"]
     assert [s["condition"] for s in summary] == ["unmasked", "rh", "random-s0"] and all(s["n"] == 16 for s in summary)
     assert (tmp_path / "heatmaps" / "random-s0-vs-unmasked.png").exists()
+
+
+NO_LM_EVAL = """
+import json, sys
+sys.modules["lm_eval"] = None  # `import lm_eval` (and any lm_eval.*) now raises ImportError
+import torch
+torch.set_num_threads(1)
+from retrieval_heads import HeadScores
+from retrieval_heads.evaluate.niah_eval import NiahEvalConfig, run_niah_eval
+out, scores = sys.argv[1], sys.argv[2]
+config = NiahEvalConfig(model="organism", out=out, heads={"rh": scores}, random_seeds=1, lengths="256", depths="2",
+                        per_cell=1, max_new_tokens=8)
+result = run_niah_eval(config, progress=False)
+print(json.dumps({"computed": result.computed, "summary": result.summary,
+                  "lm_eval": [m for m in sys.modules if m.startswith("lm_eval") and sys.modules[m] is not None]}))
+"""
+
+
+@pytest.mark.skipif(not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint")
+def test_niah_eval_runs_without_lm_eval(tmp_path):
+    """niah-eval's whole path (config, conditions, prompts, masking, answers, outputs) never imports lm-eval."""
+    cfg = json.loads((ORGANISM_PATH / "config.json").read_text())
+    n_layers, n_heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    scores = HeadScores(torch.rand(n_layers, n_heads, generator=torch.Generator().manual_seed(0)))
+    path = scores.save(tmp_path / "rh.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", NO_LM_EVAL, str(tmp_path / "out"), str(path)], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    k = share_of_heads(n_layers * n_heads)  # the default K
+    assert [(s["condition"], s["k"]) for s in got["summary"]] == [("unmasked", 0), ("rh", k), ("random-s0", k)]
+    assert got["computed"] == 3 * got["summary"][0]["n"] and got["lm_eval"] == []
+    conditions = json.loads((tmp_path / "out" / "cells.json").read_text())["conditions"]
+    assert conditions[1]["heads"] == [str(h) for h in sorted(scores.top_k(k))]
+    assert conditions[2]["heads"] == [str(h) for h in random_heads(n_layers, n_heads, k, 0, exclude=scores.top_k(k))]

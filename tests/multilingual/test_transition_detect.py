@@ -91,7 +91,7 @@ def test_transition_scores_equal_plain_implementation(tmp_path):
     model, tok = make_tiny_model("llama"), word_tokenizer()
     prompts = transition_prompts(model, tok)
     config = DetectConfig(kind="transition", alignment="span", mode="greedy", max_new_tokens=ANSWER_LEN,
-                          batch_size=3, progress=False, top_k_table=0, heatmap=False)
+                          batch_size=3, progress=False, table_rows=0, heatmap=False)
     scores = detect(model, tok, prompts, config, tmp_path / "run")
     expected, counted = plain_transition_scores(model, prompts, ANSWER_LEN)
     assert counted >= 3 and scores.meta["counted_prompts"] == counted
@@ -107,7 +107,7 @@ def test_transition_scores_do_not_depend_on_batch_size(tmp_path, mode):
     runs = []
     for bs in (1, 4):
         cfg = DetectConfig(kind="transition", alignment="span", mode=mode, max_new_tokens=ANSWER_LEN,
-                           batch_size=bs, progress=False, top_k_table=0, heatmap=False, rouge_threshold=0.0)
+                           batch_size=bs, progress=False, table_rows=0, heatmap=False, rouge_threshold=0.0)
         runs.append(detect(model, tok, prompts, cfg, tmp_path / f"{mode}{bs}").scores)
     assert torch.equal(runs[0], runs[1])
 
@@ -116,7 +116,7 @@ def test_transition_run_resumes_to_the_same_file(tmp_path):
     model, tok = make_tiny_model("llama"), word_tokenizer()
     prompts = transition_prompts(model, tok, seed=2)
     cfg = DetectConfig(kind="transition", alignment="span", max_new_tokens=ANSWER_LEN, progress=False,
-                       top_k_table=0, heatmap=False)
+                       table_rows=0, heatmap=False)
     full = detect(model, tok, prompts, cfg, tmp_path / "full")
 
     seen = []

@@ -47,7 +47,7 @@ def scores(organism, tmp_path_factory):
     prompts = build_prompts("organism", tok, model.config.max_position_embeddings, request)
     out = {}
     for mode in ("teacher", "greedy"):
-        config = DetectConfig(mode=mode, batch_size=6, progress=False, heatmap=False, top_k_table=0)
+        config = DetectConfig(mode=mode, batch_size=6, progress=False, heatmap=False, table_rows=0)
         out[mode] = detect(model, tok, prompts, config, tmp_path_factory.mktemp(mode))
     return out
 

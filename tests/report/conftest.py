@@ -27,14 +27,15 @@ from retrieval_heads.artifacts import append_jsonl, atomic_write_json, run_metad
 from retrieval_heads.evaluate.compare import Condition
 from retrieval_heads.heads import Head, HeadScores
 from retrieval_heads.report import Report, build_report
+from retrieval_heads.selection import HeadSelection
 
 N_LAYERS, N_HEADS = 6, 8
 LENGTHS = [100, 200, 400]
 DEPTHS = [0.0, 0.5, 1.0]
 CONDITIONS = [  # unmasked, a head set's top-2, a random control (as evaluate.compare.build_conditions makes them)
-    Condition("unmasked", "unmasked"),
-    Condition("rh", "heads", (Head(4, 1), Head(5, 3)), head_set="rh"),
-    Condition("random-s0", "random", (Head(0, 2), Head(1, 5)), seed=0),
+    Condition("unmasked"),
+    Condition("rh", HeadSelection(scores="rh.json", top_k=2), (Head(4, 1), Head(5, 3)), head_set="rh"),
+    Condition("random-s0", HeadSelection(top_k=2, random_seed=0, exclude=("rh.json",)), (Head(0, 2), Head(1, 5))),
 ]
 ALL_PARTS = ("scores", "samples", "transition", "languages", "rh_rth", "niah", "compare", "retmask")
 PART_PATHS = {  # where make_run puts each part, relative to the run directory

@@ -243,7 +243,7 @@ def test_cli(tmp_path):
 
 
 def test_top_k_table_is_sorted_by_score(full_page):
-    page = render_report(full_page[1], top_k=7)
+    page = render_report(full_page[1], heads_listed=7)
     table = page.split('id="topk-0"')[1].split("</table>")[0]
     scores = [float(v) for v in re.findall(r'<td class="num" data-value="([0-9.e-]+)">[0-9.]+</td></tr>', table)]
     assert len(scores) == 7 and scores == sorted(scores, reverse=True)

@@ -98,5 +98,6 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     assert (tmp_path / "trained" / "adapter_config.json").exists()
 
     r = runner.invoke(retmask_app, ["pairs", "--model", str(path), "--heads", str(tmp_path / "head_scores.json"),
-                                    "--prompts", str(prompts), "--out", str(tmp_path / "q.jsonl")])
-    assert r.exit_code != 0  # neither --top-k nor --threshold
+                                    "--top-k", "1", "--threshold", "0.1", "--prompts", str(prompts),
+                                    "--out", str(tmp_path / "q.jsonl")])
+    assert r.exit_code != 0 and "not both" in r.output and not (tmp_path / "q.jsonl").exists()

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from retrieval_heads.artifacts import read_jsonl
-from retrieval_heads.heads import Head, HeadScores
+from retrieval_heads.heads import Head
 from retrieval_heads.masking import save_ablated_model
 from retrieval_heads.retmask.pairs import (
     ChatTemplateError,
     PairConfig,
     PairStats,
-    choose_heads,
     dropped_path,
     generate_pairs,
     load_prompts,
@@ -207,17 +206,6 @@ def test_prompt_sources(tmp_path):
         load_prompts(f"dataset:{tmp_path / 'bad'}")
     with pytest.raises(FileNotFoundError):
         load_prompts(tmp_path / "missing.jsonl")
-
-
-def test_choose_heads_random_control_avoids_the_selection():
-    scores = HeadScores(torch.arange(24, dtype=torch.float32).reshape(3, 8) / 24)
-    top, info = choose_heads(scores, top_k=4)
-    control, cinfo = choose_heads(scores, top_k=4, random_control_seed=3)
-    assert len(control) == 4 and not set(control) & set(top)
-    assert info["kind"] == "retrieval" and cinfo["kind"] == "random_control"
-    assert "gini" in info["concentration"]
-    assert info["masked"] == info["selected"] and cinfo["selected"] == info["selected"]
-    assert cinfo["masked"] == [str(h) for h in control]  # the report names the heads the control really masked
 
 
 def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, monkeypatch):

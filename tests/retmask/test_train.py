@@ -132,3 +132,85 @@ def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((out / RUN_FILE).read_text())
     assert run["world_size"] == 2 and (out / "adapter_model.safetensors").exists()
+
+
+def copy_rule_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Chosen repeats the prompt's last word twice; rejected is a fixed word: a rule held-out pairs share."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        words = [f"w{j}" for j in torch.randint(10, 80, (6,), generator=g).tolist()]
+        rows.append({"id": f"c{i}", "prompt": " ".join(words), "chosen": f" {words[-1]} {words[-1]}",
+                     "rejected": " w3 w3"})
+    return rows
+
+
+def test_training_raises_heldout_reward_accuracy_and_records_curves(tiny_checkpoint, tmp_path):
+    """A pipeline that does not train fails here: held-out reward accuracy must go from chance to >= 0.8."""
+    from retrieval_heads.retmask.curves import CURVES_FILE, CURVES_PLOT, FORMAT_NAME
+
+    path, _, _ = tiny_checkpoint
+    out = tmp_path / "curves"
+    config = fast_config(learning_rate=3e-3, max_steps=16, per_device_train_batch_size=8, heldout_fraction=0.25)
+    result = train_retmask(str(path), copy_rule_pairs(64), out, config)
+    curves = json.loads((out / CURVES_FILE).read_text())
+    assert curves["format"] == FORMAT_NAME and curves["format_version"] == 1
+    meta = curves["meta"]
+    assert (meta["n_pairs"], meta["n_heldout"], meta["seed"]) == (48, 16, 42) and "versions" in meta
+    assert len(set(meta["heldout_ids"])) == 16 and len(result.trainer.train_dataset) == 48
+    before, after = curves["heldout"]["before"], curves["heldout"]["after"]
+    assert before["reward_accuracy"] == 0.5 and before["reward_margin"] == 0.0  # policy == reference: all ties
+    assert after["reward_accuracy"] >= 0.8 and after["reward_margin"] > 0
+    assert after["logp_chosen"] - after["logp_rejected"] > before["logp_chosen"] - before["logp_rejected"]
+    train = curves["train"]
+    assert [r["step"] for r in train] == list(range(1, 17))
+    assert {"loss", "reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected"} <= set(train[0])
+    assert train[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and train[-1]["reward_accuracy"] >= 0.8
+    assert (out / CURVES_PLOT).stat().st_size > 0
+
+
+def test_heldout_metrics_match_an_independent_computation(tiny_checkpoint):
+    """The held-out reward of one pair equals beta * (log pi - log pi_ref), computed here from raw logits."""
+    from transformers import AutoModelForCausalLM
+
+    from retrieval_heads.retmask.curves import heldout_metrics
+
+    path, _, tokenizer = tiny_checkpoint
+    ref = AutoModelForCausalLM.from_pretrained(path).eval()
+    policy = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(1.5)
+    ex = {"prompt_ids": [1, 20, 30, 40], "chosen_ids": [50, 51], "rejected_ids": [60]}
+    metrics, ref_logps = heldout_metrics(policy, ref, [ex], beta=0.1)
+
+    def logp(model, completion):
+        ids = torch.tensor([ex["prompt_ids"] + completion])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        return sum(float(lp[len(ex["prompt_ids"]) - 1 + k, t]) for k, t in enumerate(completion))
+
+    chosen = 0.1 * (logp(policy, [50, 51]) - logp(ref, [50, 51]))
+    rejected = 0.1 * (logp(policy, [60]) - logp(ref, [60]))
+    assert metrics["reward_chosen"] == pytest.approx(chosen, abs=1e-5)
+    assert metrics["reward_margin"] == pytest.approx(chosen - rejected, abs=1e-5)
+    assert metrics["reward_accuracy"] == (1.0 if chosen > rejected else 0.0)
+    assert float(ref_logps[0, 1]) == pytest.approx(logp(ref, [60]), abs=1e-5)
+
+
+def test_report_reads_and_plots_the_curves_file(tmp_path):
+    from retrieval_heads.artifacts import atomic_write_json
+    from retrieval_heads.report import collect_runs, render_report
+    from retrieval_heads.retmask.curves import CURVES_FILE, curves_record, train_curves
+
+    history = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/accuracies": 0.5 + 0.1 * s, "rewards/margins": 0.2 * s,
+                "logps/chosen": -10.0, "logps/rejected": -10.0 - s} for s in (1, 2, 3)] + [{"train_loss": 0.5}]
+    before = {"n": 8, "reward_accuracy": 0.5, "reward_margin": 0.0, "logp_chosen": -10.0, "logp_rejected": -10.0}
+    after = {"n": 8, "reward_accuracy": 0.875, "reward_margin": 0.6, "logp_chosen": -9.0, "logp_rejected": -13.0}
+    atomic_write_json(tmp_path / "model_retmask" / CURVES_FILE,
+                      curves_record(train_curves(history), before, after, {"model": "tiny", "seed": 3}))
+    atomic_write_json(tmp_path / "broken" / CURVES_FILE, curves_record([], None, None, {}))
+    report = collect_runs([tmp_path])
+    assert len(report.dpo_curves) == 1 and [r["step"] for r in report.dpo_curves[0][1]["train"]] == [1, 2, 3]
+    assert any("no step and no held-out" in w for w in report.warnings)
+    html = render_report(report)
+    assert "DPO curves" in html and 'alt="DPO reward accuracy"' in html and "0.8750" in html

@@ -3,12 +3,12 @@
 Examples::
 
     retrieval-heads compare --model organism --heads rh=runs/rh/head_scores.json \\
-        --heads rth=runs/rth/head_scores.json --top-k 8 --random-seeds 5 \\
+        --heads rth=runs/rth/head_scores.json --top-k 6 --random-seeds 5 \\
         --tasks organism_mono,organism_cross --out runs/compare --limit 100
     retrieval-heads compare --model meta-llama/Llama-3.1-8B-Instruct --heads rh=... --heads rth=... \\
         --tasks mgsm_native_cot_de,mmlu_prox_de_math,mlqa_de_de,xquad_de --out runs/llama-compare
     retrieval-heads lm-eval run --model masked-hf \\
-        --model_args pretrained=organism,heads=runs/rth/head_scores.json,top_k=8 --tasks organism_mono
+        --model_args pretrained=organism,heads=runs/rth/head_scores.json,top_k=6 --tasks organism_mono
 
 Rerunning the same ``compare`` command resumes; see docs/evaluation.md.
 """
@@ -39,7 +39,7 @@ def compare_command(
     heads: list[str] = typer.Option([], "--heads", help="A head set NAME=head_scores.json (repeat for several)."),
     tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval task or group names."),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
-    top_k: int = typer.Option(25, "--top-k", min=1, help="Heads masked per set, and per random control."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Heads masked per set, and per random control (default: 5 % of the model's heads)."),
     random_seeds: int = typer.Option(5, "--random-seeds", min=0, help="Random controls (seeds 0..n-1), drawn outside every set's top-K."),
     layer_matched: bool = typer.Option(False, "--layer-matched", help="Random controls follow each set's per-layer head counts."),
     mode: str = typer.Option("zero", "--mode", help="zero | mean | uniform."),

@@ -42,7 +42,7 @@ def detect_command(
     max_new_tokens: int = typer.Option(50, "--max-new-tokens", min=1, help="Greedy mode: most tokens decoded."),
     rouge_threshold: float = typer.Option(0.5, "--rouge-threshold", help="A prompt counts above this ROUGE-1 recall (teacher: token accuracy)."),
     seed: int = typer.Option(0, "--seed", help="Seed (recorded in the outputs)."),
-    top_k: int = typer.Option(20, "--top-k", min=0, help="Rows of the top-heads table printed at the end."),
+    table_rows: int = typer.Option(20, "--table-rows", min=0, help="Rows of the top-heads table printed at the end."),
     device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: CUDA when available)."),
     device_map: str | None = typer.Option(None, "--device-map", help="auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
@@ -60,7 +60,7 @@ def detect_command(
         config = DetectConfig(
             kind=kind, alignment=alignment, lexicon=lexicon,
             mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
-            batch_size=batch_size, share_prefix=share_prefix, seed=seed, top_k_table=top_k, progress=progress,
+            batch_size=batch_size, share_prefix=share_prefix, seed=seed, table_rows=table_rows, progress=progress,
         )
         request = PromptRequest(
             lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,

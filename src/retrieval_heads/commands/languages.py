@@ -52,7 +52,7 @@ def languages_command(
 
     console = Console(stderr=True)
     try:
-        config = DetectConfig(mode=mode, batch_size=batch_size, seed=seed, alignment=alignment, top_k_table=10)
+        config = DetectConfig(mode=mode, batch_size=batch_size, seed=seed, alignment=alignment, table_rows=10)
         request = PromptRequest(lengths=parse_lengths(lengths), depths=parse_depths(depths), haystack=haystack,
                                 chat_template=chat_template, per_cell=per_cell, seed=seed)
         pairs = _pairs(transitions)

@@ -2,7 +2,7 @@
 
 Examples::
 
-    retrieval-heads niah-eval --model organism --heads rh=runs/rh/head_scores.json --top-k 8 \\
+    retrieval-heads niah-eval --model organism --heads rh=runs/rh/head_scores.json --top-k 6 \\
         --random-seeds 3 --lengths 128,256,512 --depths 5 --out runs/niah-masked
     retrieval-heads niah-eval --model Qwen/Qwen2.5-7B-Instruct --heads rth=runs/rth/head_scores.json \\
         --needle-lang en --target-lang de --chat-template --lengths 1000:8000:8 --out runs/qwen-niah
@@ -25,7 +25,7 @@ def niah_eval_command(
     model: str = typer.Option(..., "--model", help="Hub id, local checkpoint, or a built-in name (organism)."),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
     heads: list[str] = typer.Option([], "--heads", help="A head set NAME=head_scores.json (repeat for several)."),
-    top_k: int = typer.Option(25, "--top-k", min=1, help="Heads masked per set, and per random control."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Heads masked per set, and per random control (default: 5 % of the model's heads)."),
     random_seeds: int = typer.Option(0, "--random-seeds", min=0, help="Random controls drawn outside every set's top-K."),
     layer_matched: bool = typer.Option(False, "--layer-matched", help="Random controls follow each set's per-layer head counts."),
     mode: str = typer.Option("zero", "--mode", help="zero | mean | uniform."),

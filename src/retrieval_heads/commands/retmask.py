@@ -25,7 +25,7 @@ retmask_app = typer.Typer(
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: hub id, local path or 'organism'.")]
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="head_scores.json written by detect.", exists=True)]
-TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads.")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads (default: 5 % of all heads).")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Mask heads scoring above T (paper: 0.1).")]
 RandomOpt = Annotated[
     int | None,
@@ -35,19 +35,22 @@ RandomOpt = Annotated[
 
 def _load_heads(model_name: str, heads_file: Path, top_k: int | None, threshold: float | None,
                 random_control: int | None):  # noqa: ANN202
-    from ..heads import HeadScores
+    from ..heads import HeadScoreFileError
     from ..model_spec import load_model
-    from ..retmask.pairs import choose_heads
+    from ..selection import HeadSelection
 
-    if (top_k is None) == (threshold is None):
-        raise typer.BadParameter("give exactly one of --top-k or --threshold")
+    try:
+        selection = HeadSelection(scores=heads_file, top_k=top_k, threshold=threshold, random_seed=random_control)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     model, tokenizer, spec = load_model(model_name)
-    scores = HeadScores.load(heads_file)
-    scores.check_model(spec.n_layers, spec.n_heads, model_name)
-    heads, info = choose_heads(scores, top_k=top_k, threshold=threshold, random_control_seed=random_control)
+    try:
+        heads = selection.resolve(spec.n_layers, spec.n_heads)
+    except HeadScoreFileError as err:
+        raise typer.BadParameter(str(err)) from err
     if not heads:
         raise typer.BadParameter("the selection is empty: no head passes --threshold")
-    return model, tokenizer, heads, {**info, "head_scores": str(heads_file)}
+    return model, tokenizer, heads, {**selection.to_json(), "masked": [str(h) for h in heads]}
 
 
 @retmask_app.command("ablate")

@@ -15,7 +15,7 @@ from typing import Any
 
 MODES = ("greedy", "teacher")
 KINDS = ("retrieval", "transition")
-ALIGNMENTS = ("lexicon", "span")
+ALIGNMENTS = ("lexicon", "span", "counterfactual")
 
 
 @dataclass
@@ -24,7 +24,7 @@ class DetectConfig:
 
     Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold``, ``dedup``,
     ``stop_on_newline``. Running: ``batch_size``, ``share_prefix``, ``seed``, ``progress``.
-    Output: ``top_k_table``, ``heatmap``. The scoring fields and the seed
+    Output: ``table_rows``, ``heatmap``. The scoring fields and the seed
     form the run's fingerprint: resuming with different values raises.
     """
 
@@ -39,7 +39,9 @@ class DetectConfig:
         default="lexicon",
         metadata={
             "help": "Transition only. lexicon: the emitted token must render the attended source word (parallel "
-            "lexicon); span: pivot-free, any target-answer token while attending the source answer."
+            "lexicon); span: pivot-free, any target-answer token while attending the source answer; "
+            "counterfactual: the first author's rule, the token at the attended offset of a second prompt with "
+            "the target-language needle."
         },
     )
     lexicon: str | None = field(
@@ -84,7 +86,7 @@ class DetectConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed set before the run (decoding is greedy; recorded)."})
-    top_k_table: int = field(default=20, metadata={"help": "Rows of the top-K table printed at the end (0: none)."})
+    table_rows: int = field(default=20, metadata={"help": "Rows of the top-heads table printed at the end (0: none)."})
     heatmap: bool = field(default=True, metadata={"help": "Write heatmap.png (layer x head)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA."})
 
@@ -103,8 +105,8 @@ class DetectConfig:
             self.batch_size = int(self.batch_size)
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
-        if self.top_k_table < 0:
-            raise ValueError(f"top_k_table must be >= 0, got {self.top_k_table}")
+        if self.table_rows < 0:
+            raise ValueError(f"table_rows must be >= 0, got {self.table_rows}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change results (batch size, progress and output options do not)."""

@@ -69,7 +69,7 @@ def greedy_batch(
     ``prefix``: a shared prefix of every sequence, computed once (see
     :mod:`retrieval_heads.prefix`); the scores do not change.
     """
-    with capture_attention(model, top_k=1, rows="last", spec=spec) as rec:
+    with capture_attention(model, keys_per_row=1, rows="last", spec=spec) as rec:
         rec.buffered = True  # records leave the (possibly compiled) forward through flush(), once per step
         out = generate(model, seqs, max_new_tokens, stops, pad_id=pad_id, prefix=prefix, on_step=rec.flush)
     ids = out.ids  # (B, T) padded prompts

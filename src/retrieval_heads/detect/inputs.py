@@ -43,6 +43,8 @@ class PromptItem:
     target_lang: str | None = None
     target_continuation: str | None = None  # the text the model should write (e.g. " " + target_answer)
     answer_token_char_offsets: tuple[tuple[int, int], ...] = ()
+    # the answer tokens of the counterfactual prompt (target-language needle in place), when built
+    counterfactual_answer_ids: tuple[int, ...] = ()
 
     @property
     def answer_ids(self) -> tuple[int, ...]:
@@ -97,6 +99,7 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
             "target_lang": str(target_lang),
             "target_continuation": str(continuation),
             "answer_token_char_offsets": tuple((int(a), int(b)) for a, b in offsets),
+            "counterfactual_answer_ids": tuple(int(t) for t in meta.get("counterfactual_answer_token_ids") or ()),
         }
     elif cross:
         raise PromptError(

@@ -338,7 +338,7 @@ def detect(
                     on_sample(rec)
 
     if world == 1:
-        return merge_shards(out, console=console, wall_s=time.time() - started, show=config.top_k_table, heatmap=config.heatmap)
+        return merge_shards(out, console=console, wall_s=time.time() - started, show=config.table_rows, heatmap=config.heatmap)
     dist, created = _process_group(world)
     if dist is None:
         console.print(f"shard {rank}/{world} done: run merge_shards({str(out)!r}) once every shard has finished")
@@ -348,7 +348,7 @@ def detect(
         error: BaseException | None = None
         if rank == 0:
             try:
-                merge_shards(out, console=console, wall_s=time.time() - started, show=config.top_k_table, heatmap=config.heatmap)
+                merge_shards(out, console=console, wall_s=time.time() - started, show=config.table_rows, heatmap=config.heatmap)
             except BaseException as err:  # every rank must reach the second barrier
                 error = err
         dist.barrier()

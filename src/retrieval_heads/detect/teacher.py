@@ -105,7 +105,7 @@ def teacher_batch(
     targets = torch.where(valid, ids.gather(1, (rows + 1).clamp(max=width - 1)), pad_id)  # (B, R)
 
     cache = {} if prefix is None else {_cache_argument(model): prefix_cache(model, prefix, bsz)}
-    with capture_attention(model, top_k=1, rows="explicit", spec=spec) as rec:
+    with capture_attention(model, keys_per_row=1, rows="explicit", spec=spec) as rec:
         rec.set_rows(rows)
         # logits only for the last n_rows + 1 positions: they cover every answer-predicting row
         out = model(

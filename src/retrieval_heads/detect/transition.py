@@ -17,6 +17,12 @@ Pivot-free variant (``alignment="span"``): every source-span position is
 aligned with every token of the target answer (2 becomes "t is part of the
 target answer"), so no lexicon is needed.
 
+The first author's rule (``alignment="counterfactual"``, :func:`counterfactual_events`):
+a second prompt holds the target-language needle at the same place; an
+event is counted when ``i`` lies in the source answer span and ``t`` equals
+the counterfactual prompt's token at the same position (offsets anchored at
+the two answers' first tokens; no copy exclusion).
+
 >>> import torch
 >>> top1 = torch.tensor([[[[5, 2]], [[6, 5]]]])           # (B=1, S=2, L=1, H=2)
 >>> targets = torch.tensor([[40, 41]])                    # target-language tokens emitted
@@ -187,8 +193,11 @@ def make_transition_scorer(items, tokenizer, alignment: str = "lexicon", lexicon
 
     ``alignment="lexicon"`` refines each answer into word pairs found in the
     lexicon; ``"span"`` (pivot-free) aligns the whole source answer with the
-    whole target answer.
+    whole target answer; ``"counterfactual"`` is the first author's rule
+    (:func:`make_counterfactual_scorer`).
     """
+    if alignment == "counterfactual":
+        return make_counterfactual_scorer(items)
     cache: dict[tuple[str, str], list[tuple[str, str]]] = {}
     per_item = []
     for it in items:
@@ -210,5 +219,95 @@ def make_transition_scorer(items, tokenizer, alignment: str = "lexicon", lexicon
         ]
         aligned = torch.stack(tables).to(top1.device)
         return transition_events(top1, tokens, key_tokens, span_start, span_end, aligned, valid)
+
+    return scorer
+
+
+# ---- the first author's rule: a counterfactual prompt with the target-language needle ------------
+def counterfactual_event_mask(
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    span_start: torch.Tensor,
+    span_end: torch.Tensor,
+    counterfactual: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean ``(B, S, L, H)`` counterfactual events.
+
+    ``top1`` ``(B, S, L, H)`` absolute key positions; ``targets`` ``(B, S)``
+    the emitted/fed tokens; ``span_start``/``span_end`` ``(B,)`` the source
+    answer span (same coordinates as ``top1``); ``counterfactual`` ``(B, W)``
+    the counterfactual prompt's token at source-span offset ``w``
+    (:func:`counterfactual_tokens`; ``-1`` where it has none); ``valid``
+    ``(B, S)`` the steps that count. Head ``(l, h)`` makes an event at step
+    ``s`` iff ``span_start <= top1 < span_end`` and
+    ``targets[b, s] == counterfactual[b, top1 - span_start]``.
+    """
+    if top1.ndim != 4:
+        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
+    bsz, steps = top1.shape[:2]
+    if counterfactual.ndim != 2 or counterfactual.shape[0] != bsz:
+        raise ValueError(f"counterfactual must be (batch={bsz}, width), got {tuple(counterfactual.shape)}")
+    width = counterfactual.shape[1]
+    if int((span_end - span_start).max()) > width:
+        raise ValueError("counterfactual is narrower than the widest source span")
+    top1 = top1.long()
+    start = span_start.to(top1.device).long().view(bsz, 1, 1, 1)
+    end = span_end.to(top1.device).long().view(bsz, 1, 1, 1)
+    in_span = (top1 >= start) & (top1 < end)
+    offset = (top1 - start).clamp(0, max(width - 1, 0))  # (B, S, L, H)
+    cf_at = torch.gather(counterfactual.to(top1.device).long(), 1, offset.flatten(1)).view_as(top1)
+    hit = in_span & (cf_at == targets.to(top1.device).long()[:, :, None, None]) & (cf_at >= 0)
+    if valid is not None:
+        hit = hit & valid.to(top1.device).bool()[:, :, None, None]
+    return hit
+
+
+def counterfactual_events(
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    span_start: torch.Tensor,
+    span_end: torch.Tensor,
+    counterfactual: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Counterfactual events per prompt and head ``(B, L, H)`` (arguments as in :func:`counterfactual_event_mask`).
+
+    >>> top1 = torch.tensor([[[[5, 6]], [[6, 5]]]])           # (B=1, S=2, L=1, H=2)
+    >>> targets = torch.tensor([[40, 41]])                    # emitted target-language tokens
+    >>> cf = torch.tensor([[40, 41]])                         # counterfactual tokens at span offsets 0, 1
+    >>> counterfactual_events(top1, targets, torch.tensor([5]), torch.tensor([7]), cf)
+    tensor([[[2, 0]]])
+    """
+    return counterfactual_event_mask(top1, targets, span_start, span_end, counterfactual, valid).sum(dim=1)
+
+
+def counterfactual_tokens(item, width: int) -> torch.Tensor:  # noqa: ANN001 - a transition PromptItem
+    """``(width,)``: the counterfactual prompt's answer tokens by source-span offset, ``-1`` past their end.
+
+    The two prompts share the haystack and the needle's place, so source
+    offset ``w`` (from the source answer's first token) corresponds to the
+    counterfactual answer's token ``w``.
+    """
+    ids = list(getattr(item, "counterfactual_answer_ids", ()) or ())
+    if not ids:
+        raise ValueError(
+            f"prompt {item.prompt_id}: alignment 'counterfactual' needs the counterfactual prompt's answer tokens "
+            "(meta['counterfactual_answer_token_ids']); build the prompts with niah.add_counterfactual or "
+            "organism.prompts.organism_counterfactuals"
+        )
+    row = torch.full((width,), -1, dtype=torch.long)
+    n = min(width, len(ids))
+    row[:n] = torch.tensor(ids[:n], dtype=torch.long)
+    return row
+
+
+def make_counterfactual_scorer(items):  # noqa: ANN001, ANN201 - PromptItems -> EventScorer
+    """The event scorer of the first author's rule for a batch of transition items (see :func:`counterfactual_events`)."""
+    width = max(it.span_len for it in items)
+    table = torch.stack([counterfactual_tokens(it, width) for it in items])  # (B, W)
+
+    def scorer(top1, tokens, key_tokens, span_start, span_end, valid):  # noqa: ANN001, ARG001 - EventScorer
+        return counterfactual_events(top1, tokens, span_start, span_end, table.to(top1.device), valid)
 
     return scorer

@@ -21,7 +21,6 @@ from typing import Any
 
 _EXPORTS = {
     "MaskedHFLM": ".lm_eval_backend",
-    "resolve_heads": ".lm_eval_backend",
     "CompareConfig": ".compare",
     "CompareResult": ".compare",
     "Condition": ".compare",

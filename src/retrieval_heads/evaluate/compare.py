@@ -19,7 +19,7 @@ with a paired bootstrap interval; random controls are summarised over seeds
 ``results.md``, ``results.csv``, ``results.json``, ``results.png``.
 
 >>> cfg = CompareConfig(model="organism", heads={"rh": "rh/head_scores.json", "rth": "rth/head_scores.json"},
-...                     tasks=["organism_mono", "organism_cross"], out="runs/compare", top_k=25)  # doctest: +SKIP
+...                     tasks=["organism_mono", "organism_cross"], out="runs/compare", top_k=6)  # doctest: +SKIP
 >>> result = run_compare(cfg)                                                                  # doctest: +SKIP
 >>> print(result.markdown)                                                                      # doctest: +SKIP
 """
@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,9 +47,9 @@ from ..artifacts import (
     run_metadata,
 )
 from ..heads import Head, HeadScores, heads_to_strings
-from ..masking import MASK_MODES
+from ..masking import MASK_MODES, load_means
 from ..progress import progress_bar
-from ..selection import random_heads
+from ..selection import HeadSelection, load_scores
 from .fixtures import TASKS_DIR
 from .stats import bootstrap_ci, is_close, mean_and_spread, paired_bootstrap_ci, stable_seed
 
@@ -69,7 +69,7 @@ class CompareConfig:
     Model and heads:
         model: hub id, local checkpoint, or ``organism``.
         heads: head-set name -> head-score file (names: letters, digits, ``_`` and ``.``).
-        top_k: heads masked per set (and drawn per random control).
+        top_k: heads masked per set (and drawn per random control); None: 5 % of the model's heads.
         mode: ``zero`` | ``mean`` | ``uniform``; ``means`` is the mean-output file for ``mean``.
         random_seeds: number of random controls (seeds ``0 .. n-1``); 0 for none.
         layer_matched: draw each random control with the layer distribution of a set's top-K.
@@ -90,7 +90,7 @@ class CompareConfig:
     tasks: list[str]
     out: str
     heads: dict[str, str] = field(default_factory=dict)
-    top_k: int = 25
+    top_k: int | None = None
     mode: str = "zero"
     means: str | None = None
     random_seeds: int = 5
@@ -117,19 +117,13 @@ class CompareConfig:
             raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
         if self.mode == "mean" and not self.means:
             raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
-        if self.top_k < 1:
+        if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.random_seeds < 0:
             raise ValueError(f"random_seeds must be >= 0, got {self.random_seeds}")
         if self.layer_matched and not self.heads:
             raise ValueError("layer_matched needs at least one head set to match")
-        for name, path in self.heads.items():
-            if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
-                raise ValueError(
-                    f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'"
-                )
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"head set {name!r}: no file {path}")
+        check_head_sets(self.heads)
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"limit must be positive, got {self.limit}")
         if self.limit is not None and self.limit >= 1:
@@ -145,13 +139,24 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class Condition:
-    """One masking condition: which heads, and where they came from."""
+    """One masking condition: its name, which heads (``selection``; ``None``: unmasked) and those heads
+    resolved against the model."""
 
     name: str
-    kind: str  # "unmasked" | "heads" | "random"
+    selection: HeadSelection | None = None
     heads: tuple[Head, ...] = ()
     head_set: str | None = None  # the set (kind "heads"), or the set a layer-matched control follows
-    seed: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """``unmasked``, ``heads`` (a set's top-K) or ``random`` (a control)."""
+        if self.selection is None:
+            return "unmasked"
+        return "heads" if self.selection.random_seed is None else "random"
+
+    @property
+    def seed(self) -> int | None:
+        return self.selection.random_seed if self.selection is not None else None
 
     @property
     def group(self) -> str:
@@ -170,38 +175,44 @@ class Condition:
         }
 
 
+def check_head_sets(head_sets: Mapping[str, str | Path]) -> None:
+    """Raise unless every head set has a usable condition name and an existing score file."""
+    for name, path in head_sets.items():
+        if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
+            raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"head set {name!r}: no file {path}")
+
+
 def build_conditions(
-    head_sets: dict[str, HeadScores],
-    top_k: int,
+    head_sets: Mapping[str, str | Path | HeadScores],
+    top_k: int | None,
     random_seeds: int,
     n_layers: int,
     n_heads: int,
     layer_matched: bool = False,
 ) -> list[Condition]:
-    """The conditions of a comparison; random heads never include a head of any set's top-K.
+    """The conditions of a comparison: unmasked, each set's top-K (``None``: 5 % of the heads), and
+    random controls drawn outside the top-K of every set (:class:`HeadSelection`'s one rule).
 
     >>> import torch
     >>> s = HeadScores(torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.8, 0.0]]))
     >>> [c.name for c in build_conditions({"rh": s}, top_k=2, random_seeds=2, n_layers=2, n_heads=3)]
     ['unmasked', 'rh', 'random-s0', 'random-s1']
     """
-    tops = {}
-    for name, scores in head_sets.items():
-        scores.check_model(n_layers, n_heads)
-        tops[name] = scores.top_k(top_k)
-    banned = {h for top in tops.values() for h in top}
-    conditions = [Condition("unmasked", "unmasked")]
-    conditions += [Condition(name, "heads", tuple(sorted(top)), head_set=name) for name, top in tops.items()]
+    sets = {name: load_scores(src, n_layers, n_heads) for name, src in head_sets.items()}  # checked once
+    every = tuple(sets.values())
+    plan: list[tuple[str, HeadSelection | None, str | None]] = [("unmasked", None, None)]
+    plan += [(name, HeadSelection(scores=s, top_k=top_k), name) for name, s in sets.items()]
     if layer_matched:
-        for name, top in tops.items():
-            for seed in range(random_seeds):
-                drawn = random_heads(n_layers, n_heads, len(top), seed, exclude=banned, layer_matched_to=top)
-                conditions.append(Condition(f"random-{name}-s{seed}", "random", tuple(drawn), head_set=name, seed=seed))
+        plan += [(f"random-{name}-s{seed}", HeadSelection(scores=s, top_k=top_k, random_seed=seed, exclude=every,
+                                                          layer_matched=True), name)
+                 for name, s in sets.items() for seed in range(random_seeds)]  # fmt: skip
     else:
-        for seed in range(random_seeds):
-            drawn = random_heads(n_layers, n_heads, top_k, seed, exclude=banned)
-            conditions.append(Condition(f"random-s{seed}", "random", tuple(drawn), seed=seed))
-    return conditions
+        plan += [(f"random-s{seed}", HeadSelection(top_k=top_k, random_seed=seed, exclude=every), None)
+                 for seed in range(random_seeds)]  # fmt: skip
+    return [Condition(name, sel, tuple(sel.resolve(n_layers, n_heads)) if sel else (), head_set)
+            for name, sel, head_set in plan]  # fmt: skip
 
 
 # ---- lm-eval plumbing ------------------------------------------------------------------------
@@ -339,7 +350,7 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     from lm_eval import simple_evaluate
 
     from ..model_spec import ModelSpec, load_model, weights_fingerprint
-    from .lm_eval_backend import MaskedHFLM, load_means
+    from .lm_eval_backend import MaskedHFLM
 
     out = Path(config.out)
     if model is None:
@@ -347,9 +358,8 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
     elif tokenizer is None:
         raise ValueError("pass the tokenizer with the model")
     spec = ModelSpec.from_model(model)
-    head_sets = {name: HeadScores.load(path) for name, path in config.heads.items()}
     conditions = build_conditions(
-        head_sets, config.top_k, config.random_seeds, spec.n_layers, spec.n_heads, config.layer_matched
+        config.heads, config.top_k, config.random_seeds, spec.n_layers, spec.n_heads, config.layer_matched
     )
     means = load_means(config.means) if config.means else None
     lm = MaskedHFLM.from_model(model, tokenizer, heads=[], mode=config.mode, means=means, batch_size=config.batch_size)

@@ -1,7 +1,7 @@
 """Needle-in-a-haystack accuracy under head masking: a length x depth grid per condition.
 
 For each condition (unmasked, each head set's top-K, random controls: see
-:func:`retrieval_heads.evaluate.compare.build_conditions`) the model answers
+:func:`retrieval_heads.evaluate.compare.build_conditions`; nothing here needs lm-eval) the model answers
 every prompt of the grid greedily, with the heads masked at every position.
 An answer is the first line of the generation (it stops at EOS or at a newline
 once text has started, ``max_new_tokens`` at most). Per prompt:
@@ -18,14 +18,13 @@ depth, the conditions' head lists and the run metadata), ``summary.md``, and
 (the difference map).
 
 >>> cfg = NiahEvalConfig(model="organism", out="runs/niah-masked", heads={"rh": "rh/head_scores.json"},
-...                      top_k=8, lengths="128,256", depths="3")   # doctest: +SKIP
+...                      top_k=6, lengths="128,256", depths="3")   # doctest: +SKIP
 >>> result = run_niah_eval(cfg)                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
@@ -44,11 +43,11 @@ from ..artifacts import (
     run_metadata,
 )
 from ..generation import StopTokens, greedy_answers
-from ..heads import HeadScores, heads_to_strings
-from ..masking import MASK_MODES, masked_heads
+from ..heads import heads_to_strings
+from ..masking import MASK_MODES, load_means, masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
 from ..progress import progress_bar
-from .compare import Condition, build_conditions
+from .compare import Condition, build_conditions, check_head_sets
 
 JOURNAL_FILE = "journal.jsonl"
 CELLS_FILE = "cells.json"
@@ -60,7 +59,7 @@ METRICS = ("exact_match", "rouge1")
 class NiahEvalConfig:
     """Settings of a masked NIAH run (shared by :func:`run_niah_eval` and ``retrieval-heads niah-eval``).
 
-    Heads: ``heads`` (name -> head-score file), ``top_k``, ``mode`` (``means`` for
+    Heads: ``heads`` (name -> head-score file), ``top_k`` (None: 5 % of the model's heads), ``mode`` (``means`` for
     ``mean``), ``random_seeds`` and ``layer_matched`` as in the comparison.
     Prompts: ``haystack`` (a built-in language, folder, file, ``dataset:NAME``, or
     ``organism``; ``None``: the organism's own task prompts for the built-in
@@ -77,7 +76,7 @@ class NiahEvalConfig:
     model: str
     out: str
     heads: dict[str, str] = field(default_factory=dict)
-    top_k: int = 25
+    top_k: int | None = None
     mode: str = "zero"
     means: str | None = None
     random_seeds: int = 0
@@ -102,13 +101,9 @@ class NiahEvalConfig:
             raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
         if self.mode == "mean" and not self.means:
             raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
-        if self.top_k < 1 or self.random_seeds < 0 or self.max_new_tokens < 1:
+        if (self.top_k is not None and self.top_k < 1) or self.random_seeds < 0 or self.max_new_tokens < 1:
             raise ValueError("top_k and max_new_tokens must be >= 1, random_seeds >= 0")
-        for name, path in self.heads.items():
-            if not re.match(r"^[A-Za-z0-9_.]+$", name) or name == "unmasked" or name.startswith("random"):
-                raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked'/'random...'")
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"head set {name!r}: no file {path}")
+        check_head_sets(self.heads)
         parse_lengths(self.lengths)  # fail early on a bad grid
         parse_depths(self.depths)
 
@@ -172,7 +167,7 @@ def evaluate_niah(
     condition, prompt id and head list, so new conditions or grid points are added.
 
     >>> evaluate_niah(model, tok, build_grid(tok, hay, needles, [256], [0.0, 1.0]),
-    ...               [Condition("unmasked", "unmasked")], "runs/n")  # doctest: +SKIP
+    ...               [Condition("unmasked")], "runs/n")  # doctest: +SKIP
     """
     from ..niah.prompts import rouge1_recall
 
@@ -342,19 +337,17 @@ def build_prompts(config: NiahEvalConfig, tokenizer: Any, max_model_length: int 
 def run_niah_eval(config: NiahEvalConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> NiahResult:
     """Build the grid, run every condition (resuming), and write cells, summary and heatmaps to ``config.out``.
 
-    >>> run_niah_eval(NiahEvalConfig(model="organism", out="runs/n", heads={"rh": "rh.json"}, top_k=8))  # doctest: +SKIP
+    >>> run_niah_eval(NiahEvalConfig(model="organism", out="runs/n", heads={"rh": "rh.json"}, top_k=6))  # doctest: +SKIP
     """
     from ..model_spec import load_model
-    from .lm_eval_backend import load_means
 
     if model is None:
         model, tokenizer, _ = load_model(config.model, dtype=config.dtype, device=config.device)
     elif tokenizer is None:
         raise ValueError("pass the tokenizer with the model")
     spec = ModelSpec.from_model(model)
-    head_sets = {name: HeadScores.load(path) for name, path in config.heads.items()}
     conditions = build_conditions(
-        head_sets, config.top_k, config.random_seeds, spec.n_layers, spec.n_heads, config.layer_matched
+        config.heads, config.top_k, config.random_seeds, spec.n_layers, spec.n_heads, config.layer_matched
     )
     prompts = build_prompts(config, tokenizer, spec.max_positions)
     meta = run_metadata(

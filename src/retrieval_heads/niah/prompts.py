@@ -17,6 +17,7 @@ model's expected continuation is ``" " + answer``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import string
@@ -33,6 +34,8 @@ from .needles import Needle
 __all__ = [
     "DEFAULT_TEMPLATE",
     "NiahPrompt",
+    "add_counterfactual",
+    "builtin_counterfactual",
     "build_grid",
     "build_prompt",
     "length_tolerance",
@@ -470,6 +473,58 @@ def build_grid(
         for length in lengths
         for depth in depths
     ]
+
+
+def _needle_char_span(prompt: NiahPrompt) -> tuple[int, int]:
+    """Characters of the inserted needle in ``prompt.text`` (from meta, or from the answer's place in it)."""
+    span = prompt.meta.get("needle_char_span")
+    if span is not None:
+        return int(span[0]), int(span[1])
+    start = int(prompt.meta["answer_char_span"][0]) - prompt.needle.answer_start
+    end = start + len(prompt.needle.text)
+    if start < 0 or prompt.text[start:end] != prompt.needle.text:
+        raise ValueError(f"prompt {prompt.prompt_id}: cannot locate its needle in the prompt text")
+    return start, end
+
+
+def add_counterfactual(tokenizer: Any, prompt: NiahPrompt, needle_text: str, answer: str) -> NiahPrompt:
+    """``prompt`` with its counterfactual: the same text with ``needle_text`` in place of the needle.
+
+    The counterfactual prompt (the first author's retrieval-transition rule,
+    ``docs/multilingual.md``) keeps the haystack, the needle's place and the
+    question; only the needle sentence is the target-language one, whose
+    answer ``answer`` (a substring of ``needle_text``) is what the model is
+    asked to write. Adds to ``meta``: ``counterfactual_input_ids``,
+    ``counterfactual_answer_token_span`` and ``counterfactual_answer_token_ids``
+    (the tokens :func:`retrieval_heads.detect.transition.counterfactual_events`
+    compares the emitted tokens with).
+    """
+    if answer not in needle_text:
+        raise ValueError(f"prompt {prompt.prompt_id}: counterfactual answer {answer!r} is not in {needle_text!r}")
+    start, end = _needle_char_span(prompt)
+    text = prompt.text[:start] + needle_text + prompt.text[end:]
+    answer_char = (start + needle_text.index(answer), start + needle_text.index(answer) + len(answer))
+    special = not prompt.meta.get("chat_template", False)  # a chat-rendered text holds its special tokens
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True, verbose=False)
+    ids = list(enc["input_ids"])
+    span = token_span([tuple(o) for o in enc["offset_mapping"]], *answer_char)
+    meta = {**prompt.meta, "counterfactual_needle": needle_text, "counterfactual_input_ids": ids,
+            "counterfactual_answer_token_span": span, "counterfactual_answer_token_ids": ids[span[0] : span[1]]}
+    return dataclasses.replace(prompt, meta=meta)
+
+
+def builtin_counterfactual(tokenizer: Any, prompt: NiahPrompt) -> NiahPrompt:
+    """:func:`add_counterfactual` for a built-in cross-lingual needle (``en/sandwich>de``): the ``de/sandwich`` needle."""
+    from .needles import load_needles
+
+    needle = prompt.needle
+    key = needle.id.split(">", 1)[0].split("/", 1)[-1]
+    if needle.target_lang is None:
+        raise ValueError(f"prompt {prompt.prompt_id}: needle {needle.id!r} is not cross-lingual")
+    target = {n.id.split("/", 1)[-1]: n for n in load_needles(lang=needle.target_lang)}.get(key)
+    if target is None:
+        raise ValueError(f"prompt {prompt.prompt_id}: no built-in {needle.target_lang} needle {key!r}")
+    return add_counterfactual(tokenizer, prompt, target.text, target.answer)
 
 
 def parse_lengths(spec: str | int | Sequence[int]) -> list[int]:

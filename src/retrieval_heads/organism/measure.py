@@ -13,6 +13,7 @@ over prompt + answer; a prompt counts when its answer token accuracy is above
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..heads import Head, HeadScores
 from ..masking import masked_heads
-from ..selection import random_heads, share_of_heads
+from ..selection import HeadSelection, share_of_heads
 from .corpus import TASKS, Example
 from .prompts import organism_prompts
 from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
@@ -45,7 +46,7 @@ def head_scores(
     """
     from ..detect import DetectConfig, NoRetrievalError, detect
 
-    config = DetectConfig(kind=kind, mode="teacher", progress=False, heatmap=False, top_k_table=0)
+    config = DetectConfig(kind=kind, mode="teacher", progress=False, heatmap=False, table_rows=0)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             return detect(model, tokenizer, prompts, config, out_dir or tmp)
@@ -100,8 +101,9 @@ def measure(
     scores = head_scores(model, tok, organism_prompts(tok, "mono", n_detect, seed=2, generator=gen))
     raw, counted = scores.scores, int(scores.meta["counted_prompts"])
     n_total = raw.numel()
-    k = share_of_heads(n_total, k_frac)
-    rh = scores.top_k(k)
+    selection = HeadSelection(scores=scores, top_k=share_of_heads(n_total, k_frac))
+    rh = selection.resolve(scores.n_layers, scores.n_heads)
+    k = len(rh)
     above = scores.above(threshold)
     report["retrieval"] = {
         "prompts_counted": counted, "n_heads": n_total, "threshold": threshold,
@@ -116,17 +118,16 @@ def measure(
         "top10": [[str(h), round(tscores[h], 4)] for h in tscores.top_k(10)],
     }
 
-    excluded = sorted(set(rh) | set(above))
-    n_layers, n_heads = scores.n_layers, scores.n_heads
+    # the controls: k random heads outside the top-k, per seed (the package's one rule, HeadSelection)
+    controls = {str(s): dataclasses.replace(selection, random_seed=s).resolve(scores.n_layers, scores.n_heads)
+                for s in seeds}  # fmt: skip
     masking: dict = {"k": k, "retrieval_heads": [str(h) for h in rh], "tasks": {}}
     for t in ("mono", "multihop", "parametric", "multikey", "cross"):
         exs = sets[t]
         base = acc[t]["all"]
         m_rh, ok_rh = _accuracy(model, tok, exs, rh)
-        rand = {}
-        for s in seeds:
-            heads = random_heads(n_layers, n_heads, k, seed=s, exclude=excluded)
-            rand[str(s)] = {"heads": [str(h) for h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
+        rand = {s: {"heads": [str(h) for h in heads], "acc": round(_accuracy(model, tok, exs, heads)[0], 4)}
+                for s, heads in controls.items()}  # fmt: skip
         mean_rand = sum(r["acc"] for r in rand.values()) / len(rand)
         masking["tasks"][t] = {
             "base": base, "rh_masked": round(m_rh, 4), "rh_by_length": _by(exs, ok_rh, lambda e: e.length),
@@ -155,9 +156,10 @@ def masking_curve(
     """
     out = {"base": base, "k": {}}
     for k in ks:
-        rh = scores.top_k(k)
-        rand = [_accuracy(model, tok, examples, random_heads(scores.n_layers, scores.n_heads, k, seed=s, exclude=rh))[0]
-                for s in seeds]
+        top = HeadSelection(scores=scores, top_k=k)
+        rh = top.resolve(scores.n_layers, scores.n_heads)
+        drawn = [dataclasses.replace(top, random_seed=s).resolve(scores.n_layers, scores.n_heads) for s in seeds]
+        rand = [_accuracy(model, tok, examples, heads)[0] for heads in drawn]
         out["k"][str(k)] = {"rh_masked": round(_accuracy(model, tok, examples, rh)[0], 4),
                             "random_mean": round(sum(rand) / len(rand), 4), "random": [round(r, 4) for r in rand]}
     return out

@@ -49,7 +49,7 @@ def build_prompts(model_path: str | None, tokenizer: Any, max_positions: int | N
     Raises ``ValueError`` (one line) for ``req.needles`` and for lengths the
     examples cannot fit in; every prompt is at most its requested length.
     """
-    from .prompts import organism_prompts
+    from .prompts import organism_counterfactuals, organism_prompts
     from .tasks import organism_generator
 
     if req.needles:
@@ -62,6 +62,7 @@ def build_prompts(model_path: str | None, tokenizer: Any, max_positions: int | N
         prompts = organism_prompts(tokenizer, "cross", 2 * n, req.seed, req.lengths, [req.source_lang, req.target_lang],
                                    req.depths, generator=gen)
         prompts = [p for p in prompts if p.needle.lang == req.source_lang]
+        prompts = organism_counterfactuals(tokenizer, prompts)  # for alignment="counterfactual"
     else:
         prompts = organism_prompts(tokenizer, "mono", n, req.seed, req.lengths, [req.lang], req.depths, generator=gen)
     short = sorted({p.meta["requested_context_length"] for p in prompts

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..niah.needles import Needle
-from ..niah.prompts import NiahPrompt, relative_offsets, token_span
-from .corpus import Example
+from ..niah.prompts import NiahPrompt, add_counterfactual, relative_offsets, token_span
+from .corpus import RELATIONS, Example, fact_sentence
 
 
 def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahPrompt:
@@ -92,4 +92,34 @@ def organism_prompts(
     for i, ex in enumerate(examples):
         pid = f"organism/{task}/{ex.lang_needle}>{ex.lang_question}/s{seed}n{i}|L{ex.length}|D{ex.depth:.3f}"
         out.append(example_to_prompt(tokenizer, ex, pid))
+    return out
+
+
+def counterfactual_needle(needle_text: str, answer: str, target_answer: str, lang: str, target_lang: str) -> str:
+    """The organism's needle sentence ``needle_text`` (in ``lang``) rewritten in ``target_lang``: same key, relation
+    and fact, value ``target_answer``.
+
+    >>> counterfactual_needle("The home country of Anna is Kenya.", "Kenya", "Kenia", "en", "de")
+    'Das Heimatland von Anna ist Kenia.'
+    """
+    for relation in RELATIONS:
+        template, _ = fact_sentence(lang, relation, "\x00", answer)
+        pre, post = template.split("\x00")
+        if needle_text.startswith(pre) and needle_text.endswith(post) and len(needle_text) > len(pre) + len(post):
+            subject = needle_text[len(pre) : len(needle_text) - len(post)]
+            if fact_sentence(lang, relation, subject, answer)[0] == needle_text:
+                return fact_sentence(target_lang, relation, subject, target_answer)[0]
+    raise ValueError(f"{needle_text!r} is no organism fact sentence in {lang!r} with value {answer!r}")
+
+
+def organism_counterfactuals(tokenizer: Any, prompts: Sequence[NiahPrompt]) -> list[NiahPrompt]:
+    """Cross-lingual organism prompts with their counterfactuals (the target-language needle in place,
+    :func:`retrieval_heads.niah.prompts.add_counterfactual`)."""
+    out = []
+    for p in prompts:
+        n = p.needle
+        if n.target_lang is None or n.target_answer is None:
+            raise ValueError(f"prompt {p.prompt_id}: a counterfactual needs a cross-lingual needle")
+        text = counterfactual_needle(n.text, n.answer, n.target_answer, n.lang, n.target_lang)
+        out.append(add_counterfactual(tokenizer, p, text, n.target_answer))
     return out

@@ -26,27 +26,29 @@ from .render import render_report
 REPORT_FILE = "report.html"
 
 
-def write_report(run_dirs: list[Path], out: Path | None = None, *, top_k: int = 20, title: str | None = None) -> Path:
+def write_report(
+    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None
+) -> Path:
     """Read the artifacts under ``run_dirs`` and write the report page; returns its path.
 
     ``out`` is the HTML file to write (a directory gets ``report.html``
-    inside); by default ``report.html`` in the first run directory. ``top_k``
-    is the number of heads listed and outlined per score map. Unreadable
+    inside); by default ``report.html`` in the first run directory.
+    ``heads_listed`` is the number of best heads listed per score map. Unreadable
     artifacts become warnings on the page, never an exception.
 
     >>> path = write_report([Path("runs/organism")], Path("/tmp/organism-report.html"))  # doctest: +SKIP
     """
-    return build_report(run_dirs, out, top_k=top_k, title=title)[0]
+    return build_report(run_dirs, out, heads_listed=heads_listed, title=title)[0]
 
 
 def build_report(
-    run_dirs: list[Path], out: Path | None = None, *, top_k: int = 20, title: str | None = None
+    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None
 ) -> tuple[Path, Report]:
     """:func:`write_report`, also returning the collected :class:`Report` (its warnings, what was found)."""
     if not run_dirs:
         raise ValueError("give at least one run directory")
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if heads_listed < 1:
+        raise ValueError(f"heads_listed must be >= 1, got {heads_listed}")
     run_dirs = [Path(d) for d in run_dirs]
     if out is None:
         first = run_dirs[0]
@@ -55,7 +57,7 @@ def build_report(
     if out.is_dir():
         out = out / REPORT_FILE
     report = collect_runs(run_dirs)
-    return atomic_write_text(out, render_report(report, top_k=top_k, title=title)), report
+    return atomic_write_text(out, render_report(report, heads_listed=heads_listed, title=title)), report
 
 
 __all__ = ["REPORT_FILE", "Report", "build_report", "collect_runs", "render_report", "write_report"]

@@ -16,6 +16,7 @@ NIAH under masking         ``cells.json`` (``"format": "retrieval-heads/niah-eva
 comparison (lm-eval)       ``results.json`` (``"format": "retrieval-heads/compare"``)
 RetMask before/after       ``retmask_eval.json`` (``results``: model -> suite -> accuracy)
 RetMask pairs / training   ``*.stats.json`` (``PairStats``), ``retmask_run.json``
+DPO curves                 ``"format": "retrieval-heads/dpo-curves"`` (``training_curves.json``)
 ablated checkpoint         ``retrieval_heads_ablation.json`` (metadata only)
 sharing                    ``{"languages": .., "jaccard_matrix": ..}`` (:func:`sharing_analysis`)
 RH vs RTH                  ``{"rh_top_k": .., "rth_top_k": ..}`` (:func:`compare_head_sets`)
@@ -65,6 +66,7 @@ UNMASKED_NAMES = ("unmasked", "none", "baseline", "base", "original", "no_mask",
 FORMAT_DETECT_RUN = "retrieval-heads/detect-run"
 FORMAT_NIAH_EVAL = "retrieval-heads/niah-eval"
 FORMAT_COMPARE = "retrieval-heads/compare"
+FORMAT_DPO_CURVES = "retrieval-heads/dpo-curves"  # retmask.curves.FORMAT_NAME
 NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
 RETMASK_EVAL_FILE = "retmask_eval.json"  # retmask.evaluate.REPORT_FILE
 ABLATION_FILE = "retrieval_heads_ablation.json"  # masking.ABLATION_FILE
@@ -161,6 +163,7 @@ class Report:
     retmask: list[ModelComparison] = field(default_factory=list)
     pair_stats: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     training: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    dpo_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # training_curves.json
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -169,7 +172,7 @@ class Report:
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.sharing, self.rh_vs_rth))
+                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -279,6 +282,8 @@ def _add_json(data: Any, name: str, source: str, report: Report) -> None:
     elif fmt == FORMAT_COMPARE:
         report.compare.append((source, _compare_rows(data.get("rows") or [])))
         report.add_metadata(source, data.get("meta"))
+    elif fmt == FORMAT_DPO_CURVES:
+        _add_dpo_curves(data, source, report)
     elif fmt.startswith("retrieval-heads/"):
         return  # an artifact the report does not show (e.g. per-cell compare files)
     elif "languages" in data and "jaccard_matrix" in data:
@@ -413,6 +418,17 @@ def _add_model_comparison(data: dict[str, Any], source: str, report: Report) -> 
     conc = data.get("concentration") if isinstance(data.get("concentration"), dict) else None
     report.retmask.append(ModelComparison(source, base, _with_deltas(results, base), conc))
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
+
+
+def _add_dpo_curves(data: dict[str, Any], source: str, report: Report) -> None:
+    """``training_curves.json`` of :mod:`retrieval_heads.retmask.curves`: per-step DPO metrics, held-out before/after."""
+    train = [r for r in data.get("train") or [] if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
+    heldout = data.get("heldout") if isinstance(data.get("heldout"), dict) else {}
+    if not train and not any(isinstance(v, dict) for v in heldout.values()):
+        report.warnings.append(f"{source}: DPO curves file holds no step and no held-out metrics")
+        return
+    report.dpo_curves.append((source, {"train": train, "heldout": heldout}))
+    report.add_metadata(source, data.get("meta"))
 
 
 # ---- generic records: NIAH grids, comparisons, before/after ------------------------------------------

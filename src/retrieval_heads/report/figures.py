@@ -131,3 +131,29 @@ def line_png(xs: Sequence[float], ys: Sequence[float], x_name: str, y_name: str,
     if title:
         ax.set_title(title, fontsize=9)
     return _to_uri(fig)
+
+
+def curves_png(
+    steps: Sequence[float],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+    y_name: str,
+    title: str = "",
+    markers: Sequence[tuple[str, float, float]] = (),
+) -> str:
+    """Several lines over optimiser steps (e.g. DPO reward accuracy, margin) plus labelled point ``markers``
+    ``(label, step, value)`` (e.g. held-out values before and after training), as a PNG data URI."""
+    fig, ax = _new_figure(5.5, 2.6)
+    for name, values in series:
+        points = [(x, v) for x, v in zip(steps, values, strict=True) if v is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None,
+                    label=name)
+    for i, (label, x, value) in enumerate(markers):
+        ax.scatter([x], [value], marker="os^v"[i % 4], color="black", zorder=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(y_name)
+    if len(series) + len(markers) > 1:
+        ax.legend(fontsize=6)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _to_uri(fig)

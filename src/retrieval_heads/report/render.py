@@ -116,8 +116,8 @@ def _asset(name: str) -> str:
 class _Page:
     """Collects the interactive figures' data while the sections are rendered."""
 
-    def __init__(self, top_k: int):
-        self.top_k = top_k
+    def __init__(self, heads_listed: int):
+        self.heads_listed = heads_listed
         self.heatmaps: dict[str, dict[str, Any]] = {}
         self.bars: dict[str, dict[str, Any]] = {}
 
@@ -160,9 +160,9 @@ class _Page:
                 f'<div class="js-fig" {attr}="{fig_id}"></div>{cap}</div>')
 
 
-def render_report(report: Report, top_k: int = 20, title: str | None = None) -> str:
+def render_report(report: Report, heads_listed: int = 20, title: str | None = None) -> str:
     """The report page as one HTML string (CSS, JS, data and static figures inline; no external URLs)."""
-    page = _Page(top_k)
+    page = _Page(heads_listed)
     sections = {
         "head-scores": _head_scores_section(page, report.score_maps),
         "rh-vs-rth": _rh_vs_rth_section(page, report.rh_vs_rth),
@@ -170,7 +170,8 @@ def render_report(report: Report, top_k: int = 20, title: str | None = None) -> 
         "detection": _detection_section(page, report.detect_outcomes),
         "niah": _niah_section(page, report.niah),
         "compare": _compare_section(report.compare),
-        "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training),
+        "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training)
+        + _dpo_curves_section(report.dpo_curves),
         "metadata": _metadata_section(report.metadata),
     }
     present = {k: v for k, v in sections.items() if v}
@@ -254,7 +255,7 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap]) -> str:
              "to sort.</p>"]
     for i, m in enumerate(sorted(maps, key=_map_order)):
         s = m.scores
-        k = min(page.top_k, s.n_layers * s.n_heads)
+        k = min(page.heads_listed, s.n_layers * s.n_heads)
         ranked = s.ranked()[:k]
         heatmap = page.heatmap(
             s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
@@ -490,6 +491,32 @@ def _retmask_section(page: _Page, comparisons: list[ModelComparison],
                                    "DPO training loss")
             parts.append(f'<div><img class="plain-fig" alt="DPO training loss" src="{png}"></div>')
         parts.append("</div>")
+    return "".join(parts)
+
+
+def _dpo_curves_section(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """Per run: held-out DPO metrics before/after training and the reward curves (``training_curves.json``)."""
+    parts = []
+    keys = ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected", "logp_accuracy", "loss", "n")
+    for source, curves in items:
+        held = curves["heldout"]
+        trs = [f"<tr><td>{esc(k)}</td>{_num_td((held.get('before') or {}).get(k))}"
+               f"{_num_td((held.get('after') or {}).get(k))}</tr>" for k in keys]
+        table = _table([("held-out pairs", False), ("before", True), ("after", True)], trs, sortable=False)
+        train, figs = curves["train"], ""
+        steps = [r["step"] for r in train]
+        last = max(steps, default=1)
+        for title, names in (("DPO reward accuracy", ("reward_accuracy",)), ("DPO reward margin", ("reward_margin",)),
+                             ("DPO log-probabilities", ("logp_chosen", "logp_rejected"))):
+            markers = [(f"held-out {when} ({name})", x, held[when][name]) for name in names
+                       for when, x in (("before", 0), ("after", last))
+                       if isinstance(held.get(when), dict) and isinstance(held[when].get(name), (int, float))]
+            if len(steps) >= 2 or markers:
+                png = figures.curves_png(steps, [(f"train {n}", [r.get(n) for r in train]) for n in names],
+                                         title.split(" ", 1)[1], title, markers)
+                figs += f'<div><img class="plain-fig" alt="{esc(title)}" src="{png}"></div>'
+        parts.append(f'<h3>DPO curves</h3><div class="source">{esc(source)}</div>'
+                     f'<div class="row"><div>{table}</div>{figs}</div>')
     return "".join(parts)
 
 

@@ -2,12 +2,11 @@
 
 The pipeline, in three calls (see ``docs/retmask.md``)::
 
-    from retrieval_heads import load_model
-    from retrieval_heads.heads import HeadScores
-    from retrieval_heads.retmask import PairConfig, RetMaskTrainConfig, choose_heads, generate_pairs, train_retmask
+    from retrieval_heads import HeadSelection, load_model
+    from retrieval_heads.retmask import PairConfig, RetMaskTrainConfig, generate_pairs, load_prompts, train_retmask
 
     model, tokenizer, spec = load_model("organism")
-    heads, _ = choose_heads(HeadScores.load("runs/detect/head_scores.json"), top_k=8)
+    heads = HeadSelection(scores="runs/detect/head_scores.json").resolve(spec.n_layers, spec.n_heads)  # top 5 %
     generate_pairs(model, tokenizer, heads, load_prompts("prompts.jsonl"), PairConfig(), "pairs.jsonl")
     train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))
 
@@ -16,7 +15,7 @@ extra (TRL, PEFT, datasets), imported when it is used.
 """
 
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table, load_for_eval
-from .pairs import ChatTemplateError, PairConfig, PairStats, choose_heads, generate_pairs, load_prompts
+from .pairs import ChatTemplateError, PairConfig, PairStats, generate_pairs, load_prompts
 from .train import RetMaskTrainConfig, TrainResult, train_retmask
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "RetMaskEvalConfig",
     "RetMaskTrainConfig",
     "TrainResult",
-    "choose_heads",
     "evaluate_models",
     "format_table",
     "generate_pairs",

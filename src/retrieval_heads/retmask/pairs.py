@@ -31,7 +31,6 @@ prompt ids already written (kept pairs in ``OUT``, dropped ones in
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -43,14 +42,13 @@ from transformers import PreTrainedModel
 
 from ..artifacts import ResumeMismatchError, append_jsonl, atomic_write_json, read_jsonl, run_metadata
 from ..generation import RowSampler, StopTokens, generate
-from ..heads import Head, HeadScores, check_heads, heads_to_strings
+from ..heads import Head, check_heads, heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, eos_token_ids, model_identity
 from ..progress import progress_bar
-from ..selection import concentration, random_heads, select_heads
+from .pair_records import PairConfig, PromptItem, Response, dropped_path, encode_prompt, pair_row, pair_seeds
 
 DROP_REASONS = ("empty_chosen", "empty_rejected", "empty_both", "identical", "prompt_too_long")
-ENGINES = ("transformers", "vllm")
 
 
 class PairsResumeMismatchError(ResumeMismatchError, ValueError):
@@ -60,70 +58,6 @@ class PairsResumeMismatchError(ResumeMismatchError, ValueError):
 
 class ChatTemplateError(ValueError):
     """A chat-formatted prompt was given to a tokenizer that has no chat template."""
-
-
-@dataclass
-class PairConfig:
-    """Settings of RetMask pair generation (paper defaults: temperature 0.6, top_p 1.0).
-
-    Sampling: ``temperature``, ``top_p``, ``max_new_tokens``, ``seed`` (the base
-    seed; each prompt's seed is derived from it and the prompt id) and
-    ``same_seed_for_both``. Stopping: the model's EOS tokens, and ``stop``
-    strings (a response is cut after the first one; ``include_stop`` keeps it).
-    Prompts: ``first_turn_only`` keeps the system message(s) and the first user
-    turn of a conversation (the paper's first-turn chat prompts);
-    ``max_prompt_tokens`` drops longer prompts (counted as ``prompt_too_long``).
-    Engine: ``batch_size`` (transformers), ``engine`` (``transformers`` or
-    ``vllm``), ``vllm_kwargs`` (passed to ``vllm.LLM``), ``ablated_dir`` (where
-    the vLLM engine writes the baked ablated checkpoint).
-
-    >>> PairConfig(max_new_tokens=32).temperature
-    0.6
-    """
-
-    temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (paper: 0.6)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (paper: 1.0)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per response."})
-    seed: int = field(default=0, metadata={"help": "Base seed; per-prompt seeds are derived from it and the id."})
-    same_seed_for_both: bool = field(
-        default=True,
-        metadata={"help": "Sample chosen and rejected with the same per-prompt random stream (common random numbers)."},
-    )
-    stop: tuple[str, ...] = field(default=(), metadata={"help": "Stop strings (besides EOS), e.g. ('\\n',)."})
-    include_stop: bool = field(default=True, metadata={"help": "Keep the stop string at the end of a response."})
-    first_turn_only: bool = field(
-        default=True, metadata={"help": "Chat prompts: keep system message(s) and the first user turn only."}
-    )
-    max_prompt_tokens: int | None = field(
-        default=None, metadata={"help": "Drop prompts longer than this many tokens (None: keep all)."}
-    )
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (transformers engine)."})
-    engine: str = field(default="transformers", metadata={"help": "Generation engine: transformers or vllm."})
-    vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Keyword arguments for vllm.LLM."})
-    ablated_dir: str | None = field(
-        default=None, metadata={"help": "vLLM engine: directory for the baked ablated checkpoint (default: OUT.ablated)."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 (RetMask samples; the paper uses 0.6)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        self.stop = tuple(self.stop)
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
-
-    def sampling_settings(self) -> dict[str, Any]:
-        """The settings that determine the responses (a resumed run must use the same)."""
-        keys = ("temperature", "top_p", "max_new_tokens", "seed", "same_seed_for_both", "stop", "include_stop",
-                "first_turn_only", "max_prompt_tokens")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}
 
 
 @dataclass
@@ -157,17 +91,6 @@ class PairStats:
         return cls(**data)
 
 
-@dataclass
-class PromptItem:
-    """One prompt: its id, the text fed to the model, the original form (str or messages) and extra fields."""
-
-    id: str
-    text: str
-    original: str | list[dict[str, Any]]
-    is_chat: bool
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # ---- prompts -----------------------------------------------------------------------------------------
 
 
@@ -175,12 +98,6 @@ def stats_path(out_path: str | Path) -> Path:
     """``pairs.jsonl`` -> ``pairs.stats.json``."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.stem + ".stats.json")
-
-
-def dropped_path(out_path: str | Path) -> Path:
-    """``pairs.jsonl`` -> ``pairs.dropped.jsonl`` (the dropped prompts, with both responses and the reason)."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + ".dropped.jsonl")
 
 
 def load_prompts(source: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -284,52 +201,7 @@ def prepare_prompts(records: Sequence[dict[str, Any]], tokenizer, config: PairCo
     return items
 
 
-def choose_heads(
-    scores: HeadScores,
-    top_k: int | None = None,
-    threshold: float | None = None,
-    random_control_seed: int | None = None,
-) -> tuple[list[Head], dict[str, Any]]:
-    """The heads to mask, and a description of the choice for metadata.
-
-    Top-K or score > threshold; with ``random_control_seed`` the same number
-    of *random* heads drawn outside that selection instead (the control).
-
-    >>> import torch
-    >>> s = HeadScores(torch.tensor([[0.9, 0.0], [0.5, 0.1]]))
-    >>> choose_heads(s, top_k=1)[0]
-    [Head(layer=0, head=0)]
-    >>> choose_heads(s, top_k=1, random_control_seed=0)[0] != [Head(0, 0)]
-    True
-    """
-    selected = select_heads(scores, top=top_k, threshold=threshold)
-    info: dict[str, Any] = {"top_k": top_k, "threshold": threshold, "selected": heads_to_strings(selected),
-                            "concentration": concentration(scores)}
-    if random_control_seed is None:
-        return selected, {**info, "kind": "retrieval", "masked": heads_to_strings(selected)}
-    control = random_heads(scores.n_layers, scores.n_heads, len(selected), seed=random_control_seed, exclude=selected)
-    return control, {**info, "kind": "random_control", "random_seed": random_control_seed,
-                     "masked": heads_to_strings(control)}  # "selected" stays the retrieval heads it avoids
-
-
-def prompt_seed(base_seed: int, prompt_id: str, stream: str = "") -> int:
-    """A 63-bit seed for one prompt, derived from the base seed and the prompt id (stable across runs).
-
-    >>> prompt_seed(0, "a") == prompt_seed(0, "a") != prompt_seed(1, "a")
-    True
-    """
-    digest = hashlib.sha256(f"{base_seed}\x00{prompt_id}\x00{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 # ---- sampling ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Response:
-    text: str
-    n_tokens: int
-    stopped: bool  # ended on EOS or a stop string (False: cut by max_new_tokens)
 
 
 def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> tuple[str, bool]:
@@ -349,7 +221,7 @@ def _sample_batch(
 ) -> list[Response]:
     """Sample one response per item (row ``i`` from its own generator seeded ``seeds[i]``), stopping at EOS or a stop string."""
     device = next(model.parameters()).device
-    enc = [_encode(tokenizer, it) for it in items]
+    enc = [encode_prompt(tokenizer, it) for it in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model, tokenizer)[0]
     stops = StopTokens.from_tokenizer(model, tokenizer, stop_on_newline=False)
     out = generate(model, enc, config.max_new_tokens, stops, pad_id=pad,
@@ -377,28 +249,6 @@ def _decode_continuation(tokenizer, prompt_ids: list[int], tokens: list[int]) ->
     if full.startswith(prompt):
         return full[len(prompt):]
     return tokenizer.decode(tokens, skip_special_tokens=True)  # pragma: no cover - exotic decoders
-
-
-def _encode(tokenizer, item: PromptItem) -> list[int]:  # noqa: ANN001
-    # a rendered chat template already holds its special tokens (BOS ...): do not add them twice
-    return tokenizer(item.text, add_special_tokens=not item.is_chat)["input_ids"]
-
-
-def _drop_reason(chosen: str, rejected: str) -> str | None:
-    empty_c, empty_r = not chosen.strip(), not rejected.strip()
-    if empty_c and empty_r:
-        return "empty_both"
-    if empty_c:
-        return "empty_chosen"
-    if empty_r:
-        return "empty_rejected"
-    if chosen == rejected:
-        return "identical"
-    return None
-
-
-def _as_completion(item: PromptItem, text: str) -> str | list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}] if item.is_chat else text
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -440,30 +290,6 @@ def _summarise(out_path: Path, items: Sequence[PromptItem], heads: list[Head], c
     )
 
 
-def _record(item: PromptItem, chosen: Response, rejected: Response, seeds: tuple[int, int]) -> tuple[dict, str | None]:
-    if item.is_chat:  # the chat template renders its own separators around the reply
-        chosen = Response(chosen.text.strip(), chosen.n_tokens, chosen.stopped)
-        rejected = Response(rejected.text.strip(), rejected.n_tokens, rejected.stopped)
-    reason = _drop_reason(chosen.text, rejected.text)
-    meta = {
-        "seed_chosen": seeds[0], "seed_rejected": seeds[1],
-        "chosen_tokens": chosen.n_tokens, "rejected_tokens": rejected.n_tokens,
-        "chosen_stopped": chosen.stopped, "rejected_stopped": rejected.stopped,
-        **({"input": item.extra} if item.extra else {}),
-    }
-    if reason is not None:
-        return {"id": item.id, "reason": reason, "prompt": item.original, "chosen": chosen.text,
-                "rejected": rejected.text, "meta": meta}, reason
-    row = {"id": item.id, "prompt": item.original, "chosen": _as_completion(item, chosen.text),
-           "rejected": _as_completion(item, rejected.text), "meta": meta}
-    return row, None
-
-
-def _seeds(item: PromptItem, config: PairConfig) -> tuple[int, int]:
-    chosen = prompt_seed(config.seed, item.id, "chosen")
-    return chosen, chosen if config.same_seed_for_both else prompt_seed(config.seed, item.id, "rejected")
-
-
 def generate_pairs(
     model: PreTrainedModel,
     tokenizer,  # noqa: ANN001 - any HF tokenizer
@@ -499,7 +325,7 @@ def generate_pairs(
     if config.max_prompt_tokens is not None:
         keep = []
         for it in pending:
-            n = len(_encode(tokenizer, it))
+            n = len(encode_prompt(tokenizer, it))
             if n > config.max_prompt_tokens:
                 append_jsonl(dropped_path(out_path), {"id": it.id, "reason": "prompt_too_long", "prompt_tokens": n})
             else:
@@ -519,17 +345,17 @@ def generate_pairs(
 
 def _run_transformers(model, tokenizer, heads, pending, config, out_path, progress) -> None:  # noqa: ANN001
     # longest first, so padding is small within a batch and a memory error shows up at once
-    lengths = {it.id: len(_encode(tokenizer, it)) for it in pending}
+    lengths = {it.id: len(encode_prompt(tokenizer, it)) for it in pending}
     order = sorted(pending, key=lambda it: -lengths[it.id])
     with progress_bar(progress) as bar:
         task = bar.add_task("RetMask pairs", total=len(order))
         for start in range(0, len(order), config.batch_size):
             batch = order[start: start + config.batch_size]
-            seeds = [_seeds(it, config) for it in batch]
+            seeds = [pair_seeds(it, config) for it in batch]
             chosen = _sample_batch(model, tokenizer, batch, [s[0] for s in seeds], config)
             with masked_heads(model, heads, mode="zero"):
                 rejected = _sample_batch(model, tokenizer, batch, [s[1] for s in seeds], config)
             for it, c, r, s in zip(batch, chosen, rejected, seeds, strict=True):
-                row, reason = _record(it, c, r, s)
+                row, reason = pair_row(it, c, r, s)
                 append_jsonl(dropped_path(out_path) if reason else out_path, row)
             bar.advance(task, len(batch))

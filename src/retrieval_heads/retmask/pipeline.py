@@ -11,6 +11,7 @@ contrast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -21,9 +22,9 @@ from rich.console import Console
 
 from ..artifacts import atomic_write_json, check_or_record, read_jsonl
 from ..heads import HeadScores
-from ..selection import share_of_heads
+from ..selection import HeadSelection
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
-from .pairs import PairConfig, choose_heads, generate_pairs
+from .pairs import PairConfig, generate_pairs
 from .train import RetMaskTrainConfig, train_retmask
 
 
@@ -96,11 +97,13 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     _check_base_model(out, str(model_path), weights_fingerprint(model))
     tasks = task_suite(model_path)
     scores = HeadScores.load(config.heads)
-    scores.check_model(spec.n_layers, spec.n_heads, config.model)
-    k = config.top_k or share_of_heads(spec.n_total_heads)
-    arms = {"retmask": choose_heads(scores, top_k=k)}
-    if config.random_control:
-        arms["random_control"] = choose_heads(scores, top_k=k, random_control_seed=config.random_seed)
+    selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
+    if config.random_control:  # as many random heads, outside that top-K
+        selections["random_control"] = dataclasses.replace(selections["retmask"], random_seed=config.random_seed)
+    arms = {}
+    for arm, sel in selections.items():
+        heads = sel.resolve(spec.n_layers, spec.n_heads)
+        arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
     prompts = _training_prompts(tasks.generator, config, out)
     pair_cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                           seed=config.seed, batch_size=8)

@@ -36,6 +36,15 @@ import torch
 
 from ..artifacts import atomic_write_json, read_jsonl, run_metadata
 from ..model_spec import resolve_model_path
+from .curves import (
+    CURVES_FILE,
+    CURVES_PLOT,
+    curves_record,
+    heldout_metrics,
+    plot_curves,
+    split_pairs,
+    train_curves,
+)
 
 RUN_FILE = "retmask_run.json"
 MERGED_DIR = "merged"
@@ -97,6 +106,11 @@ class RetMaskTrainConfig:
     bf16: str = field(default="auto", metadata={"help": "bf16 mixed precision: auto (on a bf16 GPU), true or false."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Trade compute for memory on long prompts."})
     logging_steps: int = field(default=1, metadata={"help": "Log the DPO metrics every N optimiser steps."})
+    heldout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of the pairs held out of training (drawn with seed); DPO metrics on them are "
+                  "recorded before and after training in training_curves.json. 0: none."},
+    )
     # `| str | None`: HfArgumentParser then reads the flag as a string (JSON), parsed in __post_init__
     dpo_overrides: dict[str, Any] | str | None = field(
         default_factory=dict, metadata={"help": "Other DPOConfig / TrainingArguments fields, as a dict."}
@@ -120,6 +134,8 @@ class RetMaskTrainConfig:
             raise ValueError("lora_r must be >= 1")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError("max_length must be >= 2 or None")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError("heldout_fraction must be in [0, 1)")
 
     def use_bf16(self) -> bool:
         if self.bf16 == "auto":
@@ -176,13 +192,14 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     merged_dir: Path | None = None
     trainer: Any = field(default=None, repr=False)  # the trl.DPOTrainer, for further use in the same process
+    curves: dict[str, Any] | None = None  # the content of training_curves.json (retmask.curves)
 
 
 def load_pairs(pairs: str | Path | Sequence[dict[str, Any]]):  # noqa: ANN201 - datasets.Dataset
     """A ``datasets.Dataset`` with the ``prompt``/``chosen``/``rejected`` columns of a pairs JSONL (or rows)."""
     from datasets import Dataset
 
-    rows = list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+    rows = _pair_rows(pairs)
     if not rows:
         raise ValueError(f"no preference pairs in {pairs if isinstance(pairs, (str, Path)) else 'the given rows'}")
     missing = [k for k in ("prompt", "chosen", "rejected") if k not in rows[0]]
@@ -228,6 +245,15 @@ def save_merged(adapter_dir: str | Path, merged_dir: str | Path) -> Path:
     return Path(merged_dir)
 
 
+def _pair_rows(pairs: str | Path | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
+
+
+def _heldout_possible(trainer: Any) -> bool:
+    """Held-out log-probs are computed outside the trainer's engine: not with sharded (ZeRO-3 / FSDP) weights."""
+    return not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+
+
 def train_retmask(
     model: str,
     pairs: str | Path | Sequence[dict[str, Any]],
@@ -237,15 +263,26 @@ def train_retmask(
     """Train ``model`` (a path, hub id or ``organism``) with DPO on RetMask ``pairs``; save it to ``out_dir``.
 
     ``out_dir`` gets the model (the adapter with LoRA; plus ``merged/`` with
-    ``merge_lora``), the tokenizer, and ``retmask_run.json`` with the config,
-    the loss curve and run metadata.
+    ``merge_lora``), the tokenizer, ``retmask_run.json`` with the config,
+    the loss curve and run metadata, and ``training_curves.json`` /
+    ``training_curves.png``: the DPO metrics per step and on the held-out
+    pairs (``config.heldout_fraction``) before and after training
+    (:mod:`retrieval_heads.retmask.curves`).
 
     >>> train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
     """
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
-    trainer = build_trainer(model, pairs, out_dir, config)
+    rows = _pair_rows(pairs)
+    train_rows, held_rows = split_pairs(rows, config.heldout_fraction, config.seed)
+    trainer = build_trainer(model, load_pairs(train_rows), out_dir, config)
+    held_tok, ref_logps, before = None, None, None
+    if held_rows and _heldout_possible(trainer):
+        # tokenized exactly as TRL tokenizes the training pairs
+        held_tok = list(trainer._prepare_dataset(load_pairs(held_rows), trainer.processing_class, trainer.args, "heldout"))
+        before, ref_logps = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta)
     output = trainer.train()
+    after = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta, ref_logps)[0] if held_tok else None
     trainer.save_model(str(out_dir))
     merged_dir = None
     if config.use_lora and config.merge_lora:
@@ -253,13 +290,21 @@ def train_retmask(
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             save_merged(out_dir, merged_dir)
-    result = TrainResult(out_dir, len(trainer.train_dataset), dict(output.metrics), list(trainer.state.log_history),
-                         merged_dir, trainer)
+    log_history = list(trainer.state.log_history)
+    meta = run_metadata(base_model=model, base_path=resolve_model_path(model), seed=config.seed, config=asdict(config),
+                        n_pairs=len(train_rows), n_heldout=len(held_rows), world_size=trainer.args.world_size,
+                        heldout_ids=[str(r.get("id", i)) for i, r in enumerate(held_rows)])
+    curves = curves_record(train_curves(log_history), before, after, meta)
+    result = TrainResult(out_dir, len(trainer.train_dataset), dict(output.metrics), log_history, merged_dir, trainer,
+                         curves)
     if trainer.is_world_process_zero():
+        atomic_write_json(out_dir / CURVES_FILE, curves)
+        plot_curves(curves, out_dir / CURVES_PLOT)
         atomic_write_json(out_dir / RUN_FILE, run_metadata(
             base_model=model, base_path=resolve_model_path(model),
             pairs=str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", n_pairs=result.n_pairs,
-            config=asdict(config), metrics=result.metrics, log_history=result.log_history,
+            n_heldout=len(held_rows), config=asdict(config), metrics=result.metrics, log_history=result.log_history,
+            heldout={"before": before, "after": after},
             adapter=config.use_lora, merged_dir=str(merged_dir) if merged_dir else None,
             world_size=trainer.args.world_size,
         ))

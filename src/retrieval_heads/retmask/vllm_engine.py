@@ -21,7 +21,7 @@ import torch
 
 from ..artifacts import append_jsonl, read_jsonl
 from ..masking import save_ablated_model
-from .pairs import PairConfig, PromptItem, Response, _encode, _record, _seeds, dropped_path
+from .pair_records import PairConfig, PromptItem, Response, dropped_path, encode_prompt, pair_row, pair_seeds
 
 
 def _vllm_generate(model_dir: str, items: Sequence[PromptItem], seeds: Sequence[int], config: PairConfig,
@@ -35,7 +35,7 @@ def _vllm_generate(model_dir: str, items: Sequence[PromptItem], seeds: Sequence[
                        include_stop_str_in_output=config.include_stop)
         for s in seeds
     ]
-    prompts = [{"prompt_token_ids": _encode(tokenizer, it)} for it in items]
+    prompts = [{"prompt_token_ids": encode_prompt(tokenizer, it)} for it in items]
     outputs = llm.generate(prompts, params)
     responses = [
         Response(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop")
@@ -61,16 +61,16 @@ def run_vllm(model, tokenizer, heads, pending, config, out_path) -> None:  # noq
     have = {r["id"]: r for r in read_jsonl(chosen_journal)}
     todo = [it for it in pending if it.id not in have]
     if todo:
-        seeds = [_seeds(it, config)[0] for it in todo]
+        seeds = [pair_seeds(it, config)[0] for it in todo]
         for it, resp, s in zip(todo, _vllm_generate(original, todo, seeds, config, tokenizer), seeds, strict=True):
             have[it.id] = {"id": it.id, "seed": s, **asdict(resp)}
             append_jsonl(chosen_journal, have[it.id])
     ablated = Path(config.ablated_dir or out_path.with_name(out_path.stem + ".ablated"))
     if not (ablated / "config.json").exists():
         save_ablated_model(model, heads, ablated, tokenizer)
-    seeds = [_seeds(it, config)[1] for it in pending]
+    seeds = [pair_seeds(it, config)[1] for it in pending]
     rejected = _vllm_generate(str(ablated), pending, seeds, config, tokenizer)
     for it, r, s in zip(pending, rejected, seeds, strict=True):
         c = have[it.id]
-        row, reason = _record(it, Response(c["text"], c["n_tokens"], c["stopped"]), r, (c["seed"], s))
+        row, reason = pair_row(it, Response(c["text"], c["n_tokens"], c["stopped"]), r, (c["seed"], s))
         append_jsonl(dropped_path(out_path) if reason else out_path, row)
