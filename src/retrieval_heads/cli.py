@@ -9,9 +9,11 @@ import typer
 
 from . import __version__
 from .commands.compare import LM_EVAL_CONTEXT, compare_command, lm_eval_command
+from .commands.decore import decore_command
 from .commands.demo import demo_command
 from .commands.detect import detect_command
 from .commands.info import info_command
+from .commands.kv_compress import kv_compress_command
 from .commands.languages import languages_command
 from .commands.niah_eval import niah_eval_command
 from .commands.organism import organism_app
@@ -31,6 +33,8 @@ app.command("languages")(languages_command)
 app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("niah-eval")(niah_eval_command)
+app.command("kv-compress")(kv_compress_command)
+app.command("decore")(decore_command)
 app.command("lm-eval", context_settings=LM_EVAL_CONTEXT)(lm_eval_command)
 app.add_typer(retmask_app, name="retmask")
 app.add_typer(organism_app, name="organism")

@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     from lm_eval.__main__ import cli_evaluate
 
+    from ..decore import lm_eval_backend as _decore  # noqa: F401  (registers decore-hf)
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     cli_evaluate()

@@ -20,6 +20,8 @@ DPO curves                 ``"format": "retrieval-heads/dpo-curves"`` (``trainin
 ablated checkpoint         ``retrieval_heads_ablation.json`` (metadata only)
 sharing                    ``{"languages": .., "jaccard_matrix": ..}`` (:func:`sharing_analysis`)
 RH vs RTH                  ``{"rh_top_k": .., "rth_top_k": ..}`` (:func:`compare_head_sets`)
+KV compression             ``kv_compress.json`` (``"format": "retrieval-heads/kv-compress"``)
+DeCoRe                     ``decore.json`` (``"format": "retrieval-heads/decore"``)
 =========================  =========================================================
 
 Files without a ``format`` are also recognised by their content: records
@@ -67,6 +69,7 @@ FORMAT_DETECT_RUN = "retrieval-heads/detect-run"
 FORMAT_NIAH_EVAL = "retrieval-heads/niah-eval"
 FORMAT_COMPARE = "retrieval-heads/compare"
 FORMAT_DPO_CURVES = "retrieval-heads/dpo-curves"  # retmask.curves.FORMAT_NAME
+FORMATS_USES = ("retrieval-heads/kv-compress", "retrieval-heads/decore")  # kv-compress and decore results
 NIAH_METRICS = ("exact_match", "rouge1")  # evaluate.niah_eval.METRICS
 RETMASK_EVAL_FILE = "retmask_eval.json"  # retmask.evaluate.REPORT_FILE
 ABLATION_FILE = "retrieval_heads_ablation.json"  # masking.ABLATION_FILE
@@ -166,13 +169,14 @@ class Report:
     dpo_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # training_curves.json
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth))
+                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth, self.uses))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -284,6 +288,9 @@ def _add_json(data: Any, name: str, source: str, report: Report) -> None:
         report.add_metadata(source, data.get("meta"))
     elif fmt == FORMAT_DPO_CURVES:
         _add_dpo_curves(data, source, report)
+    elif fmt in FORMATS_USES:
+        report.uses.append((source, data))
+        report.add_metadata(source, data.get("meta"))
     elif fmt.startswith("retrieval-heads/"):
         return  # an artifact the report does not show (e.g. per-cell compare files)
     elif "languages" in data and "jaccard_matrix" in data:

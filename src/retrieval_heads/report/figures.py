@@ -157,3 +157,22 @@ def curves_png(
     if title:
         ax.set_title(title, fontsize=9)
     return _to_uri(fig)
+
+
+def errorbar_curves_png(
+    series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[tuple[float, float]] | None]],
+    x_name: str, y_name: str, title: str = "",
+) -> str:
+    """Lines with markers (``name, xs, ys, optional (low, high) per point``) and error bars, as a PNG data URI."""
+    fig, ax = _new_figure(5.5, 3.0)
+    for name, xs, ys, bounds in series:
+        err = None if not bounds else [[y - lo for y, (lo, _) in zip(ys, bounds, strict=True)],
+                                       [hi - y for y, (_, hi) in zip(ys, bounds, strict=True)]]
+        ax.errorbar(list(xs), list(ys), yerr=err, marker="o", capsize=3, label=name,
+                    linestyle="-" if len(xs) > 1 else "none")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _to_uri(fig)

@@ -37,6 +37,7 @@ SECTIONS = {  # id -> title, in page order
     "niah": "NIAH accuracy",
     "compare": "Comparisons",
     "retmask": "RetMask",
+    "uses": "Using retrieval heads: KV compression and DeCoRe",
     "metadata": "Run metadata",
 }
 META_KEYS = ("model", "base_model", "method", "mode", "dtype", "seed", "lengths", "depths", "needle_ids", "n_prompts",
@@ -172,6 +173,7 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
         "compare": _compare_section(report.compare),
         "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training)
         + _dpo_curves_section(report.dpo_curves),
+        "uses": _uses_section(report.uses),
         "metadata": _metadata_section(report.metadata),
     }
     present = {k: v for k, v in sections.items() if v}
@@ -440,6 +442,38 @@ def _compare_section(tables: list[tuple[str, list[CompareRow]]]) -> str:
         parts.append(f'<div class="source">{esc(source)}</div>{note}' + _table(
             [("task", False), ("condition", False), ("heads", True), ("score", True), ("95 % CI", True),
              ("Δ vs unmasked", True), ("95 % CI of Δ", True), ("n", True)], trs, table_id=f"compare-{i}"))
+    return "".join(parts)
+
+
+def _uses_section(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """kv-compress: accuracy vs KV memory; decore: faithful-answer rates with 95 % intervals."""
+    parts = []
+    for source, data in items:
+        rows = data.get("conditions") or []
+        kv = str(data.get("format", "")).endswith("kv-compress")
+        if kv:
+            by_kind = lambda *kinds, rows=rows: sorted((r for r in rows if r["kind"] in kinds), key=lambda r: r["kv_share"])  # noqa: E731
+            series = [(name, [r["kv_share"] for r in rs], [r["accuracy"] for r in rs], [tuple(r["ci95"]) for r in rs])
+                      for name, rs in (("top-B KV heads", by_kind("windowed", "top", "full")),
+                                       ("retrieval KV heads", by_kind("retrieval")),
+                                       ("random KV heads", by_kind("random-retrieval", "random-top"))) if rs]
+            png = figures.errorbar_curves_png(series, "KV memory (share of the full cache)", "NIAH exact match",
+                                     "accuracy vs KV memory")
+            trs = [f"<tr><td>{esc(r['name'])}</td>{_num_td(r['kv_share'])}{_num_td(r['kv_bytes'] / 2**20)}"
+                   f"{_num_td(r['accuracy'])}<td>{esc(_interval_text(*r['ci95']))}</td></tr>" for r in rows]
+            headers = [("condition", False), ("KV share", True), ("KV MiB", True), ("exact match", True), ("95 % CI", False)]
+        else:
+            shown = [r for r in rows if "faithful" in r] + [
+                {"name": f"{g} (pooled)", **v} for g, v in (data.get("random_pooled") or {}).items() if "faithful" in v]
+            png = figures.errorbar_curves_png([(r["name"], [i], [r["faithful"]["rate"]], [tuple(r["faithful"]["ci95"])])
+                                      for i, r in enumerate(shown)], "condition", "faithful-answer rate",
+                                     "DeCoRe: answers equal to the context's value") if shown else ""
+            trs = [f"<tr><td>{esc(r['name'])}</td>{_num_td(r['faithful']['rate'])}"
+                   f"<td>{esc(_interval_text(*r['faithful']['ci95']))}</td>"
+                   f"{_num_td((r.get('memorised') or {}).get('rate'))}{_num_td(r.get('n'))}</tr>" for r in shown]
+            headers = [("condition", False), ("faithful", True), ("95 % CI", False), ("memorised", True), ("n", True)]
+        img = f'<div class="figure"><div class="static-fig"><img alt="{esc(source)}" src="{png}"></div></div>' if png else ""
+        parts.append(f'<div class="source">{esc(source)}</div>{img}' + _table(headers, trs, sortable=False))
     return "".join(parts)
 
 

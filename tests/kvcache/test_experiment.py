@@ -1,0 +1,48 @@
+"""kv-compress conditions (retrieval KV heads, controls drawn outside them) and bad command-line input."""
+
+from __future__ import annotations
+
+import torch
+from typer.testing import CliRunner
+
+from retrieval_heads.cli import app
+from retrieval_heads.heads import HeadScores
+from retrieval_heads.kvcache.experiment import KVCompressConfig, conditions
+from retrieval_heads.kvcache.plan import KVHead
+
+
+def test_conditions_keep_the_retrieval_kv_head_and_draw_controls_outside_it():
+    scores = torch.zeros(4, 32)
+    scores[3, [25, 27, 28, 29, 30, 31]] = 0.6  # the organism's six retrieval heads: KV group 3 of layer 3
+    scores[1, 2] = 0.05
+    cfg = KVCompressConfig(model="m", heads="h", out="o", budgets=[2, 4], random_seeds=3)
+    conds = {c.name: c for c in conditions(cfg, HeadScores(scores), 4, 32, 4)}
+    assert conds["retrieval"].kv_heads == [KVHead(3, 3)]
+    assert len(conds["full"].kv_heads) == 16 and conds["windowed"].kv_heads == []
+    for s in range(3):
+        control = conds[f"random-retrieval-s{s}"].kv_heads
+        assert len(control) == 1 and KVHead(3, 3) not in control
+    assert conds["top-2"].kv_heads == [KVHead(3, 3), KVHead(1, 0)]
+    assert not set(conds["random-top-2-s0"].kv_heads) & set(conds["top-2"].kv_heads)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["kv-compress", "--model", "organism", "--heads", str(tmp_path / "none.json"),
+                              "--out", str(out)])
+    assert res.exit_code == 2 and "Invalid value" in res.output and not out.exists()
+    res = runner.invoke(app, ["decore", "--model", "organism", "--heads", str(tmp_path / "none.json"), "--task",
+                              "conflict", "--out", str(out)])
+    assert res.exit_code == 2 and "Invalid value" in res.output and not out.exists()
+
+
+def test_per_layer_budgets_keep_b_kv_heads_in_every_layer():
+    scores = torch.rand(4, 32, generator=torch.Generator().manual_seed(0))
+    cfg = KVCompressConfig(model="m", heads="h", out="o", budgets=[1, 2], per_layer=True, random_seeds=2)
+    conds = {c.name: c for c in conditions(cfg, HeadScores(scores), 4, 32, 4)}
+    for b in (1, 2):
+        for name in (f"top-{b}pl", f"random-top-{b}pl-s0", f"random-top-{b}pl-s1"):
+            layers = [k.layer for k in conds[name].kv_heads]
+            assert sorted(layers) == sorted(list(range(4)) * b), name
+        assert not set(conds[f"random-top-{b}pl-s1"].kv_heads) & set(conds[f"top-{b}pl"].kv_heads)
