@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..detect.greedy import StopTokens, _cache_argument
+from ..generation import StopTokens, _cache_argument
 from ..heads import Head
 from ..masking import MaskMode, masked_heads
 from ..model_spec import ModelSpec

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from ..detect.greedy import StopTokens, _cache_argument
+from ..generation import StopTokens, _cache_argument
 
 
 @torch.no_grad()
