@@ -28,23 +28,23 @@ ORGANISM_TASKS = ("organism_mono", "organism_cross", "organism_multihop", "organ
 class DemoConfig:
     """Sizes of the demo's steps (the defaults fit ~15 minutes on 2 CPU cores)."""
 
-    out: str = "runs/demo"
-    model: str = "organism"
-    langs: tuple[str, ...] = ("en", "de", "zh", "sw")
-    transition: tuple[str, str] = ("en", "de")
-    detect_mode: str = "greedy"
-    lengths: tuple[int, ...] = (256, 512, 1024)
-    depths: int = 5
-    per_cell: int = 2
-    top_k: int | None = None  # None: 5 % of all heads
-    random_seeds: int = 5
-    compare_limit: int = 30
-    niah_lengths: tuple[int, ...] = (256, 512, 1024)
-    retmask: bool = True
-    retmask_prompts: int = 64
-    retmask_eval: int = 40
-    seed: int = 0
-    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"))
+    out: str = field(default="runs/demo", metadata={"help": "Output directory (re-running resumes)."})
+    model: str = field(default="organism", metadata={"help": "The built-in model, or a checkpoint trained like it."})
+    langs: tuple[str, ...] = field(default=("en", "de", "zh", "sw"), metadata={"help": "Languages of the per-language detection (the first is the source of the transition)."})
+    transition: tuple[str, str] = field(default=("en", "de"), metadata={"help": "Source and target language of the retrieval-transition detection."})
+    detect_mode: str = field(default="greedy", metadata={"help": "Detection mode: greedy or teacher."})
+    lengths: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"help": "Context lengths of the detection grid."})
+    depths: int = field(default=5, metadata={"help": "Needle depths of the detection grid (a count, ends included)."})
+    per_cell: int = field(default=2, metadata={"help": "Prompts per length x depth cell."})
+    top_k: int | None = field(default=None, metadata={"help": "Heads masked per set (None: 5 % of all heads)."})
+    random_seeds: int = field(default=5, metadata={"help": "Random-head controls in the comparisons."})
+    compare_limit: int = field(default=30, metadata={"help": "lm-eval items per task in the comparison."})
+    niah_lengths: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"help": "Context lengths of the masked NIAH evaluation."})
+    retmask: bool = field(default=True, metadata={"help": "Include the short RetMask run."})
+    retmask_prompts: int = field(default=64, metadata={"help": "Prompts sampled for the RetMask preference pairs."})
+    retmask_eval: int = field(default=40, metadata={"help": "Held-out examples per suite in the RetMask evaluation."})
+    seed: int = field(default=0, metadata={"help": "Seed of every step."})
+    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"), metadata={"help": "Steps to run: languages, niah, compare, retmask, report."})
 
     def __post_init__(self) -> None:
         unknown = set(self.steps) - {"languages", "niah", "compare", "retmask", "report"}

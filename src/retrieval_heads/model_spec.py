@@ -15,6 +15,7 @@ never from the model's name.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ BUILTIN_MODELS = ("organism",)
 
 class UnsupportedModelError(ValueError):
     """The model's architecture cannot be observed or masked head by head."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name is neither a built-in name, a checkpoint directory, nor a model on the Hub."""
+
+
+def _path_like(name: str) -> bool:
+    """True for names that can only be a directory (a Hub id is ``name`` or ``namespace/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def model_not_found(name: str) -> ModelNotFoundError:
+    """The one-line refusal for a model name that names nothing: what was looked for, where, and the fix."""
+    fix = f"check the name, or give a checkpoint directory or a built-in model ({', '.join(BUILTIN_MODELS)})"
+    if _path_like(name):
+        return ModelNotFoundError(f"model {name!r}: no such directory; {fix}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = "locally (offline: HF_HUB_OFFLINE is set)" if offline else "locally or on the Hugging Face Hub"
+    return ModelNotFoundError(f"model {name!r} not found {where}; {fix}")
 
 
 @dataclass
@@ -182,7 +202,14 @@ def load_model(
         dtype = getattr(torch, dtype)
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if _path_like(path) and not Path(path).exists():
+        raise model_not_found(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:  # hub errors (RepositoryNotFoundError, LocalEntryNotFoundError, ...) arrive as OSError
+        if Path(path).exists():
+            raise
+        raise model_not_found(name_or_path) from err
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code,
                               **load_kwargs}
     if device_map is not None:

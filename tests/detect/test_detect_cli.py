@@ -57,7 +57,7 @@ def test_cli_runs_the_grid_and_fails_loudly_when_nothing_is_retrieved(checkpoint
     assert not (out / "head_scores.json").exists()
     # the same command resumes (nothing left to do) and other settings are refused
     again = CliRunner().invoke(_app(), [*args, "--mode", "teacher"])
-    assert again.exit_code == 1 and "other settings" in again.output
+    assert again.exit_code == 2 and "other settings" in again.output  # refused in one line
 
 
 def test_cli_rejects_bad_arguments(checkpoint, tmp_path):

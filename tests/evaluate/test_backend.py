@@ -104,11 +104,11 @@ REAL = ["xquad_de", "mgsm_native_cot_de", "mmlu_prox_de_biology", "mlqa_de_de"]
 
 
 def test_lm_eval_cli_runs_masked_hf_on_real_task_names(tiny_dir, head_files, bench_fixtures, tmp_path):
-    """`python -m retrieval_heads.evaluate.lm_eval_backend run ...`: lm-eval's CLI, built-in tasks indexed too,
+    """`retrieval-heads lm-eval run ...`: lm-eval's CLI, built-in tasks indexed too,
     so the fixture's tasks override lm-eval's own of the same names (xquad_de: lm-eval's cannot even load
     under transformers 5)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    args = [sys.executable, "-m", "retrieval_heads.evaluate.lm_eval_backend", "run", "--model", "masked-hf",
+    args = [sys.executable, "-m", "retrieval_heads.cli", "lm-eval", "run", "--model", "masked-hf",
             "--model_args", f"pretrained={tiny_dir},heads={head_files['rth']},top_k=2,mode=zero",
             "--tasks", ",".join(REAL), "--include_path", str(bench_fixtures.include_path), "--limit", "1",
             "--device", "cpu", "--gen_kwargs", "max_gen_toks=4", "--output_path", str(tmp_path / "out")]  # fmt: skip

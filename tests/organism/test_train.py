@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 import torch
+import typer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retrieval_heads.organism.head_surgery import add_head_dropout
-from retrieval_heads.organism.train import main, train_organism
+from retrieval_heads.organism.train import train_organism
 from retrieval_heads.organism.train_config import OrganismTrainConfig
 
 TINY = dict(
@@ -42,6 +44,20 @@ def test_training_is_deterministic(tmp_path):
     la = [r["loss"] for r in json.loads((a / "training.json").read_text())["log"]]
     lb = [r["loss"] for r in json.loads((b / "training.json").read_text())["log"]]
     assert la == lb
+
+
+def main(argv):
+    """``retrieval-heads organism train ARGV`` in this process; returns the saved folder (or raises its error)."""
+    from click.testing import CliRunner
+    from typer.main import get_command
+
+    from retrieval_heads.cli import app
+
+    result = CliRunner().invoke(get_command(app), ["organism", "train", *argv], standalone_mode=False)
+    sys.stderr.write(result.stderr)
+    if result.exception is not None:
+        raise result.exception
+    return result.return_value
 
 
 def _write(path, obj):
@@ -273,9 +289,9 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
     log = capsys.readouterr().err
     assert "stage 1/3 (stage1.json): already trained" in log and "stage 3/3 (stage10.json): training" in log
     assert (tmp_path / "model-stages" / "stage1" / "model.safetensors").stat().st_mtime_ns == first_weights
-    with pytest.raises(SystemExit, match="only --out"):
+    with pytest.raises(typer.BadParameter, match="only --out"):
         main(["--recipe", str(recipe), "--steps", "5"])
-    with pytest.raises(SystemExit, match="neither 'shipped' nor a directory"):
+    with pytest.raises(typer.BadParameter, match="neither 'shipped' nor a directory"):
         main(["--recipe", str(tmp_path / "nowhere")])
 
 

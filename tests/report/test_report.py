@@ -50,7 +50,7 @@ def test_full_run_has_every_section(full_run, full_page):
     assert [m.label for m in report.score_maps] == [
         "retrieval", "retrieval · de", "retrieval · en", "retrieval · zh", "transition · en→de"]
     for text in ("Gini coefficient", "top-10 share of the total score", "Difference vs unmasked", "95 % CI of Δ",
-                 "Before / after RetMask training (base: base)", "Preference pairs", "DPO training", "Top-5 overlap",
+                 "Before and after RetMask training", "Preference pairs", "DPO training", "Top-5 overlap",
                  "Exact match by context length", "Rouge1 by context length"):
         assert text in page
 
@@ -273,3 +273,37 @@ def test_path_is_a_file(tmp_path):
     report = collect_runs([run / "detect" / "head_scores.json"])
     assert [m.source for m in report.score_maps] == ["detect/head_scores.json"]
     assert Path(write_report([run / "detect" / "head_scores.json"])) == run / "detect" / REPORT_FILE
+
+
+def test_panels_are_titled_by_language_in_the_runs_order_and_the_note_gives_the_real_k(full_page):
+    _, report, page = full_page
+    titles = re.findall(r'<details class="card" id="scores-\d+"[^>]*><summary>([^<]*)</summary>', page)
+    assert [t.split(" — ")[0] for t in titles] == [
+        "Retrieval heads", "Retrieval-transition heads: English (en) → German (de)",
+        "English (en): retrieval heads", "German (de): retrieval heads", "Chinese (zh): retrieval heads"]
+    k = 2  # 5 % of 6 x 8 heads, rounded: what selection.share_of_heads gives
+    assert f"The {k} best heads (5 % of the heads" in page and "The 10 best heads" not in page
+    outlines = [h["outline"] for h in page_data(page)["heatmaps"].values() if h["rowKey"] == "layer"]
+    assert len(outlines) == 5 and all(len(o) == k for o in outlines)
+    assert [5, 3] in outlines[0] and [4, 1] in outlines[0]  # the two strongest heads of the synthetic map
+
+
+def test_the_built_in_model_is_shown_by_its_name_not_its_install_path(tmp_path):
+    from retrieval_heads.model_spec import resolve_model_path
+
+    installed = resolve_model_path("organism")
+    scores = HeadScores(torch.rand(N_LAYERS, N_HEADS), {"model": installed, "seed": 0})
+    scores.save(tmp_path / "run" / "head_scores.json")
+    page = render_report(collect_runs([tmp_path / "run"]))
+    assert "Retrieval-heads report: organism" in page
+    body = page.split('<script type="application/json"')[0]
+    assert installed not in body.split("all fields")[0]  # only the raw JSON under "all fields" keeps it
+
+
+def test_metadata_is_one_row_per_run(full_page):
+    _, report, page = full_page
+    table = re.search(r'<table[^>]*id="run-metadata".*?</table>', page, re.S).group(0)
+    headers = re.findall(r"<th(?: [^>]*)?>([^<]*)</th>", table)
+    assert headers == ["run", "kind", "model", "settings that differ", "seed", "versions", "created", "command"]
+    assert table.count("<tr>") == len(report.metadata) + 1
+    assert "tiny-llama" in table and "torch " in table

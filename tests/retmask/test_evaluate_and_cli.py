@@ -89,10 +89,14 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     assert r.exit_code == 1 and "other heads" in r.output and "Traceback" not in r.output  # other heads: refused
     assert (tmp_path / "p.jsonl").read_text() == before  # and the finished pairs are kept
 
-    r = runner.invoke(retmask_app, ["train", "--model", str(path), "--pairs", str(tmp_path / "p.jsonl"),
-                                    "--out", str(tmp_path / "trained"), "--lora", "--max-steps", "2", "--lr", "1e-3",
-                                    "--batch-size", "2", "--grad-accum", "1", "--no-gradient-checkpointing"])
+    from retrieval_heads.cli import app  # the whole CLI: quiet libraries unless --verbose
+
+    r = runner.invoke(app, ["retmask", "train", "--model", str(path), "--pairs", str(tmp_path / "p.jsonl"),
+                            "--out", str(tmp_path / "trained"), "--lora", "--max-steps", "2", "--lr", "1e-3",
+                            "--batch-size", "2", "--grad-accum", "1", "--no-gradient-checkpointing"])
     assert r.exit_code == 0, r.output
+    assert "{'loss'" not in r.output and "Warning" not in r.output  # no raw training dicts, no library warnings
+    assert "examples/s" not in r.output and "it/s" not in r.output  # nor the libraries' tqdm bars
     run = json.loads((tmp_path / "trained" / "retmask_run.json").read_text())
     assert run["n_pairs"] == len(list(read_jsonl(tmp_path / "p.jsonl")))
     assert (tmp_path / "trained" / "adapter_config.json").exists()

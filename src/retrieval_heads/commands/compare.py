@@ -19,7 +19,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.text import Text
+
+from ..evaluate.compare import CompareConfig
+from .errors import refuse
+from .options import MaskingOptions, ModelOptions, option
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -35,30 +38,30 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 
 def compare_command(
-    model: str = typer.Option(..., "--model", help="Hub id, local checkpoint, or a built-in name (organism)."),
-    heads: list[str] = typer.Option([], "--heads", help="A head set NAME=head_scores.json (repeat for several)."),
-    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval task or group names."),
+    model: str = option(ModelOptions, "model", default=...),
+    heads: list[str] = option(MaskingOptions, "heads"),
+    tasks: str = option(CompareConfig, "tasks"),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
-    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Heads masked per set, and per random control (default: 5 % of the model's heads)."),
-    random_seeds: int = typer.Option(5, "--random-seeds", min=0, help="Random controls (seeds 0..n-1), drawn outside every set's top-K."),
-    layer_matched: bool = typer.Option(False, "--layer-matched", help="Random controls follow each set's per-layer head counts."),
-    mode: str = typer.Option("zero", "--mode", help="zero | mean | uniform."),
-    means: str | None = typer.Option(None, "--means", help="Per-head mean outputs (.pt/.safetensors) for --mode mean."),
-    limit: float | None = typer.Option(None, "--limit", help="Items per task (or a fraction < 1)."),
-    include_path: list[str] = typer.Option([], "--include-path", help="Extra lm-eval task folder (repeatable), e.g. benchmark fixtures."),
-    num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="Override the tasks' few-shot count."),
+    top_k: int | None = option(MaskingOptions, "top_k", min=1),
+    random_seeds: int = option(MaskingOptions, "random_seeds", default=5, min=0),
+    layer_matched: bool = option(MaskingOptions, "layer_matched"),
+    mode: str = option(MaskingOptions, "mode"),
+    means: str | None = option(MaskingOptions, "means"),
+    limit: float | None = option(CompareConfig, "limit"),
+    include_path: list[str] = option(CompareConfig, "include_path"),
+    num_fewshot: int | None = option(CompareConfig, "num_fewshot"),
     gen_kwargs: str | None = typer.Option(None, "--gen-kwargs", help="lm-eval generation overrides, e.g. 'max_gen_toks=256'."),
     metric: list[str] = typer.Option([], "--metric", help="TASK=METRIC,FILTER to score a task by (repeatable)."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="lm-eval batch size."),
-    device: str | None = typer.Option(None, "--device", help="cuda, cpu ... (default: CUDA when available)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
-    seed: int = typer.Option(1234, "--seed", help="Seed of lm-eval and of the bootstrap."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", min=1, help="Bootstrap resamples."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cells that were made with other settings."),
+    batch_size: int = option(CompareConfig, "batch_size", min=1),
+    device: str | None = option(ModelOptions, "device"),
+    dtype: str = option(ModelOptions, "dtype"),
+    seed: int = option(CompareConfig, "seed"),
+    bootstrap: int = option(CompareConfig, "n_bootstrap", "--bootstrap", min=1),
+    overwrite: bool = option(CompareConfig, "overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compare head sets on lm-eval tasks: unmasked vs top-K of each set vs random heads outside all sets."""
-    from ..evaluate.compare import CompareConfig, ResumeMismatchError, run_compare
+    from ..evaluate.compare import ResumeMismatchError, run_compare
 
     console = Console(stderr=True)
     try:
@@ -79,17 +82,22 @@ def compare_command(
     try:
         result = run_compare(config, progress=progress)
     except (ResumeMismatchError, KeyError, ValueError) as err:
-        console.print("[bold red]compare failed:[/]", Text(str(err)))
-        raise typer.Exit(1) from None
+        raise refuse("compare", str(err)) from None
     typer.echo(result.markdown)
     console.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
 
 
 def lm_eval_command(ctx: typer.Context) -> None:
     """Run lm-eval's own CLI with the masked-hf backend registered (all arguments are lm-eval's)."""
-    from ..evaluate.lm_eval_backend import main
+    import sys
 
-    main(list(ctx.args))
+    from lm_eval.__main__ import cli_evaluate
+
+    from ..decore import lm_eval_backend as _decore  # noqa: F401 - registers "decore-hf"
+    from ..evaluate import lm_eval_backend  # noqa: F401 - registers "masked-hf"
+
+    sys.argv = ["retrieval-heads lm-eval", *ctx.args]
+    cli_evaluate()
 
 
 LM_EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

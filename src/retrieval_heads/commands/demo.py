@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
+from ..demo import DemoConfig
+from .options import option
+
 
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory (re-running resumes)."),
-    model: str = typer.Option("organism", "--model", help="The built-in model, or a checkpoint trained like it."),
+    out: Path = option(DemoConfig, "out", default=Path("runs/demo")),
+    model: str = option(DemoConfig, "model"),
     quick: bool = typer.Option(False, "--quick", help="Smaller grids and fewer items (a ~3-minute smoke run)."),
-    retmask: bool = typer.Option(True, "--retmask/--no-retmask", help="Include the short RetMask run."),
+    retmask: bool = option(DemoConfig, "retmask", "--retmask/--no-retmask"),
 ) -> None:
     """Detect RH and RTH, compare masked conditions, run a short RetMask, and write report.html."""
     from ..artifacts import ResumeMismatchError

@@ -17,40 +17,43 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.text import Text
+
+from ..detect.config import DetectConfig
+from .errors import refuse
+from .options import GridOptions, ModelOptions, option
 
 
 def detect_command(
-    model: str = typer.Option(..., "--model", help="Hub id, local checkpoint, or a built-in name (organism)."),
+    model: str = option(ModelOptions, "model", default=...),
     out: Path = typer.Option(..., "--out", help="Output directory (resumed when it holds the same run)."),
-    kind: str = typer.Option("retrieval", "--kind", help="retrieval (copy events) | transition (needle in --source-lang, answer in --target-lang)."),
+    kind: str = option(DetectConfig, "kind"),
     source_lang: str | None = typer.Option(None, "--source-lang", help="Transition: language of the needle (and haystack)."),
     target_lang: str | None = typer.Option(None, "--target-lang", help="Transition: language the answer is asked in."),
-    alignment: str = typer.Option("lexicon", "--alignment", help="Transition: lexicon (aligned word pairs) | span (pivot-free)."),
-    lexicon: str | None = typer.Option(None, "--lexicon", help="Transition: multilingual lexicon JSONL (default: built-in CLDR)."),
-    per_cell: int = typer.Option(3, "--per-cell", min=1, help="Built-in model: prompts per length x depth cell."),
-    mode: str = typer.Option("greedy", "--mode", help="greedy (decode and score) | teacher (one forward over prompt + answer)."),
-    lengths: str | None = typer.Option(None, "--lengths", help="Context lengths: 'start:stop:count' or '1000,2000' (default: 1000:8000:8 scaled to fit the model's window)."),
-    depths: str = typer.Option("10", "--depths", help="Needle depths: a count (evenly spaced, ends included) or '0,0.5,1'."),
-    needles: str | None = typer.Option(None, "--needles", help="Needles JSONL file (default: the built-in needles of --lang)."),
-    haystack: str | None = typer.Option(None, "--haystack", help="Built-in language, a directory or file, dataset:NAME[:CONFIG], or organism (default: organism for the built-in model, else --lang)."),
+    alignment: str = option(DetectConfig, "alignment"),
+    lexicon: str | None = option(DetectConfig, "lexicon"),
+    per_cell: int = option(GridOptions, "per_cell", default=3, min=1),
+    mode: str = option(DetectConfig, "mode"),
+    lengths: str = option(GridOptions, "lengths", default="1000:8000:8"),
+    depths: str = option(GridOptions, "depths", default="10"),
+    needles: str | None = option(GridOptions, "needles"),
+    haystack: str | None = option(GridOptions, "haystack"),
     lang: str = typer.Option("en", "--lang", help="Language of the haystack and needles."),
-    chat_template: bool = typer.Option(False, "--chat-template", help="Wrap prompts in the tokenizer's chat template."),
-    batch_size: str = typer.Option("auto", "--batch-size", help="Prompts per forward, or auto: what the GPU's free memory holds (1 on CPU). Results do not depend on it."),
-    share_prefix: bool = typer.Option(True, "--share-prefix/--no-share-prefix", help="Run the prefix that prompts of one haystack share once (same scores)."),
-    dedup: bool = typer.Option(False, "--dedup", help="Count each answer position once per head and prompt (score <= 1)."),
-    max_new_tokens: int = typer.Option(50, "--max-new-tokens", min=1, help="Greedy mode: most tokens decoded."),
-    rouge_threshold: float = typer.Option(0.5, "--rouge-threshold", help="A prompt counts above this ROUGE-1 recall (teacher: token accuracy)."),
-    seed: int = typer.Option(0, "--seed", help="Seed (recorded in the outputs)."),
-    table_rows: int = typer.Option(20, "--table-rows", min=0, help="Rows of the top-heads table printed at the end."),
-    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu ... (default: CUDA when available)."),
+    chat_template: bool = option(GridOptions, "chat_template"),
+    batch_size: str = option(DetectConfig, "batch_size"),
+    share_prefix: bool = option(DetectConfig, "share_prefix", "--share-prefix/--no-share-prefix"),
+    dedup: bool = option(DetectConfig, "dedup"),
+    max_new_tokens: int = option(DetectConfig, "max_new_tokens", min=1),
+    rouge_threshold: float = option(DetectConfig, "rouge_threshold"),
+    seed: int = option(DetectConfig, "seed"),
+    table_rows: int = option(DetectConfig, "table_rows", min=0),
+    device: str | None = option(ModelOptions, "device"),
     device_map: str | None = typer.Option(None, "--device-map", help="auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
-    attn_implementation: str | None = typer.Option(None, "--attn-implementation", help="Backend to wrap: sdpa (default), eager, flash_attention_2."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+    dtype: str = option(ModelOptions, "dtype"),
+    attn_implementation: str | None = option(ModelOptions, "attn_implementation"),
+    progress: bool = option(DetectConfig, "progress", "--progress/--no-progress"),
 ) -> None:
     """Detect retrieval heads: the retrieval score of every head over a needle-in-a-haystack grid."""
-    from ..detect import DetectConfig, DetectionError, NoRetrievalError, PromptError, detect
+    from ..detect import DetectionError, NoRetrievalError, PromptError, detect
     from ..model_spec import load_model
     from ..niah import parse_depths, parse_lengths
     from ..prompt_sources import PromptRequest, build_prompts
@@ -86,8 +89,7 @@ def detect_command(
         console.print("[bold red]detect failed: no prompt passed the retrieval filter (see above)[/]")
         raise typer.Exit(1) from None
     except (DetectionError, PromptError, ValueError) as err:
-        console.print("[bold red]detect failed:[/]", Text(str(err)))
-        raise typer.Exit(1) from None
+        raise refuse("detect", str(err)) from None
     if scores is None:
         return  # a shard without a process group: merge_shards() finishes the run
     console.print(f"wrote {out / 'head_scores.json'}, {out / 'samples.jsonl'}, {out / 'heatmap.png'}")

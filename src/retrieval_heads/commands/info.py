@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
+from .options import ModelOptions, option
+
 
 def info_command(
-    model: str = typer.Option("organism", help="Hub id, local checkpoint, or a built-in name (organism)."),
-    device: str = typer.Option("cpu", help="Device to load on."),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
+    model: str = option(ModelOptions, "model"),
+    device: str = option(ModelOptions, "device", default="cpu"),
+    dtype: str = option(ModelOptions, "dtype"),
 ) -> None:
     """Load a model and show its heads, context window, EOS tokens and chat template."""
     from ..model_spec import eos_token_ids, load_model

@@ -14,6 +14,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..detect.config import DetectConfig
+from .errors import refuse
+from .options import GridOptions, ModelOptions, option
+
 
 def _pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
@@ -26,25 +30,24 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 
 def languages_command(
-    model: str = typer.Option("organism", "--model", help="Hub id, local checkpoint, or organism."),
+    model: str = option(ModelOptions, "model"),
     langs: str = typer.Option("en,de,zh,sw", "--langs", help="Comma-separated languages."),
     out: Path = typer.Option(..., "--out", help="Output directory (resumed when re-run)."),
     transitions: str = typer.Option("", "--transitions", help="SOURCE:TARGET pairs for retrieval-transition heads, e.g. en:de,en:zh."),
-    mode: str = typer.Option("teacher", "--mode", help="greedy | teacher."),
-    lengths: str = typer.Option("128,256,512,1024", "--lengths", help="Context lengths."),
-    depths: str = typer.Option("5", "--depths", help="Needle depths (count or list)."),
-    per_cell: int = typer.Option(2, "--per-cell", min=1, help="Built-in model: prompts per length x depth cell."),
+    mode: str = option(DetectConfig, "mode", default="teacher"),
+    lengths: str = option(GridOptions, "lengths", default="128,256,512,1024"),
+    depths: str = option(GridOptions, "depths"),
+    per_cell: int = option(GridOptions, "per_cell", min=1),
     top_k: int = typer.Option(20, "--top-k", min=1, help="K of the top-K sets compared across languages."),
-    haystack: str | None = typer.Option(None, "--haystack", help="Haystack source (default: organism or each language)."),
-    alignment: str = typer.Option("lexicon", "--alignment", help="Transition alignment: lexicon | span."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    chat_template: bool = typer.Option(False, "--chat-template"),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
+    haystack: str | None = option(GridOptions, "haystack"),
+    alignment: str = option(DetectConfig, "alignment"),
+    batch_size: int = option(GridOptions, "batch_size", default=4, min=1),
+    chat_template: bool = option(GridOptions, "chat_template"),
+    device: str | None = option(ModelOptions, "device"),
+    dtype: str = option(ModelOptions, "dtype"),
+    seed: int = option(GridOptions, "seed"),
 ) -> None:
     """Retrieval heads per language, their overlap, and retrieval-transition heads vs retrieval heads."""
-    from ..detect import DetectConfig
     from ..model_spec import load_model
     from ..multilingual.study import language_study
     from ..niah import parse_depths, parse_lengths
@@ -60,8 +63,11 @@ def languages_command(
         raise typer.BadParameter(str(err)) from err
     loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device)
     lang_list = [x.strip() for x in langs.split(",") if x.strip()]
-    result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,
-                            transitions=pairs, top_k=top_k, console=console)
+    try:
+        result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,
+                                transitions=pairs, top_k=top_k, console=console)
+    except ValueError as err:  # prompts that cannot be built (a length past the window, no chat template, ...)
+        raise refuse("languages", str(err)) from None
     console.print((out / "summary.md").read_text())
     if result["failed"]:
         console.print(f"[yellow]some runs found no retrieval: {sorted(result['failed'])}[/]")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .errors import refuse
+
 
 def report_command(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (detection, evaluation, RetMask, multilingual)."),
@@ -16,14 +18,15 @@ def report_command(
     The page is self-contained (no network): open it from disk in any browser.
     Example: retrieval-heads report runs/organism runs/organism-eval --out runs/report.html
     """
-    from ..report import build_report
+    from ..report import NoArtifactsError, build_report
 
     missing = [str(d) for d in run_dirs if not d.exists()]
     if missing:
         raise typer.BadParameter(f"no such run directory: {', '.join(missing)}", param_hint="RUN_DIRS")
-    path, report = build_report(run_dirs, out)
+    try:
+        path, report = build_report(run_dirs, out, require_artifacts=True)
+    except NoArtifactsError as err:
+        raise refuse("report", str(err)) from None
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    if report.empty:
-        typer.echo(f"warning: no recognised artifacts in {', '.join(map(str, run_dirs))}", err=True)
     typer.echo(f"report written to {path}")

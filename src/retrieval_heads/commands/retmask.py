@@ -13,17 +13,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from ..retmask.evaluate import RetMaskEvalConfig
+from ..retmask.pairs import PairConfig
+from ..retmask.train import RetMaskTrainConfig
+from .options import ModelOptions, config_field, option
 
 retmask_app = typer.Typer(
     help="RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones.",
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: hub id, local path or 'organism'.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=config_field(ModelOptions, "model").metadata["help"])]
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="head_scores.json written by detect.", exists=True)]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads (default: 5 % of all heads).")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Mask heads scoring above T (paper: 0.1).")]
@@ -33,9 +40,22 @@ RandomOpt = Annotated[
 ]
 
 
+@contextmanager
+def _models_found(*names: str) -> Iterator[None]:
+    """Turn a loader's OSError about a model that exists nowhere into the one-line ModelNotFoundError."""
+    from ..model_spec import model_not_found, resolve_model_path
+
+    try:
+        yield
+    except OSError as err:
+        missing = [n for n in names if not Path(resolve_model_path(n)).exists()]
+        if missing:
+            raise model_not_found(missing[0]) from err
+        raise
+
+
 def _load_heads(model_name: str, heads_file: Path, top_k: int | None, threshold: float | None,
                 random_control: int | None):  # noqa: ANN202
-    from ..heads import HeadScoreFileError
     from ..model_spec import load_model
     from ..selection import HeadSelection
 
@@ -44,10 +64,7 @@ def _load_heads(model_name: str, heads_file: Path, top_k: int | None, threshold:
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     model, tokenizer, spec = load_model(model_name)
-    try:
-        heads = selection.resolve(spec.n_layers, spec.n_heads)
-    except HeadScoreFileError as err:
-        raise typer.BadParameter(str(err)) from err
+    heads = selection.resolve(spec.n_layers, spec.n_heads)  # a score file of another shape: refused in one line
     if not heads:
         raise typer.BadParameter("the selection is empty: no head passes --threshold")
     return model, tokenizer, heads, {**selection.to_json(), "masked": [str(h) for h in heads]}
@@ -79,22 +96,22 @@ def pairs(
     top_k: TopKOpt = None,
     threshold: ThresholdOpt = None,
     random_control: RandomOpt = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per response.")] = 256,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (paper: 0.6).")] = 0.6,
-    top_p: Annotated[float, typer.Option(help="Nucleus mass (paper: 1.0).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Base seed; each prompt's seed derives from it.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
+    max_new_tokens: int = option(PairConfig, "max_new_tokens", min=1),
+    temperature: float = option(PairConfig, "temperature"),
+    top_p: float = option(PairConfig, "top_p"),
+    seed: int = option(PairConfig, "seed"),
+    batch_size: int = option(PairConfig, "batch_size", min=1),
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable), e.g. --stop '\\n'.")] = None,
     independent_seeds: Annotated[
         bool, typer.Option(help="Sample chosen and rejected with different random streams.")
     ] = False,
-    max_prompt_tokens: Annotated[int | None, typer.Option(help="Drop longer prompts.")] = None,
+    max_prompt_tokens: int | None = option(PairConfig, "max_prompt_tokens"),
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    engine: Annotated[str, typer.Option(help="transformers or vllm.")] = "transformers",
+    engine: str = option(PairConfig, "engine"),
 ) -> None:
     """Sample chosen (original) and rejected (heads zeroed) responses; write TRL preference pairs."""
     from ..artifacts import ResumeMismatchError
-    from ..retmask.pairs import PairConfig, generate_pairs, load_prompts
+    from ..retmask.pairs import generate_pairs, load_prompts
 
     stops = tuple(s.encode().decode("unicode_escape") for s in (stop or []))  # "\\n" on a shell -> newline
     config = PairConfig(
@@ -119,27 +136,28 @@ def train(
     model: ModelOpt,
     pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL from `retmask pairs`.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
-    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning (paper).")] = False,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (paper: 5e-7).")] = 5e-7,
-    epochs: Annotated[float, typer.Option("--epochs", help="Epochs (paper: 2).")] = 2.0,
-    beta: Annotated[float, typer.Option(help="DPO beta (paper: 0.1).")] = 0.1,
-    loss_type: Annotated[str, typer.Option(help="TRL DPO loss (paper: sigmoid).")] = "sigmoid",
-    batch_size: Annotated[int, typer.Option(help="Pairs per device per micro-batch.")] = 4,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = 4,
-    max_length: Annotated[int | None, typer.Option(help="Max prompt+response tokens (default: no cut).")] = None,
-    max_steps: Annotated[int, typer.Option(help="Stop after N steps (> 0 overrides --epochs).")] = -1,
-    warmup_ratio: Annotated[float, typer.Option(help="Warm-up fraction of the steps.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 42,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
-    lora_targets: Annotated[str, typer.Option(help="'all-linear' or comma-separated module names.")] = "all-linear",
-    merge_lora: Annotated[bool, typer.Option(help="Also save the merged model in OUT/merged.")] = False,
-    bf16: Annotated[str, typer.Option(help="auto, true or false.")] = "auto",
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (long prompts).")] = True,
-    dpo_overrides: Annotated[str, typer.Option(help="Other DPOConfig fields as JSON, e.g. '{\"save_strategy\": \"epoch\"}'.")] = "",
+    lora: bool = option(RetMaskTrainConfig, "use_lora", "--lora/--full"),
+    lr: float = option(RetMaskTrainConfig, "learning_rate", "--lr"),
+    epochs: float = option(RetMaskTrainConfig, "num_train_epochs", "--epochs"),
+    beta: float = option(RetMaskTrainConfig, "beta"),
+    loss_type: str = option(RetMaskTrainConfig, "loss_type"),
+    batch_size: int = option(RetMaskTrainConfig, "per_device_train_batch_size", "--batch-size", min=1),
+    grad_accum: int = option(RetMaskTrainConfig, "gradient_accumulation_steps", "--grad-accum", min=1),
+    max_length: int | None = option(RetMaskTrainConfig, "max_length"),
+    max_steps: int = option(RetMaskTrainConfig, "max_steps"),
+    warmup_ratio: float = option(RetMaskTrainConfig, "warmup_ratio"),
+    seed: int = option(RetMaskTrainConfig, "seed"),
+    lora_r: int = option(RetMaskTrainConfig, "lora_r"),
+    lora_alpha: int = option(RetMaskTrainConfig, "lora_alpha"),
+    lora_targets: str = option(RetMaskTrainConfig, "lora_target_modules", "--lora-targets"),
+    merge_lora: bool = option(RetMaskTrainConfig, "merge_lora", "--merge-lora/--no-merge-lora"),
+    bf16: str = option(RetMaskTrainConfig, "bf16"),
+    gradient_checkpointing: bool = option(RetMaskTrainConfig, "gradient_checkpointing",
+                                          "--gradient-checkpointing/--no-gradient-checkpointing"),
+    dpo_overrides: str = option(RetMaskTrainConfig, "dpo_overrides", default=""),
 ) -> None:
     """DPO on the pairs with TRL (full or LoRA); under `accelerate launch` on as many GPUs as it gives."""
-    from ..retmask.train import RetMaskTrainConfig, train_retmask
+    from ..retmask.train import train_retmask
 
     config = RetMaskTrainConfig(
         loss_type=loss_type, beta=beta, max_length=max_length, learning_rate=lr, warmup_ratio=warmup_ratio,
@@ -148,7 +166,8 @@ def train(
         lora_target_modules=lora_targets, merge_lora=merge_lora, seed=seed, bf16=bf16,
         gradient_checkpointing=gradient_checkpointing, dpo_overrides=dpo_overrides,  # type: ignore[arg-type]
     )
-    result = train_retmask(model, pairs, out, config)
+    with _models_found(model):
+        result = train_retmask(model, pairs, out, config)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     first, last = (f"{losses[0]:.4f}", f"{losses[-1]:.4f}") if losses else ("-", "-")
     typer.echo(f"trained on {result.n_pairs} pairs; DPO loss {first} -> {last}; saved to {result.out_dir}")
@@ -160,15 +179,15 @@ def evaluate(
     tuned: Annotated[list[str], typer.Option("--tuned", help="Tuned model dir, or NAME=DIR (repeatable).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for retmask_eval.json.")],
     heads: Annotated[Path | None, typer.Option("--heads", help="head_scores.json (for the concentration stats).")] = None,
-    n: Annotated[int, typer.Option("--n", help="Held-out examples per suite.")] = 200,
-    seed: Annotated[int, typer.Option(help="Held-out seed (not the training prompts' seed).")] = 20_260_707,
-    long_lengths: Annotated[str, typer.Option(help="Comma-separated lengths of the *_long suites.")] = "1024",
-    suites: Annotated[str, typer.Option(help="Comma-separated suites.")] = "multikey_long,mono_long,cross,multihop,parametric",
-    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 8,
+    n: int = option(RetMaskEvalConfig, "n_per_task", "--n", min=1),
+    seed: int = option(RetMaskEvalConfig, "seed"),
+    long_lengths: str = option(RetMaskEvalConfig, "long_lengths", default=",".join(map(str, RetMaskEvalConfig.long_lengths))),
+    suites: str = option(RetMaskEvalConfig, "suites", default=",".join(RetMaskEvalConfig.suites)),
+    batch_size: int = option(RetMaskEvalConfig, "batch_size", min=1),
 ) -> None:
     """Exact-match accuracy of base and tuned models on the built-in tasks, next to the head-score concentration."""
     from ..heads import HeadScores
-    from ..retmask.evaluate import RetMaskEvalConfig, evaluate_models, format_table
+    from ..retmask.evaluate import evaluate_models, format_table
 
     models: dict[str, str] = {"base": base}
     for i, item in enumerate(tuned):
@@ -179,7 +198,8 @@ def evaluate(
         long_lengths=tuple(int(x) for x in long_lengths.split(",") if x.strip()), batch_size=batch_size,
     )
     scores = HeadScores.load(heads) if heads is not None else None
-    report = evaluate_models(models, config, scores=scores, out_dir=out)
+    with _models_found(*models.values()):
+        report = evaluate_models(models, config, scores=scores, out_dir=out)
     typer.echo(format_table(report))
     if report["concentration"]:
         typer.echo("head-score concentration: " + json.dumps({k: round(v, 4) for k, v in report["concentration"].items()}))

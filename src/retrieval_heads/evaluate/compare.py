@@ -87,7 +87,7 @@ class CompareConfig:
     """
 
     model: str
-    tasks: list[str]
+    tasks: list[str] = field(metadata={"help": "Comma-separated lm-eval task or group names."})
     out: str
     heads: dict[str, str] = field(default_factory=dict)
     top_k: int | None = None
@@ -95,18 +95,18 @@ class CompareConfig:
     means: str | None = None
     random_seeds: int = 5
     layer_matched: bool = False
-    include_path: list[str] = field(default_factory=list)
-    limit: float | None = None
-    num_fewshot: int | None = None
+    include_path: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval task folder (repeatable), e.g. benchmark fixtures."})
+    limit: float | None = field(default=None, metadata={"help": "Items per task (or a fraction < 1)."})
+    num_fewshot: int | None = field(default=None, metadata={"help": "Override the tasks' few-shot count."})
     gen_kwargs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata={"help": "lm-eval batch size."})
     device: str | None = None
     dtype: str = "auto"
-    seed: int = 1234
-    n_bootstrap: int = 2000
+    seed: int = field(default=1234, metadata={"help": "Seed of lm-eval and of the bootstrap."})
+    n_bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples."})
     confidence: float = 0.95
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata={"help": "Recompute cells that were made with other settings."})
 
     def __post_init__(self) -> None:
         if not self.tasks:

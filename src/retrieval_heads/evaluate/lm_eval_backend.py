@@ -7,10 +7,10 @@ inside :func:`retrieval_heads.masked_heads`, the way lm-eval's own
 steering hooks. With no heads it *is* ``hf``: same requests, same numbers.
 
 From the command line (lm-eval has no plugin entry point, so the class must
-be imported before lm-eval looks the name up; this module's ``main`` does
+be imported before lm-eval looks the name up; ``retrieval-heads lm-eval`` does
 that and then runs lm-eval's own CLI)::
 
-    python -m retrieval_heads.evaluate.lm_eval_backend run --model masked-hf \\
+    retrieval-heads lm-eval run --model masked-hf \\
         --model_args pretrained=DIR,heads=rth/head_scores.json,top_k=25,mode=zero \\
         --tasks mgsm_native_cot_de --include_path TASKS_DIR --device cpu
 
@@ -39,7 +39,6 @@ From Python, around a model already loaded:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from ..masking import MASK_MODES, load_means, masked_heads
 from ..model_spec import ModelSpec, resolve_model_path
 from ..selection import HeadSelection
 
-__all__ = ["MaskedHFLM", "main"]
+__all__ = ["MaskedHFLM"]
 
 
 @register_model("masked-hf")
@@ -141,24 +140,3 @@ class MaskedHFLM(HFLM):
         info = super().get_model_info()
         info.update({"masked_heads": heads_to_strings(self._heads), "mask_mode": self.mode})
         return info
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run lm-eval's CLI with ``masked-hf`` registered: ``python -m retrieval_heads.evaluate.lm_eval_backend ...``.
-
-    The arguments are lm-eval's (``run --model masked-hf --model_args ... --tasks ...``).
-    """
-    from lm_eval.__main__ import cli_evaluate
-
-    from ..decore import lm_eval_backend as _decore  # noqa: F401  (registers decore-hf)
-
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    # run as a script: make a later `import retrieval_heads.evaluate.lm_eval_backend` find this
-    # module instead of executing it (and registering "masked-hf") a second time
-    sys.modules.setdefault("retrieval_heads.evaluate.lm_eval_backend", sys.modules[__name__])
-    main()

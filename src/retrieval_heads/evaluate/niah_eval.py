@@ -83,16 +83,16 @@ class NiahEvalConfig:
     layer_matched: bool = False
     haystack: str | None = None
     needles: str | None = None
-    needle_lang: str = "en"
-    target_lang: str | None = None
+    needle_lang: str = field(default="en", metadata={"help": "Language of the needles (and of the haystack by default)."})
+    target_lang: str | None = field(default=None, metadata={"help": "Cross-lingual: ask and expect the answer in this language."})
     lengths: str = "256,512,1024"
     depths: str = "5"
     chat_template: bool = False
     per_cell: int = 2
-    max_new_tokens: int = 50
+    max_new_tokens: int = field(default=50, metadata={"help": "Most tokens generated per answer."})
     device: str | None = None
     dtype: str = "auto"
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata={"help": "Discard answers of an earlier run in --out made with other settings."})
 
     def __post_init__(self) -> None:
         from ..niah.prompts import parse_depths, parse_lengths

@@ -213,8 +213,8 @@ def _wrap_chat(tokenizer: Any, user: str, system_prompt: str | None) -> tuple[st
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r} has no "
-            "chat template; use chat_template=False (the plain DEFAULT_TEMPLATE prompt) or set "
-            "tokenizer.chat_template"
+            "chat template; drop --chat-template (chat_template=False: the plain DEFAULT_TEMPLATE prompt) or "
+            "set tokenizer.chat_template"
         )
     messages = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
     messages.append({"role": "user", "content": user})
@@ -252,7 +252,8 @@ def _check_args(tokenizer: Any, context_length: int, depth: float, max_model_len
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     if max_model_length is not None and context_length > max_model_length:
         raise ValueError(
-            f"context_length {context_length} exceeds the model's window max_model_length={max_model_length}"
+            f"context length {context_length} exceeds the model's window of {max_model_length} tokens; "
+            f"use lengths up to {max_model_length} (--lengths)"
         )
 
 

@@ -25,7 +25,7 @@ def load_organism(device: str = "cpu", attn_implementation: str = "sdpa"):
     if not (ORGANISM_PATH / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"no organism checkpoint at {ORGANISM_PATH}; train one with "
-            "`python -m retrieval_heads.organism.train --out DIR`"
+            "`retrieval-heads organism train --out DIR`"
         )
     tokenizer = AutoTokenizer.from_pretrained(ORGANISM_PATH)
     model = AutoModelForCausalLM.from_pretrained(

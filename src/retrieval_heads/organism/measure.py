@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m retrieval_heads.organism.measure --out runs/organism-measure.json [--model DIR]
+    retrieval-heads organism measure --out runs/organism-measure.json [--model DIR]
 
 Head scores come from the toolkit's ``detect`` in teacher mode (one forward
 over prompt + answer; a prompt counts when its answer token accuracy is above
@@ -12,9 +12,7 @@ over prompt + answer; a prompt counts when its answer token accuracy is above
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -165,29 +163,14 @@ def masking_curve(
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Command-line entry point; writes the report JSON and prints a summary."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint directory (default: the shipped organism)")
-    ap.add_argument("--out", default="runs/organism-measure.json")
-    ap.add_argument("--n-per-task", type=int, default=160)
-    ap.add_argument("--n-detect", type=int, default=80)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(2)
-    report = measure(args.model, args.n_per_task, args.n_detect)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    for t, a in report["accuracy"].items():
-        print(f"{t:11s} {a['all']:.3f}  by length {a['by_length']}")
+def summary_lines(report: dict) -> list[str]:
+    """The report's headline numbers, one line each (``retrieval-heads organism measure`` prints them)."""
+    lines = [f"{t:11s} {a['all']:.3f}  by length {a['by_length']}" for t, a in report["accuracy"].items()]
     r = report["retrieval"]
-    print(f"heads > {r['threshold']}: {r['n_above_threshold']}/{r['n_heads']}  top: {r['top10'][:6]}")
-    print(f"transition top: {report['transition']['top10'][:6]}")
+    lines.append(f"heads > {r['threshold']}: {r['n_above_threshold']}/{r['n_heads']}  top: {r['top10'][:6]}")
+    lines.append(f"transition top: {report['transition']['top10'][:6]}")
     for t, m in report["masking"]["tasks"].items():
-        print(f"mask {t:11s} base {m['base']:.3f}  RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
+        lines.append(f"mask {t:11s} base {m['base']:.3f}  RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
     for k, m in report["masking_curve"]["k"].items():
-        print(f"mono, {k:>2} heads masked: RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
-    return report
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"mono, {k:>2} heads masked: RH {m['rh_masked']:.3f}  random {m['random_mean']:.3f}")
+    return lines

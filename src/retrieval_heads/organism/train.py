@@ -3,8 +3,8 @@
 Usage::
 
     # the shipped checkpoint: every stage of recipes/, each continuing from the previous one
-    python -m retrieval_heads.organism.train --out runs/organism      # = --recipe shipped
-    python -m retrieval_heads.organism.train --out /tmp/o --steps 20 --n-layers 2   # one run: a smoke test
+    retrieval-heads organism train --out runs/organism      # = --recipe shipped
+    retrieval-heads organism train --out /tmp/o --steps 20 --n-layers 2   # one run: a smoke test
 
 One run's defaults (any setting flag, or ``--config``) are a one-stage version of that recipe that
 has not been validated.
@@ -25,7 +25,6 @@ checkpoint, also across an interruption (``checkpoint_every``). The settings are
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -34,7 +33,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -296,57 +295,3 @@ def train_organism(config: OrganismTrainConfig) -> Path:
     save(model, tokenizer, lexicon, out, record)
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(OrganismTrainConfig):
-        if f.type in ("int", "float", "str"):
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=f.metadata.get("help"))
-    ap.add_argument("--config", help="JSON file with OrganismTrainConfig fields (flags override it)")
-    ap.add_argument("--out", dest="out_dir_alias", help="alias of --out-dir")
-    ap.add_argument("--recipe", help="train every stage of a recipe: 'shipped' (the one that trained the "
-                                     "built-in checkpoint) or a directory of stage1.json, stage2.json, ...")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """Command-line entry point: ``python -m retrieval_heads.organism.train --out DIR``.
-
-    With nothing but ``--out`` (and ``--threads``) it trains the shipped recipe; ``--config FILE``
-    or any setting flag trains one run of :class:`OrganismTrainConfig` (defaults for the rest);
-    ``--recipe DIR`` trains another directory of stage files.
-    """
-    from .recipe import RECIPES, recipe_stages, train_recipe  # recipe.py builds on this module
-
-    args = vars(_parser().parse_args(argv))
-    config_path, alias, recipe = args.pop("config"), args.pop("out_dir_alias"), args.pop("recipe")
-    one_run = config_path or any(v is not None for k, v in args.items() if k not in ("out_dir", "threads"))
-    if not recipe and not one_run:  # nothing asked but where: the recipe the model card describes
-        print("no settings given: training the shipped recipe (every stage of organism/recipes/, hours on a "
-              "CPU); --config FILE or any --setting trains one run instead", file=sys.stderr, flush=True)
-        recipe = "shipped"
-    if recipe:
-        if one_run:
-            raise SystemExit("--recipe takes only --out and --threads (each stage file holds its own settings)")
-        recipe_dir = RECIPES if recipe == "shipped" else Path(recipe)
-        try:
-            recipe_stages(recipe_dir)
-        except FileNotFoundError:
-            raise SystemExit(f"--recipe: {recipe!r} is neither 'shipped' nor a directory of stage1.json, "
-                             "stage2.json, ...") from None
-        out = train_recipe(alias or args["out_dir"] or "runs/organism", recipe_dir, args["threads"])
-        print(f"saved {out}")
-        return out
-    values = json.loads(Path(config_path).read_text()) if config_path else {}
-    values.update({k: v for k, v in args.items() if v is not None})
-    if alias:
-        values["out_dir"] = alias
-    out = train_organism(OrganismTrainConfig(**values))
-    print(f"saved {out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()

@@ -41,10 +41,19 @@ def write_report(
     return build_report(run_dirs, out, heads_listed=heads_listed, title=title)[0]
 
 
+class NoArtifactsError(ValueError):
+    """The run directories hold nothing a report can show (``build_report(..., require_artifacts=True)``)."""
+
+
 def build_report(
-    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None
+    run_dirs: list[Path], out: Path | None = None, *, heads_listed: int = 20, title: str | None = None,
+    require_artifacts: bool = False,
 ) -> tuple[Path, Report]:
-    """:func:`write_report`, also returning the collected :class:`Report` (its warnings, what was found)."""
+    """:func:`write_report`, also returning the collected :class:`Report` (its warnings, what was found).
+
+    With ``require_artifacts`` a folder with no recognised artifact raises :class:`NoArtifactsError`
+    (naming the files that could not be read) and nothing is written.
+    """
     if not run_dirs:
         raise ValueError("give at least one run directory")
     if heads_listed < 1:
@@ -57,7 +66,11 @@ def build_report(
     if out.is_dir():
         out = out / REPORT_FILE
     report = collect_runs(run_dirs)
+    if require_artifacts and report.empty:
+        unread = f" ({'; '.join(report.warnings)})" if report.warnings else ""
+        raise NoArtifactsError(f"no recognised artifacts in {', '.join(map(str, run_dirs))}{unread}; give the "
+                               "folders that detect, niah-eval, compare, languages or retmask wrote")
     return atomic_write_text(out, render_report(report, heads_listed=heads_listed, title=title)), report
 
 
-__all__ = ["REPORT_FILE", "Report", "build_report", "collect_runs", "render_report", "write_report"]
+__all__ = ["REPORT_FILE", "NoArtifactsError", "Report", "build_report", "collect_runs", "render_report", "write_report"]

@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any
 
 from .. import __version__
-from ..selection import concentration, layer_histogram
+from ..selection import concentration, layer_histogram, share_of_heads
 from . import figures
 from .collect import CompareRow, Grid, ModelComparison, NiahResult, Report, ScoreMap
 
@@ -40,9 +40,6 @@ SECTIONS = {  # id -> title, in page order
     "uses": "Using retrieval heads: KV compression and DeCoRe",
     "metadata": "Run metadata",
 }
-META_KEYS = ("model", "base_model", "method", "mode", "dtype", "seed", "lengths", "depths", "needle_ids", "n_prompts",
-             "counted_prompts", "failed_prompts", "rouge_threshold", "dedup", "max_new_tokens", "heads",
-             "condition", "masking", "created", "versions", "python", "host")
 DURATION_KEYS = ("wall_s", "compute_s", "duration_s", "seconds", "elapsed_s")
 
 
@@ -113,6 +110,32 @@ def _asset(name: str) -> str:
     return (resources.files("retrieval_heads.report") / "assets" / name).read_text(encoding="utf-8")
 
 
+LANGUAGE_NAMES = {"en": "English", "de": "German", "zh": "Chinese", "sw": "Swahili", "fr": "French",
+                  "es": "Spanish", "ja": "Japanese", "ru": "Russian", "ar": "Arabic", "hi": "Hindi"}
+
+
+def language_name(code: str) -> str:
+    """``de`` -> ``German (de)``; an unknown code stays as it is."""
+    return f"{LANGUAGE_NAMES[code]} ({code})" if code in LANGUAGE_NAMES else code
+
+
+def display_model(name: Any) -> Any:
+    """The name a user gives for a model: a built-in model's install path becomes its name (``organism``)."""
+    if not isinstance(name, str) or "/" not in name:
+        return name
+    from pathlib import Path
+
+    from ..model_spec import BUILTIN_MODELS, resolve_model_path
+
+    for builtin in BUILTIN_MODELS:
+        try:
+            if Path(name).resolve() == Path(resolve_model_path(builtin)).resolve():
+                return builtin
+        except (FileNotFoundError, OSError):
+            continue
+    return name
+
+
 # ---- the page ----------------------------------------------------------------------------------------
 class _Page:
     """Collects the interactive figures' data while the sections are rendered."""
@@ -165,7 +188,7 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
     """The report page as one HTML string (CSS, JS, data and static figures inline; no external URLs)."""
     page = _Page(heads_listed)
     sections = {
-        "head-scores": _head_scores_section(page, report.score_maps),
+        "head-scores": _head_scores_section(page, report.score_maps, _languages(report)),
         "rh-vs-rth": _rh_vs_rth_section(page, report.rh_vs_rth),
         "sharing": _sharing_section(report.sharing),
         "detection": _detection_section(page, report.detect_outcomes),
@@ -177,7 +200,7 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
         "metadata": _metadata_section(report.metadata),
     }
     present = {k: v for k, v in sections.items() if v}
-    models = sorted({str(m.scores.meta["model"]) for m in report.score_maps if m.scores.meta.get("model")})
+    models = sorted({str(display_model(m.scores.meta["model"])) for m in report.score_maps if m.scores.meta.get("model")})
     title = title or "Retrieval-heads report" + (f": {', '.join(models)}" if models else "")
     toc = "".join(f'<a href="#{k}">{esc(SECTIONS[k])}</a>' for k in present)
     body = "".join(f'<section id="{k}"><h2>{esc(SECTIONS[k])}</h2>{v}</section>' for k, v in present.items())
@@ -226,7 +249,8 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
 
 def _score_map_data(m: ScoreMap) -> dict[str, Any]:
     return {"label": m.label, "kind": m.kind, "lang": m.lang, "source": m.source, "n_layers": m.scores.n_layers,
-            "n_heads": m.scores.n_heads, "model": m.scores.meta.get("model"), "method": m.scores.meta.get("method")}
+            "n_heads": m.scores.n_heads, "model": display_model(m.scores.meta.get("model")),
+            "method": m.scores.meta.get("method")}
 
 
 # ---- sections ------------------------------------------------------------------------------------------
@@ -241,28 +265,48 @@ CONCENTRATION_LABELS = {
 }
 
 
-OUTLINED = 10  # heads outlined on a heatmap (the ones behind the top-10 share)
+def _languages(report: Report) -> list[str]:
+    """The run's languages in its own order (the sharing analysis keeps it; the source, en, first)."""
+    order = [str(x) for _, d in report.sharing for x in d.get("languages", [])]
+    order = list(dict.fromkeys(order))
+    return sorted(order, key=lambda lang: lang != "en")  # stable: en first, the rest as the run gave them
 
 
-def _map_order(m: ScoreMap) -> tuple[int, str]:
-    """Model-wide retrieval scores first, then transition scores, then per-language maps."""
-    return (0 if m.kind == "retrieval" and not m.lang else 1 if m.kind == "transition" else 2, m.source)
+def _map_order(m: ScoreMap, languages: Sequence[str]) -> tuple[int, int, str]:
+    """Model-wide retrieval scores first, then transition scores, then per-language maps in the run's order."""
+    group = 0 if m.kind == "retrieval" and not m.lang else 1 if m.kind == "transition" else 2
+    lang = m.lang or ""
+    rank = languages.index(lang) if lang in languages else len(languages) + (lang != "en")
+    return group, rank, lang + m.source
 
 
-def _head_scores_section(page: _Page, maps: list[ScoreMap]) -> str:
+def panel_title(m: ScoreMap) -> str:
+    """A head-score panel's title: what the scores are and, per language, the language by name."""
+    if m.kind == "transition":
+        src = m.scores.meta.get("source_lang") or m.scores.meta.get("needle_lang")
+        pair = f"{language_name(src)} → {language_name(m.lang)}" if src and m.lang else ""
+        return "Retrieval-transition heads" + (f": {pair}" if pair else "")
+    return f"{language_name(m.lang)}: retrieval heads" if m.lang else "Retrieval heads"
+
+
+def _head_scores_section(page: _Page, maps: list[ScoreMap], languages: Sequence[str] = ()) -> str:
     if not maps:
         return ""
+    outlined = sorted({share_of_heads(m.scores.n_layers * m.scores.n_heads) for m in maps})
+    k_text = " or ".join(map(str, outlined))
     parts = ['<p class="note">Each cell is one head: rows are layers, columns are query heads (zero-based). '
-             f"The {OUTLINED} best heads are outlined in red. Hover a cell for its score; click a table header "
-             "to sort.</p>"]
-    for i, m in enumerate(sorted(maps, key=_map_order)):
+             f"The {k_text} best heads (5 % of the heads, the toolkit's default K) are outlined in red. Hover a "
+             "cell for its score; click a table header to sort.</p>"]
+    for i, m in enumerate(sorted(maps, key=lambda m: _map_order(m, languages))):
         s = m.scores
         k = min(page.heads_listed, s.n_layers * s.n_heads)
+        n_outlined = share_of_heads(s.n_layers * s.n_heads)
         ranked = s.ranked()[:k]
+        title = panel_title(m)
         heatmap = page.heatmap(
             s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
-            "score", f"{m.label} score", outline=[(h.layer, h.head) for h, _ in ranked[:OUTLINED]],
-            caption=f"{s.n_layers} layers x {s.n_heads} heads",
+            "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
+            caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined",
         )
         rows = [f'<tr>{_num_td(r)}<td data-value="{h}">{h}</td>{_num_td(h.layer)}{_num_td(h.head)}{_num_td(v)}</tr>'
                 for r, (h, v) in enumerate(ranked, start=1)]
@@ -276,10 +320,10 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap]) -> str:
             list(range(s.n_layers)),
             [(f"top-{k}", layer_histogram(top_heads, s.n_layers)),
              (f"score > {THRESHOLD:g}", layer_histogram(above, s.n_layers))],
-            "layer", "heads", f"{m.label}: heads per layer",
+            "layer", "heads", f"{title}: heads per layer",
         )
-        model = s.meta.get("model", "")
-        summary = f"{esc(m.label)}" + (f" — {esc(model)}" if model else "")
+        model = display_model(s.meta.get("model", ""))
+        summary = f"{esc(title)}" + (f" — {esc(model)}" if model else "")
         is_open = i == 0 or m.kind == "transition" or not m.lang
         parts.append(
             f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
@@ -364,8 +408,11 @@ def _grid_figure(page: _Page, grid: Grid, title: str, diverging: bool = False) -
     finite = [v for row in grid.values for v in row if v is not None]
     unit = bool(finite) and min(finite) >= 0.0 and max(finite) <= 1.0
     vmin, vmax = ((0.0, 1.0) if unit and not diverging else (None, None))
+    empty = any(v is None for row in grid.values for v in row)
+    caption = (f"Hatched cells (blank in the static figure): no prompt of that {grid.row_key} and {grid.col_key} "
+               "was scored, e.g. none passed the filter or the grid has no such cell." if empty else "")
     return page.heatmap(grid.values, grid.rows, grid.cols, grid.row_key, grid.col_key, grid.metric, title,
-                        diverging=diverging, vmin=vmin, vmax=vmax)
+                        diverging=diverging, vmin=vmin, vmax=vmax, caption=caption)
 
 
 def _detection_section(page: _Page, items: list[tuple[str, Grid, dict[str, Any]]]) -> str:
@@ -501,7 +548,10 @@ def _retmask_section(page: _Page, comparisons: list[ModelComparison],
         if cmp.concentration:
             conc = ("<h4>Concentration of the head scores</h4>"
                     + _kv_table((CONCENTRATION_LABELS.get(k, k), v) for k, v in cmp.concentration.items()))
-        parts.append(f"<h3>Before / after RetMask training (base: {esc(cmp.base)})</h3>"
+        trained = ", ".join(f"“{m}”" for m in cmp.models if m != cmp.base) or "none"
+        parts.append("<h3>Before and after RetMask training</h3>"
+                     f'<p class="note">“{esc(cmp.base)}” is the model before training; {esc(trained)} after. '
+                     f"Δ: a trained model's accuracy minus the one before.</p>"
                      f'<div class="source">{esc(cmp.source)}</div>'
                      f'<div class="row"><div>{_table(headers, trs)}{conc}</div><div>{chart}</div></div>')
     for source, st in pair_stats:
@@ -577,31 +627,73 @@ def _meta_value(key: str, value: Any) -> str:
     return fmt(value)
 
 
-def _meta_fields(meta: dict[str, Any]) -> dict[str, str]:
-    fields = {k: _meta_value(k, meta[k]) for k in META_KEYS if meta.get(k) is not None}
+SETTING_KEYS = ("method", "mode", "dtype", "lengths", "depths", "needle_ids", "n_prompts", "rouge_threshold",
+                "dedup", "max_new_tokens", "condition", "masking", "heads", "top_k")
+NOT_SETTINGS = {"model", "base_model", "seed", "versions", "python", "host", "created", "command", "format",
+                "format_version", "progress", "config", "metrics", "log_history", "prompt_ids", *DURATION_KEYS}
+
+
+def _settings(meta: dict[str, Any]) -> dict[str, str]:
+    """A run's settings as text: the known top-level ones and everything under ``config``."""
+    out = {k: _meta_value(k, meta[k]) for k in SETTING_KEYS if meta.get(k) is not None}
     config = meta.get("config")
     if isinstance(config, dict):  # run.json and training runs keep their settings under "config"
-        fields.update({f"config: {k}": _meta_value(k, v) for k, v in config.items() if k != "progress"})
-    duration = _duration(meta)
-    if duration:
-        fields["duration"] = duration
-    return fields
+        out.update({k: _meta_value(k, v) for k, v in config.items() if k not in NOT_SETTINGS and v is not None})
+    return out
+
+
+def _run_kind(source: str, meta: dict[str, Any]) -> str:
+    fmt_name = meta.get("format")
+    if isinstance(fmt_name, str) and fmt_name:
+        return fmt_name.rsplit("/", 1)[-1]
+    name = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return str(meta.get("kind") or meta.get("method") or name.split(".", 1)[0])
+
+
+def _model_text(meta: dict[str, Any]) -> str:
+    model = meta.get("model", meta.get("base_model"))
+    if isinstance(model, dict):  # run.json: {"model": name, "revision": ...}
+        model = model.get("model")
+    return str(display_model(model)) if model is not None else "—"
 
 
 def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
-    """One table, a column per artifact, so that runs can be compared; every field under "all fields"."""
+    """One row per run: what made it (model, kind, the settings in which runs differ, seed, versions, when,
+    the command line); every field of every run under "all fields"."""
     if not items:
         return ""
-    columns = [(source, _meta_fields(meta)) for source, meta in items]
-    keys = list(dict.fromkeys(k for _, fields in columns for k in fields))
-    head = "".join(f'<th class="source">{esc(source)}</th>' for source, _ in columns)
-    body = "".join(f"<tr><th>{esc(k)}</th>{''.join(f'<td>{esc(fields.get(k, chr(8212)))}</td>' for _, fields in columns)}</tr>"
-                   for k in keys)
+    settings = [_settings(meta) for _, meta in items]
+    keys = list(dict.fromkeys(k for run in settings for k in run))
+    differ = [k for k in keys if len({run.get(k) for run in settings if k in run}) > 1
+              or sum(k in run for run in settings) < len(settings)]
+    shown = keys if len(items) == 1 else differ
+    common = [k for k in keys if k not in differ]
+    rows = []
+    for (source, meta), run in zip(items, settings, strict=True):
+        versions = meta.get("versions")
+        versions_text = ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else "—"
+        created = str(meta.get("created") or "—")
+        duration = _duration(meta)
+        if duration:
+            created += f" ({duration})"
+        command = meta.get("command")
+        command_text = " ".join(map(str, command)) if isinstance(command, list) else str(command or "—")
+        setting_text = "; ".join(f"{k} {run[k]}" for k in shown if k in run) or "—"
+        rows.append(f'<tr><td class="source">{esc(source)}</td><td>{esc(_run_kind(source, meta))}</td>'
+                    f"<td>{esc(_model_text(meta))}</td><td>{esc(setting_text)}</td>{_num_td(meta.get('seed'))}"
+                    f"<td>{esc(versions_text)}</td><td>{esc(created)}</td><td><code>{esc(command_text)}</code></td></tr>")
+    table = _table([("run", False), ("kind", False), ("model", False),
+                    ("settings" if len(items) == 1 else "settings that differ", False), ("seed", True),
+                    ("versions", False), ("created", False), ("command", False)], rows, table_id="run-metadata")
+    note = ""
+    if common and len(items) > 1:
+        note = (f'<p class="note">Same in every run that records them: '
+                f"{esc('; '.join(f'{k} {settings[0].get(k, next(r[k] for r in settings if k in r))}' for k in common))}.</p>")
     full = "".join(f'<h4 class="source">{esc(source)}</h4><pre class="json">'
                    f"{esc(json.dumps(_json_safe(meta), indent=1, ensure_ascii=False, default=str))}</pre>"
                    for source, meta in items)
-    return (f'<div class="scroll"><table class="kv meta"><thead><tr><th>field</th>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div><details><summary>all fields</summary>{full}</details>")
+    return (f'<div class="scroll meta">{table}</div>{note}'
+            f"<details><summary>all fields</summary>{full}</details>")
 
 
 __all__ = ["render_report"]

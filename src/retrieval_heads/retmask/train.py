@@ -276,6 +276,12 @@ def train_retmask(
     rows = _pair_rows(pairs)
     train_rows, held_rows = split_pairs(rows, config.heldout_fraction, config.seed)
     trainer = build_trainer(model, load_pairs(train_rows), out_dir, config)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils.logging import is_progress_bar_enabled
+
+    if not is_progress_bar_enabled():  # the CLI's quiet mode (no --verbose): no per-step dicts on the console
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     held_tok, ref_logps, before = None, None, None
     if held_rows and _heldout_possible(trainer):
         # tokenized exactly as TRL tokenizes the training pairs

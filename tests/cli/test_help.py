@@ -1,0 +1,69 @@
+"""Every command's ``--help`` at 80 columns: each option shown whole, each with a help text."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from retrieval_heads.cli import app
+
+PASSTHROUGH = {("lm-eval",)}  # every argument, --help included, goes to lm-eval's own CLI
+
+
+def _commands(group: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    out = [(path, group)]
+    for name, sub in getattr(group, "commands", {}).items():
+        out += _commands(sub, (*path, name))
+    return out
+
+
+COMMANDS = [(p, c) for p, c in _commands(get_command(app)) if p not in PASSTHROUGH]
+
+
+def test_every_command_is_listed():
+    names = {" ".join(p) for p, _ in COMMANDS}
+    assert {"detect", "niah-eval", "compare", "languages", "info", "report", "demo", "retmask ablate",
+            "retmask pairs", "retmask train", "retmask evaluate", "organism train", "organism measure"} <= names
+
+
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "retrieval-heads" for p, _ in COMMANDS])
+def test_help_at_80_columns_shows_every_option_whole_with_help(path, command):
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"},
+                                terminal_width=80)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "…" not in text and "``" not in text  # nothing cut, no reST markup
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        assert (param.help or "").strip(), f"{' '.join(path)} {param.opts[0]} has no help"
+        for name in param.opts + param.secondary_opts:
+            assert name in text, f"{' '.join(path)}: {name} is not shown whole at 80 columns"
+
+
+def test_one_cli_style_no_argparse_entry_points():
+    """Every command is a typer command of ``retrieval-heads``; no module parses its own argv."""
+    from pathlib import Path
+
+    import retrieval_heads
+
+    src = Path(retrieval_heads.__file__).parent
+    offenders = [str(p.relative_to(src)) for p in src.rglob("*.py") if "argparse" in p.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_options_come_from_config_fields():
+    """A command's default and help are its config field's (commands.options.option)."""
+    from retrieval_heads.detect.config import DetectConfig
+    from retrieval_heads.evaluate.niah_eval import NiahEvalConfig
+
+    detect = dict(_commands(get_command(app)))[("detect",)]
+    params = {p.name: p for p in detect.params}
+    for name in ("mode", "rouge_threshold", "max_new_tokens", "dedup"):
+        f = DetectConfig.__dataclass_fields__[name]
+        assert params[name].default == f.default and params[name].help == f.metadata["help"]
+    niah = {p.name: p for p in dict(_commands(get_command(app)))[("niah-eval",)].params}
+    assert niah["needle_lang"].help == NiahEvalConfig.__dataclass_fields__["needle_lang"].metadata["help"]
