@@ -54,6 +54,8 @@ class AttentionRecorder:
         self.indices: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.weights: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.positions: list[torch.Tensor] = []
+        self.buffered = False
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def set_rows(self, positions: torch.Tensor) -> None:
         """Select absolute query positions ``(B, R)`` for the following forward calls."""
@@ -97,10 +99,28 @@ class AttentionRecorder:
         q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
         probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
         weights, indices = probs.topk(self.keys_per_row, dim=-1)  # (B, H, R, k)
-        self.indices[layer].append(indices.to(torch.int32))
-        self.weights[layer].append(weights.to(torch.float16 if weights.is_cuda else torch.float32))
+        record = (indices.to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
+                  row_index + offset)
+        if self.buffered:  # a compiled step: overwrite one slot per layer, collected by flush()
+            self._pending[layer] = record
+            return
+        self.indices[layer].append(record[0])
+        self.weights[layer].append(record[1])
         if layer == self.layers[0]:
-            self.positions.append(row_index + offset)
+            self.positions.append(record[2])
+
+    def flush(self) -> None:
+        """Keep the records of the last forward made with ``buffered`` set (copied: a CUDA graph replays
+        into the buffers they live in). A buffered recorder writes one slot per layer instead of appending
+        to lists, so a compiled step sees the same Python state at every call."""
+        if not self._pending:
+            return
+        for layer in self.layers:
+            indices, weights, positions = self._pending[layer]
+            self.indices[layer].append(indices.clone())
+            self.weights[layer].append(weights.clone())
+            if layer == self.layers[0]:
+                self.positions.append(positions.clone())
 
     @property
     def n_steps(self) -> int:
@@ -110,8 +130,9 @@ class AttentionRecorder:
         """All forward calls so far as tensors (rows must have the same count in every call)."""
         if not self.positions:
             raise RuntimeError("nothing was captured: run a forward inside capture_attention()")
-        indices = torch.stack([torch.stack(self.indices[layer]) for layer in self.layers], dim=1)
-        weights = torch.stack([torch.stack(self.weights[layer]) for layer in self.layers], dim=1)
+        device = self.positions[0].device  # layers split over devices (device_map) meet on the first one
+        indices = torch.stack([torch.stack(self.indices[layer]).to(device) for layer in self.layers], dim=1)
+        weights = torch.stack([torch.stack(self.weights[layer]).to(device) for layer in self.layers], dim=1)
         return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
 
 

@@ -29,6 +29,7 @@ batch composition.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .model_spec import eos_token_ids
+from .prefix import Prefix, prefix_cache
 
 STOP_REASONS = ("max_new_tokens", "eos", "newline", "stop_string")
 
@@ -112,19 +114,30 @@ class RowSampler:
         return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, n_prefix: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad token lists to ``(B, T)`` ids, attention mask and position ids (0 at each first real token).
+
+    With ``n_prefix`` (a prefix every row shares, see :mod:`retrieval_heads.prefix`)
+    the padding goes after the prefix instead: token ``p >= n_prefix`` of a
+    row of length ``n`` sits at column ``p + T - n`` either way.
 
     >>> ids, mask, pos = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
     >>> ids.tolist(), pos.tolist()
     ([[5, 6, 7], [0, 8, 9]], [[0, 1, 2], [0, 0, 1]])
+    >>> ids, mask, pos = left_pad([[5, 6, 7], [5, 9]], pad_id=0, n_prefix=1)
+    >>> ids.tolist(), pos.tolist()
+    ([[5, 6, 7], [5, 0, 9]], [[0, 1, 2], [0, 0, 1]])
     """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for b, seq in enumerate(seqs):
-        ids[b, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-        mask[b, width - len(seq) :] = 1
+        seq = list(seq)
+        ids[b, :n_prefix] = torch.tensor(seq[:n_prefix], dtype=torch.long)
+        ids[b, width - len(seq) + n_prefix :] = torch.tensor(seq[n_prefix:], dtype=torch.long)
+        mask[b, :n_prefix] = 1
+        mask[b, width - len(seq) + n_prefix :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions
 
@@ -150,42 +163,165 @@ def _cache_of(output: Any) -> Any:
 
 @dataclass
 class DecodeState:
-    """What one decode step needs: the running attention mask ``(B, T+s)``, positions ``(B, 1)`` and the cache."""
+    """What one decode step needs: the attention mask, positions ``(B, 1)``, the cache and how to step.
+
+    The dynamic path grows ``mask`` ``(B, T+s)`` by one column a step; the
+    static path (``length`` set) keeps ``mask`` at the cache's ``(B, slots)``
+    and switches on column ``length`` in place, so every step has the same
+    shapes (what a compiled, CUDA-graphed step needs).
+    """
 
     mask: torch.Tensor
     positions: torch.Tensor
     cache: Any
     cache_arg: str
+    length: int | None = None
+    step: Callable[..., torch.Tensor] | None = None
 
 
-def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-            ) -> tuple[torch.Tensor, DecodeState]:
-    """Run the padded prompts ``(B, T)`` once; returns the last row's logits ``(B, V)`` and the decode state."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], DecodeState(mask, positions[:, -1:], _cache_of(out), cache_argument(model))
+def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+            prefix: Prefix | None = None, static_len: int | None = None) -> tuple[torch.Tensor, DecodeState]:
+    """Run the padded prompts ``(B, T)`` once; returns the last row's logits ``(B, V)`` and the decode state.
+
+    ``prefix``: the batch continues this shared prefix (laid out by
+    ``left_pad(..., n_prefix=len(prefix))``); only columns after it run.
+    ``static_len``: decode on a static cache of that many slots (see :func:`fast_decode`).
+    """
+    n = len(prefix) if prefix is not None else 0
+    cache_arg = cache_argument(model)
+    kwargs = {}
+    if prefix is not None or static_len is not None:
+        kwargs[cache_arg] = prefix_cache(model, prefix, ids.shape[0], static_len)
+    out = model(input_ids=ids[:, n:], attention_mask=mask, position_ids=positions[:, n:], use_cache=True,
+                logits_to_keep=1, **kwargs)
+    state = DecodeState(mask, positions[:, -1:], _cache_of(out), cache_arg)
+    if static_len is not None:
+        state.length = ids.shape[1]
+        state.mask = torch.cat([mask, mask.new_zeros(mask.shape[0], static_len - ids.shape[1])], dim=1)
+        state.step = _compiled_step(model) if fast_decode(ids.device) == "compiled" else _forward_step
+    return out.logits[:, -1], state
 
 
 def decode_step(model: PreTrainedModel, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     """Feed one token per row ``(B,)`` and advance ``state``; returns the next logits ``(B, V)``."""
-    state.mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)
     state.positions = state.positions + 1
-    out = model(input_ids=token[:, None], attention_mask=state.mask, position_ids=state.positions,
-                use_cache=True, **{state.cache_arg: state.cache})
-    state.cache = _cache_of(out)
+    if state.length is None:
+        state.mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=state.mask, position_ids=state.positions,
+                    use_cache=True, **{state.cache_arg: state.cache})
+        state.cache = _cache_of(out)
+        return out.logits[:, -1]
+    state.mask[:, state.length] = 1
+    state.length += 1
+    step = state.step or _forward_step
+    try:
+        logits = step(model, token[:, None], state.mask, state.positions, state.cache, state.cache_arg)
+    except Exception as err:  # noqa: BLE001 - a backend that cannot compile this step: run it eagerly from now on
+        if step is _forward_step:
+            raise
+        _COMPILE_FAILED.append(f"{type(err).__name__}: {str(err)[:200]}")
+        state.step = _forward_step
+        logits = _forward_step(model, token[:, None], state.mask, state.positions, state.cache, state.cache_arg)
+    return logits.clone()  # a CUDA graph replays into the same output buffer
+
+
+# ---- the fast path: static cache, compiled step, batch size from free memory ----------------------------------
+FAST_DECODE = os.environ.get("RETRIEVAL_HEADS_FAST_DECODE", "auto")  # auto | compiled | static | off
+_COMPILE_FAILED: list[str] = []
+
+
+def fast_decode(device: torch.device) -> str:
+    """The decode path on ``device``: ``compiled`` (static cache + ``torch.compile(mode="reduce-overhead")``,
+    CUDA only), ``static`` (static cache, eager step) or ``dynamic``.
+
+    ``RETRIEVAL_HEADS_FAST_DECODE``: ``auto`` (compiled on CUDA, dynamic
+    elsewhere), ``compiled``, ``static`` (forces the static cache, e.g. on
+    CPU to test it) or ``off``. After a failed compilation ``auto`` stays
+    static on that process. Results do not depend on the path.
+    """
+    mode = os.environ.get("RETRIEVAL_HEADS_FAST_DECODE", FAST_DECODE)
+    if mode == "off":
+        return "dynamic"
+    if mode == "static":
+        return "static"
+    cuda = torch.device(device).type == "cuda"
+    if mode == "compiled" or (mode == "auto" and cuda):
+        return "static" if _COMPILE_FAILED or not cuda else "compiled"
+    return "dynamic"
+
+
+def _forward_step(model: PreTrainedModel, token: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                  cache: Any, cache_arg: str) -> torch.Tensor:
+    out = model(input_ids=token, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache})
     return out.logits[:, -1]
+
+
+def _compiled_step(model: PreTrainedModel) -> Callable[..., torch.Tensor]:
+    """The model's decode step compiled once per model (CUDA graphs: every step has the same shapes)."""
+    compiled = getattr(model, "_rh_compiled_step", None)
+    if compiled is None:
+        compiled = torch.compile(_forward_step, mode="reduce-overhead")  # shapes go dynamic after one recompile
+        model._rh_compiled_step = compiled
+
+    def step(*args: Any) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args)
+
+    return step
+
+
+def static_slots(width: int, max_new_tokens: int, bucket: int = 256) -> int:
+    """Slots of a static cache for prompts of ``width`` columns, rounded up so that few shapes compile.
+
+    >>> static_slots(1000, 50)
+    1280
+    """
+    return -(-(width + max_new_tokens) // bucket) * bucket
+
+
+def auto_batch_size(model: PreTrainedModel, width: int, max_new_tokens: int = 0, cap: int = 32) -> int:
+    """The most rows of ``width + max_new_tokens`` tokens that fit in the free memory of ``model``'s GPU (1 on CPU).
+
+    Per row: the KV cache (2 x layers x KV heads x head dim x tokens), the
+    prefill's widest activations (the MLP's intermediate states and one
+    layer's captured ``heads x tokens`` float32 scores) and the float32
+    logits of one row; 80 % of the free memory is used.
+
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> auto_batch_size(LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)), 100)
+    1
+    """
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return 1
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_heads = int(cfg.num_attention_heads)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    tokens = width + max_new_tokens
+    size = param.element_size()
+    kv = 2 * int(cfg.num_hidden_layers) * n_kv * head_dim * tokens * size
+    act = width * (3 * int(getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)) + 4 * int(cfg.hidden_size)) * size
+    act += n_heads * width * 4 + int(cfg.vocab_size) * 4
+    free, _ = torch.cuda.mem_get_info(param.device)
+    return max(1, min(cap, int(0.8 * free) // (kv + act)))
 
 
 @dataclass
 class Decoded:
     """One batch: emitted ``tokens`` ``(B, S)`` (stop token included), ``n_tokens`` ``(B,)`` before the stop.
 
-    ``ids`` ``(B, T)`` is the left-padded prompt batch the tokens continue.
+    ``ids`` ``(B, T)`` is the left-padded prompt batch the tokens continue
+    (after a shared prefix of ``n_prefix`` tokens, the padding follows the prefix).
     """
 
     tokens: torch.Tensor
     n_tokens: torch.Tensor
     stop_reason: list[str]
     ids: torch.Tensor
+    n_prefix: int = 0
 
     def text(self, tokenizer: Any, row: int) -> str:
         """Row ``row``'s answer text (see :func:`response_text`)."""
@@ -202,17 +338,27 @@ def generate(
     sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
     stop_strings: Sequence[str] = (),
     tokenizer: Any = None,
+    prefix: Prefix | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> Decoded:
     """Decode ``seqs`` (unpadded token lists) as one left-padded batch, greedily or with ``sampler``.
 
     ``sampler`` maps logits ``(B, V)`` to tokens ``(B,)`` (e.g. :class:`RowSampler`);
     without it decoding is greedy (argmax). ``stop_strings`` (which need
     ``tokenizer``) end a row once its decoded new text holds one of them.
+    ``prefix``: a :class:`~retrieval_heads.prefix.Prefix` every sequence
+    starts with, computed once (``ids`` then pads after it). The decode path
+    (static cache, compiled step) follows :func:`fast_decode`; ``on_step`` is
+    called after the prefill and each decode step (a buffered capture recorder flushes there).
     """
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
+    n_prefix = len(prefix) if prefix is not None else 0
+    if prefix is not None and any(tuple(s[:n_prefix]) != prefix.tokens or len(s) <= n_prefix for s in seqs):
+        raise ValueError("every sequence must start with the prefix and extend past it")
     device = next(model.parameters()).device
-    ids, mask, positions = (t.to(device) for t in left_pad(seqs, pad_id))
+    ids, mask, positions = (t.to(device) for t in left_pad(seqs, pad_id, n_prefix))
+    static_len = static_slots(ids.shape[1], max_new_tokens) if fast_decode(device) != "dynamic" else None
     bsz = ids.shape[0]
     stops = stops.to(device)
     pick = sampler or (lambda logits: logits.argmax(-1))
@@ -221,7 +367,9 @@ def generate(
     reason = torch.zeros(bsz, dtype=torch.long, device=device)  # index into STOP_REASONS
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     started = torch.zeros(bsz, dtype=torch.bool, device=device)  # some non-space text was emitted
-    logits, state = prefill(model, ids, mask, positions)
+    logits, state = prefill(model, ids, mask, positions, prefix, static_len)
+    if on_step is not None:
+        on_step()
     for step in range(max_new_tokens):
         token = pick(logits)  # (B,)
         emitted.append(token)
@@ -239,9 +387,11 @@ def generate(
         if step == max_new_tokens - 1 or bool(done.all()):  # one host sync per step
             break
         logits = decode_step(model, token, state)
+        if on_step is not None:
+            on_step()
     tokens = torch.stack(emitted, dim=1)  # (B, S)
     return Decoded(tokens=tokens.cpu(), n_tokens=n_tokens.clamp(max=tokens.shape[1]).cpu(),
-                   stop_reason=[STOP_REASONS[int(r)] for r in reason.tolist()], ids=ids)
+                   stop_reason=[STOP_REASONS[int(r)] for r in reason.tolist()], ids=ids, n_prefix=n_prefix)
 
 
 def _stop_string_rows(tokenizer: Any, emitted: list[torch.Tensor], stop_strings: Sequence[str],

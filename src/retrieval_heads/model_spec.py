@@ -175,6 +175,8 @@ def load_model(
     attn_implementation: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    **load_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
     """Load a causal LM and its tokenizer, and introspect it.
 
@@ -184,6 +186,9 @@ def load_model(
     ``device`` defaults to CUDA when available. ``attn_implementation`` is
     the backend the toolkit wraps (``"sdpa"`` by default; Gemma 2's
     soft-capping needs ``"eager"``; ``"flash_attention_2"`` on GPUs).
+    ``device_map`` (``"auto"`` or an accelerate placement) splits a model
+    larger than one GPU over the GPUs, CPU and disk instead of ``device``;
+    ``load_kwargs`` (``max_memory``, ``offload_folder`` ...) go to ``from_pretrained``.
 
     >>> model, tokenizer, spec = load_model("organism")  # doctest: +SKIP
     """
@@ -205,7 +210,10 @@ def load_model(
         if Path(path).exists():
             raise
         raise model_not_found(name_or_path) from err
-    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code,
+                              **load_kwargs}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -214,7 +222,9 @@ def load_model(
         if "Unrecognized configuration class" in str(err):
             raise UnsupportedModelError(f"{name_or_path} is not a causal LM ({err}). Supported: {SUPPORTED_FAMILIES}.") from err
         raise
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     spec = ModelSpec.from_model(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

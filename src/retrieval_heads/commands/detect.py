@@ -39,13 +39,15 @@ def detect_command(
     haystack: str | None = option(GridOptions, "haystack"),
     lang: str = typer.Option("en", "--lang", help="Language of the haystack and needles."),
     chat_template: bool = option(GridOptions, "chat_template"),
-    batch_size: int = option(DetectConfig, "batch_size", min=1),
+    batch_size: str = option(DetectConfig, "batch_size"),
+    share_prefix: bool = option(DetectConfig, "share_prefix", "--share-prefix/--no-share-prefix"),
     dedup: bool = option(DetectConfig, "dedup"),
     max_new_tokens: int = option(DetectConfig, "max_new_tokens", min=1),
     rouge_threshold: float = option(DetectConfig, "rouge_threshold"),
     seed: int = option(DetectConfig, "seed"),
     table_rows: int = option(DetectConfig, "table_rows", min=0),
     device: str | None = option(ModelOptions, "device"),
+    device_map: str | None = typer.Option(None, "--device-map", help="auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."),
     dtype: str = option(ModelOptions, "dtype"),
     attn_implementation: str | None = option(ModelOptions, "attn_implementation"),
     progress: bool = option(DetectConfig, "progress", "--progress/--no-progress"),
@@ -61,7 +63,7 @@ def detect_command(
         config = DetectConfig(
             kind=kind, alignment=alignment, lexicon=lexicon,
             mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
-            batch_size=batch_size, seed=seed, table_rows=table_rows, progress=progress,
+            batch_size=batch_size, share_prefix=share_prefix, seed=seed, table_rows=table_rows, progress=progress,
         )
         request = PromptRequest(
             lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,
@@ -76,7 +78,8 @@ def detect_command(
 
         if torch.cuda.is_available():
             device = f"cuda:{os.environ['LOCAL_RANK']}"
-    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                         device_map=device_map)
     try:
         prompts = build_prompts(model, tokenizer, spec.max_positions, request)
         console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {kind} score on "

@@ -23,7 +23,7 @@ class DetectConfig:
     """How retrieval heads are detected.
 
     Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold``, ``dedup``,
-    ``stop_on_newline``. Running: ``batch_size``, ``seed``, ``progress``.
+    ``stop_on_newline``. Running: ``batch_size``, ``share_prefix``, ``seed``, ``progress``.
     Output: ``table_rows``, ``heatmap``. The scoring fields and the seed
     form the run's fingerprint: resuming with different values raises.
     """
@@ -71,7 +71,20 @@ class DetectConfig:
         default=True,
         metadata={"help": "Greedy mode: stop at a token containing a newline once the answer has started."},
     )
-    batch_size: int = field(default=1, metadata={"help": "Prompts per forward (results do not depend on it)."})
+    batch_size: int | str = field(
+        default="auto",
+        metadata={
+            "help": "Prompts per forward, or auto: as many as the GPU's free memory holds (1 on CPU); the run "
+            "records the number used. Results do not depend on it."
+        },
+    )
+    share_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the token prefix that prompts of one haystack share once per group and only the rest "
+            "per prompt (same scores; models with plain full-attention caches)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed set before the run (decoding is greedy; recorded)."})
     table_rows: int = field(default=20, metadata={"help": "Rows of the top-heads table printed at the end (0: none)."})
     heatmap: bool = field(default=True, metadata={"help": "Write heatmap.png (layer x head)."})
@@ -88,8 +101,10 @@ class DetectConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0.0 <= self.rouge_threshold < 1.0:
             raise ValueError(f"rouge_threshold must be in [0, 1) (a prompt counts when strictly above), got {self.rouge_threshold}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.batch_size, str) and self.batch_size.isdigit():
+            self.batch_size = int(self.batch_size)
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
         if self.table_rows < 0:
             raise ValueError(f"table_rows must be >= 0, got {self.table_rows}")
 

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel
 from ..capture import capture_attention
 from ..generation import StopTokens, generate, response_text
 from ..model_spec import ModelSpec
+from ..prefix import Prefix, span_columns
 from .events import EventScorer, copy_events
 
 __all__ = ["GreedyOutput", "StopTokens", "greedy_batch", "response_text"]
@@ -56,6 +57,7 @@ def greedy_batch(
     pad_id: int = 0,
     spec: ModelSpec | None = None,
     scorer: EventScorer | None = None,
+    prefix: Prefix | None = None,
 ) -> GreedyOutput:
     """Decode ``seqs`` greedily as one left-padded batch and count copy events per prompt and head.
 
@@ -64,14 +66,16 @@ def greedy_batch(
     masked from the others; finished rows keep decoding but are not scored).
     ``scorer`` replaces the copy-event rule (e.g. the retrieval-transition
     rule); it gets ``(top1, tokens, key_tokens, span_start, span_end, valid)``.
+    ``prefix``: a shared prefix of every sequence, computed once (see
+    :mod:`retrieval_heads.prefix`); the scores do not change.
     """
     with capture_attention(model, keys_per_row=1, rows="last", spec=spec) as rec:
-        out = generate(model, seqs, max_new_tokens, stops, pad_id=pad_id)
-    ids = out.ids  # (B, T) left-padded prompts
+        rec.buffered = True  # records leave the (possibly compiled) forward through flush(), once per step
+        out = generate(model, seqs, max_new_tokens, stops, pad_id=pad_id, prefix=prefix, on_step=rec.flush)
+    ids = out.ids  # (B, T) padded prompts
     device = ids.device
-    pad = ids.shape[1] - torch.tensor([len(s) for s in seqs], device=device)  # (B,) left padding of each row
-    span_start = torch.tensor([s for s, _ in spans], device=device) + pad
-    span_end = torch.tensor([e for _, e in spans], device=device) + pad
+    pad = ids.shape[1] - torch.tensor([len(s) for s in seqs], device=device)  # (B,) padding of each row
+    span_start, span_end = span_columns(spans, out.n_prefix, pad)
     captured = rec.stacked()  # indices (S, L, B, H, 1, 1): step s is the row that predicted tokens[:, s]
     top1 = captured.indices[..., 0, 0].permute(2, 0, 1, 3).to(device)  # (B, S, L, H)
     tokens = out.tokens.to(device)  # (B, S)

@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
 
+from ..generation import auto_batch_size
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..niah import rouge1_recall
+from ..prefix import Prefix, can_share_prefix, compute_prefix, plan_batches
 from ..runs import (
     ResumeMismatchError,  # noqa: F401 - the one refusal, re-exported by retrieval_heads.detect
     atomic_write_text,
@@ -55,6 +57,7 @@ SCORES_FILE = "head_scores.json"
 HEATMAP_FILE = "heatmap.png"
 RUN_FORMAT = "retrieval-heads/detect-run"
 _SHARD_RE = re.compile(r"^samples\.rank(\d+)\.jsonl$")
+MIN_SHARED_PREFIX = 64  # tokens: shorter common prefixes are not worth a separate forward
 
 
 class DetectionError(RuntimeError):
@@ -156,6 +159,7 @@ def _score_batch(
     spec: ModelSpec,
     stops: StopTokens | None,
     pad_id: int,
+    prefix: Prefix | None = None,
 ) -> list[dict[str, Any]]:
     seqs = [it.input_ids for it in batch]
     spans = [it.span for it in batch]
@@ -172,7 +176,7 @@ def _score_batch(
         assert stops is not None
         out = greedy_batch(
             model, seqs, spans, config.max_new_tokens, stops, dedup=config.dedup, pad_id=pad_id, spec=spec,
-            scorer=scorer,
+            scorer=scorer, prefix=prefix,
         )
         for b, (reference, ref_lang) in enumerate(references):
             n = int(out.n_scored[b])
@@ -188,7 +192,7 @@ def _score_batch(
         continuations = [_continuation_ids(tokenizer, it) for it in batch] if transition else None
         out_t = teacher_batch(
             model, seqs, spans, dedup=config.dedup, pad_id=pad_id, spec=spec, continuations=continuations,
-            scorer=scorer,
+            scorer=scorer, prefix=prefix,
         )
         accuracy = out_t.token_accuracy()
         for b, (reference, ref_lang) in enumerate(references):
@@ -215,6 +219,15 @@ def _continuation_ids(tokenizer: Any, item: PromptItem) -> list[int]:
     if not ids:
         raise PromptError(f"prompt {item.prompt_id}: the target answer {item.target_answer!r} has no tokens")
     return list(ids)
+
+
+def _resolved_batch_size(model: PreTrainedModel, config: DetectConfig, items: Sequence[PromptItem]) -> DetectConfig:
+    """``config`` with ``batch_size="auto"`` replaced by the number the device's free memory allows."""
+    if config.batch_size != "auto":
+        return config
+    width = max(len(it.input_ids) + it.span_len for it in items)
+    new = config.max_new_tokens if config.mode == "greedy" else 0
+    return replace(config, batch_size=auto_batch_size(model, width, new))
 
 
 # ---- the run ------------------------------------------------------------------------------------------
@@ -263,12 +276,12 @@ def detect(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = resolve_shard(shard)
+    config = _resolved_batch_size(model, config, items)
     run = _open_run(out, model, spec, config, items)
 
     journal = SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl"
     done = set(_read_samples(out))
     todo = [it for it in items[rank::world] if it.prompt_id not in done]
-    todo.sort(key=lambda it: len(it.input_ids))  # batches of similar lengths pad little
     torch.manual_seed(config.seed)
     stops = StopTokens.from_tokenizer(model, tokenizer, config.stop_on_newline) if config.mode == "greedy" and todo else None
     pad_id = pad_id_of(tokenizer)
@@ -276,10 +289,19 @@ def detect(
     label = f"detect {config.kind} {config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
     mine = len(items[rank::world])
     with track(label, mine, mine - len(todo), enabled=config.progress and rank == 0, console=console) as bar:
-        for first in range(0, len(todo), config.batch_size):
-            batch = todo[first : first + config.batch_size]
+        share = MIN_SHARED_PREFIX if config.share_prefix and can_share_prefix(model) else None
+        prefix = None
+        for members, n_prefix in plan_batches([it.input_ids for it in todo], int(config.batch_size), share):
+            batch = [todo[i] for i in members]
             t0 = time.perf_counter()
-            records = _score_batch(model, tokenizer, batch, config, spec, stops, pad_id)
+            # a prefix ends outside every answer span (the transition rule indexes span tokens by offset)
+            n_prefix = min([n_prefix] + [it.span[0] for it in batch if it.span[0] < n_prefix < it.span[1]])
+            if n_prefix == 0:
+                prefix = None
+            elif prefix is None or prefix.tokens != batch[0].input_ids[:n_prefix]:
+                prefix = None  # free the last group's states first
+                prefix = compute_prefix(model, batch[0].input_ids[:n_prefix])
+            records = _score_batch(model, tokenizer, batch, config, spec, stops, pad_id, prefix)
             per_prompt = (time.perf_counter() - t0) / len(batch)
             for rec in records:
                 rec.update(seconds=round(per_prompt, 4), rank=rank)

@@ -41,8 +41,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ..capture import capture_attention
-from ..generation import left_pad
+from ..generation import cache_argument, left_pad
 from ..model_spec import ModelSpec
+from ..prefix import Prefix, prefix_cache, span_columns
 from .events import EventScorer, copy_events
 
 
@@ -70,13 +71,16 @@ def teacher_batch(
     spec: ModelSpec | None = None,
     continuations: Sequence[Sequence[int]] | None = None,
     scorer: EventScorer | None = None,
+    prefix: Prefix | None = None,
 ) -> TeacherOutput:
     """Teacher-force each prompt's answer span tokens after the prompt and count copy events.
 
     ``spans`` are half-open answer spans in each (unpadded) prompt; the
     continuation is ``seq[start:end]`` unless ``continuations`` gives other
     tokens (the target-language answer of a transition run). ``scorer``
-    replaces the copy-event rule (see :func:`greedy_batch`).
+    replaces the copy-event rule (see :func:`greedy_batch`). ``prefix``: a
+    shared prefix of every prompt, computed once (:mod:`retrieval_heads.prefix`):
+    only the rest of each prompt and its answer run, with the same scores.
     """
     device = next(model.parameters()).device
     if continuations is None:
@@ -84,7 +88,10 @@ def teacher_batch(
     else:
         answers = [list(c) for c in continuations]
     full = [list(seq) + ans for seq, ans in zip(seqs, answers, strict=True)]
-    ids, mask, positions = (t.to(device) for t in left_pad(full, pad_id))
+    n_prefix = len(prefix) if prefix is not None else 0
+    if prefix is not None and any(tuple(s[:n_prefix]) != prefix.tokens or len(s) <= n_prefix for s in seqs):
+        raise ValueError("every prompt must start with the prefix and extend past it")
+    ids, mask, positions = (t.to(device) for t in left_pad(full, pad_id, n_prefix))
     bsz, width = ids.shape
     n_answer = torch.tensor([len(a) for a in answers], device=device)  # (B,)
     n_rows = int(n_answer.max())
@@ -97,19 +104,20 @@ def teacher_batch(
     rows = torch.where(valid, first_row[:, None] + j, width - 2)  # padding rows: any real row, masked later
     targets = torch.where(valid, ids.gather(1, (rows + 1).clamp(max=width - 1)), pad_id)  # (B, R)
 
+    cache = {} if prefix is None else {cache_argument(model): prefix_cache(model, prefix, bsz)}
     with capture_attention(model, keys_per_row=1, rows="explicit", spec=spec) as rec:
         rec.set_rows(rows)
         # logits only for the last n_rows + 1 positions: they cover every answer-predicting row
         out = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=n_rows + 1
+            input_ids=ids[:, n_prefix:], attention_mask=mask, position_ids=positions[:, n_prefix:],
+            use_cache=prefix is not None, logits_to_keep=n_rows + 1, **cache,
         )
     logit_rows = rows - (width - n_rows - 1)  # (B, R) index into the kept logits
     logits = out.logits.gather(1, logit_rows[:, :, None].expand(-1, -1, out.logits.shape[-1]))
     predictions = logits.argmax(-1)  # (B, R)
     correct = (predictions == targets) & valid
     top1 = rec.stacked().indices[0, ..., 0].permute(1, 3, 0, 2).to(device)  # (L, B, H, R) -> (B, R, L, H)
-    span_start = torch.tensor([s for s, _ in spans], device=device) + pad
-    span_end = torch.tensor([e for _, e in spans], device=device) + pad
+    span_start, span_end = span_columns(spans, n_prefix, pad)
     if scorer is None:
         counts = copy_events(top1, targets, ids, span_start, span_end, valid=correct, dedup=dedup)
     else:
