@@ -30,10 +30,10 @@ from rich.console import Console
 from scipy.stats import spearmanr
 
 from retrieval_heads import load_model
-from retrieval_heads.artifacts import atomic_write_json, atomic_write_text, run_metadata
 from retrieval_heads.detect import DetectConfig, detect
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.prompt_sources import PromptRequest, build_prompts
+from retrieval_heads.runs import atomic_write_json, atomic_write_text, run_metadata
 from retrieval_heads.selection import share_of_heads
 
 RULES = ("lexicon", "span", "counterfactual")

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .artifacts import atomic_write_text
+from .runs import atomic_write_text
 
 FORMAT_NAME = "retrieval-heads/head-scores"
 FORMAT_VERSION = 1

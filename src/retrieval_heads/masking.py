@@ -35,10 +35,10 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from .artifacts import atomic_write_json, run_metadata
 from .attention import UNIFORM_ATTR, engine_installed
 from .heads import Head, check_heads, heads_to_strings
 from .model_spec import ModelSpec, projection_weight_in_dim
+from .runs import atomic_write_json, run_metadata
 
 MaskMode = Literal["zero", "mean", "uniform"]
 MASK_MODES: tuple[str, ...] = ("zero", "mean", "uniform")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval_heads.artifacts import read_jsonl
 from retrieval_heads.detect import (
     DetectConfig,
     IncompleteRunError,
@@ -22,6 +21,7 @@ from retrieval_heads.detect import (
     merge_shards,
 )
 from retrieval_heads.heads import HeadScores
+from retrieval_heads.runs import read_jsonl
 from tests.detect.detect_helpers import tiny_setup
 
 WORKER = Path(__file__).with_name("shard_worker.py")

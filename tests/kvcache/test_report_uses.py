@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from retrieval_heads.artifacts import atomic_write_json
 from retrieval_heads.decore import experiment as dx
 from retrieval_heads.heads import Head
 from retrieval_heads.kvcache import experiment as kx
 from retrieval_heads.kvcache.plan import KVHead
 from retrieval_heads.report import collect_runs, render_report
+from retrieval_heads.runs import atomic_write_json
 
 
 def _kv_result() -> dict:

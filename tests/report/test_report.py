@@ -12,7 +12,6 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from retrieval_heads.artifacts import append_jsonl, atomic_write_json
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.report import (
     REPORT_FILE,
@@ -22,6 +21,7 @@ from retrieval_heads.report import (
     render_report,
     write_report,
 )
+from retrieval_heads.runs import append_jsonl, atomic_write_json
 from tests.report.conftest import ALL_PARTS, LENGTHS, N_HEADS, N_LAYERS, make_run, subset_run
 
 ALL_SECTIONS = {"head-scores", "rh-vs-rth", "sharing", "detection", "niah", "compare", "retmask", "metadata"}

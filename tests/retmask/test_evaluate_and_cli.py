@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from retrieval_heads.artifacts import read_jsonl
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.masking import read_ablation
 from retrieval_heads.retmask.evaluate import RetMaskEvalConfig, evaluate_models, format_table
+from retrieval_heads.runs import read_jsonl
 
 
 def stand_in_tasks():

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from retrieval_heads.artifacts import ResumeMismatchError, read_jsonl
 from retrieval_heads.heads import Head, HeadScores
 from retrieval_heads.masking import save_ablated_model
 from retrieval_heads.retmask.pairs import (
@@ -19,6 +18,7 @@ from retrieval_heads.retmask.pairs import (
     load_prompts,
     stats_path,
 )
+from retrieval_heads.runs import ResumeMismatchError, read_jsonl
 from tests.retmask.conftest import make_tokenizer, prompt_text
 
 HEADS = [Head(0, 0), Head(1, 3), Head(2, 1)]
@@ -152,7 +152,7 @@ def test_resume_skips_done_prompts_and_matches_a_fresh_run(model_and_tokenizer, 
         return {r["id"]: (r["chosen"], r["rejected"]) for r in rows}
 
     assert responses(out) == responses(fresh)
-    # the one refusal (retrieval_heads.artifacts.ResumeMismatchError): `demo` and `retmask pairs` catch it
+    # the one refusal (retrieval_heads.runs.ResumeMismatchError): `demo` and `retmask pairs` catch it
     files = {p: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ResumeMismatchError, match=r"--heads \(masked\): \['0.0', '1.3', '2.1'\] .recorded. vs"):
         generate_pairs(model, tokenizer, HEADS[:1], prompts, config, out, progress=False)

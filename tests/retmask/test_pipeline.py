@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval_heads.artifacts import ResumeMismatchError
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
+from retrieval_heads.runs import ResumeMismatchError
 
 SUMMARIES = ("retmask_eval.json", "pairs_retmask.stats.json")  # rewritten by every run from the journals
 

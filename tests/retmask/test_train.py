@@ -198,9 +198,9 @@ def test_heldout_metrics_match_an_independent_computation(tiny_checkpoint):
 
 
 def test_report_reads_and_plots_the_curves_file(tmp_path):
-    from retrieval_heads.artifacts import atomic_write_json
     from retrieval_heads.report import collect_runs, render_report
     from retrieval_heads.retmask.curves import CURVES_FILE, curves_record, train_curves
+    from retrieval_heads.runs import atomic_write_json
 
     history = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/accuracies": 0.5 + 0.1 * s, "rewards/margins": 0.2 * s,
                 "logps/chosen": -10.0, "logps/rejected": -10.0 - s} for s in (1, 2, 3)] + [{"train_loss": 0.5}]

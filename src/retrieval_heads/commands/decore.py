@@ -79,10 +79,10 @@ def decore_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Faithful-answer rates of base decoding and DeCoRe (retrieval heads vs random heads), with 95 % intervals."""
-    from ..artifacts import ResumeMismatchError
     from ..decore.experiment import FIGURE_FILE, RESULT_FILE, DecoreRunConfig, run_decore
     from ..heads import HeadScoreFileError
     from ..niah.prompts import parse_lengths
+    from ..runs import ResumeMismatchError
 
     console = Console(stderr=True)
     if mode not in ("uniform", "zero"):

@@ -17,8 +17,8 @@ def demo_command(
     retmask: bool = option(DemoConfig, "retmask", "--retmask/--no-retmask"),
 ) -> None:
     """Detect RH and RTH, compare masked conditions, run a short RetMask, and write report.html."""
-    from ..artifacts import ResumeMismatchError
     from ..demo import config_from_overrides, run_demo
+    from ..runs import ResumeMismatchError
 
     overrides: dict = {"out": str(out), "model": model, "retmask": retmask}
     if quick:

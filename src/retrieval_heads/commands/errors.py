@@ -17,11 +17,11 @@ EXIT_REFUSED = 2
 
 def refused_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the input is wrong" (imported lazily: ``--help`` stays fast)."""
-    from ..artifacts import ResumeMismatchError
     from ..detect.inputs import PromptError
     from ..heads import HeadScoreFileError
     from ..model_spec import ModelNotFoundError, UnsupportedModelError
     from ..retmask.pairs import ChatTemplateError
+    from ..runs import ResumeMismatchError
 
     return (ModelNotFoundError, UnsupportedModelError, HeadScoreFileError, PromptError, ChatTemplateError,
             ResumeMismatchError)

@@ -40,11 +40,11 @@ def kv_compress_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Keep the KV heads holding the retrieval heads whole, stream the rest (sink + window): accuracy vs KV memory."""
-    from ..artifacts import ResumeMismatchError
     from ..heads import HeadScoreFileError
     from ..kvcache.experiment import FIGURE_FILE, RESULT_FILE, KVCompressConfig, run_kv_compress
     from ..kvcache.plan import AGGREGATES
     from ..niah.prompts import parse_depths, parse_lengths
+    from ..runs import ResumeMismatchError
 
     console = Console(stderr=True)
     if aggregate not in AGGREGATES:

@@ -88,8 +88,8 @@ def measure_command(
     n_detect: int = typer.Option(80, "--n-detect", min=1, help="Prompts of the retrieval-score detection."),
 ) -> None:
     """Accuracy per task, retrieval and transition heads, and masking effects of a checkpoint (the model card)."""
-    from ..artifacts import atomic_write_text
     from ..organism.measure import measure, summary_lines
+    from ..runs import atomic_write_text
 
     report = measure(model, n_per_task, n_detect)
     atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -110,8 +110,8 @@ def pairs(
     engine: str = option(PairConfig, "engine"),
 ) -> None:
     """Sample chosen (original) and rejected (heads zeroed) responses; write TRL preference pairs."""
-    from ..artifacts import ResumeMismatchError
     from ..retmask.pairs import generate_pairs, load_prompts
+    from ..runs import ResumeMismatchError
 
     stops = tuple(s.encode().decode("unicode_escape") for s in (stop or []))  # "\\n" on a shell -> newline
     config = PairConfig(

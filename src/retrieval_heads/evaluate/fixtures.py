@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from ..artifacts import atomic_write_text, read_jsonl
+from ..runs import atomic_write_text, read_jsonl
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 """The task YAMLs shipped with the package: ``organism/`` and ``xquad_compat/``."""

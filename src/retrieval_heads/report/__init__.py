@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifacts import atomic_write_text
+from ..runs import atomic_write_text
 from .collect import Report, collect_runs
 from .render import render_report
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import append_jsonl, read_jsonl
 from ..masking import save_ablated_model
+from ..runs import append_jsonl, read_jsonl
 from .pair_records import PairConfig, PromptItem, Response, dropped_path, encode_prompt, pair_row, pair_seeds
 
 
