@@ -46,13 +46,9 @@ class CompareConfig(MaskedEvalConfig):
 
     Model, heads and masking: see :class:`~retrieval_heads.evaluate.conditions.MaskedEvalConfig`
     (here ``random_seeds`` defaults to 5).
-    Tasks:
-        tasks: lm-eval task (or group) names.
-        include_path: extra task folders (e.g. benchmark fixtures); the package's own
-            ``tasks/`` (organism, XQuAD fix) is always included.
-        limit: items per task (an int, or a fraction < 1), as lm-eval's ``--limit``.
-        num_fewshot, gen_kwargs: as lm-eval's; ``metrics`` maps a task to ``"metric,filter"``
-            (default: the first of f1, exact_match, acc_norm, acc with the task's first filter).
+    Tasks: ``tasks`` (lm-eval task or group names), ``include_path`` (extra task folders; the package's own
+    ``tasks/`` is always included), ``limit``, ``num_fewshot``, ``gen_kwargs`` (as lm-eval's), ``metrics``
+    (task -> ``"metric,filter"``; default: the first of f1, exact_match, acc_norm, acc, first filter).
     Run: ``batch_size`` (lm-eval's); ``seed`` seeds lm-eval and the bootstrap; ``n_bootstrap``, ``confidence``.
     """
 
@@ -152,10 +148,8 @@ def item_scores(results: dict[str, Any], task: str, metric: str | None = None) -
             if isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(
-                    f"{leaf}: metric {name!r} is not a per-item number ({value!r}); its aggregate is not a "
-                    "mean over items, so it cannot be bootstrapped here; pick another (--metric TASK=METRIC,FILTER)"
-                )
+                raise ValueError(f"{leaf}: metric {name!r} is not a per-item number ({value!r}); its aggregate is not a "
+                                 "mean over items, so it cannot be bootstrapped here; pick another (--metric TASK=METRIC,FILTER)")
             key = f"{leaf}/{r['doc_id']}" if len(leaves) > 1 else str(r["doc_id"])
             items[key] = float(value)
             responses[key] = r.get("filtered_resps")

@@ -1,12 +1,7 @@
-"""What niah-eval and compare share: the masking settings, the conditions they make, and saving a figure.
-
-Conditions (:func:`build_conditions`):
-
-- ``unmasked``;
-- one per head set (``heads={NAME: FILE}``): its top-K heads masked;
-- ``random-s{seed}``: K random heads drawn with ``seed`` from the heads outside *every* set's top-K;
-  with ``layer_matched`` there is one family per set, ``random-{NAME}-s{seed}``, with as many heads
-  per layer as that set's top-K.
+"""What niah-eval and compare share: the masking settings (:class:`MaskedEvalConfig`), the conditions
+they make (:func:`build_conditions`: ``unmasked``; per head set, its top-K masked; ``random-s{seed}``:
+K random heads drawn outside *every* set's top-K, or with ``layer_matched`` one family per set,
+``random-{NAME}-s{seed}``, with that set's heads per layer) and saving a figure.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ items). :func:`derive_local_task` does the same for any task and local files (e.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..runs import atomic_write_text, read_jsonl
+from ..runs import atomic_write_bytes, atomic_write_text, read_jsonl
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 """The task YAMLs shipped with the package: ``organism/`` and ``xquad_compat/``."""
@@ -94,11 +95,8 @@ def _check_lang(lang: str, family: str) -> None:
 
 
 def mgsm_rows(lang: str) -> dict[str, list[dict[str, Any]]]:
-    """MGSM splits ``train`` (with the CoT answer, as lm-eval's few-shot examples expect) and ``test``.
-
-    The train ``answer`` starts with the language's answer prefix from lm-eval's
-    ``mgsm/utils.py`` (``"Schritt-für-Schritt-Antwort:"``), which lm-eval's
-    ``doc_to_target`` slices off.
+    """MGSM splits ``train`` (with the CoT answer, as lm-eval's few-shot examples expect) and ``test``; the
+    train ``answer`` starts with lm-eval's answer prefix (``"Schritt-für-Schritt-Antwort:"``), which it slices off.
 
     >>> mgsm_rows("de")["test"][0]["answer_number"]
     8
@@ -195,11 +193,8 @@ def xquad_rows(lang: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def mlqa_from_squad_json(path: str | Path) -> list[dict[str, Any]]:
-    """Rows in lm-eval's MLQA schema from an official MLQA file (SQuAD JSON, e.g. ``test-context-de-question-de.json``).
-
-    Use with :func:`derive_local_task` to run ``mlqa_*`` from a local copy of
-    the MLQA release (the hub dataset ``facebook/mlqa`` is a loading script
-    that ``datasets`` >= 4 no longer runs).
+    """Rows in lm-eval's MLQA schema from an official MLQA file (SQuAD JSON, e.g. ``test-context-de-question-de.json``),
+    for :func:`derive_local_task` (the hub's ``facebook/mlqa`` is a loading script ``datasets`` >= 4 refuses).
 
     >>> import json, tempfile, os
     >>> squad = {"data": [{"title": "T", "paragraphs": [{"context": "Bonn am Rhein.", "qas": [
@@ -222,12 +217,9 @@ def write_parquet(rows: list[dict[str, Any]], features: Any, path: str | Path) -
     """Write ``rows`` with explicit ``datasets.Features`` (types survive in the Parquet metadata)."""
     from datasets import Dataset
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Dataset.from_list(rows, features=features).to_parquet(str(tmp))
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    Dataset.from_list(rows, features=features).to_parquet(buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def lm_eval_task_yaml(task: str) -> Path:
@@ -261,12 +253,9 @@ def lm_eval_task_yaml(task: str) -> Path:
 
 def derive_local_task(task: str, data_files: dict[str, str | Path], out_dir: str | Path, data_format: str = "parquet",
                       base_yaml: str | Path | None = None, tag: str = FIXTURE_TAG) -> Path:
-    """Write ``{out_dir}/{task}.yaml``: lm-eval's task ``task``, unchanged, reading ``data_files``.
-
-    ``data_files`` maps split names (those the task uses, e.g. ``test`` and
-    ``train`` for MGSM) to local files in ``data_format`` (``parquet``,
-    ``json`` or ``csv``). ``base_yaml`` overrides the task definition to
-    include (default: :func:`lm_eval_task_yaml`).
+    """Write ``{out_dir}/{task}.yaml``: lm-eval's task ``task``, unchanged, reading ``data_files`` (split name ->
+    local file in ``data_format``: ``parquet``, ``json`` or ``csv``); ``base_yaml`` overrides the definition
+    included (default: :func:`lm_eval_task_yaml`).
 
     >>> derive_local_task("xquad_de", {"validation": "/data/xquad_de.parquet"}, "/tmp/rh-tasks")  # doctest: +SKIP
     PosixPath('/tmp/rh-tasks/xquad_de.yaml')
@@ -298,13 +287,10 @@ class BenchmarkFixtures:
 
 def write_benchmark_fixtures(out_dir: str | Path, langs: Iterable[str] = FIXTURE_LANGS,
                              families: Iterable[str] = FAMILIES, mmlu_prox_lite: bool = True) -> BenchmarkFixtures:
-    """Write local datasets and task YAMLs for the RTH paper's benchmarks under their real names.
-
-    Tasks written per language ``L`` (and per pair of languages for MLQA):
-    ``mgsm_direct_L``, ``mgsm_native_cot_L``, ``mgsm_en_cot_L``,
-    ``mmlu_prox_L_{subject}`` (all 14 subjects; also ``mmlu_prox_lite_L_*``),
-    ``mlqa_C_Q``, ``xquad_L``. Data goes to ``out_dir/data``, YAMLs to
-    ``out_dir/tasks`` (the include path). Rewriting is idempotent.
+    """Write local datasets and task YAMLs for the RTH paper's benchmarks under their real names, per language
+    ``L``: ``mgsm_{direct,native_cot,en_cot}_L``, ``mmlu_prox_L_{subject}`` (14 subjects; also
+    ``mmlu_prox_lite_L_*``), ``mlqa_C_Q`` (every pair), ``xquad_L``. Data goes to ``out_dir/data``, YAMLs
+    to ``out_dir/tasks`` (the include path). Rewriting is idempotent.
 
     >>> fx = write_benchmark_fixtures("/tmp/rh-fixtures", langs=["en", "de"])  # doctest: +SKIP
     >>> "mgsm_native_cot_de" in fx.tasks["mgsm"]                              # doctest: +SKIP
@@ -345,12 +331,8 @@ def write_benchmark_fixtures(out_dir: str | Path, langs: Iterable[str] = FIXTURE
 # ---- the organism's tasks --------------------------------------------------------------------
 def cache_dir(override: str | Path | None = None) -> Path:
     """Where generated task data is cached: ``override``, ``$RETRIEVAL_HEADS_CACHE``, or ``~/.cache/retrieval_heads``."""
-    if override:
-        return Path(override)
-    if env := os.environ.get("RETRIEVAL_HEADS_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "retrieval_heads"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "retrieval_heads"
+    return Path(override or os.environ.get("RETRIEVAL_HEADS_CACHE") or default)
 
 
 def _make_eval_set(task: str, n: int, seed: int, lengths: Sequence[int] | None, langs: Sequence[str] | None):

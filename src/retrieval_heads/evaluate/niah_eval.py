@@ -115,14 +115,11 @@ def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions
                   overwrite: bool = False, batch_size: int = 1, share_prefix: bool = True) -> NiahResult:
     """Answer every prompt under every condition (resuming from ``out/journal.jsonl``) and write the results.
 
-    ``prompts`` are :class:`retrieval_heads.niah.prompts.NiahPrompt` s (anything with ``input_ids``,
-    ``depth``, ``expected_answer`` and a ``meta`` holding ``prompt_id`` and ``requested_context_length``).
-    ``settings`` (by their user-facing names) are stored in ``out/run.json``
-    (:func:`retrieval_heads.runs.open_run`); a rerun with other settings, ``mode``, ``max_new_tokens`` or
-    weights raises :class:`~retrieval_heads.runs.ResumeMismatchError` unless ``overwrite``, which starts
-    the journal afresh. Answers are keyed by condition, prompt id and head list, so new conditions or
-    grid points are added. ``batch_size`` prompts decode together; with ``share_prefix`` the tokens a
-    group of prompts starts with run once (:func:`retrieval_heads.prefix.plan_batches`).
+    ``prompts``: :class:`retrieval_heads.niah.prompts.NiahPrompt` s. ``settings`` (by their user-facing
+    names) go to ``out/run.json`` (:func:`retrieval_heads.runs.open_run`): a rerun with others, or another
+    ``mode``, ``max_new_tokens`` or weights, is refused unless ``overwrite`` (a fresh journal). Answers are
+    keyed by condition, prompt id and head list. ``batch_size`` prompts decode together; with
+    ``share_prefix`` the tokens a group of prompts starts with run once (:func:`retrieval_heads.prefix.plan_batches`).
 
     >>> evaluate_niah(model, tok, build_grid(tok, hay, needles, [256], [0.0, 1.0]),
     ...               [Condition("unmasked")], "runs/n")  # doctest: +SKIP
