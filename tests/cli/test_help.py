@@ -67,3 +67,11 @@ def test_options_come_from_config_fields():
         assert params[name].default == f.default and params[name].help == f.metadata["help"]
     niah = {p.name: p for p in dict(_commands(get_command(app)))[("niah-eval",)].params}
     assert niah["needle_lang"].help == NiahEvalConfig.__dataclass_fields__["needle_lang"].metadata["help"]
+
+
+def test_every_command_that_loads_a_model_takes_a_device_map():
+    """``--device-map`` (accelerate, e.g. ``auto``) is one shared option (commands.options.ModelOptions)."""
+    commands = dict(_commands(get_command(app)))
+    for name in ("detect", "niah-eval", "compare", "languages"):
+        opts = [o for p in commands[(name,)].params for o in getattr(p, "opts", [])]
+        assert "--device-map" in opts, name

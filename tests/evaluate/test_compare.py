@@ -14,14 +14,13 @@ from retrieval_heads import Head, HeadScoreFileError, HeadScores
 from retrieval_heads.commands.compare import compare_command
 from retrieval_heads.evaluate.compare import (
     CompareConfig,
-    Condition,
-    ResumeMismatchError,
-    build_conditions,
     format_csv,
     format_markdown,
     run_compare,
     summarize,
 )
+from retrieval_heads.evaluate.conditions import Condition, build_conditions
+from retrieval_heads.runs import ResumeMismatchError
 from retrieval_heads.selection import HeadSelection, layer_histogram, random_heads
 
 

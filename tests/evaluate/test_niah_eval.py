@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 from retrieval_heads import Head, HeadScores, HeadSelection, masked_heads
 from retrieval_heads.commands.niah_eval import niah_eval_command
-from retrieval_heads.evaluate.compare import Condition, ResumeMismatchError
-from retrieval_heads.evaluate.niah_eval import answer_contains, evaluate_niah
+from retrieval_heads.evaluate.conditions import Condition
+from retrieval_heads.evaluate.niah_eval import MIN_SHARED_PREFIX, answer_contains, evaluate_niah
 from retrieval_heads.niah import build_grid, load_haystack, load_needles
 from retrieval_heads.organism import ORGANISM_PATH
-from retrieval_heads.runs import read_jsonl
+from retrieval_heads.prefix import plan_batches
+from retrieval_heads.runs import ResumeMismatchError, read_jsonl
 from retrieval_heads.selection import random_heads, share_of_heads
 
 
@@ -73,12 +74,34 @@ def test_grid_heatmaps_resume_and_masked_answers(tiny_model, head_files, tmp_pat
     assert fresh.computed == 1 and len(list(read_jsonl(tmp_path / "journal.jsonl"))) == 1
 
 
+@pytest.mark.parametrize("mode", ["zero", "uniform"])
+def test_a_shared_prefix_and_batches_give_the_same_answers(tiny_model, head_files, tmp_path, mode):
+    """Prompts of one haystack share the tokens before the needle: run once per condition, the answers stay."""
+    model, tok = tiny_model
+    prompts = build_grid(tok, load_haystack("en"), load_needles(lang="en")[:2], [160, 240], [0.25, 0.5, 1.0])
+    plan = plan_batches([p.input_ids for p in prompts], 1, MIN_SHARED_PREFIX)
+    assert sum(len(members) for members, n in plan if n > 0) >= len(prompts) // 2  # most prompts share a prefix
+    heads = tuple(sorted(HeadScores.load(head_files["rh"]).top_k(3)))
+    conditions = [Condition("unmasked"), Condition("rh", HeadSelection(heads=heads), heads, head_set="rh")]
+    answers = []
+    for name, share, batch in [("plain", False, 1), ("shared", True, 1), ("shared-batched", True, 4)]:
+        evaluate_niah(model, tok, prompts, conditions, tmp_path / name, mode=mode, max_new_tokens=8, progress=False,
+                      share_prefix=share, batch_size=batch)  # fmt: skip
+        journal = read_jsonl(tmp_path / name / "journal.jsonl")
+        answers.append({(r["condition"], r["prompt_id"]): r["answer"] for r in journal})
+    assert len(answers[0]) == 2 * len(prompts) and answers[0] == answers[1] == answers[2]
+    if mode == "zero":  # the mask acts (uniform attention over three heads leaves this tiny model's answers)
+        assert any(answers[0][("unmasked", p.prompt_id)] != answers[0][("rh", p.prompt_id)] for p in prompts)
+    cells = [(tmp_path / name / "cells.json").read_text() for name in ("plain", "shared", "shared-batched")]
+    assert [json.loads(c)["cells"] for c in cells[1:]] == [json.loads(cells[0])["cells"]] * 2
+
+
 def test_niah_eval_command(tiny_dir, head_files, tmp_path):
     app = Typer()
     app.command()(niah_eval_command)
     args = ["--model", str(tiny_dir), "--heads", f"rh={head_files['rh']}", "--top-k", "3", "--random-seeds", "1",
-            "--lengths", "160,240", "--depths", "2", "--max-new-tokens", "6", "--device", "cpu",
-            "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+            "--lengths", "160,240", "--depths", "2", "--max-new-tokens", "6", "--device-map", "cpu",
+            "--batch-size", "2", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 0, run.output
     assert "| random-s0 | 3 |" in run.output

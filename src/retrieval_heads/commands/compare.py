@@ -54,6 +54,7 @@ def compare_command(
     metric: list[str] = typer.Option([], "--metric", help="TASK=METRIC,FILTER to score a task by (repeatable)."),
     batch_size: int = option(CompareConfig, "batch_size", min=1),
     device: str | None = option(ModelOptions, "device"),
+    device_map: str | None = option(ModelOptions, "device_map"),
     dtype: str = option(ModelOptions, "dtype"),
     seed: int = option(CompareConfig, "seed"),
     bootstrap: int = option(CompareConfig, "n_bootstrap", "--bootstrap", min=1),
@@ -61,7 +62,8 @@ def compare_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compare head sets on lm-eval tasks: unmasked vs top-K of each set vs random heads outside all sets."""
-    from ..evaluate.compare import ResumeMismatchError, run_compare
+    from ..evaluate.compare import run_compare
+    from ..runs import ResumeMismatchError
 
     console = Console(stderr=True)
     try:
@@ -75,7 +77,7 @@ def compare_command(
             heads=_pairs(heads, "--heads"), top_k=top_k, mode=mode, means=means, random_seeds=random_seeds,
             layer_matched=layer_matched, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
             gen_kwargs=gen, metrics=_pairs(metric, "--metric"), batch_size=batch_size, device=device,
-            dtype=dtype, seed=seed, n_bootstrap=bootstrap, overwrite=overwrite,
+            device_map=device_map, dtype=dtype, seed=seed, n_bootstrap=bootstrap, overwrite=overwrite,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err

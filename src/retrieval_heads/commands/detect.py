@@ -47,7 +47,7 @@ def detect_command(
     seed: int = option(DetectConfig, "seed"),
     table_rows: int = option(DetectConfig, "table_rows", min=0),
     device: str | None = option(ModelOptions, "device"),
-    device_map: str | None = typer.Option(None, "--device-map", help="auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."),
+    device_map: str | None = option(ModelOptions, "device_map"),
     dtype: str = option(ModelOptions, "dtype"),
     attn_implementation: str | None = option(ModelOptions, "attn_implementation"),
     progress: bool = option(DetectConfig, "progress", "--progress/--no-progress"),

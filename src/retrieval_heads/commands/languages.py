@@ -44,6 +44,7 @@ def languages_command(
     batch_size: int = option(GridOptions, "batch_size", default=4, min=1),
     chat_template: bool = option(GridOptions, "chat_template"),
     device: str | None = option(ModelOptions, "device"),
+    device_map: str | None = option(ModelOptions, "device_map"),
     dtype: str = option(ModelOptions, "dtype"),
     seed: int = option(GridOptions, "seed"),
 ) -> None:
@@ -61,7 +62,7 @@ def languages_command(
         pairs = _pairs(transitions)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device)
+    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, device_map=device_map)
     lang_list = [x.strip() for x in langs.split(",") if x.strip()]
     try:
         result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,

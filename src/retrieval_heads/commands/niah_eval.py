@@ -41,14 +41,17 @@ def niah_eval_command(
     target_lang: str | None = option(NiahEvalConfig, "target_lang"),
     chat_template: bool = option(GridOptions, "chat_template"),
     max_new_tokens: int = option(NiahEvalConfig, "max_new_tokens", min=1),
+    batch_size: int = option(NiahEvalConfig, "batch_size", min=1),
+    share_prefix: bool = option(NiahEvalConfig, "share_prefix", "--share-prefix/--no-share-prefix"),
     device: str | None = option(ModelOptions, "device"),
+    device_map: str | None = option(ModelOptions, "device_map"),
     dtype: str = option(ModelOptions, "dtype"),
     overwrite: bool = option(NiahEvalConfig, "overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Needle-in-a-haystack exact match and ROUGE-1 per length x depth, unmasked and with head sets masked."""
-    from ..evaluate.compare import ResumeMismatchError
     from ..evaluate.niah_eval import run_niah_eval
+    from ..runs import ResumeMismatchError
 
     console = Console(stderr=True)
     try:
@@ -56,8 +59,8 @@ def niah_eval_command(
             model=model, out=str(out), heads=_pairs(heads, "--heads"), top_k=top_k, mode=mode, means=means,
             random_seeds=random_seeds, layer_matched=layer_matched, haystack=haystack,
             needles=needles, needle_lang=needle_lang, target_lang=target_lang, lengths=lengths, depths=depths,
-            chat_template=chat_template, per_cell=per_cell, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-            overwrite=overwrite,
+            chat_template=chat_template, per_cell=per_cell, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            share_prefix=share_prefix, device=device, device_map=device_map, dtype=dtype, overwrite=overwrite,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err

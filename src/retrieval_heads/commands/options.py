@@ -29,6 +29,8 @@ class ModelOptions:
 
     model: str = field(default="organism", metadata={"help": "Hub id, local checkpoint, or a built-in name (organism)."})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu ... (default: CUDA when available)."})
+    device_map: str | None = field(default=None, metadata={
+        "help": "auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16."})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention backend: sdpa (default), eager, flash_attention_2."}

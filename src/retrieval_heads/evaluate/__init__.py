@@ -5,6 +5,7 @@
 - :mod:`.lm_eval_backend` — ``masked-hf``, lm-eval's HF backend with heads masked.
 - :mod:`.fixtures` — local datasets in the benchmarks' exact schemas, task YAMLs
   under the real task names, and the organism's tasks as lm-eval tasks.
+- :mod:`.conditions` — the masking settings and conditions niah-eval and compare share.
 - :mod:`.compare` — unmasked vs each head set's top-K vs random controls, with
   bootstrap intervals (:mod:`.stats`), as Markdown, CSV, JSON and a plot.
 
@@ -23,9 +24,10 @@ _EXPORTS = {
     "MaskedHFLM": ".lm_eval_backend",
     "CompareConfig": ".compare",
     "CompareResult": ".compare",
-    "Condition": ".compare",
-    "ResumeMismatchError": ".compare",
-    "build_conditions": ".compare",
+    "Condition": ".conditions",
+    "MaskedEvalConfig": ".conditions",
+    "ResumeMismatchError": "..runs",
+    "build_conditions": ".conditions",
     "run_compare": ".compare",
     "NiahEvalConfig": ".niah_eval",
     "evaluate_niah": ".niah_eval",

@@ -1,29 +1,18 @@
 """Compare head sets on lm-eval tasks: unmasked vs top-K of each set vs random controls.
 
-Conditions (:func:`build_conditions`):
-
-- ``unmasked``;
-- one per head set (``--heads NAME=FILE``): its top-K heads masked;
-- ``random-s{seed}``: K random heads drawn with ``seed`` from the heads
-  outside *every* set's top-K; with ``layer_matched`` there is one family per
-  set, ``random-{NAME}-s{seed}``, with as many heads per layer as that set's top-K.
-
-Each (condition, task) cell is one ``lm_eval.simple_evaluate`` call through
-the ``masked-hf`` backend with ``log_samples``; its per-item scores are saved
-atomically to ``cells/{condition}/{task}.json`` with the heads and metric they
-depend on, so an interrupted run resumes where it stopped. The folder is a run
-(:func:`retrieval_heads.runs.open_run`): a folder made with other run settings
-(model, weights, mask mode, limit, ...) or holding a cell made with other heads
-raises :class:`~retrieval_heads.runs.ResumeMismatchError` before anything is written. The summary gives per (task, condition) the
-score, its bootstrap interval over items, and the change against unmasked
-with a paired bootstrap interval; random controls are summarised over seeds
-(mean, sd, min, max; interval of the seed-averaged item scores). Files:
-``results.md``, ``results.csv``, ``results.json``, ``results.png``.
+The conditions are :func:`~retrieval_heads.evaluate.conditions.build_conditions`'s. Each (condition,
+task) cell is one ``lm_eval.simple_evaluate`` call through the ``masked-hf`` backend with
+``log_samples``; its per-item scores are saved to ``cells/{condition}/{task}.json`` with the heads and
+metric they depend on, so an interrupted run resumes where it stopped. The folder is a run
+(:func:`retrieval_heads.runs.open_run`): one made with other settings, or holding a cell made with
+other heads, raises :class:`~retrieval_heads.runs.ResumeMismatchError` before anything is written.
+The summary gives per (task, condition) the score with its bootstrap interval over items and the
+change against unmasked with a paired bootstrap interval; random controls are summarised over seeds
+(mean, sd, min, max). Files: ``results.md``, ``results.csv``, ``results.json``, ``results.png``.
 
 >>> cfg = CompareConfig(model="organism", heads={"rh": "rh/head_scores.json", "rth": "rth/head_scores.json"},
 ...                     tasks=["organism_mono", "organism_cross"], out="runs/compare", top_k=6)  # doctest: +SKIP
->>> result = run_compare(cfg)                                                                  # doctest: +SKIP
->>> print(result.markdown)                                                                      # doctest: +SKIP
+>>> print(run_compare(cfg).markdown)                                                           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,99 +22,54 @@ import io
 import json
 import logging
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..heads import Head, HeadScores, heads_to_strings
-from ..masking import MASK_MODES, load_means
-from ..runs import (
-    ResumeMismatchError,  # noqa: F401 - the one refusal, importable from here as before
-    atomic_write_json,
-    atomic_write_text,
-    flags,
-    open_run,
-    package_versions,
-    stamp,
-    track,
-)
-from ..selection import HeadSelection, load_scores
+from ..heads import heads_to_strings
+from ..runs import atomic_write_json, atomic_write_text, flags, open_run, package_versions, stamp, track
+from .conditions import Condition, MaskedEvalConfig, pyplot, save_figure
 from .fixtures import TASKS_DIR
-from .stats import bootstrap_ci, is_close, mean_and_spread, paired_bootstrap_ci, stable_seed
+from .stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
 
 CELLS_DIR = "cells"
 PREFERRED_METRICS = ("f1", "exact_match", "acc_norm", "acc")
-_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 log = logging.getLogger(__name__)
 
 
-# ---- configuration ---------------------------------------------------------------------------
 @dataclass
-class CompareConfig:
+class CompareConfig(MaskedEvalConfig):
     """Settings of a comparison run (shared by :func:`run_compare` and ``retrieval-heads compare``).
 
-    Model and heads:
-        model: hub id, local checkpoint, or ``organism``.
-        heads: head-set name -> head-score file (names: letters, digits, ``_`` and ``.``).
-        top_k: heads masked per set (and drawn per random control); None: 5 % of the model's heads.
-        mode: ``zero`` | ``mean`` | ``uniform``; ``means`` is the mean-output file for ``mean``.
-        random_seeds: number of random controls (seeds ``0 .. n-1``); 0 for none.
-        layer_matched: draw each random control with the layer distribution of a set's top-K.
-    Tasks:
-        tasks: lm-eval task (or group) names.
-        include_path: extra task folders (e.g. benchmark fixtures); the package's own
-            ``tasks/`` (organism, XQuAD fix) is always included.
-        limit: items per task (an int, or a fraction < 1), as lm-eval's ``--limit``.
-        num_fewshot, gen_kwargs: as lm-eval's; ``metrics`` maps a task to ``"metric,filter"``
-            (default: the first of f1, exact_match, acc_norm, acc with the task's first filter).
-    Run:
-        out: output folder; ``overwrite`` recomputes cells made with other settings.
-        batch_size, device, dtype: for the model; ``seed`` seeds lm-eval and the bootstrap.
-        n_bootstrap, confidence: the bootstrap intervals.
+    Model, heads and masking: see :class:`~retrieval_heads.evaluate.conditions.MaskedEvalConfig`
+    (here ``random_seeds`` defaults to 5).
+    Tasks: ``tasks`` (lm-eval task or group names), ``include_path`` (extra task folders; the package's own
+    ``tasks/`` is always included), ``limit``, ``num_fewshot``, ``gen_kwargs`` (as lm-eval's), ``metrics``
+    (task -> ``"metric,filter"``; default: the first of f1, exact_match, acc_norm, acc, first filter).
+    Run: ``batch_size`` (lm-eval's); ``seed`` seeds lm-eval and the bootstrap; ``n_bootstrap``, ``confidence``.
     """
 
-    model: str
     tasks: list[str] = field(metadata={"help": "Comma-separated lm-eval task or group names."})
-    out: str
-    heads: dict[str, str] = field(default_factory=dict)
-    top_k: int | None = None
-    mode: str = "zero"
-    means: str | None = None
-    random_seeds: int = 5
-    layer_matched: bool = False
+    random_seeds: int = field(default=5, kw_only=True)
     include_path: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval task folder (repeatable), e.g. benchmark fixtures."})
     limit: float | None = field(default=None, metadata={"help": "Items per task (or a fraction < 1)."})
     num_fewshot: int | None = field(default=None, metadata={"help": "Override the tasks' few-shot count."})
     gen_kwargs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)
     batch_size: int = field(default=1, metadata={"help": "lm-eval batch size."})
-    device: str | None = None
-    dtype: str = "auto"
     seed: int = field(default=1234, metadata={"help": "Seed of lm-eval and of the bootstrap."})
     n_bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples."})
     confidence: float = 0.95
-    overwrite: bool = field(default=False, metadata={"help": "Recompute cells that were made with other settings."})
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("give at least one task")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks repeat: {self.tasks}")
-        if self.mode not in MASK_MODES:
-            raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
-        if self.mode == "mean" and not self.means:
-            raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.random_seeds < 0:
-            raise ValueError(f"random_seeds must be >= 0, got {self.random_seeds}")
-        if self.layer_matched and not self.heads:
-            raise ValueError("layer_matched needs at least one head set to match")
-        check_head_sets(self.heads)
+        super().__post_init__()
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"limit must be positive, got {self.limit}")
         if self.limit is not None and self.limit >= 1:
@@ -137,84 +81,6 @@ class CompareConfig:
             raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}")
         if self.n_bootstrap < 1:
             raise ValueError("n_bootstrap must be >= 1")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One masking condition: its name, which heads (``selection``; ``None``: unmasked) and those heads
-    resolved against the model."""
-
-    name: str
-    selection: HeadSelection | None = None
-    heads: tuple[Head, ...] = ()
-    head_set: str | None = None  # the set (kind "heads"), or the set a layer-matched control follows
-
-    @property
-    def kind(self) -> str:
-        """``unmasked``, ``heads`` (a set's top-K) or ``random`` (a control)."""
-        if self.selection is None:
-            return "unmasked"
-        return "heads" if self.selection.random_seed is None else "random"
-
-    @property
-    def seed(self) -> int | None:
-        return self.selection.random_seed if self.selection is not None else None
-
-    @property
-    def group(self) -> str:
-        """The summary row this condition belongs to (random seeds are pooled)."""
-        if self.kind != "random":
-            return self.name
-        return f"random-{self.head_set}" if self.head_set else "random"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "heads": heads_to_strings(self.heads),
-            "head_set": self.head_set,
-            "seed": self.seed,
-        }
-
-
-def check_head_sets(head_sets: Mapping[str, str | Path]) -> None:
-    """Raise unless every head set has a usable condition name and an existing score file."""
-    for name, path in head_sets.items():
-        if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
-            raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"head set {name!r}: no file {path}")
-
-
-def build_conditions(
-    head_sets: Mapping[str, str | Path | HeadScores],
-    top_k: int | None,
-    random_seeds: int,
-    n_layers: int,
-    n_heads: int,
-    layer_matched: bool = False,
-) -> list[Condition]:
-    """The conditions of a comparison: unmasked, each set's top-K (``None``: 5 % of the heads), and
-    random controls drawn outside the top-K of every set (:class:`HeadSelection`'s one rule).
-
-    >>> import torch
-    >>> s = HeadScores(torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.8, 0.0]]))
-    >>> [c.name for c in build_conditions({"rh": s}, top_k=2, random_seeds=2, n_layers=2, n_heads=3)]
-    ['unmasked', 'rh', 'random-s0', 'random-s1']
-    """
-    sets = {name: load_scores(src, n_layers, n_heads) for name, src in head_sets.items()}  # checked once
-    every = tuple(sets.values())
-    plan: list[tuple[str, HeadSelection | None, str | None]] = [("unmasked", None, None)]
-    plan += [(name, HeadSelection(scores=s, top_k=top_k), name) for name, s in sets.items()]
-    if layer_matched:
-        plan += [(f"random-{name}-s{seed}", HeadSelection(scores=s, top_k=top_k, random_seed=seed, exclude=every,
-                                                          layer_matched=True), name)
-                 for name, s in sets.items() for seed in range(random_seeds)]  # fmt: skip
-    else:
-        plan += [(f"random-s{seed}", HeadSelection(top_k=top_k, random_seed=seed, exclude=every), None)
-                 for seed in range(random_seeds)]  # fmt: skip
-    return [Condition(name, sel, tuple(sel.resolve(n_layers, n_heads)) if sel else (), head_set)
-            for name, sel, head_set in plan]  # fmt: skip
 
 
 # ---- lm-eval plumbing ------------------------------------------------------------------------
@@ -282,10 +148,8 @@ def item_scores(results: dict[str, Any], task: str, metric: str | None = None) -
             if isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(
-                    f"{leaf}: metric {name!r} is not a per-item number ({value!r}); its aggregate is not a "
-                    "mean over items, so it cannot be bootstrapped here; pick another (--metric TASK=METRIC,FILTER)"
-                )
+                raise ValueError(f"{leaf}: metric {name!r} is not a per-item number ({value!r}); its aggregate is not a "
+                                 "mean over items, so it cannot be bootstrapped here; pick another (--metric TASK=METRIC,FILTER)")
             key = f"{leaf}/{r['doc_id']}" if len(leaves) > 1 else str(r["doc_id"])
             items[key] = float(value)
             responses[key] = r.get("filtered_resps")
@@ -299,8 +163,7 @@ def item_scores(results: dict[str, Any], task: str, metric: str | None = None) -
 def _quiet_lm_eval(enabled: bool):
     logger = logging.getLogger("lm_eval")
     old = logger.level
-    if enabled:
-        logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.ERROR if enabled else old)
     try:
         yield
     finally:
@@ -324,29 +187,19 @@ class CompareResult:
 
 
 def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> CompareResult:
-    """Run (or resume) a comparison and write its tables and plot to ``config.out``.
-
-    ``model``/``tokenizer`` may be passed already loaded (``config.model`` is then
-    only recorded); otherwise :func:`retrieval_heads.load_model` loads ``config.model``.
+    """Run (or resume) a comparison and write its tables and plot to ``config.out``; ``model`` and
+    ``tokenizer`` may be passed already loaded (``config.model`` is then only recorded).
 
     >>> run_compare(CompareConfig(model="organism", tasks=["organism_mono"], out="runs/c",
     ...                           heads={"rh": "rh.json"}, limit=50))                      # doctest: +SKIP
     """
     from lm_eval import simple_evaluate
 
-    from ..model_spec import ModelSpec, load_model, weights_fingerprint
+    from ..model_spec import weights_fingerprint
     from .lm_eval_backend import MaskedHFLM
 
     out = Path(config.out)
-    if model is None:
-        model, tokenizer, _ = load_model(config.model, dtype=config.dtype, device=config.device)
-    elif tokenizer is None:
-        raise ValueError("pass the tokenizer with the model")
-    spec = ModelSpec.from_model(model)
-    conditions = build_conditions(
-        config.heads, config.top_k, config.random_seeds, spec.n_layers, spec.n_heads, config.layer_matched
-    )
-    means = load_means(config.means) if config.means else None
+    model, tokenizer, spec, conditions, means = config.prepare(model, tokenizer)
     lm = MaskedHFLM.from_model(model, tokenizer, heads=[], mode=config.mode, means=means, batch_size=config.batch_size)
     tm = make_task_manager(config.tasks, config.include_path, metadata={"organism_cache_dir": str(out / "data")})
     todo = [(c, t) for c in conditions for t in config.tasks]
@@ -375,22 +228,14 @@ def run_compare(config: CompareConfig, model: Any = None, tokenizer: Any = None,
             if cell is None:
                 lm.heads = list(cond.heads)
                 res = simple_evaluate(
-                    model=lm,
-                    tasks=[task],
-                    limit=config.limit,
-                    num_fewshot=config.num_fewshot,
-                    gen_kwargs=dict(config.gen_kwargs) or None,
-                    task_manager=tm,
-                    log_samples=True,
-                    bootstrap_iters=0,
-                    random_seed=config.seed,
-                    numpy_random_seed=config.seed,
-                    torch_random_seed=config.seed,
+                    model=lm, tasks=[task], limit=config.limit, num_fewshot=config.num_fewshot,
+                    gen_kwargs=dict(config.gen_kwargs) or None, task_manager=tm, log_samples=True, bootstrap_iters=0,
+                    random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
                     fewshot_random_seed=config.seed,
-                )
+                )  # fmt: skip
                 scored = item_scores(res, task, config.metrics.get(task))
                 score = sum(scored["items"].values()) / len(scored["items"])
-                if len(scored["lm_eval"]) == 1 and not is_close(next(iter(scored["lm_eval"].values())), score):
+                if len(scored["lm_eval"]) == 1 and abs(next(iter(scored["lm_eval"].values())) - score) > 1e-9:
                     log.warning("%s/%s: lm-eval's aggregate differs from the item mean", cond.name, task)
                 cell = run.save_cell(_cell_name(cond, task), cell_settings[_cell_name(cond, task)], {
                     "condition": cond.to_json(), "task": task, **scored, "score": score,
@@ -414,14 +259,9 @@ def _cell_name(condition: Condition, task: str) -> str:
 
 
 # ---- summary ---------------------------------------------------------------------------------
-def summarize(
-    cells: dict[tuple[str, str], dict[str, Any]],
-    conditions: Sequence[Condition],
-    tasks: Sequence[str],
-    n_bootstrap: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def summarize(cells: dict[tuple[str, str], dict[str, Any]], conditions: Sequence[Condition], tasks: Sequence[str],
+              n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0,
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Summary rows per (task, condition group) and per-seed rows of the random controls."""
     groups: dict[str, list[Condition]] = {}
     for c in conditions:
@@ -447,24 +287,12 @@ def summarize(
             score, low, high = bootstrap_ci(pooled, n_bootstrap, confidence, bseed)
             delta, dlow, dhigh = paired_bootstrap_ci(ref, pooled, n_bootstrap, confidence, bseed + 1)
             row = {
-                "task": task,
-                "condition": group,
-                "kind": first.kind,
-                "head_set": first.head_set,
-                "k": len(first.heads),
-                "metric": f"{ref_cell['metric']},{ref_cell['filter']}",
-                "n_items": len(keys),
-                "score": score,
-                "ci_low": low,
-                "ci_high": high,
-                "delta": delta,
-                "delta_ci_low": dlow,
-                "delta_ci_high": dhigh,
-                "seeds": [c.seed for c in members] if first.kind == "random" else None,
-                "seed_sd": None,
-                "seed_min": None,
-                "seed_max": None,
-            }
+                "task": task, "condition": group, "kind": first.kind, "head_set": first.head_set,
+                "k": len(first.heads), "metric": f"{ref_cell['metric']},{ref_cell['filter']}", "n_items": len(keys),
+                "score": score, "ci_low": low, "ci_high": high, "delta": delta, "delta_ci_low": dlow,
+                "delta_ci_high": dhigh, "seeds": [c.seed for c in members] if first.kind == "random" else None,
+                "seed_sd": None, "seed_min": None, "seed_max": None,
+            }  # fmt: skip
             if first.kind == "random":
                 spread = mean_and_spread([sum(v) / len(v) for v in per_seed])
                 row.update(seed_sd=spread["sd"], seed_min=spread["min"], seed_max=spread["max"])
@@ -491,9 +319,7 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _pts(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return ""
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+    return "" if x is None else f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
 
 
 def format_markdown(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
@@ -505,10 +331,8 @@ def format_markdown(rows: Sequence[dict[str, Any]], confidence: float = 0.95) ->
     level = f"{round(100 * confidence)} %"
     lines = ["| task | " + " | ".join(labels[c] for c in conds) + " |", "|---|" + "---|" * len(conds)]
     for t in tasks:
-        cells = []
-        for c in conds:
-            r = by[(t, c)]
-            cells.append(_pts(r["score"]) if r["kind"] == "unmasked" else f"{_pts(r['score'])} ({_pts(r['delta'], True)})")
+        cells = [_pts(r["score"]) if r["kind"] == "unmasked" else f"{_pts(r['score'])} ({_pts(r['delta'], True)})"
+                 for r in (by[(t, c)] for c in conds)]  # fmt: skip
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -520,9 +344,7 @@ def format_markdown(rows: Sequence[dict[str, Any]], confidence: float = 0.95) ->
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        spread = (
-            f"{_pts(r['seed_sd'])} [{_pts(r['seed_min'])}, {_pts(r['seed_max'])}]" if r["kind"] == "random" else ""
-        )
+        spread = f"{_pts(r['seed_sd'])} [{_pts(r['seed_min'])}, {_pts(r['seed_max'])}]" if r["kind"] == "random" else ""
         change = "" if r["kind"] == "unmasked" else _pts(r["delta"], True)
         change_ci = "" if r["kind"] == "unmasked" else f"[{_pts(r['delta_ci_low'], True)}, {_pts(r['delta_ci_high'], True)}]"
         lines.append(
@@ -559,11 +381,7 @@ def format_csv(rows: Sequence[dict[str, Any]], seed_rows: Sequence[dict[str, Any
 
 def plot_comparison(rows: Sequence[dict[str, Any]], seed_rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Grouped bars per task (one per condition) with the bootstrap interval; random seeds as dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     by = {(r["task"], r["condition"]): r for r in rows}
@@ -572,10 +390,8 @@ def plot_comparison(rows: Sequence[dict[str, Any]], seed_rows: Sequence[dict[str
     for j, c in enumerate(conds):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(tasks))]
         ys = [100 * by[(t, c)]["score"] for t in tasks]
-        err = [
-            [100 * (by[(t, c)]["score"] - by[(t, c)]["ci_low"]) for t in tasks],
-            [100 * (by[(t, c)]["ci_high"] - by[(t, c)]["score"]) for t in tasks],
-        ]
+        err = [[100 * (by[(t, c)]["score"] - by[(t, c)]["ci_low"]) for t in tasks],
+               [100 * (by[(t, c)]["ci_high"] - by[(t, c)]["score"]) for t in tasks]]
         ax.bar(xs, ys, width=width * 0.95, yerr=err, capsize=2, label=_label(by[(tasks[0], c)]))
         dots = [(x, 100 * s["score"]) for x, t in zip(xs, tasks, strict=True) for s in seed_rows
                 if s["task"] == t and s["group"] == c]  # fmt: skip
@@ -585,35 +401,17 @@ def plot_comparison(rows: Sequence[dict[str, Any]], seed_rows: Sequence[dict[str
     ax.set_ylabel("score (points)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
-def write_outputs(
-    out: Path,
-    rows: list[dict[str, Any]],
-    seed_rows: list[dict[str, Any]],
-    conditions: Iterable[Condition],
-    config: CompareConfig,
-    meta: dict[str, Any],
-) -> dict[str, Path]:
+def write_outputs(out: Path, rows: list[dict[str, Any]], seed_rows: list[dict[str, Any]],
+                  conditions: Iterable[Condition], config: CompareConfig, meta: dict[str, Any]) -> dict[str, Path]:
     """``results.md``, ``results.csv``, ``results.json`` (with the head lists and metadata) and ``results.png``."""
-    files = {
+    data = {"rows": rows, "seed_rows": seed_rows, "conditions": [c.to_json() for c in conditions],
+            "config": asdict(config), "meta": meta}
+    return {
         "markdown": atomic_write_text(out / "results.md", format_markdown(rows, config.confidence)),
         "csv": atomic_write_text(out / "results.csv", format_csv(rows, seed_rows)),
-        "json": atomic_write_json(
-            out / "results.json",
-            stamp("compare", {
-                "rows": rows,
-                "seed_rows": seed_rows,
-                "conditions": [c.to_json() for c in conditions],
-                "config": asdict(config),
-                "meta": meta,
-            }),
-        ),
+        "json": atomic_write_json(out / "results.json", stamp("compare", data)),
+        "plot": plot_comparison(rows, seed_rows, out / "results.png"),
     }
-    files["plot"] = plot_comparison(rows, seed_rows, out / "results.png")
-    return files

@@ -1,35 +1,18 @@
 """Local data for lm-eval tasks: the RTH paper's benchmarks offline, and the organism's tasks.
 
-Two things live here.
+**Benchmark fixtures** (:func:`write_benchmark_fixtures`): for MGSM (direct, native CoT, English CoT),
+MMLU-ProX (and -Lite), MLQA and XQuAD, a small Parquet dataset per language in the hub dataset's schema,
+and per task a YAML under the task's *real name* that includes lm-eval's own task definition and only
+points it at the local files (``dataset_path: parquet``, ``dataset_kwargs: {data_files: ...}``).
+``TaskManager(include_path=fixtures.include_path)`` then resolves e.g. ``mgsm_native_cot_de`` to the
+local copy: prompts, filters and metrics are lm-eval's, only the items are ours (hand-written, parallel
+across en/de/zh, in ``fixture_items.json``, plus templated arithmetic so every MMLU-ProX subject has
+items). :func:`derive_local_task` does the same for any task and local files (e.g. MLQA converted with
+:func:`mlqa_from_squad_json`; the hub copy is a loading script ``datasets`` >= 4 refuses to run).
 
-**Benchmark fixtures** (:func:`write_benchmark_fixtures`). For MGSM (direct,
-native CoT, English CoT), MMLU-ProX (and -Lite), MLQA and XQuAD it writes a
-small Parquet dataset per language in the task's exact schema (the fields
-lm-eval's task YAML and ``utils.py`` read, with the hub dataset's types) and,
-per task, a YAML with the task's *real name* that includes lm-eval's own task
-definition and only points it at the local files::
-
-    include: .../lm_eval/tasks/mgsm/native_cot/mgsm_native_cot_de.yaml
-    task: mgsm_native_cot_de
-    dataset_path: parquet
-    dataset_name: null
-    dataset_kwargs: {data_files: {train: .../mgsm/de/train.parquet, test: .../mgsm/de/test.parquet}}
-
-``TaskManager(include_path=fixtures.include_path)`` (or ``lm_eval
---include_path``) then resolves ``mgsm_native_cot_de`` to the local copy:
-lm-eval lets an include path override a built-in task of the same name. The
-prompts, filters and metrics are lm-eval's; only the items are ours (a handful
-per language, hand-written and parallel across en/de/zh, plus templated
-arithmetic items so every MMLU-ProX subject has test items).
-:func:`derive_local_task` does the same for any lm-eval task and any local
-files (e.g. MLQA converted with :func:`mlqa_from_squad_json`, whose hub copy
-only ships a loading script that ``datasets`` >= 4 refuses to run).
-
-**Organism tasks** (:func:`organism_dataset`). The ``organism_*`` task YAMLs
-shipped in ``tasks/organism/`` name this function as their
-``custom_dataset``: it writes ``organism.tasks.make_eval_set(...)`` to JSONL
-once (in ``RETRIEVAL_HEADS_CACHE`` or ``~/.cache/retrieval_heads``, or the
-``organism_cache_dir`` passed as task metadata) and serves it to lm-eval.
+**Organism tasks** (:func:`organism_dataset`): the ``custom_dataset`` of the ``organism_*`` YAMLs in
+``tasks/organism/``; it writes the built-in model's ``make_eval_set(...)`` to JSONL once (in
+``RETRIEVAL_HEADS_CACHE``, ``~/.cache/retrieval_heads`` or the ``organism_cache_dir`` task metadata).
 
 >>> fx = write_benchmark_fixtures("/tmp/rh-fixtures", langs=["de"])  # doctest: +SKIP
 >>> from lm_eval.tasks import TaskManager                           # doctest: +SKIP
@@ -39,6 +22,7 @@ once (in ``RETRIEVAL_HEADS_CACHE`` or ``~/.cache/retrieval_heads``, or the
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -51,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..runs import atomic_write_text, read_jsonl
+from ..runs import atomic_write_bytes, atomic_write_text, read_jsonl
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 """The task YAMLs shipped with the package: ``organism/`` and ``xquad_compat/``."""
@@ -86,41 +70,16 @@ def schemas() -> dict[str, Any]:
     """
     from datasets import Features, List, Value
 
-    squad_answers = {"text": List(Value("string")), "answer_start": List(Value("int32"))}
+    text, squad = Value("string"), {"text": List(Value("string")), "answer_start": List(Value("int32"))}
     return {
-        "mgsm": Features(
-            {
-                "question": Value("string"),
-                "answer": Value("string"),
-                "answer_number": Value("int32"),
-                "equation_solution": Value("string"),
-            }
-        ),
-        "mmlu_prox": Features(
-            {
-                "question_id": Value("int64"),
-                "question": Value("string"),
-                **{f"option_{i}": Value("string") for i in range(10)},
-                "answer": Value("string"),
-                "answer_index": Value("int64"),
-                "cot_content": Value("string"),
-                "category": Value("string"),
-                "src": Value("string"),
-            }
-        ),
-        "mlqa": Features(
-            {
-                "id": Value("string"),
-                "title": Value("string"),
-                "context": Value("string"),
-                "question": Value("string"),
-                "answers": squad_answers,
-            }
-        ),
-        "xquad": Features(
-            {"id": Value("string"), "context": Value("string"), "question": Value("string"), "answers": squad_answers}
-        ),
-    }
+        "mgsm": Features({"question": text, "answer": text, "answer_number": Value("int32"), "equation_solution": text}),
+        "mmlu_prox": Features({
+            "question_id": Value("int64"), "question": text, **{f"option_{i}": text for i in range(10)},
+            "answer": text, "answer_index": Value("int64"), "cot_content": text, "category": text, "src": text,
+        }),
+        "mlqa": Features({"id": text, "title": text, "context": text, "question": text, "answers": squad}),
+        "xquad": Features({"id": text, "context": text, "question": text, "answers": squad}),
+    }  # fmt: skip
 
 
 # ---- the items -------------------------------------------------------------------------------
@@ -130,25 +89,14 @@ def _items() -> dict[str, Any]:
     return json.loads(text)
 
 
-def _lm_eval_tasks_dir() -> Path:
-    import lm_eval
-
-    return Path(lm_eval.__file__).parent / "tasks"
-
-
 def _check_lang(lang: str, family: str) -> None:
-    if lang not in _items()["arithmetic_question"]:
-        raise ValueError(
-            f"no fixture items in language {lang!r} for {family}; written for {sorted(_items()['arithmetic_question'])}"
-        )
+    if lang not in (written := _items()["arithmetic_question"]):
+        raise ValueError(f"no fixture items in language {lang!r} for {family}; written for {sorted(written)}")
 
 
 def mgsm_rows(lang: str) -> dict[str, list[dict[str, Any]]]:
-    """MGSM splits ``train`` (with the CoT answer, as lm-eval's few-shot examples expect) and ``test``.
-
-    The train ``answer`` starts with the language's answer prefix from lm-eval's
-    ``mgsm/utils.py`` (``"Schritt-für-Schritt-Antwort:"``), which lm-eval's
-    ``doc_to_target`` slices off.
+    """MGSM splits ``train`` (with the CoT answer, as lm-eval's few-shot examples expect) and ``test``; the
+    train ``answer`` starts with lm-eval's answer prefix (``"Schritt-für-Schritt-Antwort:"``), which it slices off.
 
     >>> mgsm_rows("de")["test"][0]["answer_number"]
     8
@@ -157,19 +105,10 @@ def mgsm_rows(lang: str) -> dict[str, list[dict[str, Any]]]:
 
     _check_lang(lang, "mgsm")
     prefix = LANGUAGES[lang]["ANSWER"]
-    test = [
-        {"question": it[lang], "answer": None, "answer_number": it["answer_number"], "equation_solution": None}
-        for it in _items()["math_test"]
-    ]
-    train = [
-        {
-            "question": it[lang]["question"],
-            "answer": f"{prefix} {it[lang]['cot']}",
-            "answer_number": it["answer_number"],
-            "equation_solution": None,
-        }
-        for it in _items()["math_train"]
-    ]
+    test = [{"question": it[lang], "answer": None, "answer_number": it["answer_number"], "equation_solution": None}
+            for it in _items()["math_test"]]  # fmt: skip
+    train = [{"question": it[lang]["question"], "answer": f"{prefix} {it[lang]['cot']}",
+              "answer_number": it["answer_number"], "equation_solution": None} for it in _items()["math_train"]]
     return {"train": train, "test": test}
 
 
@@ -195,15 +134,11 @@ def mmlu_prox_rows(lang: str, subjects: Sequence[str] = MMLU_PROX_SUBJECTS) -> d
         letter = _CHOICES[index]
         conclusion = answer_is.format(letter)
         return {
-            "question_id": next(counter),
-            "question": question,
-            **{f"option_{i}": options[i] for i in range(10)},
-            "answer": letter,
-            "answer_index": index,
+            "question_id": next(counter), "question": question, **{f"option_{i}": options[i] for i in range(10)},
+            "answer": letter, "answer_index": index,
             "cot_content": f"{step} {reasoning} {conclusion[:1].upper()}{conclusion[1:]}.",
-            "category": category,
-            "src": f"retrieval-heads-fixture-{category.replace(' ', '_')}",
-        }
+            "category": category, "src": f"retrieval-heads-fixture-{category.replace(' ', '_')}",
+        }  # fmt: skip
 
     def arithmetic(k: int, category: str) -> dict[str, Any]:
         a, b = 10 + 7 * k % 40, 5 + 11 * k % 50
@@ -229,12 +164,8 @@ def mmlu_prox_rows(lang: str, subjects: Sequence[str] = MMLU_PROX_SUBJECTS) -> d
 def _qa_row(item: dict[str, Any], context_lang: str, question_lang: str, uid: str) -> dict[str, Any]:
     ctx, q = item[context_lang], item[question_lang]
     start = ctx["context"].index(ctx["answer"])
-    return {
-        "id": uid,
-        "context": ctx["context"],
-        "question": q["question"],
-        "answers": {"text": [ctx["answer"]], "answer_start": [start]},
-    }
+    return {"id": uid, "context": ctx["context"], "question": q["question"],
+            "answers": {"text": [ctx["answer"]], "answer_start": [start]}}  # fmt: skip
 
 
 def mlqa_rows(context_lang: str, question_lang: str) -> dict[str, list[dict[str, Any]]]:
@@ -246,10 +177,8 @@ def mlqa_rows(context_lang: str, question_lang: str) -> dict[str, list[dict[str,
     """
     for lang in (context_lang, question_lang):
         _check_lang(lang, "mlqa")
-    rows = [
-        {"title": f"fixture-{i}", **_qa_row(it, context_lang, question_lang, f"mlqa-{context_lang}-{question_lang}-{i}")}
-        for i, it in enumerate(_items()["qa"])
-    ]
+    rows = [{"title": f"fixture-{i}", **_qa_row(it, context_lang, question_lang, f"mlqa-{context_lang}-{question_lang}-{i}")}
+            for i, it in enumerate(_items()["qa"])]  # fmt: skip
     return {"test": rows, "validation": rows[:2]}
 
 
@@ -264,11 +193,8 @@ def xquad_rows(lang: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def mlqa_from_squad_json(path: str | Path) -> list[dict[str, Any]]:
-    """Rows in lm-eval's MLQA schema from an official MLQA file (SQuAD JSON, e.g. ``test-context-de-question-de.json``).
-
-    Use with :func:`derive_local_task` to run ``mlqa_*`` from a local copy of
-    the MLQA release (the hub dataset ``facebook/mlqa`` is a loading script
-    that ``datasets`` >= 4 no longer runs).
+    """Rows in lm-eval's MLQA schema from an official MLQA file (SQuAD JSON, e.g. ``test-context-de-question-de.json``),
+    for :func:`derive_local_task` (the hub's ``facebook/mlqa`` is a loading script ``datasets`` >= 4 refuses).
 
     >>> import json, tempfile, os
     >>> squad = {"data": [{"title": "T", "paragraphs": [{"context": "Bonn am Rhein.", "qas": [
@@ -278,23 +204,12 @@ def mlqa_from_squad_json(path: str | Path) -> list[dict[str, Any]]:
     {'text': ['am Rhein'], 'answer_start': [5]}
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    rows = []
-    for article in data["data"]:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                rows.append(
-                    {
-                        "id": qa["id"],
-                        "title": article.get("title", ""),
-                        "context": para["context"],
-                        "question": qa["question"],
-                        "answers": {
-                            "text": [a["text"] for a in qa["answers"]],
-                            "answer_start": [int(a["answer_start"]) for a in qa["answers"]],
-                        },
-                    }
-                )
-    return rows
+    return [
+        {"id": qa["id"], "title": article.get("title", ""), "context": para["context"], "question": qa["question"],
+         "answers": {"text": [a["text"] for a in qa["answers"]],
+                     "answer_start": [int(a["answer_start"]) for a in qa["answers"]]}}
+        for article in data["data"] for para in article["paragraphs"] for qa in para["qas"]
+    ]  # fmt: skip
 
 
 # ---- writing datasets and task YAMLs ---------------------------------------------------------
@@ -302,12 +217,9 @@ def write_parquet(rows: list[dict[str, Any]], features: Any, path: str | Path) -
     """Write ``rows`` with explicit ``datasets.Features`` (types survive in the Parquet metadata)."""
     from datasets import Dataset
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Dataset.from_list(rows, features=features).to_parquet(str(tmp))
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    Dataset.from_list(rows, features=features).to_parquet(buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def lm_eval_task_yaml(task: str) -> Path:
@@ -316,7 +228,9 @@ def lm_eval_task_yaml(task: str) -> Path:
     >>> lm_eval_task_yaml("mgsm_native_cot_de").name
     'mgsm_native_cot_de.yaml'
     """
-    root = _lm_eval_tasks_dir()
+    import lm_eval
+
+    root = Path(lm_eval.__file__).parent / "tasks"
     if m := re.fullmatch(r"mgsm_(direct|native_cot|en_cot)_(\w+)", task):
         path = root / "mgsm" / m.group(1) / f"{task}.yaml"
     elif m := re.fullmatch(r"mmlu_prox_(?:lite_)?([a-z]{2})_\w+", task):
@@ -337,33 +251,18 @@ def lm_eval_task_yaml(task: str) -> Path:
     return path
 
 
-def derive_local_task(
-    task: str,
-    data_files: dict[str, str | Path],
-    out_dir: str | Path,
-    data_format: str = "parquet",
-    base_yaml: str | Path | None = None,
-    tag: str = FIXTURE_TAG,
-) -> Path:
-    """Write ``{out_dir}/{task}.yaml``: lm-eval's task ``task``, unchanged, reading ``data_files``.
-
-    ``data_files`` maps split names (those the task uses, e.g. ``test`` and
-    ``train`` for MGSM) to local files in ``data_format`` (``parquet``,
-    ``json`` or ``csv``). ``base_yaml`` overrides the task definition to
-    include (default: :func:`lm_eval_task_yaml`).
+def derive_local_task(task: str, data_files: dict[str, str | Path], out_dir: str | Path, data_format: str = "parquet",
+                      base_yaml: str | Path | None = None, tag: str = FIXTURE_TAG) -> Path:
+    """Write ``{out_dir}/{task}.yaml``: lm-eval's task ``task``, unchanged, reading ``data_files`` (split name ->
+    local file in ``data_format``: ``parquet``, ``json`` or ``csv``); ``base_yaml`` overrides the definition
+    included (default: :func:`lm_eval_task_yaml`).
 
     >>> derive_local_task("xquad_de", {"validation": "/data/xquad_de.parquet"}, "/tmp/rh-tasks")  # doctest: +SKIP
     PosixPath('/tmp/rh-tasks/xquad_de.yaml')
     """
     base = Path(base_yaml) if base_yaml else lm_eval_task_yaml(task)
-    config = {
-        "include": str(base.resolve()),
-        "task": task,
-        "tag": tag,
-        "dataset_path": data_format,
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {split: str(Path(p).resolve()) for split, p in data_files.items()}},
-    }
+    config = {"include": str(base.resolve()), "task": task, "tag": tag, "dataset_path": data_format, "dataset_name": None,
+              "dataset_kwargs": {"data_files": {split: str(Path(p).resolve()) for split, p in data_files.items()}}}
     header = f"# Written by retrieval_heads.evaluate.fixtures: lm-eval's {task} on local files.\n"
     body = yaml.safe_dump(config, allow_unicode=True, sort_keys=False, width=1000)
     return atomic_write_text(Path(out_dir) / f"{task}.yaml", header + body)
@@ -386,19 +285,12 @@ class BenchmarkFixtures:
         return [t for names in self.tasks.values() for t in names]
 
 
-def write_benchmark_fixtures(
-    out_dir: str | Path,
-    langs: Iterable[str] = FIXTURE_LANGS,
-    families: Iterable[str] = FAMILIES,
-    mmlu_prox_lite: bool = True,
-) -> BenchmarkFixtures:
-    """Write local datasets and task YAMLs for the RTH paper's benchmarks under their real names.
-
-    Tasks written per language ``L`` (and per pair of languages for MLQA):
-    ``mgsm_direct_L``, ``mgsm_native_cot_L``, ``mgsm_en_cot_L``,
-    ``mmlu_prox_L_{subject}`` (all 14 subjects; also ``mmlu_prox_lite_L_*``),
-    ``mlqa_C_Q``, ``xquad_L``. Data goes to ``out_dir/data``, YAMLs to
-    ``out_dir/tasks`` (the include path). Rewriting is idempotent.
+def write_benchmark_fixtures(out_dir: str | Path, langs: Iterable[str] = FIXTURE_LANGS,
+                             families: Iterable[str] = FAMILIES, mmlu_prox_lite: bool = True) -> BenchmarkFixtures:
+    """Write local datasets and task YAMLs for the RTH paper's benchmarks under their real names, per language
+    ``L``: ``mgsm_{direct,native_cot,en_cot}_L``, ``mmlu_prox_L_{subject}`` (14 subjects; also
+    ``mmlu_prox_lite_L_*``), ``mlqa_C_Q`` (every pair), ``xquad_L``. Data goes to ``out_dir/data``, YAMLs
+    to ``out_dir/tasks`` (the include path). Rewriting is idempotent.
 
     >>> fx = write_benchmark_fixtures("/tmp/rh-fixtures", langs=["en", "de"])  # doctest: +SKIP
     >>> "mgsm_native_cot_de" in fx.tasks["mgsm"]                              # doctest: +SKIP
@@ -411,62 +303,44 @@ def write_benchmark_fixtures(
     if unknown:
         raise ValueError(f"unknown benchmark families {unknown}; choose from {FAMILIES}")
     feats = schemas()
+    prefixes = ("mmlu_prox", "mmlu_prox_lite") if mmlu_prox_lite else ("mmlu_prox",)
+
+    def datasets(family: str) -> list[tuple[str, dict[str, list[dict[str, Any]]], list[tuple[str, str]]]]:
+        """(dataset name, its splits, [(task name, YAML folder)]) of each dataset of ``family``."""
+        if family == "mgsm":
+            return [(lang, mgsm_rows(lang), [(f"mgsm_{v}_{lang}", "mgsm") for v in MGSM_VARIANTS]) for lang in langs]
+        if family == "mmlu_prox":
+            return [(lang, mmlu_prox_rows(lang), [(f"{p}_{lang}_{s}", f"{p}/{lang}") for p in prefixes
+                                                  for s in MMLU_PROX_SUBJECTS]) for lang in langs]  # fmt: skip
+        if family == "mlqa":
+            return [(f"{c}.{q}", mlqa_rows(c, q), [(f"mlqa_{c}_{q}", "mlqa")]) for c in langs for q in langs]
+        return [(lang, xquad_rows(lang), [(f"xquad_{lang}", "xquad")]) for lang in langs]
+
     written: dict[str, list[str]] = {}
-
-    def dataset(family: str, name: str, splits: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
-        return {s: write_parquet(rows, feats[family], data / family / name / f"{s}.parquet") for s, rows in splits.items()}
-
     for family in families:
         names = written.setdefault(family, [])
-        if family == "mgsm":
-            for lang in langs:
-                files = dataset("mgsm", lang, mgsm_rows(lang))
-                for variant in MGSM_VARIANTS:
-                    names.append(f"mgsm_{variant}_{lang}")
-                    derive_local_task(names[-1], files, tasks_dir / "mgsm")
-        elif family == "mmlu_prox":
-            for lang in langs:
-                files = dataset("mmlu_prox", lang, mmlu_prox_rows(lang))
-                for prefix in ("mmlu_prox", "mmlu_prox_lite") if mmlu_prox_lite else ("mmlu_prox",):
-                    for subject in MMLU_PROX_SUBJECTS:
-                        names.append(f"{prefix}_{lang}_{subject}")
-                        derive_local_task(names[-1], files, tasks_dir / prefix / lang)
-        elif family == "mlqa":
-            for ctx in langs:
-                for q in langs:
-                    files = dataset("mlqa", f"{ctx}.{q}", mlqa_rows(ctx, q))
-                    names.append(f"mlqa_{ctx}_{q}")
-                    derive_local_task(names[-1], files, tasks_dir / "mlqa")
-        elif family == "xquad":
-            for lang in langs:
-                files = dataset("xquad", lang, xquad_rows(lang))
-                names.append(f"xquad_{lang}")
-                derive_local_task(names[-1], files, tasks_dir / "xquad")
+        for name, splits, tasks in datasets(family):
+            files = {s: write_parquet(rows, feats[family], data / family / name / f"{s}.parquet")
+                     for s, rows in splits.items()}  # fmt: skip
+            for task, folder in tasks:
+                derive_local_task(task, files, tasks_dir / folder)
+                names.append(task)
     return BenchmarkFixtures(root=out, include_path=tasks_dir, tasks=written)
 
 
 # ---- the organism's tasks --------------------------------------------------------------------
 def cache_dir(override: str | Path | None = None) -> Path:
     """Where generated task data is cached: ``override``, ``$RETRIEVAL_HEADS_CACHE``, or ``~/.cache/retrieval_heads``."""
-    if override:
-        return Path(override)
-    if env := os.environ.get("RETRIEVAL_HEADS_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "retrieval_heads"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "retrieval_heads"
+    return Path(override or os.environ.get("RETRIEVAL_HEADS_CACHE") or default)
 
 
 def _make_eval_set(task: str, n: int, seed: int, lengths: Sequence[int] | None, langs: Sequence[str] | None):
     """The built-in organism's ``make_eval_set`` (its task suite; tests replace this with a stand-in)."""
     from ..builtins import task_suite
 
-    make_eval_set = task_suite("organism").make_eval_set
-    kwargs: dict[str, Any] = {}
-    if lengths is not None:
-        kwargs["lengths"] = list(lengths)
-    if langs is not None:
-        kwargs["langs"] = list(langs)
-    return make_eval_set(task, n=n, seed=seed, **kwargs)
+    kwargs = {k: list(v) for k, v in (("lengths", lengths), ("langs", langs)) if v is not None}
+    return task_suite("organism").make_eval_set(task, n=n, seed=seed, **kwargs)
 
 
 organism_eval_set: Callable[..., Sequence[Any]] = _make_eval_set
@@ -487,14 +361,8 @@ def _as_row(example: Any, index: int, task: str) -> dict[str, Any]:
     return row
 
 
-def write_organism_data(
-    task: str,
-    n: int = 200,
-    seed: int = 1234,
-    lengths: Sequence[int] | None = None,
-    langs: Sequence[str] | None = None,
-    out_dir: str | Path | None = None,
-) -> Path:
+def write_organism_data(task: str, n: int = 200, seed: int = 1234, lengths: Sequence[int] | None = None,
+                        langs: Sequence[str] | None = None, out_dir: str | Path | None = None) -> Path:
     """Write ``make_eval_set(task, n, seed, lengths, langs)`` to JSONL (once) and return its path.
 
     The file name carries the settings (``mono-n200-seed1234-<hash>.jsonl``), so
@@ -515,28 +383,18 @@ def write_organism_data(
     rows = [_as_row(ex, i, task) for i, ex in enumerate(organism_eval_set(task, n, seed, lengths, langs))]
     if not rows:
         raise ValueError(f"make_eval_set({task!r}, n={n}) returned no examples")
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return atomic_write_text(path, lines)
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def organism_dataset(
-    organism_task: str,
-    organism_n: int = 200,
-    organism_seed: int = 1234,
-    organism_lengths: Sequence[int] | None = None,
-    organism_langs: Sequence[str] | None = None,
-    organism_cache_dir: str | None = None,
-    **_metadata: Any,
-):
+def organism_dataset(organism_cache_dir: str | None = None, **kwargs: Any):
     """lm-eval ``custom_dataset`` of the ``organism_*`` tasks: a ``DatasetDict`` with a ``test`` split.
 
-    lm-eval calls it with the task's ``dataset_kwargs`` (``organism_task``,
-    ``organism_n``, ...) and the run's metadata (model args etc., ignored
-    except ``organism_cache_dir``).
+    lm-eval passes the task's ``dataset_kwargs`` (``organism_task``, ``organism_n``, ``organism_seed``,
+    ``organism_lengths``, ``organism_langs``: :func:`write_organism_data`'s arguments with the prefix)
+    and the run's metadata (ignored, except ``organism_cache_dir``).
     """
     from datasets import Dataset, DatasetDict
 
-    path = write_organism_data(
-        organism_task, organism_n, organism_seed, organism_lengths, organism_langs, organism_cache_dir
-    )
+    settings = {k.removeprefix("organism_"): v for k, v in kwargs.items() if k.startswith("organism_")}
+    path = write_organism_data(**settings, out_dir=organism_cache_dir)
     return DatasetDict({"test": Dataset.from_list(list(read_jsonl(path)))})

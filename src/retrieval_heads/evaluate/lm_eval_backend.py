@@ -1,35 +1,25 @@
 """``masked-hf``: lm-eval's Hugging Face backend with attention heads masked.
 
-A subclass of lm-eval's ``HFLM`` (the ``hf`` model) that runs every forward
-pass -- loglikelihood, loglikelihood_rolling and generate_until requests --
-inside :func:`retrieval_heads.masked_heads`, the way lm-eval's own
-``hf_steered.py`` wraps ``_model_call`` and ``_model_generate`` in its
-steering hooks. With no heads it *is* ``hf``: same requests, same numbers.
-
-From the command line (lm-eval has no plugin entry point, so the class must
-be imported before lm-eval looks the name up; ``retrieval-heads lm-eval`` does
-that and then runs lm-eval's own CLI)::
+A subclass of lm-eval's ``HFLM`` (``hf``) that runs every forward (loglikelihood, rolling,
+generate_until) inside :func:`retrieval_heads.masked_heads`, as lm-eval's ``hf_steered.py`` wraps
+``_model_call`` and ``_model_generate`` in its hooks. With no heads it *is* ``hf``: same numbers.
+lm-eval has no plugin entry point, so ``retrieval-heads lm-eval`` imports this module, then runs
+lm-eval's own CLI::
 
     retrieval-heads lm-eval run --model masked-hf \\
         --model_args pretrained=DIR,heads=rth/head_scores.json,top_k=25,mode=zero \\
         --tasks mgsm_native_cot_de --include_path TASKS_DIR --device cpu
 
-``model_args`` (a :class:`~retrieval_heads.selection.HeadSelection` in
-:meth:`~retrieval_heads.selection.HeadSelection.from_args` form):
+``model_args`` (:meth:`~retrieval_heads.selection.HeadSelection.from_args`, plus every ``hf`` argument;
+``pretrained=organism`` loads the built-in model):
 
-- ``heads``: a head-score file (its ``top_k`` best heads, or those above
-  ``threshold``, are masked); an explicit list ``"L-H;L-H"`` (write ``3-10``,
-  not ``3.10``, which lm-eval would read as a float); ``none`` (nothing
-  masked); or ``random``.
-- ``top_k`` (default: 5 % of the model's heads) or ``threshold``.
-- ``random_seed``: a random control instead — K heads drawn with that seed
-  outside the selection of ``heads`` and of every file in ``exclude``
-  (``PATH1;PATH2``), ``layer_matched`` (false) to the first of them.
-- ``mode`` (``zero`` | ``mean`` | ``uniform``), ``means`` (a
-  ``.pt``/``.safetensors`` tensor ``[n_layers, n_heads, head_dim]``, mode ``mean``),
-  plus every ``hf`` argument. ``pretrained=organism`` loads the built-in model.
-
-From Python, around a model already loaded:
+- ``heads``: a head-score file (its ``top_k`` best heads, or those above ``threshold``); a list
+  ``"L-H;L-H"`` (``3-10``, not ``3.10``, which lm-eval would read as a float); ``none``; or ``random``;
+- ``top_k`` (default: 5 % of the model's heads) or ``threshold``;
+- ``random_seed``: a random control, K heads drawn outside the selection of ``heads`` and of every
+  file in ``exclude`` (``PATH1;PATH2``), ``layer_matched`` (false) to the first of them;
+- ``mode`` (``zero`` | ``mean`` | ``uniform``), ``means`` (``[n_layers, n_heads, head_dim]``, ``.pt`` or
+  ``.safetensors``, for ``mean``).
 
 >>> from retrieval_heads import load_model, Head
 >>> model, tok, _ = load_model("organism")                                     # doctest: +SKIP
@@ -70,20 +60,10 @@ class MaskedHFLM(HFLM):
     [Head(layer=2, head=1), Head(layer=3, head=0)]
     """
 
-    def __init__(
-        self,
-        pretrained: Any,
-        heads: Any = None,
-        top_k: int | None = None,
-        mode: str = "zero",
-        threshold: float | None = None,
-        random_seed: int | None = None,
-        exclude: str | Sequence[str] | None = None,
-        layer_matched: bool = False,
-        means: str | Path | torch.Tensor | None = None,
-        device: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, pretrained: Any, heads: Any = None, top_k: int | None = None, mode: str = "zero",
+                 threshold: float | None = None, random_seed: int | None = None,
+                 exclude: str | Sequence[str] | None = None, layer_matched: bool = False,
+                 means: str | Path | torch.Tensor | None = None, device: str | None = None, **kwargs: Any) -> None:
         if mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {mode!r}; choose one of {MASK_MODES}")
         if isinstance(pretrained, str):
@@ -98,18 +78,9 @@ class MaskedHFLM(HFLM):
         self.heads = self.selection.resolve(self.spec.n_layers, self.spec.n_heads)
 
     @classmethod
-    def from_model(
-        cls,
-        model: Any,
-        tokenizer: Any,
-        heads: Iterable[Head | tuple[int, int]] = (),
-        mode: str = "zero",
-        means: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> MaskedHFLM:
-        """Wrap a loaded model and tokenizer; ``heads`` is an explicit head list.
-
-        ``kwargs`` go to ``HFLM`` (``batch_size``, ``max_length``, ...).
+    def from_model(cls, model: Any, tokenizer: Any, heads: Iterable[Head | tuple[int, int]] = (), mode: str = "zero",
+                   means: torch.Tensor | None = None, **kwargs: Any) -> MaskedHFLM:
+        """Wrap a loaded model and tokenizer; ``heads`` is an explicit head list, ``kwargs`` go to ``HFLM``.
 
         >>> lm = MaskedHFLM.from_model(model, tokenizer, heads=[Head(0, 1)])  # doctest: +SKIP
         """

@@ -1,21 +1,19 @@
 """Needle-in-a-haystack accuracy under head masking: a length x depth grid per condition.
 
-For each condition (unmasked, each head set's top-K, random controls: see
-:func:`retrieval_heads.evaluate.compare.build_conditions`; nothing here needs lm-eval) the model answers
-every prompt of the grid greedily, with the heads masked at every position.
-An answer is the first line of the generation (it stops at EOS or at a newline
-once text has started, ``max_new_tokens`` at most). Per prompt:
+For each condition (:func:`~retrieval_heads.evaluate.conditions.build_conditions`; nothing here needs
+lm-eval) the model answers every prompt of the grid greedily (:func:`retrieval_heads.generation.generate`:
+the first line, ``max_new_tokens`` at most) with the heads masked at every position. Prompts built from
+one haystack share the tokens before their needle: that prefix runs once per condition
+(:mod:`retrieval_heads.prefix`, as detection does), with the same answers. Per prompt:
 
-- ``exact_match``: 1 if the expected answer appears verbatim in the answer
-  (both NFKC-normalised, case-folded, whitespace collapsed), else 0;
-- ``rouge1``: ROUGE-1 recall of the expected answer
-  (:func:`retrieval_heads.niah.prompts.rouge1_recall`).
+- ``exact_match``: 1 if the expected answer appears verbatim in the answer (both NFKC-normalised,
+  case-folded, whitespace collapsed), else 0;
+- ``rouge1``: ROUGE-1 recall of the expected answer (:func:`retrieval_heads.niah.prompts.rouge1_recall`).
 
-Files in ``out``: ``run.json`` (the settings a rerun must share),
-``journal.jsonl`` (one line per answered prompt; a rerun skips what it holds), ``cells.json`` (mean scores per condition x length x
+Files in ``out``: ``run.json`` (the settings a rerun must share), ``journal.jsonl`` (one line per
+answered prompt; a rerun skips what it holds), ``cells.json`` (mean scores per condition x length x
 depth, the conditions' head lists and the run metadata), ``summary.md``, and
-``heatmaps/{condition}.png`` plus ``heatmaps/{condition}-vs-unmasked.png``
-(the difference map).
+``heatmaps/{condition}.png`` plus ``heatmaps/{condition}-vs-unmasked.png`` (the difference map).
 
 >>> cfg = NiahEvalConfig(model="organism", out="runs/niah-masked", heads={"rh": "rh/head_scores.json"},
 ...                      top_k=6, lengths="128,256", depths="3")   # doctest: +SKIP
@@ -34,43 +32,33 @@ from typing import Any
 
 import torch
 
-from ..generation import StopTokens, greedy_answers
+from ..generation import StopTokens, generate, pad_id_of
 from ..heads import heads_to_strings
-from ..masking import MASK_MODES, load_means, masked_heads
+from ..masking import masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
+from ..prefix import can_share_prefix, compute_prefix, plan_batches
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
-from .compare import Condition, build_conditions, check_head_sets
+from .conditions import Condition, MaskedEvalConfig, pyplot, save_figure
 
 CELLS_FILE = "cells.json"
 METRICS = ("exact_match", "rouge1")
+MIN_SHARED_PREFIX = 64  # tokens: shorter common prefixes are not worth a separate forward (as in detection)
 
 
 @dataclass
-class NiahEvalConfig:
+class NiahEvalConfig(MaskedEvalConfig):
     """Settings of a masked NIAH run (shared by :func:`run_niah_eval` and ``retrieval-heads niah-eval``).
 
-    Heads: ``heads`` (name -> head-score file), ``top_k`` (None: 5 % of the model's heads), ``mode`` (``means`` for
-    ``mean``), ``random_seeds`` and ``layer_matched`` as in the comparison.
-    Prompts: ``haystack`` (a built-in language, folder, file, ``dataset:NAME``, or
-    ``organism``; ``None``: the organism's own task prompts for the built-in
-    model, else the built-in haystack of ``needle_lang``; ``per_cell`` organism
-    prompts per length x depth cell),
-    ``needles`` (``None``: the built-in needles of ``needle_lang``; or a JSONL
-    file), ``target_lang`` (cross-lingual: the needle stays in ``needle_lang``,
-    the question and expected answer are in ``target_lang``), ``lengths``
-    (``"start:stop:count"`` or ``"512,1024"``), ``depths`` (a count or a list),
-    ``chat_template``. Generation: ``max_new_tokens``. ``overwrite`` discards the
-    answers of an earlier run in ``out`` made with other settings (else it raises).
+    Model, heads and masking: see :class:`~retrieval_heads.evaluate.conditions.MaskedEvalConfig`.
+    Prompts: ``haystack`` (a built-in language, folder, file, ``dataset:NAME``, or ``organism``;
+    ``None``: the organism's own task prompts for the built-in model, else the built-in haystack of
+    ``needle_lang``; ``per_cell`` organism prompts per length x depth cell), ``needles`` (``None``: the
+    built-in needles of ``needle_lang``; or a JSONL file), ``target_lang`` (cross-lingual: the needle
+    stays in ``needle_lang``, the question and expected answer are in ``target_lang``), ``lengths``
+    (``"start:stop:count"`` or ``"512,1024"``), ``depths`` (a count or a list), ``chat_template``.
+    Generation: ``max_new_tokens``, ``batch_size`` and ``share_prefix`` (neither changes an answer).
     """
 
-    model: str
-    out: str
-    heads: dict[str, str] = field(default_factory=dict)
-    top_k: int | None = None
-    mode: str = "zero"
-    means: str | None = None
-    random_seeds: int = 0
-    layer_matched: bool = False
     haystack: str | None = None
     needles: str | None = None
     needle_lang: str = field(default="en", metadata={"help": "Language of the needles (and of the haystack by default)."})
@@ -80,20 +68,16 @@ class NiahEvalConfig:
     chat_template: bool = False
     per_cell: int = 2
     max_new_tokens: int = field(default=50, metadata={"help": "Most tokens generated per answer."})
-    device: str | None = None
-    dtype: str = "auto"
-    overwrite: bool = field(default=False, metadata={"help": "Discard answers of an earlier run in --out made with other settings."})
+    batch_size: int = field(default=1, metadata={"help": "Prompts per forward (answers do not depend on it)."})
+    share_prefix: bool = field(default=True, metadata={
+        "help": "Run the tokens that prompts of one haystack share once per group (same answers)."})
 
     def __post_init__(self) -> None:
         from ..niah.prompts import parse_depths, parse_lengths
 
-        if self.mode not in MASK_MODES:
-            raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
-        if self.mode == "mean" and not self.means:
-            raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
-        if (self.top_k is not None and self.top_k < 1) or self.random_seeds < 0 or self.max_new_tokens < 1:
-            raise ValueError("top_k and max_new_tokens must be >= 1, random_seeds >= 0")
-        check_head_sets(self.heads)
+        super().__post_init__()
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be >= 1")
         parse_lengths(self.lengths)  # fail early on a bad grid
         parse_depths(self.depths)
 
@@ -121,41 +105,21 @@ def answer_contains(answer: str, expected: str) -> int:
     return int(bool(_normalize(expected)) and _normalize(expected) in _normalize(answer))
 
 
-def greedy_answer(model: Any, tokenizer: Any, input_ids: Sequence[int], max_new_tokens: int = 50,
-                  stops: StopTokens | None = None) -> str:
-    """The model's greedy answer to one prompt: the first line of text it generates (see :mod:`~retrieval_heads.generation`)."""
-    return greedy_answers(model, tokenizer, [input_ids], max_new_tokens, stops=stops)[0]
-
-
 def _heads_key(condition: Condition) -> str:
     return hashlib.sha256(",".join(heads_to_strings(condition.heads)).encode()).hexdigest()[:12]
 
 
-def evaluate_niah(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Any],
-    conditions: Sequence[Condition],
-    out: str | Path,
-    mode: str = "zero",
-    means: torch.Tensor | None = None,
-    max_new_tokens: int = 50,
-    meta: dict[str, Any] | None = None,
-    progress: bool = True,
-    settings: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> NiahResult:
+def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions: Sequence[Condition], out: str | Path,
+                  mode: str = "zero", means: torch.Tensor | None = None, max_new_tokens: int = 50,
+                  meta: dict[str, Any] | None = None, progress: bool = True, settings: dict[str, Any] | None = None,
+                  overwrite: bool = False, batch_size: int = 1, share_prefix: bool = True) -> NiahResult:
     """Answer every prompt under every condition (resuming from ``out/journal.jsonl``) and write the results.
 
-    ``prompts`` are :class:`retrieval_heads.niah.prompts.NiahPrompt` s (any
-    object with ``input_ids``, ``depth``, ``expected_answer`` and a ``meta``
-    holding ``prompt_id`` and ``requested_context_length`` will do). ``settings``
-    (the model, the prompt source, ..., by their user-facing names) are stored in
-    ``out/run.json`` (:func:`retrieval_heads.runs.open_run`); a rerun with other
-    settings (or another ``mode``/``max_new_tokens``, or other weights) raises
-    :class:`~retrieval_heads.runs.ResumeMismatchError` unless ``overwrite``,
-    which starts the journal afresh. Answers are keyed by
-    condition, prompt id and head list, so new conditions or grid points are added.
+    ``prompts``: :class:`retrieval_heads.niah.prompts.NiahPrompt` s. ``settings`` (by their user-facing
+    names) go to ``out/run.json`` (:func:`retrieval_heads.runs.open_run`): a rerun with others, or another
+    ``mode``, ``max_new_tokens`` or weights, is refused unless ``overwrite`` (a fresh journal). Answers are
+    keyed by condition, prompt id and head list. ``batch_size`` prompts decode together; with
+    ``share_prefix`` the tokens a group of prompts starts with run once (:func:`retrieval_heads.prefix.plan_batches`).
 
     >>> evaluate_niah(model, tok, build_grid(tok, hay, needles, [256], [0.0, 1.0]),
     ...               [Condition("unmasked")], "runs/n")  # doctest: +SKIP
@@ -168,38 +132,45 @@ def evaluate_niah(
                    overwrite=overwrite, model=(meta or {}).get("model"),
                    hint="Use another --out folder, or --overwrite to start its answers afresh.")
     done = {(r["condition"], r["prompt_id"], r["heads_key"]): r for r in run.records()}
-    todo = [(c, p) for c in conditions for p in prompts if (c.name, p.meta["prompt_id"], _heads_key(c)) not in done]
+    wanted = [(c, p, (c.name, p.meta["prompt_id"], _heads_key(c))) for c in conditions for p in prompts]
+    todo = [(c, p) for c, p, key in wanted if key not in done]
     stops = StopTokens.from_tokenizer(model, tokenizer) if todo else None  # resolved once per run
-    total = len(conditions) * len(prompts)
-    with track("niah", total, total - len(todo), enabled=progress) as bar:
-        for cond, prompt in todo:
+    share = MIN_SHARED_PREFIX if share_prefix and can_share_prefix(model) else None
+    with track("niah", len(wanted), len(wanted) - len(todo), enabled=progress) as bar:
+        for cond in conditions:
+            mine = [p for c, p in todo if c is cond]
+            if not mine:
+                continue
             with masked_heads(model, cond.heads, mode=mode, means=means, spec=spec):  # type: ignore[arg-type]
-                answer = greedy_answer(model, tokenizer, prompt.input_ids, max_new_tokens, stops)
-            expected = prompt.expected_answer
-            record = {
-                "condition": cond.name,
-                "prompt_id": prompt.meta["prompt_id"],
-                "heads_key": _heads_key(cond),
-                "length": int(prompt.meta.get("requested_context_length", len(prompt.input_ids))),
-                "depth": float(prompt.depth),
-                "expected": expected,
-                "answer": answer,
-                "exact_match": answer_contains(answer, expected),
-                "rouge1": rouge1_recall(answer, expected, prompt.meta.get("expected_lang")),
-            }
-            run.append(record)
-            done[(cond.name, record["prompt_id"], record["heads_key"])] = record
-            bar.advance(description=cond.name)
-    wanted = {(c.name, p.meta["prompt_id"], _heads_key(c)) for c in conditions for p in prompts}
-    records = [r for k, r in done.items() if k in wanted]
-    cells, summary = aggregate(records, conditions)
+                prefix = None  # computed under this condition's mask
+                for members, n_prefix in plan_batches([p.input_ids for p in mine], batch_size, share):
+                    batch = [mine[i] for i in members]
+                    if n_prefix == 0:
+                        prefix = None
+                    elif prefix is None or prefix.tokens != tuple(batch[0].input_ids[:n_prefix]):
+                        prefix = None  # free the last group's states first
+                        prefix = compute_prefix(model, batch[0].input_ids[:n_prefix])
+                    decoded = generate(model, [p.input_ids for p in batch], max_new_tokens, stops,  # type: ignore[arg-type]
+                                       pad_id=pad_id_of(tokenizer), prefix=prefix)  # fmt: skip
+                    for b, prompt in enumerate(batch):
+                        answer, expected = decoded.text(tokenizer, b), prompt.expected_answer
+                        record = {
+                            "condition": cond.name, "prompt_id": prompt.meta["prompt_id"], "heads_key": _heads_key(cond),
+                            "length": int(prompt.meta.get("requested_context_length", len(prompt.input_ids))),
+                            "depth": float(prompt.depth), "expected": expected, "answer": answer,
+                            "exact_match": answer_contains(answer, expected),
+                            "rouge1": rouge1_recall(answer, expected, prompt.meta.get("expected_lang")),
+                        }  # fmt: skip
+                        run.append(record)
+                        done[(cond.name, record["prompt_id"], record["heads_key"])] = record
+                        bar.advance(description=cond.name)
+    cells, summary = aggregate(list({key: done[key] for _, _, key in wanted}.values()), conditions)
     files = write_niah_outputs(run.dir, cells, summary, conditions, {**run.meta, **(meta or {})})
     return NiahResult(cells=cells, summary=summary, files=files, computed=len(todo))
 
 
-def aggregate(
-    records: Sequence[dict[str, Any]], conditions: Sequence[Condition]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def aggregate(records: Sequence[dict[str, Any]], conditions: Sequence[Condition]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Mean exact match and ROUGE-1 per (condition, length, depth), and per condition overall."""
     groups: dict[tuple[str, int, float], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -212,12 +183,9 @@ def aggregate(
     ]  # fmt: skip
     summary = []
     for cond in conditions:
-        rs = [r for r in records if r["condition"] == cond.name]
-        if rs:
-            summary.append(
-                {"condition": cond.name, "kind": cond.kind, "k": len(cond.heads), "n": len(rs),
-                 **{m: sum(r[m] for r in rs) / len(rs) for m in METRICS}}
-            )  # fmt: skip
+        if rs := [r for r in records if r["condition"] == cond.name]:
+            summary.append({"condition": cond.name, "kind": cond.kind, "k": len(cond.heads), "n": len(rs),
+                            **{m: sum(r[m] for r in rs) / len(rs) for m in METRICS}})  # fmt: skip
     return cells, summary
 
 
@@ -235,17 +203,11 @@ def _grid(cells: Sequence[dict[str, Any]], condition: str, metric: str):
 
 def plot_heatmap(cells: Sequence[dict[str, Any]], condition: str, path: Path, reference: str | None = None) -> Path:
     """Exact match and ROUGE-1 of ``condition`` as depth x length heatmaps; with ``reference``, the difference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.6))
     for ax, metric in zip(axes, METRICS, strict=True):
         grid, lengths, depths = _grid(cells, condition, metric)
         if reference is not None:
-            ref, _, _ = _grid(cells, reference, metric)
-            grid = grid - ref
+            grid = grid - _grid(cells, reference, metric)[0]
             im = ax.imshow(grid, cmap="RdBu", vmin=-1, vmax=1, aspect="auto", origin="upper")
             ax.set_title(f"{metric}: {condition} - {reference}", fontsize=9)
         else:
@@ -259,40 +221,22 @@ def plot_heatmap(cells: Sequence[dict[str, Any]], condition: str, path: Path, re
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("needle depth")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-def write_niah_outputs(
-    out: Path,
-    cells: list[dict[str, Any]],
-    summary: list[dict[str, Any]],
-    conditions: Sequence[Condition],
-    meta: dict[str, Any],
-) -> dict[str, Path]:
+def write_niah_outputs(out: Path, cells: list[dict[str, Any]], summary: list[dict[str, Any]],
+                       conditions: Sequence[Condition], meta: dict[str, Any]) -> dict[str, Path]:
     """``cells.json``, ``summary.md`` and the heatmaps."""
-    files = {
-        "cells": atomic_write_json(
-            out / CELLS_FILE,
-            stamp("niah-eval", {"conditions": [c.to_json() for c in conditions], "cells": cells, "summary": summary,
-                                "meta": meta}),
-        )  # fmt: skip
-    }
+    data = {"conditions": [c.to_json() for c in conditions], "cells": cells, "summary": summary, "meta": meta}
     lines = ["| condition | heads | prompts | exact match | ROUGE-1 recall |", "|---|---|---|---|---|"]
     lines += [f"| {s['condition']} | {s['k']} | {s['n']} | {s['exact_match']:.3f} | {s['rouge1']:.3f} |" for s in summary]
-    files["summary"] = atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    files = {"cells": atomic_write_json(out / CELLS_FILE, stamp("niah-eval", data)),
+             "summary": atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")}  # fmt: skip
     present = {c["condition"] for c in cells}
-    for cond in conditions:
-        if cond.name not in present:
-            continue
-        files[f"heatmap:{cond.name}"] = plot_heatmap(cells, cond.name, out / "heatmaps" / f"{cond.name}.png")
-        if cond.name != "unmasked" and "unmasked" in present:
-            files[f"diff:{cond.name}"] = plot_heatmap(
-                cells, cond.name, out / "heatmaps" / f"{cond.name}-vs-unmasked.png", reference="unmasked"
-            )
+    for name in (c.name for c in conditions if c.name in present):
+        files[f"heatmap:{name}"] = plot_heatmap(cells, name, out / "heatmaps" / f"{name}.png")
+        if name != "unmasked" and "unmasked" in present:
+            files[f"diff:{name}"] = plot_heatmap(cells, name, out / "heatmaps" / f"{name}-vs-unmasked.png", "unmasked")
     return files
 
 
@@ -306,17 +250,11 @@ def build_prompts(config: NiahEvalConfig, tokenizer: Any, max_model_length: int 
     if config.target_lang and config.needles:
         raise ValueError("target_lang uses the built-in parallel needles; do not also give needles")
     request = PromptRequest(
-        lengths=parse_lengths(config.lengths),
-        depths=parse_depths(config.depths),
-        kind="transition" if config.target_lang else "retrieval",
-        lang=config.needle_lang,
-        source_lang=config.needle_lang if config.target_lang else None,
-        target_lang=config.target_lang,
-        needles=config.needles,
-        haystack=config.haystack,
-        chat_template=config.chat_template,
-        per_cell=config.per_cell,
-    )
+        lengths=parse_lengths(config.lengths), depths=parse_depths(config.depths),
+        kind="transition" if config.target_lang else "retrieval", lang=config.needle_lang,
+        source_lang=config.needle_lang if config.target_lang else None, target_lang=config.target_lang,
+        needles=config.needles, haystack=config.haystack, chat_template=config.chat_template, per_cell=config.per_cell,
+    )  # fmt: skip
     return build_source_prompts(config.model, tokenizer, max_model_length, request)
 
 
@@ -325,25 +263,12 @@ def run_niah_eval(config: NiahEvalConfig, model: Any = None, tokenizer: Any = No
 
     >>> run_niah_eval(NiahEvalConfig(model="organism", out="runs/n", heads={"rh": "rh.json"}, top_k=6))  # doctest: +SKIP
     """
-    from ..model_spec import load_model
-
-    if model is None:
-        model, tokenizer, _ = load_model(config.model, dtype=config.dtype, device=config.device)
-    elif tokenizer is None:
-        raise ValueError("pass the tokenizer with the model")
-    spec = ModelSpec.from_model(model)
-    conditions = build_conditions(
-        config.heads, config.top_k, config.random_seeds, spec.n_layers, spec.n_heads, config.layer_matched
-    )
+    model, tokenizer, spec, conditions, means = config.prepare(model, tokenizer)
     prompts = build_prompts(config, tokenizer, spec.max_positions)
-    meta = run_metadata(
-        model=config.model, config=asdict(config), conditions=[c.to_json() for c in conditions],
-        n_prompts=len(prompts),
-    )  # fmt: skip
-    means = load_means(config.means) if config.means else None
+    meta = run_metadata(model=config.model, config=asdict(config), conditions=[c.to_json() for c in conditions],
+                        n_prompts=len(prompts))  # fmt: skip
     settings = flags(asdict(config), ("model", "means", "haystack", "needles", "needle_lang", "target_lang",
                                       "chat_template"))  # fmt: skip
-    return evaluate_niah(
-        model, tokenizer, prompts, conditions, config.out, config.mode, means, config.max_new_tokens, meta, progress,
-        settings=settings, overwrite=config.overwrite,
-    )  # fmt: skip
+    return evaluate_niah(model, tokenizer, prompts, conditions, config.out, config.mode, means, config.max_new_tokens,
+                         meta, progress, settings=settings, overwrite=config.overwrite, batch_size=config.batch_size,
+                         share_prefix=config.share_prefix)  # fmt: skip

@@ -1,19 +1,14 @@
 """Bootstrap intervals over items: a score's, and a paired change's.
 
-Every benchmark score in a comparison is a mean over items (exact match,
-F1, ...). Its uncertainty is estimated by the percentile bootstrap: resample
-the items with replacement ``n_resamples`` times, take the mean each time, and
-report the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles.
-A change against the unmasked model is bootstrapped *paired*: the same
-resampled items are used for both conditions, so item difficulty cancels.
-
-The generator is seeded, so an interval is a deterministic function of its
-inputs.
+A benchmark score is a mean over items (exact match, F1, ...). Its interval is the percentile
+bootstrap: resample the items with replacement ``n_resamples`` times, take each mean, and report the
+``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles. A change against the unmasked model
+is bootstrapped *paired* (the same resampled items for both conditions, so item difficulty cancels).
+The generator is seeded: an interval is a deterministic function of its inputs.
 
 >>> bootstrap_ci([1.0, 1.0, 1.0])
 (1.0, 1.0, 1.0)
->>> mean, low, high = bootstrap_ci([0.0, 1.0], n_resamples=4000)
->>> mean, low, high
+>>> bootstrap_ci([0.0, 1.0], n_resamples=4000)
 (0.5, 0.0, 1.0)
 >>> paired_bootstrap_ci([0.0, 0.5, 1.0], [0.0, 0.25, 0.5])[0]
 -0.25
@@ -21,14 +16,10 @@ inputs.
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
-
-DEFAULT_RESAMPLES = 2000
-DEFAULT_CONFIDENCE = 0.95
 
 
 def _check(values: Sequence[float], confidence: float, n_resamples: int) -> np.ndarray:
@@ -44,21 +35,8 @@ def _check(values: Sequence[float], confidence: float, n_resamples: int) -> np.n
     return x
 
 
-def _percentile_interval(x: np.ndarray, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_resamples, x.size))  # (B, n) resampled item indices
-    means = x[idx].mean(axis=1)  # (B,)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
-def bootstrap_ci(
-    values: Sequence[float],
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-) -> tuple[float, float, float]:
+def bootstrap_ci(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float, float]:
     """Mean of ``values`` and its percentile-bootstrap interval: ``(mean, low, high)``.
 
     With a single item, or all items equal, the interval collapses to the mean.
@@ -70,20 +48,15 @@ def bootstrap_ci(
     mean = float(x.mean())
     if np.all(x == x[0]):
         return mean, mean, mean
-    low, high = _percentile_interval(x, n_resamples, confidence, seed)
-    return mean, low, high
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))  # (B, n) resampled items
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(x[idx].mean(axis=1), [alpha, 1.0 - alpha])
+    return mean, float(low), float(high)
 
 
-def paired_bootstrap_ci(
-    reference: Sequence[float],
-    treated: Sequence[float],
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Mean change ``treated - reference`` over the same items and its paired bootstrap interval.
-
-    ``reference[i]`` and ``treated[i]`` must be the same item's scores.
+def paired_bootstrap_ci(reference: Sequence[float], treated: Sequence[float], n_resamples: int = 2000,
+                        confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean change ``treated - reference`` over the same items (``[i]`` is one item) and its paired interval.
 
     >>> paired_bootstrap_ci([0.25, 0.5, 1.0], [0.125, 0.375, 0.875])  # every item lost 0.125
     (-0.125, -0.125, -0.125)
@@ -115,8 +88,3 @@ def stable_seed(*parts: object) -> int:
     True
     """
     return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8")) & 0x7FFFFFFF
-
-
-def is_close(a: float, b: float, tol: float = 1e-9) -> bool:
-    """``True`` when two scores agree to ``tol`` (used to cross-check lm-eval's own aggregate)."""
-    return math.isclose(a, b, rel_tol=0.0, abs_tol=tol)
