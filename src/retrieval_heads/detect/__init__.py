@@ -12,9 +12,10 @@
 See ``docs/detection.md`` for the score, the two modes and the files a run writes.
 """
 
+from ..generation import StopTokens
 from .config import DetectConfig
 from .events import copy_event_mask, copy_events, mean_head_scores, prompt_scores
-from .greedy import StopTokens, greedy_batch
+from .greedy import greedy_batch
 from .inputs import PromptError, PromptItem, prompt_item
 from .plots import plot_heatmap
 from .runner import (

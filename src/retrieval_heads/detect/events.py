@@ -100,6 +100,11 @@ def copy_events(
     return seen[..., :width].sum(dim=-1)
 
 
+def copy_scorer(dedup: bool = False) -> EventScorer:
+    """The copy-event rule as an :data:`EventScorer` (the default of both detection modes)."""
+    return lambda top1, targets, keys, start, end, valid: copy_events(top1, targets, keys, start, end, valid, dedup)
+
+
 def prompt_scores(counts: Tensor, span_lengths: Tensor) -> Tensor:
     """Per-prompt head scores ``(B, L, H)``: events divided by the answer span length of each prompt.
 

@@ -28,12 +28,10 @@ import torch
 from transformers import PreTrainedModel
 
 from ..capture import capture_attention
-from ..generation import StopTokens, generate, response_text
+from ..generation import StopTokens, generate
 from ..model_spec import ModelSpec
 from ..prefix import Prefix, span_columns
-from .events import EventScorer, copy_events
-
-__all__ = ["GreedyOutput", "StopTokens", "greedy_batch", "response_text"]
+from .events import EventScorer, copy_scorer
 
 
 @dataclass
@@ -81,8 +79,5 @@ def greedy_batch(
     tokens = out.tokens.to(device)  # (B, S)
     n_scored = out.n_tokens.to(device)
     valid = torch.arange(tokens.shape[1], device=device)[None, :] < n_scored[:, None]
-    if scorer is None:
-        counts = copy_events(top1, tokens, ids, span_start, span_end, valid=valid, dedup=dedup)
-    else:
-        counts = scorer(top1, tokens, ids, span_start, span_end, valid)
+    counts = (scorer or copy_scorer(dedup))(top1, tokens, ids, span_start, span_end, valid)
     return GreedyOutput(counts=counts.cpu(), tokens=out.tokens, n_scored=out.n_tokens, stop_reason=out.stop_reason)

@@ -44,7 +44,7 @@ from ..capture import capture_attention
 from ..generation import cache_argument, left_pad
 from ..model_spec import ModelSpec
 from ..prefix import Prefix, prefix_cache, span_columns
-from .events import EventScorer, copy_events
+from .events import EventScorer, copy_scorer
 
 
 @dataclass
@@ -118,8 +118,5 @@ def teacher_batch(
     correct = (predictions == targets) & valid
     top1 = rec.stacked().indices[0, ..., 0].permute(1, 3, 0, 2).to(device)  # (L, B, H, R) -> (B, R, L, H)
     span_start, span_end = span_columns(spans, n_prefix, pad)
-    if scorer is None:
-        counts = copy_events(top1, targets, ids, span_start, span_end, valid=correct, dedup=dedup)
-    else:
-        counts = scorer(top1, targets, ids, span_start, span_end, correct)
+    counts = (scorer or copy_scorer(dedup))(top1, targets, ids, span_start, span_end, correct)
     return TeacherOutput(counts=counts.cpu(), predictions=predictions.cpu(), correct=correct.cpu(), n_answer=n_answer.cpu())
