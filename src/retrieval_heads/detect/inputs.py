@@ -45,9 +45,7 @@ class PromptItem:
 
 
 def _as_list(ids: Any) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        return [int(x) for x in ids.flatten().tolist()]
-    return [int(x) for x in ids]
+    return [int(x) for x in (ids.flatten().tolist() if isinstance(ids, torch.Tensor) else ids)]
 
 
 def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:

@@ -99,8 +99,7 @@ def align_answer(
             pos = source_answer.find(src, pos + 1)
         if pos < 0:
             continue
-        for i in range(pos, pos + len(src)):
-            taken[i] = True
+        taken[pos : pos + len(src)] = [True] * len(src)
         units.append(((pos, pos + len(src)), tgt))
     if not units:
         units = [((0, len(source_answer)), target_answer)]

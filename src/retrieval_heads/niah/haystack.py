@@ -115,8 +115,8 @@ class Haystack:
     def __repr__(self) -> str:
         return f"Haystack(lang={self.lang!r}, source={self.source!r}, chars={len(self.text)})"
 
-    def cycled(self, n_chars: int, separator: str = "\n\n") -> str:
-        """The text repeated (joined by ``separator``) and cut to ``n_chars`` characters.
+    def cycled(self, n_chars: int) -> str:
+        """The text repeated (joined by a blank line) and cut to ``n_chars`` characters.
 
         Example:
             >>> Haystack("en", "Hi.").cycled(8)
@@ -124,7 +124,7 @@ class Haystack:
         """
         if n_chars <= len(self.text):
             return self.text[:n_chars]
-        unit = self.text + separator
+        unit = self.text + "\n\n"
         return (unit * (n_chars // len(unit) + 1))[:n_chars]
 
     def tokenized_text(self, tokenizer: Any, n_tokens: int) -> tuple[str, list[tuple[int, int]]]:
@@ -177,10 +177,6 @@ def encode(tokenizer: Any, text: str, add_special_tokens: bool = False) -> tuple
     require_fast(tokenizer)
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, verbose=False)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-
-def _read_builtin(lang: str) -> str:
-    return resources.files("retrieval_heads.niah").joinpath("corpora", f"{lang}.txt").read_text("utf-8")
 
 
 def _read_dir(path: Path) -> str:
@@ -269,7 +265,8 @@ def load_haystack(
         )
         return Haystack(lang=lang, text=text, source=src)
     if src in BUILTIN_LANGS:
-        return Haystack(lang=src, text=_read_builtin(src), source=f"builtin:{src}")
+        text = resources.files("retrieval_heads.niah").joinpath("corpora", f"{src}.txt").read_text("utf-8")
+        return Haystack(lang=src, text=text, source=f"builtin:{src}")
     path = Path(src)
     if path.is_dir():
         return Haystack(lang=lang, text=_read_dir(path), source=str(path))

@@ -26,6 +26,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from .haystack import CJK_LANGS, Haystack, encode, is_cjk_char, require_fast, sentence_boundaries
@@ -36,14 +37,11 @@ DEFAULT_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:"
 
 
 def length_tolerance(context_length: int) -> int:
-    """How far the context's token count may be from the requested length.
+    """How far the context's token count may be from the requested length: ``max(16, ceil(5 %))``.
 
-    The filler ends at the last sentence boundary before its token budget
-    when one lies within ``tolerance - 4`` tokens (otherwise mid-sentence,
-    at the budget), and the needle's tokens may merge with their neighbours
-    (a token or two), so the count is within
-    ``max(16, ceil(0.05 * context_length))`` of the request, and usually at
-    or a little below it.
+    The filler ends at a sentence boundary within ``tolerance - 4`` tokens of
+    its budget (else at the budget) and the needle's tokens may merge with
+    their neighbours, so the count is usually at or a little below the request.
 
     Example:
         >>> length_tolerance(100), length_tolerance(1000), length_tolerance(32000)
@@ -117,10 +115,7 @@ class _Filler:
     @classmethod
     def build(cls, tokenizer: Any, haystack: Haystack, n_tokens: int) -> _Filler:
         text, offsets = haystack.tokenized_text(tokenizer, n_tokens)
-        ends, running = [], 0
-        for _, end in offsets:  # byte-level tokens of one character can overlap
-            running = max(running, end)
-            ends.append(running)
+        ends = list(accumulate((end for _, end in offsets), max))  # byte-level tokens of one character overlap
         return cls(text, ends, sentence_boundaries(text))
 
     def tokens_before(self, pos: int) -> int:
