@@ -152,15 +152,10 @@ def _events_dict(counts: torch.Tensor) -> dict[str, int]:
 
 
 def _score_batch(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    batch: Sequence[PromptItem],
-    config: DetectConfig,
-    spec: ModelSpec,
-    stops: StopTokens | None,
-    pad_id: int,
-    prefix: Prefix | None = None,
+    model: PreTrainedModel, tokenizer: Any, batch: Sequence[PromptItem], config: DetectConfig, spec: ModelSpec,
+    stops: StopTokens | None, pad_id: int, prefix: Prefix | None = None,
 ) -> list[dict[str, Any]]:
+    """The journal records of one batch: the scored events of each prompt and whether it counts."""
     seqs, spans = [it.input_ids for it in batch], [it.span for it in batch]
     transition = config.kind == "transition"
     scorer = None
@@ -196,8 +191,8 @@ def _score_batch(
                             "denominator": n, "events": _events_dict(out_t.counts[b])})
     return [
         {"prompt_id": it.prompt_id, "length": it.length, "n_tokens": len(it.input_ids), "depth": it.depth,
-         "needle_id": it.needle_id, "kind": config.kind,
-         "lang": it.lang, "mode": config.mode, "answer": it.answer, "span_len": it.span_len,
+         "needle_id": it.needle_id, "kind": config.kind, "lang": it.lang, "mode": config.mode, "answer": it.answer,
+         "span_len": it.span_len,
          **({"target_answer": it.target_answer, "target_lang": it.target_lang} if transition else {}), **rec}
         for it, rec in zip(batch, records, strict=True)
     ]

@@ -124,12 +124,9 @@ def aligned_table(
     width = width or len(source_token_char_spans)
     table = torch.zeros(len(step_tokens), width, dtype=torch.bool)
     for w, (a, b) in enumerate(source_token_char_spans):
-        for u, ((ua, ub), _target) in enumerate(units):
-            if a < ub and ua < b:  # the token overlaps the unit's characters
-                ids = target_unit_token_ids[u]
-                for s, tok in enumerate(step_tokens):
-                    if tok in ids:
-                        table[s, w] = True
+        # the target tokens of every unit whose characters the source token overlaps
+        ids = set().union(*(target_unit_token_ids[u] for u, ((ua, ub), _) in enumerate(units) if a < ub and ua < b))
+        table[:, w] = torch.tensor([tok in ids for tok in step_tokens], dtype=torch.bool)
     return table
 
 
@@ -175,11 +172,8 @@ def make_transition_scorer(items, tokenizer, alignment: str = "lexicon", lexicon
     width = max(it.span_len for it in items)
 
     def scorer(top1, tokens, key_tokens, span_start, span_end, valid):  # noqa: ANN001 - EventScorer
-        tables = [
-            aligned_table(offsets, units, unit_ids, tokens[b].tolist(), width)
-            for b, (offsets, units, unit_ids) in enumerate(per_item)
-        ]
-        aligned = torch.stack(tables).to(top1.device)
+        aligned = torch.stack([aligned_table(offsets, units, unit_ids, tokens[b].tolist(), width)
+                               for b, (offsets, units, unit_ids) in enumerate(per_item)])  # (B, S, W)
         return transition_events(top1, tokens, key_tokens, span_start, span_end, aligned, valid)
 
     return scorer

@@ -60,23 +60,25 @@ def language_study(
     run = open_run(out, "language-study", settings, discard=(), model=model_name, seed=config.seed,
                    langs=list(langs), transitions=[f"{s}-{t}" for s, t in transitions], top_k=top_k,
                    detect=dataclasses.asdict(config))
+    rh: dict[str, HeadScores] = {}
+    rth: dict[str, HeadScores] = {}
     failed: dict[str, str] = {}
 
-    def scores(name: str, title: str, kind: str, **languages: str) -> HeadScores | None:
-        """One detection run of the study (None, recorded in ``failed``, when no prompt passed the filter)."""
-        console.rule(title)
+    def detect_into(found: dict[str, HeadScores], key: str, kind: str, **languages: str) -> None:
+        """One detection run into ``found[key]``; a run where no prompt passed the filter goes to ``failed``."""
+        name, heads = ("rh", "retrieval") if kind == "retrieval" else ("rth", "retrieval-transition")
+        console.rule(f"{heads} heads: {' -> '.join(languages.values())}")
         prompts = build_prompts(model_name, tokenizer, max_positions, dataclasses.replace(request, kind=kind, **languages))
         try:
-            return detect(model, tokenizer, prompts, dataclasses.replace(config, kind=kind), out / name, console=console)
+            found[key] = detect(model, tokenizer, prompts, dataclasses.replace(config, kind=kind), out / f"{name}-{key}",
+                                console=console)
         except NoRetrievalError as err:
-            failed[name] = str(err).splitlines()[0]
-            return None
+            failed[f"{name}-{key}"] = str(err).splitlines()[0]
 
-    found = {lang: scores(f"rh-{lang}", f"retrieval heads: {lang}", "retrieval", lang=lang) for lang in langs}
-    rh = {lang: s for lang, s in found.items() if s is not None}
-    found = {f"{src}-{tgt}": scores(f"rth-{src}-{tgt}", f"retrieval-transition heads: {src} -> {tgt}", "transition",
-                                    source_lang=src, target_lang=tgt) for src, tgt in transitions}
-    rth = {pair: s for pair, s in found.items() if s is not None}
+    for lang in langs:
+        detect_into(rh, lang, "retrieval", lang=lang)
+    for src, tgt in transitions:
+        detect_into(rth, f"{src}-{tgt}", "transition", source_lang=src, target_lang=tgt)
 
     result: dict[str, Any] = {"failed": failed}
     if len(rh) >= 2:

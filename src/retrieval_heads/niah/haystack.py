@@ -1,12 +1,8 @@
 """Haystacks: the long natural text a needle is hidden in.
 
-A :class:`Haystack` is a language tag plus a text. :func:`load_haystack` reads
-one from a built-in corpus (original essay-like prose shipped with the
-package, one per language), a directory of ``*.txt`` files, a single text
-file, or a Hugging Face ``datasets`` dataset. :meth:`Haystack.text_for_tokens`
-returns at least N tokens of it for a given tokenizer, repeating the text
-cyclically when it is too short (the reference code does the same with its
-essays).
+A :class:`Haystack` is a language tag plus a text (:func:`load_haystack`: a
+built-in corpus, a folder, a file or a ``datasets`` dataset), repeated
+cyclically when a prompt needs more tokens than it holds.
 
 Sentence boundaries are found in the text itself (:func:`sentence_boundaries`),
 never through token ids, so the same rule holds for every tokenizer.

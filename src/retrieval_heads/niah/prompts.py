@@ -161,7 +161,6 @@ def _render(template: str, context: str, question: str) -> tuple[str, int]:
     """Render ``template``; return the text and the character offset of the context."""
     parts: list[str] = []
     ctx_start: int | None = None
-    n_question = 0
     try:
         fields = list(string.Formatter().parse(template))
     except ValueError as e:
@@ -172,19 +171,14 @@ def _render(template: str, context: str, question: str) -> tuple[str, int]:
             continue
         if spec or conv:
             raise ValueError(f"template field {{{name}}} must not have a format spec or conversion")
+        if name not in ("context", "question"):
+            raise ValueError(f"unknown template field {{{name}}}: only {{context}} and {{question}} are allowed")
         if name == "context":
             if ctx_start is not None:
                 raise ValueError("template must contain {context} exactly once")
             ctx_start = sum(len(p) for p in parts)
-            parts.append(context)
-        elif name == "question":
-            n_question += 1
-            parts.append(question)
-        else:
-            raise ValueError(
-                f"unknown template field {{{name}}}: only {{context}} and {{question}} are allowed"
-            )
-    if ctx_start is None or n_question == 0:
+        parts.append(context if name == "context" else question)
+    if ctx_start is None or not any(name == "question" for _, name, _, _ in fields):
         raise ValueError(f"template {template!r} must contain {{context}} and {{question}}")
     return "".join(parts), ctx_start
 
