@@ -23,7 +23,6 @@ A user-supplied lexicon is one JSON object per line, the same shape as above
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -32,7 +31,6 @@ from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_LANGS: tuple[str, ...] = ("en", "de", "zh", "sw")
-CATEGORIES: tuple[str, ...] = ("country", "language", "month", "weekday", "city")
 
 # forms we refuse: digits, brackets, punctuation that would clash with prompts
 _BAD_FORM = re.compile(r"[\d()\[\],;:&/.'’\"?!>|（），、]|\s-|-\s")
@@ -47,10 +45,6 @@ class LexEntry:
     category: str
     key: str
     forms: dict[str, str]
-
-    def form(self, lang: str) -> str:
-        """The written form in ``lang`` (KeyError if the lexicon lacks it)."""
-        return self.forms[lang]
 
 
 @dataclass
@@ -112,10 +106,7 @@ class Lexicon:
 
     def to_jsonl(self, path: str | Path) -> None:
         """Write one ``{"category", "key", "forms"}`` object per line."""
-        lines = [
-            json.dumps({"category": e.category, "key": e.key, "forms": e.forms}, ensure_ascii=False)
-            for e in self.entries
-        ]
+        lines = [json.dumps({"category": e.category, "key": e.key, "forms": e.forms}, ensure_ascii=False) for e in self]
         Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @classmethod
@@ -146,11 +137,6 @@ def _clean(form: str | None) -> str | None:
     if _BAD_FORM.search(form) or len(form.split()) > 3 or len(form) > 24:
         return None
     return form
-
-
-def _distinct(forms: dict[str, str]) -> bool:
-    folded = [f.casefold() for f in forms.values()]
-    return all(a != b for a, b in itertools.combinations(folded, 2))
 
 
 def _babel_forms(langs: tuple[str, ...]) -> Iterator[tuple[str, str, dict[str, str | None]]]:
@@ -185,11 +171,11 @@ def _load_cached(langs: tuple[str, ...], distinct: bool) -> tuple[LexEntry, ...]
     out: list[LexEntry] = []
     seen: dict[tuple[str, str], str] = {}  # (lang, folded form) -> key: keep forms unambiguous
     for category, key, raw in _babel_forms(langs):
-        forms = {lang: _clean(f) for lang, f in raw.items()}
-        if any(f is None for f in forms.values()):
+        clean = {lang: _clean(f) for lang, f in raw.items()}
+        if any(f is None for f in clean.values()):
             continue
-        clean = {lang: str(f) for lang, f in forms.items()}
-        if distinct and not _distinct(clean):
+        folded = [f.casefold() for f in clean.values()]
+        if distinct and len(set(folded)) < len(folded):  # two languages share a form
             continue
         if any((lang, f.casefold()) in seen for lang, f in clean.items()):
             continue

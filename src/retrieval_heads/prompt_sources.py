@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .builtins import BuiltinModel, builtin_for, get_builtin
+from .builtins import builtin_for, get_builtin
 
 DEFAULT_MAX_LENGTH, DEFAULT_N_LENGTHS = 8000, 8
 
@@ -39,18 +39,6 @@ class PromptRequest:
     seed: int = 0
 
 
-def builtin_prompt_source(model_name: str, haystack: str | None) -> BuiltinModel | None:
-    """The built-in model whose own prompts ``model_name`` gets (None: NIAH grids).
-
-    A built-in model (or a checkpoint trained like one) gets its own prompts
-    unless another haystack is asked for; ``--haystack NAME`` of a built-in
-    model asks for that model's prompts.
-    """
-    if haystack is not None:
-        return get_builtin(haystack)
-    return builtin_for(model_name)
-
-
 def default_lengths(max_positions: int | None) -> list[int]:
     """The default grid: 8 lengths from 1000 to 8000, scaled down to fit the model's window.
 
@@ -72,6 +60,9 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
     """NIAH prompts for ``req``: a built-in model's own prompts or a haystack x needle grid.
 
     ``req.lengths`` None is the :func:`default_lengths` grid of the window (set on ``req``).
+    A built-in model (or a checkpoint trained like one) gets its own prompts
+    unless another haystack is asked for; ``--haystack NAME`` of a built-in
+    model asks for that model's prompts.
     """
     transition = req.kind == "transition"
     if transition and not (req.source_lang and req.target_lang):
@@ -80,7 +71,7 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
         raise ValueError("source and target language must differ for retrieval-transition heads")
     if req.lengths is None:
         req.lengths = default_lengths(max_positions)
-    builtin = builtin_prompt_source(model_name, req.haystack)
+    builtin = builtin_for(model_name) if req.haystack is None else get_builtin(req.haystack)
     if builtin is not None and builtin.prompts is not None:
         path = None if model_name == builtin.name else model_name
         return builtin.prompts(path, tokenizer, max_positions, req)

@@ -10,7 +10,7 @@ ValueError: mode must be 'greedy' or 'teacher', got 'beam'
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("greedy", "teacher")
@@ -112,6 +112,5 @@ class DetectConfig:
         """The settings that change results (batch size, progress and output options do not)."""
         keys = ("kind", "mode", "rouge_threshold", "dedup", "seed")
         keys += ("alignment", "lexicon") if self.kind == "transition" else ()
-        greedy_keys = ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
-        data = asdict(self)
-        return {k: data[k] for k in keys + greedy_keys}
+        keys += ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
+        return {k: getattr(self, k) for k in keys}

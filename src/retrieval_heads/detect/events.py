@@ -31,21 +31,36 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 # (top1 (B,S,L,H), emitted tokens (B,S), key tokens (B,T), span_start (B,), span_end (B,), valid (B,S)) -> (B,L,H)
-EventScorer = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
-]
+EventScorer = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def span_hits(top1: Tensor, span_start: Tensor, span_end: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The prologue of every event rule: ``top1`` ``(B, S, L, H)`` as int64, ``start`` ``(B, 1, 1, 1)``, in-span mask."""
+    if top1.ndim != 4:
+        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
+    top1 = top1.long()
+    start = span_start.to(top1.device).long().view(-1, 1, 1, 1)
+    end = span_end.to(top1.device).long().view(-1, 1, 1, 1)
+    return top1, start, (top1 >= start) & (top1 < end)
+
+
+def row_lookup(table: Tensor, index: Tensor) -> Tensor:
+    """``table[b, index[b, ...]]`` for ``table`` ``(B, T)``; ``index`` is clamped into ``[0, T)`` to gather safely."""
+    safe = index.clamp(0, max(table.shape[1] - 1, 0))
+    return torch.gather(table.to(index.device), 1, safe.flatten(1)).view_as(index)
+
+
+def counted_steps(hit: Tensor, valid: Tensor | None) -> Tensor:
+    """``hit`` ``(B, S, L, H)`` at the steps that count (``valid`` ``(B, S)``; None: every step)."""
+    return hit if valid is None else hit & valid.to(hit.device).bool()[:, :, None, None]
 
 
 def copy_event_mask(
-    top1: torch.Tensor,
-    targets: torch.Tensor,
-    key_tokens: torch.Tensor,
-    span_start: torch.Tensor,
-    span_end: torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
+    top1: Tensor, targets: Tensor, key_tokens: Tensor, span_start: Tensor, span_end: Tensor, valid: Tensor | None = None
+) -> Tensor:
     """Boolean ``(B, S, L, H)``: whether head ``(l, h)`` made a copy event at step ``s`` of prompt ``b``.
 
     ``top1`` ``(B, S, L, H)`` holds absolute key positions (the coordinates of
@@ -54,33 +69,17 @@ def copy_event_mask(
     span can cover; ``span_start``/``span_end`` ``(B,)`` the half-open answer
     span in the same coordinates; ``valid`` ``(B, S)`` the steps that count.
     """
-    if top1.ndim != 4:
-        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
-    bsz, steps = top1.shape[:2]
-    if targets.shape != (bsz, steps):
-        raise ValueError(f"targets must be {(bsz, steps)}, got {tuple(targets.shape)}")
-    top1 = top1.long()
-    start = span_start.to(top1.device).long().view(bsz, 1, 1, 1)
-    end = span_end.to(top1.device).long().view(bsz, 1, 1, 1)
-    in_span = (top1 >= start) & (top1 < end)  # (B, S, L, H)
-    # positions past the key tokens (generated tokens) are never in the span: clamp only to gather safely
-    safe = top1.clamp(0, key_tokens.shape[1] - 1)
-    token_at = torch.gather(key_tokens.to(top1.device).long(), 1, safe.flatten(1)).view_as(top1)
-    hit = in_span & (token_at == targets.to(top1.device).long()[:, :, None, None])
-    if valid is not None:
-        hit = hit & valid.to(top1.device).bool()[:, :, None, None]
-    return hit
+    top1, _, in_span = span_hits(top1, span_start, span_end)
+    if targets.shape != top1.shape[:2]:
+        raise ValueError(f"targets must be {tuple(top1.shape[:2])}, got {tuple(targets.shape)}")
+    token_at = row_lookup(key_tokens.long(), top1)  # positions past the key tokens are never in the span
+    return counted_steps(in_span & (token_at == targets.to(top1.device).long()[:, :, None, None]), valid)
 
 
 def copy_events(
-    top1: torch.Tensor,
-    targets: torch.Tensor,
-    key_tokens: torch.Tensor,
-    span_start: torch.Tensor,
-    span_end: torch.Tensor,
-    valid: torch.Tensor | None = None,
-    dedup: bool = False,
-) -> torch.Tensor:
+    top1: Tensor, targets: Tensor, key_tokens: Tensor, span_start: Tensor, span_end: Tensor,
+    valid: Tensor | None = None, dedup: bool = False,
+) -> Tensor:
     """Copy events per prompt and head, ``(B, L, H)`` int64 (arguments as in :func:`copy_event_mask`).
 
     ``dedup=False`` is the paper's rule: every event counts, so a head that
@@ -101,7 +100,12 @@ def copy_events(
     return seen[..., :width].sum(dim=-1)
 
 
-def prompt_scores(counts: torch.Tensor, span_lengths: torch.Tensor) -> torch.Tensor:
+def copy_scorer(dedup: bool = False) -> EventScorer:
+    """The copy-event rule as an :data:`EventScorer` (the default of both detection modes)."""
+    return lambda top1, targets, keys, start, end, valid: copy_events(top1, targets, keys, start, end, valid, dedup)
+
+
+def prompt_scores(counts: Tensor, span_lengths: Tensor) -> Tensor:
     """Per-prompt head scores ``(B, L, H)``: events divided by the answer span length of each prompt.
 
     >>> prompt_scores(torch.tensor([[[2, 1]]]), torch.tensor([4]))
@@ -110,7 +114,7 @@ def prompt_scores(counts: torch.Tensor, span_lengths: torch.Tensor) -> torch.Ten
     return counts.float() / span_lengths.to(counts.device).float().view(-1, 1, 1)
 
 
-def mean_head_scores(per_prompt: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+def mean_head_scores(per_prompt: Tensor, counted: Tensor) -> Tensor:
     """Head scores ``(L, H)``: the mean per-prompt score over the counted prompts (``counted`` ``(B,)`` bool).
 
     >>> mean_head_scores(torch.tensor([[[1.0]], [[0.0]], [[0.5]]]), torch.tensor([True, False, True]))

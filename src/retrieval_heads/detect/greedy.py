@@ -1,14 +1,10 @@
 """Greedy mode: the model answers each prompt greedily; every emitted token is checked for copy events.
 
-The batched greedy decoding of :func:`retrieval_heads.generation.generate`
-(left padding, explicit position ids, KV cache; stop tokens resolved from the
-tokenizer, see :class:`~retrieval_heads.generation.StopTokens`) runs inside
-:func:`retrieval_heads.capture_attention` with ``rows="last"``, so each
-forward records, for every layer and head, the top-1 key position of the row
-that predicts the next token — ``O(context)`` per step instead of the
-reference's full attention maps and a Python loop with a host sync per head.
-This module only counts the copy events of the decoded steps. The stop token
-itself is not scored; the text before its newline is kept in the response.
+The batched greedy decoding of :func:`retrieval_heads.generation.generate` runs
+inside :func:`retrieval_heads.capture_attention` with ``rows="last"``: each step
+records, per layer and head, the top-1 key of the row that predicts the next
+token (``O(context)`` per step, no attention maps). This module only counts the
+events of the decoded steps; the stop token itself is not scored.
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -28,12 +24,10 @@ import torch
 from transformers import PreTrainedModel
 
 from ..capture import capture_attention
-from ..generation import StopTokens, generate, response_text
+from ..generation import StopTokens, generate
 from ..model_spec import ModelSpec
 from ..prefix import Prefix, span_columns
-from .events import EventScorer, copy_events
-
-__all__ = ["GreedyOutput", "StopTokens", "greedy_batch", "response_text"]
+from .events import EventScorer, copy_scorer
 
 
 @dataclass
@@ -81,8 +75,5 @@ def greedy_batch(
     tokens = out.tokens.to(device)  # (B, S)
     n_scored = out.n_tokens.to(device)
     valid = torch.arange(tokens.shape[1], device=device)[None, :] < n_scored[:, None]
-    if scorer is None:
-        counts = copy_events(top1, tokens, ids, span_start, span_end, valid=valid, dedup=dedup)
-    else:
-        counts = scorer(top1, tokens, ids, span_start, span_end, valid)
+    counts = (scorer or copy_scorer(dedup))(top1, tokens, ids, span_start, span_end, valid)
     return GreedyOutput(counts=counts.cpu(), tokens=out.tokens, n_scored=out.n_tokens, stop_reason=out.stop_reason)

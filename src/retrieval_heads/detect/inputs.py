@@ -5,9 +5,6 @@ Detection reads these attributes of a prompt (a
 fields): ``input_ids``, ``answer_token_span`` (half-open range of the answer
 tokens inside ``input_ids``), ``answer_token_ids``, ``context_length``,
 ``depth``, ``needle`` (``.id``, ``.answer``, ``.lang``) and ``meta["prompt_id"]``.
-
-Batching (:func:`~retrieval_heads.generation.left_pad`, :func:`~retrieval_heads.generation.pad_id_of`)
-lives in :mod:`retrieval_heads.generation`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,10 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from ..generation import left_pad, pad_id_of
-
-__all__ = ["PromptError", "PromptItem", "left_pad", "pad_id_of", "prompt_item"]
 
 
 class PromptError(ValueError):
@@ -47,18 +40,12 @@ class PromptItem:
     counterfactual_answer_ids: tuple[int, ...] = ()
 
     @property
-    def answer_ids(self) -> tuple[int, ...]:
-        return self.input_ids[self.span[0] : self.span[1]]
-
-    @property
     def span_len(self) -> int:
         return self.span[1] - self.span[0]
 
 
 def _as_list(ids: Any) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        return [int(x) for x in ids.flatten().tolist()]
-    return [int(x) for x in ids]
+    return [int(x) for x in (ids.flatten().tolist() if isinstance(ids, torch.Tensor) else ids)]
 
 
 def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
@@ -67,8 +54,9 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
     ``kind="transition"`` requires a cross-lingual needle (``target_answer`` in
     another language) and keeps what the transition score needs.
     """
-    meta = getattr(prompt, "meta", None) or {}
-    pid = meta.get("prompt_id") if isinstance(meta, dict) else None
+    meta = getattr(prompt, "meta", None)
+    meta = meta if isinstance(meta, dict) else {}
+    pid = meta.get("prompt_id")
     if not pid:
         raise PromptError("prompt has no meta['prompt_id']: build prompts with retrieval_heads.niah.build_prompt")
     ids = _as_list(prompt.input_ids)
@@ -90,7 +78,7 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
                 f"prompt {pid}: the transition score needs a cross-lingual needle (answer expected in another "
                 f"language), got needle {getattr(needle, 'id', '')!r}; see niah.cross_lingual_needles"
             )
-        offsets = meta.get("answer_token_char_offsets") if isinstance(meta, dict) else None
+        offsets = meta.get("answer_token_char_offsets")
         if not offsets or len(offsets) != end - start:
             raise PromptError(f"prompt {pid}: meta['answer_token_char_offsets'] must give one range per answer token")
         continuation = meta.get("expected_continuation") or " " + str(needle.target_answer)
@@ -109,7 +97,7 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
         )
     else:
         extra = {}
-    length = meta.get("requested_context_length") if isinstance(meta, dict) else None
+    length = meta.get("requested_context_length")
     return PromptItem(
         prompt_id=str(pid),
         input_ids=tuple(ids),

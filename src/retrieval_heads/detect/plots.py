@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..heads import HeadScores
 
 
 def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval score", top: int = 10) -> Path:
     """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best heads are outlined."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = scores.scores.numpy()
     n_layers, n_heads = data.shape
-    # a bare Figure on the Agg canvas: no pyplot state, no display, safe in threads and notebooks
-    fig = Figure(figsize=(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14)))
-    FigureCanvasAgg(fig)
+    fig = new_figure(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14))
     ax = fig.add_subplot()
     image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="score")
@@ -36,8 +31,25 @@ def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval s
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=10)
+    return save_figure(fig, path, dpi=120)
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A bare matplotlib ``Figure`` on the Agg canvas: no pyplot state, no display, safe in threads and notebooks."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay ``fig`` out and write it to ``path`` atomically (a crash never leaves a half-written image)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written image
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
     return path

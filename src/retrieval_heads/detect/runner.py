@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
 
-from ..generation import auto_batch_size
+from ..generation import StopTokens, auto_batch_size, pad_id_of, response_text
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..niah import rouge1_recall
@@ -47,15 +48,14 @@ from ..runs import (
     track,
 )
 from .config import DetectConfig
-from .greedy import StopTokens, greedy_batch, response_text
-from .inputs import PromptError, PromptItem, pad_id_of, prompt_item
+from .greedy import greedy_batch
+from .inputs import PromptError, PromptItem, prompt_item
 from .teacher import teacher_batch
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 SCORES_FILE = "head_scores.json"
 HEATMAP_FILE = "heatmap.png"
-RUN_FORMAT = "retrieval-heads/detect-run"
 _SHARD_RE = re.compile(r"^samples\.rank(\d+)\.jsonl$")
 MIN_SHARED_PREFIX = 64  # tokens: shorter common prefixes are not worth a separate forward
 
@@ -152,17 +152,11 @@ def _events_dict(counts: torch.Tensor) -> dict[str, int]:
 
 
 def _score_batch(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    batch: Sequence[PromptItem],
-    config: DetectConfig,
-    spec: ModelSpec,
-    stops: StopTokens | None,
-    pad_id: int,
-    prefix: Prefix | None = None,
+    model: PreTrainedModel, tokenizer: Any, batch: Sequence[PromptItem], config: DetectConfig, spec: ModelSpec,
+    stops: StopTokens | None, pad_id: int, prefix: Prefix | None = None,
 ) -> list[dict[str, Any]]:
-    seqs = [it.input_ids for it in batch]
-    spans = [it.span for it in batch]
+    """The journal records of one batch: the scored events of each prompt and whether it counts."""
+    seqs, spans = [it.input_ids for it in batch], [it.span for it in batch]
     transition = config.kind == "transition"
     scorer = None
     if transition:
@@ -171,43 +165,34 @@ def _score_batch(
         scorer = make_transition_scorer(batch, tokenizer, config.alignment, config.lexicon)
     # what the model must write, and in which language: the needle's answer, or its translation
     references = [(it.target_answer, it.target_lang) if transition else (it.answer, it.lang) for it in batch]
+    common = {"dedup": config.dedup, "pad_id": pad_id, "spec": spec, "scorer": scorer, "prefix": prefix}
     records = []
     if config.mode == "greedy":
         assert stops is not None
-        out = greedy_batch(
-            model, seqs, spans, config.max_new_tokens, stops, dedup=config.dedup, pad_id=pad_id, spec=spec,
-            scorer=scorer, prefix=prefix,
-        )
+        out = greedy_batch(model, seqs, spans, config.max_new_tokens, stops, **common)
         for b, (reference, ref_lang) in enumerate(references):
             n = int(out.n_scored[b])
             response = response_text(tokenizer, out.tokens[b].tolist(), n, out.stop_reason[b])
             rouge = rouge1_recall(response, reference, ref_lang)
             denominator = len(_continuation_ids(tokenizer, batch[b])) if transition else batch[b].span_len
-            records.append(
-                {"response": response, "rouge": round(rouge, 6), "counted": rouge > config.rouge_threshold,
-                 "n_scored": n, "stop": out.stop_reason[b], "denominator": denominator,
-                 "events": _events_dict(out.counts[b])}
-            )
+            records.append({"response": response, "rouge": round(rouge, 6), "counted": rouge > config.rouge_threshold,
+                            "n_scored": n, "stop": out.stop_reason[b], "denominator": denominator,
+                            "events": _events_dict(out.counts[b])})
     else:
         continuations = [_continuation_ids(tokenizer, it) for it in batch] if transition else None
-        out_t = teacher_batch(
-            model, seqs, spans, dedup=config.dedup, pad_id=pad_id, spec=spec, continuations=continuations,
-            scorer=scorer, prefix=prefix,
-        )
+        out_t = teacher_batch(model, seqs, spans, continuations=continuations, **common)
         accuracy = out_t.token_accuracy()
         for b, (reference, ref_lang) in enumerate(references):
             n = int(out_t.n_answer[b])
             response = tokenizer.decode(out_t.predictions[b, :n].tolist(), skip_special_tokens=True).strip()
             acc = float(accuracy[b])
-            records.append(
-                {"response": response, "rouge": round(rouge1_recall(response, reference, ref_lang), 6),
-                 "token_accuracy": round(acc, 6), "counted": acc > config.rouge_threshold, "n_scored": n,
-                 "denominator": n, "events": _events_dict(out_t.counts[b])}
-            )
+            records.append({"response": response, "rouge": round(rouge1_recall(response, reference, ref_lang), 6),
+                            "token_accuracy": round(acc, 6), "counted": acc > config.rouge_threshold, "n_scored": n,
+                            "denominator": n, "events": _events_dict(out_t.counts[b])})
     return [
         {"prompt_id": it.prompt_id, "length": it.length, "n_tokens": len(it.input_ids), "depth": it.depth,
-         "needle_id": it.needle_id, "kind": config.kind,
-         "lang": it.lang, "mode": config.mode, "answer": it.answer, "span_len": it.span_len,
+         "needle_id": it.needle_id, "kind": config.kind, "lang": it.lang, "mode": config.mode, "answer": it.answer,
+         "span_len": it.span_len,
          **({"target_answer": it.target_answer, "target_lang": it.target_lang} if transition else {}), **rec}
         for it, rec in zip(batch, records, strict=True)
     ]
@@ -310,8 +295,9 @@ def detect(
                 if on_sample is not None:
                     on_sample(rec)
 
+    merge = partial(merge_shards, out, console=console, show=config.table_rows, heatmap=config.heatmap)
     if world == 1:
-        return merge_shards(out, console=console, wall_s=time.time() - started, show=config.table_rows, heatmap=config.heatmap)
+        return merge(wall_s=time.time() - started)
     dist, created = _process_group(world)
     if dist is None:
         console.print(f"shard {rank}/{world} done: run merge_shards({str(out)!r}) once every shard has finished")
@@ -321,7 +307,7 @@ def detect(
         error: BaseException | None = None
         if rank == 0:
             try:
-                merge_shards(out, console=console, wall_s=time.time() - started, show=config.table_rows, heatmap=config.heatmap)
+                merge(wall_s=time.time() - started)
             except BaseException as err:  # every rank must reach the second barrier
                 error = err
         dist.barrier()
@@ -376,27 +362,16 @@ def merge_shards(
         _fail_loudly(console, ordered, run)
     cfg = run["config"]
     kind = cfg.get("kind", "retrieval")
+    greedy = cfg["mode"] == "greedy"
     meta = run_metadata(
-        method=f"{kind}-score",
-        kind=kind,
-        alignment=cfg.get("alignment") if kind == "transition" else None,
+        method=f"{kind}-score", kind=kind, alignment=cfg.get("alignment") if kind == "transition" else None,
         languages=sorted({(r["lang"], r.get("target_lang") or r["lang"]) for r in ordered}),
-        model=run["model"]["model"],
-        model_identity=run["model"],
-        spec=run["spec"],
-        dtype=run["dtype"],
-        mode=cfg["mode"],
-        dedup=cfg["dedup"],
-        rouge_threshold=cfg["rouge_threshold"],
-        max_new_tokens=cfg["max_new_tokens"] if cfg["mode"] == "greedy" else None,
-        stop_on_newline=cfg["stop_on_newline"] if cfg["mode"] == "greedy" else None,
-        seed=cfg["seed"],
-        lengths=run["lengths"],
-        depths=run["depths"],
-        needle_ids=run["needle_ids"],
-        n_prompts=len(ordered),
-        counted_prompts=len(counted),
-        failed_prompts=len(ordered) - len(counted),
+        model=run["model"]["model"], model_identity=run["model"], spec=run["spec"], dtype=run["dtype"],
+        mode=cfg["mode"], dedup=cfg["dedup"], rouge_threshold=cfg["rouge_threshold"],
+        max_new_tokens=cfg["max_new_tokens"] if greedy else None,
+        stop_on_newline=cfg["stop_on_newline"] if greedy else None,
+        seed=cfg["seed"], lengths=run["lengths"], depths=run["depths"], needle_ids=run["needle_ids"],
+        n_prompts=len(ordered), counted_prompts=len(counted), failed_prompts=len(ordered) - len(counted),
         compute_s=round(sum(float(r.get("seconds", 0.0)) for r in ordered), 3),
         wall_s=round(wall_s, 3) if wall_s is not None else None,
     )
@@ -439,10 +414,8 @@ def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: in
     """A rich table of the ``k`` best heads: score and the share of counted prompts where the head copied."""
     kind = "retrieval-transition" if scores.meta.get("kind") == "transition" else "retrieval"
     table = Table(title=f"Top {k} {kind} heads ({n_counted} counted prompts)")
-    table.add_column("rank", justify="right")
-    table.add_column("head (L.H)", justify="left")
-    table.add_column("score", justify="right")
-    table.add_column("prompts with events", justify="right")
+    for column in ("rank", "head (L.H)", "score", "prompts with events"):
+        table.add_column(column, justify="left" if column == "head (L.H)" else "right")
     for i, (head, value) in enumerate(scores.ranked()[:k], start=1):
         n = int(with_events[head.layer, head.head])
         table.add_row(str(i), str(head), f"{value:.4f}", f"{n}/{n_counted}")

@@ -1,27 +1,15 @@
 """Teacher mode: one forward over prompt + answer, scoring only the rows that predict the answer.
 
-Instead of letting the model decode, the needle's answer tokens are appended
-to the prompt and the whole sequence runs through the model once. The
-recorder scores only the answer-predicting rows (``rec.set_rows``), so the
-cost is one forward plus ``|answer| x context`` attention scores per layer.
+The answer span's own tokens (``input_ids[span]``, usually those of
+``" " + answer``, so every fed token has a source position to copy from) are
+appended to the prompt, and only the answer-predicting rows are recorded
+(``rec.set_rows``): one forward plus ``|answer| x context`` scores per layer.
 
-The continuation is the answer span's own tokens (``input_ids[span]``).
-Because the answer usually follows a space inside the needle, these are the
-tokens of ``" " + answer`` — what the model would emit after ``"Answer:"``;
-where a tokenizer merges differently in context, using the span's tokens keeps
-the copy rule exact (every fed token has a source position to copy from).
-
-Event at answer row ``j``: the model's own argmax there equals the answer
-token ``a_j`` (the model *would* emit it) AND the copy rule holds (the head's
-top-1 key lies in the answer span and holds ``a_j``). A prompt is counted when
-the argmax reproduces the answer well enough: token accuracy (the fraction of
-rows where argmax == ``a_j``) above the threshold.
-
-How it differs from greedy: greedy follows the model's own (possibly wrong)
-answer, scores every emitted token before the stop and filters by ROUGE;
-teacher forcing always conditions on the correct prefix, scores exactly
-``|answer|`` rows, and can never drift after an early mistake. The two agree
-on prompts the model answers correctly.
+Event at answer row ``j``: the model's own argmax equals the answer token
+``a_j`` AND the copy rule holds. A prompt counts when its token accuracy (the
+share of rows where argmax == ``a_j``) is above the threshold. Unlike greedy
+mode, teacher forcing never drifts after an early mistake; the two agree on
+prompts the model answers correctly.
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -44,7 +32,7 @@ from ..capture import capture_attention
 from ..generation import cache_argument, left_pad
 from ..model_spec import ModelSpec
 from ..prefix import Prefix, prefix_cache, span_columns
-from .events import EventScorer, copy_events
+from .events import EventScorer, copy_scorer
 
 
 @dataclass
@@ -83,10 +71,9 @@ def teacher_batch(
     only the rest of each prompt and its answer run, with the same scores.
     """
     device = next(model.parameters()).device
-    if continuations is None:
-        answers = [list(seq[s:e]) for seq, (s, e) in zip(seqs, spans, strict=True)]
-    else:
-        answers = [list(c) for c in continuations]
+    if continuations is None:  # the answer span's own tokens
+        continuations = [seq[s:e] for seq, (s, e) in zip(seqs, spans, strict=True)]
+    answers = [list(c) for c in continuations]
     full = [list(seq) + ans for seq, ans in zip(seqs, answers, strict=True)]
     n_prefix = len(prefix) if prefix is not None else 0
     if prefix is not None and any(tuple(s[:n_prefix]) != prefix.tokens or len(s) <= n_prefix for s in seqs):
@@ -118,8 +105,5 @@ def teacher_batch(
     correct = (predictions == targets) & valid
     top1 = rec.stacked().indices[0, ..., 0].permute(1, 3, 0, 2).to(device)  # (L, B, H, R) -> (B, R, L, H)
     span_start, span_end = span_columns(spans, n_prefix, pad)
-    if scorer is None:
-        counts = copy_events(top1, targets, ids, span_start, span_end, valid=correct, dedup=dedup)
-    else:
-        counts = scorer(top1, targets, ids, span_start, span_end, correct)
+    counts = (scorer or copy_scorer(dedup))(top1, targets, ids, span_start, span_end, correct)
     return TeacherOutput(counts=counts.cpu(), predictions=predictions.cpu(), correct=correct.cpu(), n_answer=n_answer.cpu())

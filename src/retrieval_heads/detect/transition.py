@@ -35,21 +35,23 @@ tensor([[[2, 1]]])
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
+from .events import counted_steps, row_lookup, span_hits
 
 
-def transition_event_mask(
-    top1: torch.Tensor,
-    targets: torch.Tensor,
-    key_tokens: torch.Tensor,
-    span_start: torch.Tensor,
-    span_end: torch.Tensor,
-    aligned: torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Boolean ``(B, S, L, H)`` transition events.
+def _span_width(span_start: Tensor, span_end: Tensor, width: int, name: str) -> None:
+    if int((span_end - span_start).max()) > width:
+        raise ValueError(f"{name} is narrower than the widest source span")
+
+
+def transition_events(
+    top1: Tensor, targets: Tensor, key_tokens: Tensor, span_start: Tensor, span_end: Tensor, aligned: Tensor,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Transition events per prompt and head ``(B, L, H)``.
 
     ``top1`` ``(B, S, L, H)`` absolute key positions; ``targets`` ``(B, S)``;
     ``key_tokens`` ``(B, T)``; ``span_start``/``span_end`` ``(B,)`` the source
@@ -57,52 +59,19 @@ def transition_event_mask(
     ``s`` belongs to the target rendering of the source word at span offset
     ``w`` (``W`` >= the widest span); ``valid`` ``(B, S)`` the steps that count.
     """
-    if top1.ndim != 4:
-        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
+    top1, start, in_span = span_hits(top1, span_start, span_end)
     bsz, steps = top1.shape[:2]
-    top1 = top1.long()
-    start = span_start.to(top1.device).long().view(bsz, 1, 1, 1)
-    end = span_end.to(top1.device).long().view(bsz, 1, 1, 1)
     if aligned.shape[:2] != (bsz, steps):
         raise ValueError(f"aligned must start with {(bsz, steps)}, got {tuple(aligned.shape)}")
     width = aligned.shape[2]
-    if int((span_end - span_start).max()) > width:
-        raise ValueError("aligned is narrower than the widest source span")
-    in_span = (top1 >= start) & (top1 < end)
-    offset = (top1 - start).clamp(0, max(width - 1, 0))  # (B, S, L, H)
-    flat = aligned.to(top1.device).bool().reshape(bsz * steps, width)
-    is_aligned = torch.gather(flat, 1, offset.reshape(bsz * steps, -1)).view_as(top1)
-    safe = top1.clamp(0, key_tokens.shape[1] - 1)
-    token_at = torch.gather(key_tokens.to(top1.device).long(), 1, safe.flatten(1)).view_as(top1)
-    not_copy = token_at != targets.to(top1.device).long()[:, :, None, None]
-    hit = in_span & is_aligned & not_copy
-    if valid is not None:
-        hit = hit & valid.to(top1.device).bool()[:, :, None, None]
-    return hit
-
-
-def transition_events(
-    top1: torch.Tensor,
-    targets: torch.Tensor,
-    key_tokens: torch.Tensor,
-    span_start: torch.Tensor,
-    span_end: torch.Tensor,
-    aligned: torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Transition events per prompt and head ``(B, L, H)`` (arguments as in :func:`transition_event_mask`)."""
-    return transition_event_mask(top1, targets, key_tokens, span_start, span_end, aligned, valid).sum(dim=1)
+    _span_width(span_start, span_end, width, "aligned")
+    offset = (top1 - start).reshape(bsz * steps, -1)  # (B*S, L*H) offsets into the span
+    is_aligned = row_lookup(aligned.bool().reshape(bsz * steps, width), offset).view_as(top1)
+    not_copy = row_lookup(key_tokens.long(), top1) != targets.to(top1.device).long()[:, :, None, None]
+    return counted_steps(in_span & is_aligned & not_copy, valid).sum(dim=1)
 
 
 # ---- alignment: which target tokens render which source position --------------------------------
-@dataclass(frozen=True)
-class WordPair:
-    """A source phrase inside the source answer and its target-language rendering."""
-
-    source: str
-    target: str
-
-
 def align_answer(
     source_answer: str,
     target_answer: str,
@@ -130,8 +99,7 @@ def align_answer(
             pos = source_answer.find(src, pos + 1)
         if pos < 0:
             continue
-        for i in range(pos, pos + len(src)):
-            taken[i] = True
+        taken[pos : pos + len(src)] = [True] * len(src)
         units.append(((pos, pos + len(src)), tgt))
     if not units:
         units = [((0, len(source_answer)), target_answer)]
@@ -144,7 +112,7 @@ def aligned_table(
     target_unit_token_ids: Sequence[set[int]],
     step_tokens: Sequence[int],
     width: int | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """``(S, W)`` bool: step token ``s`` renders the source token at span offset ``w``.
 
     ``source_token_char_spans``: each source-span token's character range
@@ -156,12 +124,9 @@ def aligned_table(
     width = width or len(source_token_char_spans)
     table = torch.zeros(len(step_tokens), width, dtype=torch.bool)
     for w, (a, b) in enumerate(source_token_char_spans):
-        for u, ((ua, ub), _target) in enumerate(units):
-            if a < ub and ua < b:  # the token overlaps the unit's characters
-                ids = target_unit_token_ids[u]
-                for s, tok in enumerate(step_tokens):
-                    if tok in ids:
-                        table[s, w] = True
+        # the target tokens of every unit whose characters the source token overlaps
+        ids = set().union(*(target_unit_token_ids[u] for u, ((ua, ub), _) in enumerate(units) if a < ub and ua < b))
+        table[:, w] = torch.tensor([tok in ids for tok in step_tokens], dtype=torch.bool)
     return table
 
 
@@ -182,10 +147,7 @@ def lexicon_pairs(source_lang: str, target_lang: str, path: str | None = None) -
 
 def phrase_token_ids(tokenizer, phrase: str) -> set[int]:  # noqa: ANN001 - any HF tokenizer
     """Token ids of ``phrase`` as written after a space and on its own (both occur in answers)."""
-    ids: set[int] = set()
-    for text in (" " + phrase, phrase):
-        ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids
+    return {i for text in (" " + phrase, phrase) for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
 
 
 def make_transition_scorer(items, tokenizer, alignment: str = "lexicon", lexicon: str | None = None):  # noqa: ANN001
@@ -198,41 +160,31 @@ def make_transition_scorer(items, tokenizer, alignment: str = "lexicon", lexicon
     """
     if alignment == "counterfactual":
         return make_counterfactual_scorer(items)
-    cache: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (source, target language) -> lexicon pairs
     per_item = []
     for it in items:
-        pairs: list[tuple[str, str]] = []
-        if alignment == "lexicon":
-            key = (it.lang, it.target_lang)
-            if key not in cache:
-                cache[key] = lexicon_pairs(it.lang, it.target_lang, lexicon)
-            pairs = cache[key]
-        units = align_answer(it.answer, it.target_answer, pairs)
+        langs = (it.lang, it.target_lang)
+        if alignment == "lexicon" and langs not in pairs:
+            pairs[langs] = lexicon_pairs(*langs, lexicon)
+        units = align_answer(it.answer, it.target_answer, pairs.get(langs, []))
         unit_ids = [phrase_token_ids(tokenizer, target) for _, target in units]
         per_item.append((it.answer_token_char_offsets, units, unit_ids))
     width = max(it.span_len for it in items)
 
     def scorer(top1, tokens, key_tokens, span_start, span_end, valid):  # noqa: ANN001 - EventScorer
-        tables = [
-            aligned_table(offsets, units, unit_ids, tokens[b].tolist(), width)
-            for b, (offsets, units, unit_ids) in enumerate(per_item)
-        ]
-        aligned = torch.stack(tables).to(top1.device)
+        aligned = torch.stack([aligned_table(offsets, units, unit_ids, tokens[b].tolist(), width)
+                               for b, (offsets, units, unit_ids) in enumerate(per_item)])  # (B, S, W)
         return transition_events(top1, tokens, key_tokens, span_start, span_end, aligned, valid)
 
     return scorer
 
 
 # ---- the first author's rule: a counterfactual prompt with the target-language needle ------------
-def counterfactual_event_mask(
-    top1: torch.Tensor,
-    targets: torch.Tensor,
-    span_start: torch.Tensor,
-    span_end: torch.Tensor,
-    counterfactual: torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Boolean ``(B, S, L, H)`` counterfactual events.
+def counterfactual_events(
+    top1: Tensor, targets: Tensor, span_start: Tensor, span_end: Tensor, counterfactual: Tensor,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Counterfactual events per prompt and head ``(B, L, H)``.
 
     ``top1`` ``(B, S, L, H)`` absolute key positions; ``targets`` ``(B, S)``
     the emitted/fed tokens; ``span_start``/``span_end`` ``(B,)`` the source
@@ -242,36 +194,6 @@ def counterfactual_event_mask(
     ``(B, S)`` the steps that count. Head ``(l, h)`` makes an event at step
     ``s`` iff ``span_start <= top1 < span_end`` and
     ``targets[b, s] == counterfactual[b, top1 - span_start]``.
-    """
-    if top1.ndim != 4:
-        raise ValueError(f"top1 must be (batch, steps, layers, heads), got {tuple(top1.shape)}")
-    bsz, steps = top1.shape[:2]
-    if counterfactual.ndim != 2 or counterfactual.shape[0] != bsz:
-        raise ValueError(f"counterfactual must be (batch={bsz}, width), got {tuple(counterfactual.shape)}")
-    width = counterfactual.shape[1]
-    if int((span_end - span_start).max()) > width:
-        raise ValueError("counterfactual is narrower than the widest source span")
-    top1 = top1.long()
-    start = span_start.to(top1.device).long().view(bsz, 1, 1, 1)
-    end = span_end.to(top1.device).long().view(bsz, 1, 1, 1)
-    in_span = (top1 >= start) & (top1 < end)
-    offset = (top1 - start).clamp(0, max(width - 1, 0))  # (B, S, L, H)
-    cf_at = torch.gather(counterfactual.to(top1.device).long(), 1, offset.flatten(1)).view_as(top1)
-    hit = in_span & (cf_at == targets.to(top1.device).long()[:, :, None, None]) & (cf_at >= 0)
-    if valid is not None:
-        hit = hit & valid.to(top1.device).bool()[:, :, None, None]
-    return hit
-
-
-def counterfactual_events(
-    top1: torch.Tensor,
-    targets: torch.Tensor,
-    span_start: torch.Tensor,
-    span_end: torch.Tensor,
-    counterfactual: torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Counterfactual events per prompt and head ``(B, L, H)`` (arguments as in :func:`counterfactual_event_mask`).
 
     >>> top1 = torch.tensor([[[[5, 6]], [[6, 5]]]])           # (B=1, S=2, L=1, H=2)
     >>> targets = torch.tensor([[40, 41]])                    # emitted target-language tokens
@@ -279,27 +201,31 @@ def counterfactual_events(
     >>> counterfactual_events(top1, targets, torch.tensor([5]), torch.tensor([7]), cf)
     tensor([[[2, 0]]])
     """
-    return counterfactual_event_mask(top1, targets, span_start, span_end, counterfactual, valid).sum(dim=1)
+    top1, start, in_span = span_hits(top1, span_start, span_end)
+    bsz = top1.shape[0]
+    if counterfactual.ndim != 2 or counterfactual.shape[0] != bsz:
+        raise ValueError(f"counterfactual must be (batch={bsz}, width), got {tuple(counterfactual.shape)}")
+    _span_width(span_start, span_end, counterfactual.shape[1], "counterfactual")
+    cf_at = row_lookup(counterfactual.long(), top1 - start)  # (B, S, L, H)
+    hit = in_span & (cf_at == targets.to(top1.device).long()[:, :, None, None]) & (cf_at >= 0)
+    return counted_steps(hit, valid).sum(dim=1)
 
 
-def counterfactual_tokens(item, width: int) -> torch.Tensor:  # noqa: ANN001 - a transition PromptItem
+def counterfactual_tokens(item, width: int) -> Tensor:  # noqa: ANN001 - a transition PromptItem
     """``(width,)``: the counterfactual prompt's answer tokens by source-span offset, ``-1`` past their end.
 
     The two prompts share the haystack and the needle's place, so source
     offset ``w`` (from the source answer's first token) corresponds to the
     counterfactual answer's token ``w``.
     """
-    ids = list(getattr(item, "counterfactual_answer_ids", ()) or ())
+    ids = list(item.counterfactual_answer_ids)
     if not ids:
         raise ValueError(
             f"prompt {item.prompt_id}: alignment 'counterfactual' needs the counterfactual prompt's answer tokens "
             "(meta['counterfactual_answer_token_ids']); build the prompts with niah.add_counterfactual or "
             "organism.prompts.organism_counterfactuals"
         )
-    row = torch.full((width,), -1, dtype=torch.long)
-    n = min(width, len(ids))
-    row[:n] = torch.tensor(ids[:n], dtype=torch.long)
-    return row
+    return torch.tensor((ids + [-1] * width)[:width], dtype=torch.long)
 
 
 def make_counterfactual_scorer(items):  # noqa: ANN001, ANN201 - PromptItems -> EventScorer

@@ -15,7 +15,7 @@ from itertools import combinations
 from typing import Any
 
 from ..heads import Head, HeadScores, heads_to_strings
-from ..selection import overlap
+from ..selection import layer_histogram, overlap
 
 STRONG = 0.5
 
@@ -76,13 +76,6 @@ def compare_head_sets(
 ) -> dict[str, Any]:
     """RH vs RTH: overlap of top-K sets, layer distributions, counts above ``threshold``."""
     rh, rth = retrieval.top_k(top_k), transition.top_k(top_k)
-    n_layers = retrieval.n_layers
-
-    def layer_hist(heads: list[Head]) -> list[int]:
-        counts = [0] * n_layers
-        for h in heads:
-            counts[h.layer] += 1
-        return counts
 
     def mean_layer(heads: list[Head]) -> float | None:
         return sum(h.layer for h in heads) / len(heads) if heads else None
@@ -92,8 +85,8 @@ def compare_head_sets(
         "overlap": overlap(rh, rth),
         "rh_top_k": heads_to_strings(rh),
         "rth_top_k": heads_to_strings(rth),
-        "rh_layer_histogram": layer_hist(rh),
-        "rth_layer_histogram": layer_hist(rth),
+        "rh_layer_histogram": layer_histogram(rh, retrieval.n_layers),
+        "rth_layer_histogram": layer_histogram(rth, retrieval.n_layers),
         "rh_mean_layer": mean_layer(rh),
         "rth_mean_layer": mean_layer(rth),
         f"rh_above_{threshold:g}": len(retrieval.above(threshold)),

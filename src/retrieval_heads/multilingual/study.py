@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from ..detect import DetectConfig, NoRetrievalError, detect
+from ..detect.plots import new_figure, save_figure
 from ..heads import HeadScores
 from ..prompt_sources import PromptRequest, build_prompts
 from ..runs import atomic_write_text, flags, open_run
@@ -60,27 +61,24 @@ def language_study(
                    langs=list(langs), transitions=[f"{s}-{t}" for s, t in transitions], top_k=top_k,
                    detect=dataclasses.asdict(config))
     rh: dict[str, HeadScores] = {}
-    failed: dict[str, str] = {}
-    for lang in langs:
-        console.rule(f"retrieval heads: {lang}")
-        req = dataclasses.replace(request, kind="retrieval", lang=lang)
-        prompts = build_prompts(model_name, tokenizer, max_positions, req)
-        cfg = dataclasses.replace(config, kind="retrieval")
-        try:
-            rh[lang] = detect(model, tokenizer, prompts, cfg, out / f"rh-{lang}", console=console)
-        except NoRetrievalError as err:
-            failed[f"rh-{lang}"] = str(err).splitlines()[0]
-
     rth: dict[str, HeadScores] = {}
-    for src, tgt in transitions:
-        console.rule(f"retrieval-transition heads: {src} -> {tgt}")
-        req = dataclasses.replace(request, kind="transition", source_lang=src, target_lang=tgt)
-        prompts = build_prompts(model_name, tokenizer, max_positions, req)
-        cfg = dataclasses.replace(config, kind="transition")
+    failed: dict[str, str] = {}
+
+    def detect_into(found: dict[str, HeadScores], key: str, kind: str, **languages: str) -> None:
+        """One detection run into ``found[key]``; a run where no prompt passed the filter goes to ``failed``."""
+        name, heads = ("rh", "retrieval") if kind == "retrieval" else ("rth", "retrieval-transition")
+        console.rule(f"{heads} heads: {' -> '.join(languages.values())}")
+        prompts = build_prompts(model_name, tokenizer, max_positions, dataclasses.replace(request, kind=kind, **languages))
         try:
-            rth[f"{src}-{tgt}"] = detect(model, tokenizer, prompts, cfg, out / f"rth-{src}-{tgt}", console=console)
+            found[key] = detect(model, tokenizer, prompts, dataclasses.replace(config, kind=kind), out / f"{name}-{key}",
+                                console=console)
         except NoRetrievalError as err:
-            failed[f"rth-{src}-{tgt}"] = str(err).splitlines()[0]
+            failed[f"{name}-{key}"] = str(err).splitlines()[0]
+
+    for lang in langs:
+        detect_into(rh, lang, "retrieval", lang=lang)
+    for src, tgt in transitions:
+        detect_into(rth, f"{src}-{tgt}", "transition", source_lang=src, target_lang=tgt)
 
     result: dict[str, Any] = {"failed": failed}
     if len(rh) >= 2:
@@ -144,11 +142,7 @@ def summary_markdown(
 
 def plot_matrix(matrix: list[list[float]], labels: list[str], path: Path, title: str) -> Path:
     """A labelled square matrix (e.g. Jaccard between languages) as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.2 + 0.7 * len(labels), 1 + 0.6 * len(labels)))
-    FigureCanvasAgg(fig)
+    fig = new_figure(1.2 + 0.7 * len(labels), 1 + 0.6 * len(labels))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(labels)), labels)
@@ -158,18 +152,12 @@ def plot_matrix(matrix: list[list[float]], labels: list[str], path: Path, title:
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="w" if value < 0.6 else "k", fontsize=8)
     fig.colorbar(image, ax=ax)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_side_by_side(rh: HeadScores, rth: HeadScores, path: Path, title: str) -> Path:
     """RH and RTH heatmaps next to each other, plus their per-layer share of the total score."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 3.5))
-    FigureCanvasAgg(fig)
+    fig = new_figure(12, 3.5)
     axes = fig.subplots(1, 3)
     for ax, scores, name in ((axes[0], rh, "retrieval"), (axes[1], rth, "retrieval-transition")):
         image = ax.imshow(scores.scores.numpy(), aspect="auto", origin="lower", cmap="viridis")
@@ -184,6 +172,4 @@ def plot_side_by_side(rh: HeadScores, rth: HeadScores, path: Path, title: str) -
     axes[2].set_ylabel("share of total score")
     axes[2].legend()
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)

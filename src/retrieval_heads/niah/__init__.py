@@ -28,21 +28,7 @@ from .prompts import (
 )
 
 __all__ = [
-    "BUILTIN_LANGS",
-    "CJK_LANGS",
-    "DEFAULT_TEMPLATE",
-    "Haystack",
-    "Needle",
-    "NiahPrompt",
-    "build_grid",
-    "build_prompt",
-    "cross_lingual_needles",
-    "length_tolerance",
-    "load_haystack",
-    "load_needles",
-    "parse_depths",
-    "parse_lengths",
-    "prompt_id",
-    "rouge1_recall",
-    "sentence_boundaries",
+    "BUILTIN_LANGS", "CJK_LANGS", "DEFAULT_TEMPLATE", "Haystack", "Needle", "NiahPrompt", "build_grid",
+    "build_prompt", "cross_lingual_needles", "length_tolerance", "load_haystack", "load_needles",
+    "parse_depths", "parse_lengths", "prompt_id", "rouge1_recall", "sentence_boundaries",
 ]

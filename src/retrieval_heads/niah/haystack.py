@@ -1,12 +1,8 @@
 """Haystacks: the long natural text a needle is hidden in.
 
-A :class:`Haystack` is a language tag plus a text. :func:`load_haystack` reads
-one from a built-in corpus (original essay-like prose shipped with the
-package, one per language), a directory of ``*.txt`` files, a single text
-file, or a Hugging Face ``datasets`` dataset. :meth:`Haystack.text_for_tokens`
-returns at least N tokens of it for a given tokenizer, repeating the text
-cyclically when it is too short (the reference code does the same with its
-essays).
+A :class:`Haystack` is a language tag plus a text (:func:`load_haystack`: a
+built-in corpus, a folder, a file or a ``datasets`` dataset), repeated
+cyclically when a prompt needs more tokens than it holds.
 
 Sentence boundaries are found in the text itself (:func:`sentence_boundaries`),
 never through token ids, so the same rule holds for every tokenizer.
@@ -20,15 +16,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-__all__ = [
-    "BUILTIN_LANGS",
-    "CJK_LANGS",
-    "Haystack",
-    "is_cjk_char",
-    "load_haystack",
-    "sentence_boundaries",
-]
 
 #: Languages with a built-in filler corpus in ``retrieval_heads/niah/corpora``.
 BUILTIN_LANGS: tuple[str, ...] = ("en", "de", "fr", "es", "ru", "zh", "ja", "sw")
@@ -124,8 +111,8 @@ class Haystack:
     def __repr__(self) -> str:
         return f"Haystack(lang={self.lang!r}, source={self.source!r}, chars={len(self.text)})"
 
-    def cycled(self, n_chars: int, separator: str = "\n\n") -> str:
-        """The text repeated (joined by ``separator``) and cut to ``n_chars`` characters.
+    def cycled(self, n_chars: int) -> str:
+        """The text repeated (joined by a blank line) and cut to ``n_chars`` characters.
 
         Example:
             >>> Haystack("en", "Hi.").cycled(8)
@@ -133,11 +120,11 @@ class Haystack:
         """
         if n_chars <= len(self.text):
             return self.text[:n_chars]
-        unit = self.text + separator
+        unit = self.text + "\n\n"
         return (unit * (n_chars // len(unit) + 1))[:n_chars]
 
     def tokenized_text(self, tokenizer: Any, n_tokens: int) -> tuple[str, list[tuple[int, int]]]:
-        """Like :meth:`text_for_tokens`, also returning the token character offsets.
+        """:meth:`text_for_tokens` and the character offsets of its tokens.
 
         The offsets come from ``tokenizer(text, add_special_tokens=False,
         return_offsets_mapping=True)``, so the tokenizer must be a fast one.
@@ -156,48 +143,36 @@ class Haystack:
             raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
         # Estimate characters per token on a sample, then grow until enough.
         sample = self.cycled(min(max(len(self.text), 2_000), 20_000))
-        n_sample = len(_offsets(tokenizer, sample))
+        n_sample = len(encode(tokenizer, sample)[1])
         chars_per_token = len(sample) / max(n_sample, 1)
         n_chars = int(math.ceil(n_tokens * chars_per_token * 1.1)) + 64
         while True:
             text = self.cycled(n_chars)
-            offsets = _offsets(tokenizer, text)
+            offsets = encode(tokenizer, text)[1]
             if len(offsets) > n_tokens:  # one spare token: the last may be cut mid-word
                 return text, offsets
             n_chars = int(n_chars * 1.5) + 64
 
     def text_for_tokens(self, tokenizer: Any, n_tokens: int) -> str:
-        """At least ``n_tokens`` tokens of this text (for ``tokenizer``).
-
-        The text is repeated cyclically, joined by a blank line, when it is
-        shorter than ``n_tokens``; the result is a prefix of that repetition.
-
-        Example:
-            >>> from tokenizers import Tokenizer, models, pre_tokenizers
-            >>> from transformers import PreTrainedTokenizerFast
-            >>> raw = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-            >>> raw.pre_tokenizer = pre_tokenizers.Whitespace()
-            >>> tok = PreTrainedTokenizerFast(tokenizer_object=raw)
-            >>> text = Haystack("en", "One two three.").text_for_tokens(tok, 10)
-            >>> len(tok(text)["input_ids"]) >= 10
-            True
-        """
+        """At least ``n_tokens`` tokens of this text for ``tokenizer``: a prefix of its cyclic repetition
+        (joined by a blank line); :meth:`tokenized_text` without the offsets."""
         return self.tokenized_text(tokenizer, n_tokens)[0]
 
 
-def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]]:
-    """Character offsets of the tokens of ``text`` (no special tokens)."""
+def require_fast(tokenizer: Any) -> None:
+    """Refuse a tokenizer without offsets: NIAH prompts locate the needle through ``return_offsets_mapping``."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: NIAH prompts need "
             "return_offsets_mapping=True to locate the needle; load it with use_fast=True"
         )
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    return [tuple(o) for o in enc["offset_mapping"]]
 
 
-def _read_builtin(lang: str) -> str:
-    return resources.files("retrieval_heads.niah").joinpath("corpora", f"{lang}.txt").read_text("utf-8")
+def encode(tokenizer: Any, text: str, add_special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """The token ids of ``text`` and each token's character range (the offsets of a fast tokenizer)."""
+    require_fast(tokenizer)
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, verbose=False)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
 def _read_dir(path: Path) -> str:
@@ -286,7 +261,8 @@ def load_haystack(
         )
         return Haystack(lang=lang, text=text, source=src)
     if src in BUILTIN_LANGS:
-        return Haystack(lang=src, text=_read_builtin(src), source=f"builtin:{src}")
+        text = resources.files("retrieval_heads.niah").joinpath("corpora", f"{src}.txt").read_text("utf-8")
+        return Haystack(lang=src, text=text, source=f"builtin:{src}")
     path = Path(src)
     if path.is_dir():
         return Haystack(lang=lang, text=_read_dir(path), source=str(path))

@@ -19,14 +19,12 @@ JSONL format (one object per line)::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .haystack import BUILTIN_LANGS
-
-__all__ = ["Needle", "cross_lingual_needles", "load_needles"]
 
 _FIELDS = ("id", "text", "question", "answer", "lang", "target_answer", "target_lang")
 _REQUIRED = ("text", "question", "answer")
@@ -178,20 +176,10 @@ def cross_lingual_needles(source_lang: str = "en", target_lang: str = "de") -> l
         >>> n.id, n.answer in n.text, n.target_lang
         ('en/sandwich>de', True, 'de')
     """
-    source = load_needles(lang=source_lang)
     target = {n.id.split("/", 1)[1]: n for n in load_needles(lang=target_lang)}
     out = []
-    for n in source:
+    for n in load_needles(lang=source_lang):
         t = target[n.id.split("/", 1)[1]]
-        out.append(
-            Needle(
-                text=n.text,
-                question=t.question,
-                answer=n.answer,
-                lang=n.lang,
-                id=f"{n.id}>{target_lang}",
-                target_answer=t.answer,
-                target_lang=target_lang,
-            )
-        )
+        out.append(replace(n, question=t.question, id=f"{n.id}>{target_lang}", target_answer=t.answer,
+                           target_lang=target_lang))
     return out

@@ -26,38 +26,22 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
-from .haystack import CJK_LANGS, Haystack, is_cjk_char, sentence_boundaries
+from .haystack import CJK_LANGS, Haystack, encode, is_cjk_char, require_fast, sentence_boundaries
 from .needles import Needle
-
-__all__ = [
-    "DEFAULT_TEMPLATE",
-    "NiahPrompt",
-    "add_counterfactual",
-    "builtin_counterfactual",
-    "build_grid",
-    "build_prompt",
-    "length_tolerance",
-    "parse_depths",
-    "parse_lengths",
-    "prompt_id",
-    "rouge1_recall",
-]
 
 #: The prompt layout used across the toolkit (and by the built-in organism model).
 DEFAULT_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:"
 
 
 def length_tolerance(context_length: int) -> int:
-    """How far the context's token count may be from the requested length.
+    """How far the context's token count may be from the requested length: ``max(16, ceil(5 %))``.
 
-    The filler ends at the last sentence boundary before its token budget
-    when one lies within ``tolerance - 4`` tokens (otherwise mid-sentence,
-    at the budget), and the needle's tokens may merge with their neighbours
-    (a token or two), so the count is within
-    ``max(16, ceil(0.05 * context_length))`` of the request, and usually at
-    or a little below it.
+    The filler ends at a sentence boundary within ``tolerance - 4`` tokens of
+    its budget (else at the budget) and the needle's tokens may merge with
+    their neighbours, so the count is usually at or a little below the request.
 
     Example:
         >>> length_tolerance(100), length_tolerance(1000), length_tolerance(32000)
@@ -131,10 +115,7 @@ class _Filler:
     @classmethod
     def build(cls, tokenizer: Any, haystack: Haystack, n_tokens: int) -> _Filler:
         text, offsets = haystack.tokenized_text(tokenizer, n_tokens)
-        ends, running = [], 0
-        for _, end in offsets:  # byte-level tokens of one character can overlap
-            running = max(running, end)
-            ends.append(running)
+        ends = list(accumulate((end for _, end in offsets), max))  # byte-level tokens of one character overlap
         return cls(text, ends, sentence_boundaries(text))
 
     def tokens_before(self, pos: int) -> int:
@@ -180,7 +161,6 @@ def _render(template: str, context: str, question: str) -> tuple[str, int]:
     """Render ``template``; return the text and the character offset of the context."""
     parts: list[str] = []
     ctx_start: int | None = None
-    n_question = 0
     try:
         fields = list(string.Formatter().parse(template))
     except ValueError as e:
@@ -191,19 +171,14 @@ def _render(template: str, context: str, question: str) -> tuple[str, int]:
             continue
         if spec or conv:
             raise ValueError(f"template field {{{name}}} must not have a format spec or conversion")
+        if name not in ("context", "question"):
+            raise ValueError(f"unknown template field {{{name}}}: only {{context}} and {{question}} are allowed")
         if name == "context":
             if ctx_start is not None:
                 raise ValueError("template must contain {context} exactly once")
             ctx_start = sum(len(p) for p in parts)
-            parts.append(context)
-        elif name == "question":
-            n_question += 1
-            parts.append(question)
-        else:
-            raise ValueError(
-                f"unknown template field {{{name}}}: only {{context}} and {{question}} are allowed"
-            )
-    if ctx_start is None or n_question == 0:
+        parts.append(context if name == "context" else question)
+    if ctx_start is None or not any(name == "question" for _, name, _, _ in fields):
         raise ValueError(f"template {template!r} must contain {{context}} and {{question}}")
     return "".join(parts), ctx_start
 
@@ -241,11 +216,7 @@ def relative_offsets(
 
 
 def _check_args(tokenizer: Any, context_length: int, depth: float, max_model_length: int | None) -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"{type(tokenizer).__name__} is not a fast tokenizer: NIAH prompts need "
-            "return_offsets_mapping=True; load it with use_fast=True"
-        )
+    require_fast(tokenizer)
     if context_length <= 0:
         raise ValueError(f"context_length must be positive, got {context_length}")
     if not 0.0 <= depth <= 1.0:
@@ -267,18 +238,8 @@ def _needle_tokens(tokenizer: Any, needle: Needle, context_length: int) -> int:
 
 
 def _build(
-    tokenizer: Any,
-    filler: _Filler,
-    haystack: Haystack,
-    needle: Needle,
-    context_length: int,
-    depth: float,
-    n_needle: int,
-    *,
-    template: str,
-    chat_template: bool,
-    system_prompt: str | None,
-    max_model_length: int | None,
+    tokenizer: Any, filler: _Filler, haystack: Haystack, needle: Needle, context_length: int, depth: float,
+    n_needle: int, template: str, chat_template: bool, system_prompt: str | None, max_model_length: int | None,
 ) -> NiahPrompt:
     tol = length_tolerance(context_length)
     # 1. Cut the filler and insert the needle, all at the character level.
@@ -291,14 +252,12 @@ def _build(
     needle_start = len(left) + len(pre)
 
     # 2. Render the template (and chat template); track the context's offset.
-    user, ctx_start = _render(template, context, needle.question)
+    text, ctx_start = _render(template, context, needle.question)
     if chat_template:
-        text, user_start = _wrap_chat(tokenizer, user, system_prompt)
+        text, user_start = _wrap_chat(tokenizer, text, system_prompt)
         ctx_start += user_start
-    else:
-        if system_prompt is not None:
-            raise ValueError("system_prompt needs chat_template=True")
-        text = user
+    elif system_prompt is not None:
+        raise ValueError("system_prompt needs chat_template=True")
     needle_char = (ctx_start + needle_start, ctx_start + needle_start + len(needle.text))
     answer_start = needle_char[0] + needle.answer_start
     answer_char = (answer_start, answer_start + len(needle.answer))
@@ -306,18 +265,14 @@ def _build(
 
     # 3. Tokenize once; map character spans to token spans through the offsets.
     # A chat-rendered string already holds its special tokens (BOS, headers).
-    enc = tokenizer(text, add_special_tokens=not chat_template, return_offsets_mapping=True, verbose=False)
-    input_ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    input_ids, offsets = encode(tokenizer, text, add_special_tokens=not chat_template)
     needle_span = token_span(offsets, *needle_char)
     answer_span = token_span(offsets, *answer_char)
     context_span = token_span(offsets, *context_char)
     n_context = context_span[1] - context_span[0]
 
     if abs(n_context - context_length) > tol:  # by construction; a failure here is a bug
-        raise RuntimeError(
-            f"context has {n_context} tokens, outside {context_length} +/- {tol}; please report this"
-        )
+        raise RuntimeError(f"context has {n_context} tokens, outside {context_length} +/- {tol}; please report this")
     if max_model_length is not None and len(input_ids) > max_model_length:
         raise ValueError(
             f"prompt has {len(input_ids)} tokens, more than the model's window "
@@ -407,22 +362,10 @@ def build_prompt(
         >>> abs(p.context_length - 500) <= length_tolerance(500)
         True
     """
-    _check_args(tokenizer, context_length, depth, max_model_length)
-    n_needle = _needle_tokens(tokenizer, needle, context_length)
-    filler = _Filler.build(tokenizer, haystack, context_length - n_needle)
-    return _build(
-        tokenizer,
-        filler,
-        haystack,
-        needle,
-        context_length,
-        depth,
-        n_needle,
-        template=template,
-        chat_template=chat_template,
-        system_prompt=system_prompt,
-        max_model_length=max_model_length,
-    )
+    return build_grid(
+        tokenizer, haystack, [needle], [context_length], [depth], template=template, chat_template=chat_template,
+        system_prompt=system_prompt, max_model_length=max_model_length,
+    )[0]
 
 
 def build_grid(
@@ -431,14 +374,18 @@ def build_grid(
     needles: Sequence[Needle] | Needle,
     lengths: Sequence[int],
     depths: Sequence[float],
-    **kw: Any,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    chat_template: bool = False,
+    system_prompt: str | None = None,
+    max_model_length: int | None = None,
 ) -> list[NiahPrompt]:
     """All prompts of a needles x lengths x depths sweep, in that nesting order.
 
     The haystack is tokenized once for the longest length. Each prompt's
     ``meta["prompt_id"]`` (``"{needle.id}|L{length}|D{depth:.3f}"``) is stable
     across runs, so a sweep can skip the prompts it has already scored.
-    ``kw`` goes to :func:`build_prompt` (template, chat_template, ...).
+    The options are those of :func:`build_prompt`.
 
     Example:
         >>> from transformers import PreTrainedTokenizerFast
@@ -455,21 +402,14 @@ def build_grid(
         needles = [needles]
     if not needles or not lengths or not depths:
         raise ValueError("build_grid needs at least one needle, one length and one depth")
-    opts = {
-        "template": kw.pop("template", DEFAULT_TEMPLATE),
-        "chat_template": kw.pop("chat_template", False),
-        "system_prompt": kw.pop("system_prompt", None),
-        "max_model_length": kw.pop("max_model_length", None),
-    }
-    if kw:
-        raise TypeError(f"build_grid got unexpected keyword argument(s): {sorted(kw)}")
     for length in lengths:
         for depth in depths:
-            _check_args(tokenizer, length, depth, opts["max_model_length"])
+            _check_args(tokenizer, length, depth, max_model_length)
     n_needles = {n.id: _needle_tokens(tokenizer, n, min(lengths)) for n in needles}
     filler = _Filler.build(tokenizer, haystack, max(lengths))
+    opts = (template, chat_template, system_prompt, max_model_length)
     return [
-        _build(tokenizer, filler, haystack, n, length, depth, n_needles[n.id], **opts)
+        _build(tokenizer, filler, haystack, n, length, depth, n_needles[n.id], *opts)
         for n in needles
         for length in lengths
         for depth in depths
@@ -505,10 +445,9 @@ def add_counterfactual(tokenizer: Any, prompt: NiahPrompt, needle_text: str, ans
     start, end = _needle_char_span(prompt)
     text = prompt.text[:start] + needle_text + prompt.text[end:]
     answer_char = (start + needle_text.index(answer), start + needle_text.index(answer) + len(answer))
-    special = not prompt.meta.get("chat_template", False)  # a chat-rendered text holds its special tokens
-    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True, verbose=False)
-    ids = list(enc["input_ids"])
-    span = token_span([tuple(o) for o in enc["offset_mapping"]], *answer_char)
+    # a chat-rendered text holds its special tokens
+    ids, offsets = encode(tokenizer, text, add_special_tokens=not prompt.meta.get("chat_template", False))
+    span = token_span(offsets, *answer_char)
     meta = {**prompt.meta, "counterfactual_needle": needle_text, "counterfactual_input_ids": ids,
             "counterfactual_answer_token_span": span, "counterfactual_answer_token_ids": ids[span[0] : span[1]]}
     return dataclasses.replace(prompt, meta=meta)
@@ -528,6 +467,14 @@ def builtin_counterfactual(tokenizer: Any, prompt: NiahPrompt) -> NiahPrompt:
     return add_counterfactual(tokenizer, prompt, target.text, target.answer)
 
 
+def _numbers(text: str, sep: str, cast: type, usage: str) -> list:
+    """``cast`` of each non-blank ``sep``-separated part of ``text``; else ValueError("cannot parse {usage}")."""
+    try:
+        return [cast(p) for p in text.split(sep) if p.strip()]
+    except ValueError:
+        raise ValueError(f"cannot parse {usage}") from None
+
+
 def parse_lengths(spec: str | int | Sequence[int]) -> list[int]:
     """Context lengths from ``"start:stop:count"`` (linear, inclusive), a comma list, or ints.
 
@@ -542,23 +489,16 @@ def parse_lengths(spec: str | int | Sequence[int]) -> list[int]:
     if isinstance(spec, int):
         values = [spec]
     elif isinstance(spec, str):
-        s = spec.strip()
-        try:
-            if ":" in s:
-                parts = [p.strip() for p in s.split(":")]
-                if len(parts) != 3:
-                    raise ValueError
-                start, stop, count = (int(p) for p in parts)
-                if count < 1:
-                    raise ValueError
-                step = (stop - start) / (count - 1) if count > 1 else 0.0
-                values = [int(math.floor(start + i * step + 0.5)) for i in range(count)]
-            else:
-                values = [int(p) for p in s.split(",") if p.strip()]
-        except ValueError:
-            raise ValueError(
-                f"cannot parse lengths {spec!r}: use 'start:stop:count' (e.g. '1000:8000:8') or '1000,2000'"
-            ) from None
+        usage = f"lengths {spec!r}: use 'start:stop:count' (e.g. '1000:8000:8') or '1000,2000'"
+        if ":" in spec:
+            parts = _numbers(spec, ":", int, usage) if spec.count(":") == 2 else []
+            if len(parts) != 3 or parts[2] < 1:
+                raise ValueError(f"cannot parse {usage}")
+            start, stop, count = parts
+            step = (stop - start) / (count - 1) if count > 1 else 0.0
+            values = [int(math.floor(start + i * step + 0.5)) for i in range(count)]
+        else:
+            values = _numbers(spec, ",", int, usage)
     else:
         values = [int(v) for v in spec]
     if not values or any(v <= 0 for v in values):
@@ -580,12 +520,7 @@ def parse_depths(spec: int | str | Sequence[float]) -> list[float]:
         try:
             spec = int(s)
         except ValueError:
-            try:
-                spec = [float(p) for p in s.split(",") if p.strip()]
-            except ValueError:
-                raise ValueError(
-                    f"cannot parse depths {s!r}: use a count ('10') or a list ('0,0.5,1')"
-                ) from None
+            spec = _numbers(s, ",", float, f"depths {s!r}: use a count ('10') or a list ('0,0.5,1')")
     if isinstance(spec, int) and not isinstance(spec, bool):
         if spec < 2:
             raise ValueError(
