@@ -115,11 +115,15 @@ def score_model(name: str, args: argparse.Namespace, console: Console) -> dict:
             s, c = trans[rule][f"{src}>{tgt}"], copy[src]
             row[rule] = None if s is None or c is None else {
                 "counted": s.meta.get("counted_prompts"), "spearman_vs_copy": round(spearman(s, c), 3),
-                "top_k_overlap_vs_copy": len(set(s.top_k(k)) & set(c.top_k(k)))}
+                "top_k_overlap_vs_copy": len(set(s.top_k(k)) & set(c.top_k(k))),
+                "top_k": [str(h) for h in s.top_k(k)], "copy_top_k": [str(h) for h in c.top_k(k)]}
         pairs.append(row)
 
     rh = pool([s for s in copy.values() if s is not None])
     pooled = {"copy": rh, **{rule: pool([s for s in runs.values() if s is not None]) for rule, runs in trans.items()}}
+    for name_, s in pooled.items():  # e.g. for `--heads OUT/{tag}/pooled-copy.json` of retmask or compare
+        s.meta.update(model=name, score=name_, pooled_over=args.langs)
+        s.save(out / f"pooled-{name_}.json")
     tops = {name_: s.top_k(k) for name_, s in pooled.items()}
     summary = {}
     for name_, s in pooled.items():
@@ -139,19 +143,22 @@ def score_model(name: str, args: argparse.Namespace, console: Console) -> dict:
     if len(args.rules) == 2:
         a, b = args.rules
         summary["rules_agree"] = {**overlap(tops[a], tops[b]), "spearman": round(spearman(pooled[a], pooled[b]), 3)}
-    masking = mask_arms(model, tokenizer, name, spec, k, tops, args, out, console)
+    masking = mask_arms(model, tokenizer, name, spec, k, pooled, args, out, console)
     return {"model": name, "n_heads": spec.n_total_heads, "k": k, "pairs": pairs, "pooled": summary,
             "masking": masking}
 
 
-def mask_arms(model, tokenizer, name: str, spec, k: int, tops: dict[str, list[Head]],  # noqa: ANN001
+def mask_arms(model, tokenizer, name: str, spec, k: int, pooled: dict[str, HeadScores],  # noqa: ANN001
               args: argparse.Namespace, out: Path, console: Console) -> dict:
-    """Per-item exact match of each arm on each task; cached in ``masking_items.json`` as it goes."""
+    """Per-item exact match of each arm on each task; cached in ``masking_items.json`` as it goes.
+
+    The random heads are drawn outside every top-K set and every head scoring above 0.1 in any score map.
+    """
+    tops = {n: s.top_k(k) for n, s in pooled.items()}
     suite = task_suite(name)
     cache_path = out / "masking_items.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    chosen = {n: set(h) for n, h in tops.items()}
-    exclude = sorted(set().union(*chosen.values()))
+    exclude = sorted(set().union(*map(set, tops.values()), *(s.above(0.1) for s in pooled.values())))
     arms: dict[str, list[Head]] = {"unmasked": [], "rh": tops["copy"]}
     arms.update({f"rth-{rule}": tops[rule] for rule in args.rules})
     arms.update({f"random-{s}": random_heads(spec.n_layers, spec.n_heads, k, s, exclude=exclude) for s in args.seeds})
@@ -202,12 +209,16 @@ def markdown(results: list[dict], rules: list[str]) -> str:
                          + ", ".join(f"{h} ({v:.2f})" for h, v in s["next"]) + f" | {s['layer_histogram_top_k']} | "
                          f"{s['layer_share_of_score']} | {c['n_above_0.1']} | {c[f'top_{k}_share']:.2f} | "
                          f"{s['concentration_top_10']:.2f} | {c['gini']:.3f} | {vs} |")
-        lines += ["", "| pair | " + " | ".join(f"{r}~copy ρ / top-{k}" for r in rules) + " |",
-                  "|---|" + "---|" * len(rules)]
+        lines += ["", "| pair | RH top-K (source language) | " + " | ".join(f"{r} top-K" for r in rules) + " | "
+                  + " | ".join(f"{r}~copy ρ / top-{k}" for r in rules) + " |",
+                  "|---|---|" + "---|" * (2 * len(rules))]
         for row in res["pairs"]:
-            cells = [("-" if row[r] is None else f"{row[r]['spearman_vs_copy']:.2f} / {row[r]['top_k_overlap_vs_copy']}")
+            done = [r for r in rules if row[r] is not None]
+            copy_top = " ".join(row[done[0]]["copy_top_k"]) if done else "-"
+            heads = [" ".join(row[r]["top_k"]) if row[r] else "-" for r in rules]
+            cells = [f"{row[r]['spearman_vs_copy']:.2f} / {row[r]['top_k_overlap_vs_copy']}" if row[r] else "-"
                      for r in rules]
-            lines.append(f"| {row['pair']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row['pair']} | {copy_top} | " + " | ".join(heads + cells) + " |")
         lines += ["", "| task (items) | unmasked | RH top-K | " + " | ".join(f"RTH-{r} top-K" for r in rules)
                   + " | random K (mean of seeds) | " + " | ".join(f"RTH-{r} − RH" for r in rules) + " |",
                   "|---|---|---|" + "---|" * len(rules) + "---|" + "---|" * len(rules)]
