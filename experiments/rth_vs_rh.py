@@ -85,6 +85,57 @@ def paired(reference: list[float], treated: list[float]) -> list[float]:
     return [round(100 * x, 1) for x in paired_bootstrap_ci(reference, treated)]
 
 
+def per_prompt(run_dirs: list[Path], n_layers: int, n_heads: int) -> np.ndarray:
+    """Each counted prompt's head scores (events / denominator), read from the runs' ``samples.jsonl``: [P, heads]."""
+    rows: dict[str, np.ndarray] = {}
+    for d in run_dirs:
+        for line in (d / "samples.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if not r.get("counted"):
+                continue
+            v = np.zeros(n_layers * n_heads)
+            for key, count in r["events"].items():
+                h = Head.parse(key)
+                v[h.layer * n_heads + h.head] = count / r["denominator"]
+            rows[f"{d.name}|{r['prompt_id']}"] = v
+    return np.stack(list(rows.values())) if rows else np.zeros((0, n_layers * n_heads))
+
+
+def top_set(mat: np.ndarray, k: int) -> frozenset[int]:
+    return frozenset(np.argsort(-mat.mean(axis=0), kind="stable")[:k].tolist())
+
+
+def stability(rh: np.ndarray, rth: np.ndarray, k: int, n: int = 1000, seed: int = 0) -> dict:
+    """Bootstrap over prompts: how often two independent resamples pick the same top-K set.
+
+    ``rh~rth``: a resample of the copy prompts vs one of the transition prompts;
+    ``rh~rh`` and ``rth~rth``: two resamples of the same prompts (the noise floor of the selection).
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(m: np.ndarray) -> frozenset[int]:
+        return top_set(m[rng.integers(0, len(m), len(m))], k)
+
+    def jac(a: frozenset[int], b: frozenset[int]) -> float:
+        return len(a & b) / len(a | b)
+
+    out = {}
+    for name, (a, b) in {"rh~rth": (rh, rth), "rh~rh": (rh, rh), "rth~rth": (rth, rth)}.items():
+        pairs = [(draw(a), draw(b)) for _ in range(n)]
+        out[name] = {"same_top_k": round(float(np.mean([x == y for x, y in pairs])), 3),
+                     "mean_jaccard": round(float(np.mean([jac(x, y) for x, y in pairs])), 3)}
+    return out
+
+
+def group_usage(mat: np.ndarray, n_heads: int, n_kv: int) -> dict[str, float]:
+    """Share of prompts whose events fall mostly in each KV group ("L.gG"; "none": no event)."""
+    size = n_heads // n_kv
+    per_group = mat.reshape(len(mat), -1, size).sum(axis=2)  # [P, layers * kv groups]
+    labels = [f"{i // n_kv}.g{i % n_kv}" if row.max() > 0 else "none" for i, row in
+              zip(per_group.argmax(axis=1), per_group, strict=True)]
+    return {g: round(labels.count(g) / len(labels), 3) for g in sorted(set(labels))}
+
+
 def score_model(name: str, args: argparse.Namespace, console: Console) -> dict:
     out = args.out / tag_of(name)
     model, tokenizer, spec = load_model(name, dtype="float32", device="cpu")
@@ -140,6 +191,16 @@ def score_model(name: str, args: argparse.Namespace, console: Console) -> dict:
         if name_ != "copy":
             summary[name_]["vs_copy"] = {**{key: round(v, 3) for key, v in overlap(tops[name_], tops["copy"]).items()},
                                          "spearman": round(spearman(s, rh), 3)}
+    rh_mat = per_prompt([out / f"copy-{lang}" for lang in args.langs if copy[lang] is not None], spec.n_layers,
+                        spec.n_heads)
+    summary["copy"]["kv_group_of_prompt"] = group_usage(rh_mat, spec.n_heads, spec.n_kv_heads)
+    for rule, runs in trans.items():
+        mat = per_prompt([out / f"{rule}-{p.replace('>', '-')}" for p, s in runs.items() if s is not None],
+                         spec.n_layers, spec.n_heads)
+        check = float(np.abs(mat.mean(axis=0) - pooled[rule].scores.flatten().numpy()).max())
+        summary[rule]["kv_group_of_prompt"] = group_usage(mat, spec.n_heads, spec.n_kv_heads)
+        summary[rule]["selection_stability"] = stability(rh_mat, mat, k, seed=args.seed)
+        summary[rule]["recomputed_max_abs_diff"] = check  # per-prompt scores vs the pooled detect scores
     if len(args.rules) == 2:
         a, b = args.rules
         summary["rules_agree"] = {**overlap(tops[a], tops[b]), "spearman": round(spearman(pooled[a], pooled[b]), 3)}
@@ -233,6 +294,15 @@ def markdown(results: list[dict], rules: list[str]) -> str:
                          + " | ".join(fmt(row[f"rth-{r}"]) for r in rules) + f" | {fmt(row['random'])} | "
                          + " | ".join("{:+.1f} [{:+.1f}, {:+.1f}]".format(*row[f"rth-{r}_minus_rh"]) for r in rules)
                          + " |")
+        lines += ["", "Which KV group carries each counted prompt (share of prompts; the group holding most of its "
+                  "events) and the bootstrap stability of the top-K set over prompts (1000 resamples):", ""]
+        lines.append(f"- RH (copy): {p['copy']['kv_group_of_prompt']}")
+        for r in rules:
+            st = p[r]["selection_stability"]
+            lines.append(f"- RTH {r}: {p[r]['kv_group_of_prompt']}; same top-K (mean Jaccard): RH vs RTH "
+                         f"{st['rh~rth']['same_top_k']:.2f} ({st['rh~rth']['mean_jaccard']:.2f}), RH vs RH "
+                         f"{st['rh~rh']['same_top_k']:.2f} ({st['rh~rh']['mean_jaccard']:.2f}), RTH vs RTH "
+                         f"{st['rth~rth']['same_top_k']:.2f} ({st['rth~rth']['mean_jaccard']:.2f})")
         arms = res["masking"]["arms"]
         lines += ["", "Arms: " + "; ".join(f"{a}: {' '.join(h) or '-'}" for a, h in arms.items()), ""]
     return "\n".join(lines)
