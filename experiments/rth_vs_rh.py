@@ -16,7 +16,8 @@ like it, e.g. the fourth, 64-head checkpoint extracted from git) this
    concentration of each score map (``selection.concentration``: heads
    > 0.1, top-K and top-10 share, Gini, entropy);
 4. masks (zero mode, every position) the pooled RH top-K, each rule's RTH
-   top-K and K random heads outside all of them (``--seeds``) on held-out
+   top-K, the RH ranks K+1..2K, and K random heads outside the top-K sets and
+   every head above 0.1 (``--seeds``) on held-out
    ``--tasks`` items (``task_suite(model).make_eval_set``, greedy exact
    match) and reports each accuracy with a 95 % bootstrap interval over
    items, each change against the unmasked model and the RTH - RH
@@ -127,6 +128,21 @@ def stability(rh: np.ndarray, rth: np.ndarray, k: int, n: int = 1000, seed: int 
     return out
 
 
+def layer_share_change(rh: np.ndarray, rth: np.ndarray, n_layers: int, n: int = 1000, seed: int = 0) -> list[list]:
+    """Per layer: the RTH minus the RH share of the total score, with a 95 % bootstrap interval over prompts."""
+    rng = np.random.default_rng(seed)
+
+    def share(m: np.ndarray) -> np.ndarray:
+        per_layer = m.mean(axis=0).reshape(n_layers, -1).sum(axis=1)
+        return per_layer / max(per_layer.sum(), 1e-12)
+
+    draws = np.stack([share(rth[rng.integers(0, len(rth), len(rth))]) - share(rh[rng.integers(0, len(rh), len(rh))])
+                      for _ in range(n)])
+    low, high = np.quantile(draws, [0.025, 0.975], axis=0)
+    return [[round(float(d), 3), round(float(a), 3), round(float(b), 3)]
+            for d, a, b in zip(share(rth) - share(rh), low, high, strict=True)]
+
+
 def group_usage(mat: np.ndarray, n_heads: int, n_kv: int) -> dict[str, float]:
     """Share of prompts whose events fall mostly in each KV group ("L.gG"; "none": no event)."""
     size = n_heads // n_kv
@@ -200,6 +216,7 @@ def score_model(name: str, args: argparse.Namespace, console: Console) -> dict:
         check = float(np.abs(mat.mean(axis=0) - pooled[rule].scores.flatten().numpy()).max())
         summary[rule]["kv_group_of_prompt"] = group_usage(mat, spec.n_heads, spec.n_kv_heads)
         summary[rule]["selection_stability"] = stability(rh_mat, mat, k, seed=args.seed)
+        summary[rule]["layer_share_minus_rh"] = layer_share_change(rh_mat, mat, spec.n_layers, seed=args.seed)
         summary[rule]["recomputed_max_abs_diff"] = check  # per-prompt scores vs the pooled detect scores
     if len(args.rules) == 2:
         a, b = args.rules
@@ -220,7 +237,8 @@ def mask_arms(model, tokenizer, name: str, spec, k: int, pooled: dict[str, HeadS
     cache_path = out / "masking_items.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     exclude = sorted(set().union(*map(set, tops.values()), *(s.above(0.1) for s in pooled.values())))
-    arms: dict[str, list[Head]] = {"unmasked": [], "rh": tops["copy"]}
+    ranked = [h for h, _ in pooled["copy"].ranked()]
+    arms: dict[str, list[Head]] = {"unmasked": [], "rh": tops["copy"], "rh-next": ranked[k:2 * k]}
     arms.update({f"rth-{rule}": tops[rule] for rule in args.rules})
     arms.update({f"random-{s}": random_heads(spec.n_layers, spec.n_heads, k, s, exclude=exclude) for s in args.seeds})
     result: dict = {"arms": {a: [str(h) for h in heads] for a, heads in arms.items()}, "tasks": {}}
@@ -243,10 +261,11 @@ def mask_arms(model, tokenizer, name: str, spec, k: int, pooled: dict[str, HeadS
         rand = list(np.mean([per_arm[f"random-{s}"] for s in args.seeds], axis=0))
         base = per_arm["unmasked"]
         row: dict = {"n_items": len(items), "unmasked": ci(base)}
-        for arm in ["rh", *(f"rth-{r}" for r in args.rules)]:
+        for arm in ["rh", "rh-next", *(f"rth-{r}" for r in args.rules)]:
             row[arm] = {"acc": ci(per_arm[arm]), "change": paired(base, per_arm[arm])}
         row["random"] = {"acc": ci(rand), "change": paired(base, rand),
                          "per_seed": [round(100 * float(np.mean(per_arm[f"random-{s}"])), 1) for s in args.seeds]}
+        row["rh-next_minus_rh"] = paired(per_arm["rh"], per_arm["rh-next"])
         for rule in args.rules:
             row[f"rth-{rule}_minus_rh"] = paired(per_arm["rh"], per_arm[f"rth-{rule}"])
         result["tasks"][task] = row
@@ -281,8 +300,8 @@ def markdown(results: list[dict], rules: list[str]) -> str:
                      for r in rules]
             lines.append(f"| {row['pair']} | {copy_top} | " + " | ".join(heads + cells) + " |")
         lines += ["", "| task (items) | unmasked | RH top-K | " + " | ".join(f"RTH-{r} top-K" for r in rules)
-                  + " | random K (mean of seeds) | " + " | ".join(f"RTH-{r} − RH" for r in rules) + " |",
-                  "|---|---|---|" + "---|" * len(rules) + "---|" + "---|" * len(rules)]
+                  + " | RH ranks K+1..2K | random K (mean of seeds) | " + " | ".join(f"RTH-{r} − RH" for r in rules)
+                  + " |", "|---|---|---|" + "---|" * len(rules) + "---|---|" + "---|" * len(rules)]
 
         def fmt(arm: dict) -> str:
             a, d = arm["acc"], arm["change"]
@@ -291,7 +310,8 @@ def markdown(results: list[dict], rules: list[str]) -> str:
         for task, row in res["masking"]["tasks"].items():
             lines.append(f"| {task} ({row['n_items']}) | {row['unmasked'][0]:.1f} [{row['unmasked'][1]:.1f}, "
                          f"{row['unmasked'][2]:.1f}] | {fmt(row['rh'])} | "
-                         + " | ".join(fmt(row[f"rth-{r}"]) for r in rules) + f" | {fmt(row['random'])} | "
+                         + " | ".join(fmt(row[f"rth-{r}"]) for r in rules) + f" | {fmt(row['rh-next'])} | "
+                         f"{fmt(row['random'])} | "
                          + " | ".join("{:+.1f} [{:+.1f}, {:+.1f}]".format(*row[f"rth-{r}_minus_rh"]) for r in rules)
                          + " |")
         lines += ["", "Which KV group carries each counted prompt (share of prompts; the group holding most of its "
@@ -302,7 +322,9 @@ def markdown(results: list[dict], rules: list[str]) -> str:
             lines.append(f"- RTH {r}: {p[r]['kv_group_of_prompt']}; same top-K (mean Jaccard): RH vs RTH "
                          f"{st['rh~rth']['same_top_k']:.2f} ({st['rh~rth']['mean_jaccard']:.2f}), RH vs RH "
                          f"{st['rh~rh']['same_top_k']:.2f} ({st['rh~rh']['mean_jaccard']:.2f}), RTH vs RTH "
-                         f"{st['rth~rth']['same_top_k']:.2f} ({st['rth~rth']['mean_jaccard']:.2f})")
+                         f"{st['rth~rth']['same_top_k']:.2f} ({st['rth~rth']['mean_jaccard']:.2f}); layer share of "
+                         "score minus RH's (95 % CI): " + ", ".join(f"L{i} {d:+.2f} [{a:+.2f}, {b:+.2f}]"
+                                                                   for i, (d, a, b) in enumerate(p[r]["layer_share_minus_rh"])))
         arms = res["masking"]["arms"]
         lines += ["", "Arms: " + "; ".join(f"{a}: {' '.join(h) or '-'}" for a, h in arms.items()), ""]
     return "\n".join(lines)
