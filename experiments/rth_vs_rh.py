@@ -25,6 +25,10 @@ like it, e.g. the fourth, 64-head checkpoint extracted from git) this
 
     nice python experiments/rth_vs_rh.py runs/rth_vs_rh --models organism,/tmp/organism4
 
+Cost (both models, 80 items a task, 5 seeds): ~25 min of wall time on 2 cores shared with other jobs;
+re-reading every cache: ~2 min. The fourth checkpoint: ``git show 40f56ab:src/retrieval_heads/organism/checkpoint/FILE``
+for its seven files into a folder (docs/organism.md, "RTH vs RH on two models").
+
 Every detection run resumes (``OUT/{tag}/copy-{lang}``, ``OUT/{tag}/{rule}-{src}-{tgt}``);
 masking results are cached per arm (``OUT/{tag}/masking_items.json``). Results:
 ``OUT/{tag}/rth_vs_rh.json`` per model and ``OUT/rth_vs_rh.md`` (all models' tables).
