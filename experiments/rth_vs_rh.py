@@ -73,6 +73,7 @@ def pool(runs: list[HeadScores]) -> HeadScores:
 
 
 def spearman(a: HeadScores, b: HeadScores) -> float:
+    """Spearman correlation of two score maps over all heads."""
     return float(spearmanr(a.scores.flatten().numpy(), b.scores.flatten().numpy()).statistic)
 
 
@@ -83,10 +84,12 @@ def layer_share(s: HeadScores) -> list[float]:
 
 
 def ci(values: list[float]) -> list[float]:
+    """Mean and 95 % bootstrap interval over items, in points."""
     return [round(100 * x, 1) for x in bootstrap_ci(values)]
 
 
 def paired(reference: list[float], treated: list[float]) -> list[float]:
+    """Mean change ``treated - reference`` and its paired 95 % bootstrap interval, in points."""
     return [round(100 * x, 1) for x in paired_bootstrap_ci(reference, treated)]
 
 
