@@ -180,17 +180,21 @@ class DecodeState:
 
 
 def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-            prefix: Prefix | None = None, static_len: int | None = None) -> tuple[torch.Tensor, DecodeState]:
+            prefix: Prefix | None = None, static_len: int | None = None, cache: Any = None
+            ) -> tuple[torch.Tensor, DecodeState]:
     """Run the padded prompts ``(B, T)`` once; returns the last row's logits ``(B, V)`` and the decode state.
 
     ``prefix``: the batch continues this shared prefix (laid out by
     ``left_pad(..., n_prefix=len(prefix))``); only columns after it run.
     ``static_len``: decode on a static cache of that many slots (see :func:`fast_decode`).
+    ``cache``: run over this (empty) cache instead.
     """
     n = len(prefix) if prefix is not None else 0
     cache_arg = cache_argument(model)
     kwargs = {}
-    if prefix is not None or static_len is not None:
+    if cache is not None:
+        kwargs[cache_arg] = cache
+    elif prefix is not None or static_len is not None:
         kwargs[cache_arg] = prefix_cache(model, prefix, ids.shape[0], static_len)
     out = model(input_ids=ids[:, n:], attention_mask=mask, position_ids=positions[:, n:], use_cache=True,
                 logits_to_keep=1, **kwargs)
@@ -200,6 +204,22 @@ def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, posit
         state.mask = torch.cat([mask, mask.new_zeros(mask.shape[0], static_len - ids.shape[1])], dim=1)
         state.step = _compiled_step(model) if fast_decode(ids.device) == "compiled" else _forward_step
     return out.logits[:, -1], state
+
+
+def prefill_but_last(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                     prefix: Prefix | None = None, cache: Any = None, chunk: int | None = None) -> DecodeState:
+    """Run the padded prompts ``(B, T)`` but their last column, ``chunk`` columns a forward (default: all at once).
+
+    Returns the decode state whose first :func:`decode_step` is fed the last column.
+    """
+    n, width = (len(prefix) if prefix is not None else 0), ids.shape[1] - 1
+    cache = cache if cache is not None else prefix_cache(model, prefix, ids.shape[0])
+    kw = {cache_argument(model): cache, "use_cache": True, "logits_to_keep": 1}
+    chunk = chunk or max(width, 1)
+    for start in range(n, width, chunk):
+        end = min(start + chunk, width)
+        model(input_ids=ids[:, start:end], attention_mask=mask[:, :end], position_ids=positions[:, start:end], **kw)
+    return DecodeState(mask[:, :width], positions[:, -1:] - 1, cache, cache_argument(model))
 
 
 def decode_step(model: PreTrainedModel, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -340,6 +360,10 @@ def generate(
     tokenizer: Any = None,
     prefix: Prefix | None = None,
     on_step: Callable[[], None] | None = None,
+    *,
+    cache: Any = None,
+    prefill_chunk: int | None = None,
+    step: Callable[[PreTrainedModel, torch.Tensor, DecodeState], torch.Tensor] | None = None,
 ) -> Decoded:
     """Decode ``seqs`` (unpadded token lists) as one left-padded batch, greedily or with ``sampler``.
 
@@ -350,6 +374,12 @@ def generate(
     starts with, computed once (``ids`` then pads after it). The decode path
     (static cache, compiled step) follows :func:`fast_decode`; ``on_step`` is
     called after the prefill and each decode step (a buffered capture recorder flushes there).
+
+    ``cache``: decode over this cache (e.g. a :class:`~retrieval_heads.kvcache.HeadSplitCache`).
+    ``prefill_chunk``: read the prompt but its last token in forwards of at most that many
+    tokens, then feed the last token as the first decode step (bounds a cache's transient size).
+    ``step``: replaces :func:`decode_step` (same signature; it may return other scores
+    than the logits, e.g. DeCoRe's contrast of two streams). Any of the three decodes dynamically.
     """
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
@@ -358,7 +388,8 @@ def generate(
         raise ValueError("every sequence must start with the prefix and extend past it")
     device = next(model.parameters()).device
     ids, mask, positions = (t.to(device) for t in left_pad(seqs, pad_id, n_prefix))
-    static_len = static_slots(ids.shape[1], max_new_tokens) if fast_decode(device) != "dynamic" else None
+    custom = cache is not None or prefill_chunk is not None or step is not None
+    static_len = static_slots(ids.shape[1], max_new_tokens) if not custom and fast_decode(device) != "dynamic" else None
     bsz = ids.shape[0]
     stops = stops.to(device)
     pick = sampler or (lambda logits: logits.argmax(-1))
@@ -367,10 +398,15 @@ def generate(
     reason = torch.zeros(bsz, dtype=torch.long, device=device)  # index into STOP_REASONS
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     started = torch.zeros(bsz, dtype=torch.bool, device=device)  # some non-space text was emitted
-    logits, state = prefill(model, ids, mask, positions, prefix, static_len)
+    step = step or decode_step
+    if prefill_chunk is None:
+        logits, state = prefill(model, ids, mask, positions, prefix, static_len, cache)
+    else:
+        state = prefill_but_last(model, ids, mask, positions, prefix, cache, prefill_chunk)
+        logits = step(model, ids[:, -1], state)
     if on_step is not None:
         on_step()
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         token = pick(logits)  # (B,)
         emitted.append(token)
         is_eos = stops.eos[token]
@@ -381,12 +417,12 @@ def generate(
             hit = _stop_string_rows(tokenizer, emitted, stop_strings, done | stop_now)
             reason = torch.where(hit, 3, reason)
             stop_now = stop_now | hit
-        n_tokens = torch.where(stop_now, step, n_tokens)
+        n_tokens = torch.where(stop_now, i, n_tokens)
         done = done | stop_now
         started = started | ~stops.blank[token]
-        if step == max_new_tokens - 1 or bool(done.all()):  # one host sync per step
+        if i == max_new_tokens - 1 or bool(done.all()):  # one host sync per step
             break
-        logits = decode_step(model, token, state)
+        logits = step(model, token, state)
         if on_step is not None:
             on_step()
     tokens = torch.stack(emitted, dim=1)  # (B, S)

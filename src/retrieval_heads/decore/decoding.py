@@ -15,8 +15,8 @@ prefills the masked stream with the heads masked too (two prefills).
 
 Stops at EOS, at a newline once the answer has begun (the tokenizer's own
 newline tokens, :class:`retrieval_heads.generation.StopTokens`), or at a
-stop string. When the toolkit's generation module lands, the loop in
-:func:`_decode_one` moves there as a two-stream step.
+stop string. The loop is :func:`retrieval_heads.generation.generate`'s, with the
+two-stream step :class:`_TwoStreams`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
-from ..generation import StopTokens, cache_argument
+from ..generation import DecodeState, StopTokens, decode_step, generate, left_pad, prefill_but_last
 from ..heads import Head
 from ..masking import MaskMode, masked_heads
 from ..model_spec import ModelSpec
@@ -83,9 +83,28 @@ def contrast(base_logits: torch.Tensor, masked_logits: torch.Tensor, settings: D
     return (1 + a) * base - a * masked, alpha
 
 
-def _forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    """Last-position logits ``(1, V)``, extending ``cache`` (``cache=`` on transformers >= 5.24, else ``past_key_values=``)."""
-    return model(ids, **{cache_argument(model): cache, "use_cache": True}).logits[:, -1]
+class _TwoStreams:
+    """DeCoRe's decode step for :func:`retrieval_heads.generation.generate`: the base stream and the masked stream
+    (forked from the base one's prefill, or prefilled masked), contrasted; it records ``a`` and the logits."""
+
+    def __init__(self, heads: list[Head], settings: DecoreSettings, spec: ModelSpec, keep_logits: bool,
+                 masked: DecodeState | None) -> None:
+        self.heads, self.settings, self.spec, self.keep_logits = heads, settings, spec, keep_logits
+        self.masked = masked
+        self.alphas: list[float] = []
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, model: PreTrainedModel, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        if self.masked is None:  # the first step: the masked stream starts from a copy of the shared prefill
+            self.masked = DecodeState(state.mask, state.positions, copy.deepcopy(state.cache), state.cache_arg)
+        base = decode_step(model, token, state)  # (1, V)
+        with masked_heads(model, self.heads, mode=self.settings.mode, spec=self.spec):
+            masked = decode_step(model, token, self.masked)
+        scores, alpha = contrast(base, masked, self.settings)
+        self.alphas.append(float(alpha))
+        if self.keep_logits:
+            self.kept.append((base[0].cpu(), masked[0].cpu()))
+        return scores
 
 
 @torch.no_grad()
@@ -94,51 +113,28 @@ def _decode_one(
     stops: StopTokens, max_new_tokens: int, stop_strings: Sequence[str], spec: ModelSpec, keep_logits: bool,
     generator: torch.Generator | None,
 ) -> DecoreOutput:
-    """Two decode streams after one shared prefill; the only decoding loop of this module."""
-    device = next(model.parameters()).device
-    prompt = torch.tensor([ids], device=device)  # (1, T)
-    base_cache = DynamicCache(config=model.config)
-    if prompt.shape[1] > 1:
-        _forward(model, prompt[:, :-1], base_cache)
+    """One prompt through :func:`retrieval_heads.generation.generate` with the two-stream step."""
+    masked = None
     if settings.masked_prefill:
-        masked_cache = DynamicCache(config=model.config)
-        if prompt.shape[1] > 1:
-            with masked_heads(model, heads, mode=settings.mode, spec=spec):
-                _forward(model, prompt[:, :-1], masked_cache)
-    else:
-        masked_cache = copy.deepcopy(base_cache)
-    token = prompt[:, -1:]
-    out: list[int] = []
-    alphas: list[float] = []
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    reason = "max_new_tokens"
-    for _ in range(max_new_tokens):
-        base = _forward(model, token, base_cache)[0]  # (V,)
+        device = next(model.parameters()).device
         with masked_heads(model, heads, mode=settings.mode, spec=spec):
-            masked = _forward(model, token, masked_cache)[0]  # (V,)
-        scores, alpha = contrast(base, masked, settings)
-        if keep_logits:
-            kept.append((base.cpu(), masked.cpu()))
-        if settings.sample:
-            probs = torch.softmax(scores / settings.temperature, dim=-1)
-            nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-        else:
-            nxt = int(scores.argmax())
-        if stops.eos[nxt]:
-            reason = "eos"
-            break
-        if stops.newline[nxt] and any(not stops.blank[t] for t in out):
-            reason = "newline"
-            break
-        out.append(nxt)
-        alphas.append(float(alpha))
-        if stop_strings and any(s in tokenizer.decode(out) for s in stop_strings):
-            reason = "stop_string"
-            break
-        token = torch.tensor([[nxt]], device=device)
-    text = tokenizer.decode(out, skip_special_tokens=True).split("\n", 1)[0].strip() if reason != "stop_string" \
-        else tokenizer.decode(out, skip_special_tokens=True)
-    return DecoreOutput(text, out, alphas, reason, kept)
+            masked = prefill_but_last(model, *(t.to(device) for t in left_pad([ids], 0)))
+    streams = _TwoStreams(heads, settings, spec, keep_logits, masked)
+    sampler = None
+    if settings.sample:
+        def sampler(scores: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(scores[0] / settings.temperature, dim=-1)
+            return torch.multinomial(probs.cpu(), 1, generator=generator).to(scores.device)
+
+    o = generate(model, [ids], max_new_tokens, stops, sampler=sampler, stop_strings=stop_strings, tokenizer=tokenizer,
+                 prefill_chunk=len(ids), step=streams)
+    reason = o.stop_reason[0]
+    n = int(o.n_tokens[0]) + (reason == "stop_string")  # the token completing a stop string is kept
+    out = o.tokens[0, :n].tolist()
+    text = tokenizer.decode(out, skip_special_tokens=True)
+    if reason != "stop_string":
+        text = text.split("\n", 1)[0].strip()
+    return DecoreOutput(text, out, streams.alphas[:n], reason, streams.kept)
 
 
 def decore_generate(
@@ -177,6 +173,7 @@ def decore_generate(
     heads = check_heads(heads, spec.n_layers, spec.n_heads)
     settings = DecoreSettings(alpha, dynamic, normalise, cap, mode, masked_prefill, sample, temperature, seed)
     stops = StopTokens.from_tokenizer(model, tokenizer, stop_on_newline=stop_on_newline)
+    stops = StopTokens(stops.eos, stops.newline, stops.blank)  # a newline ends an answer only once it has begun
     generator = torch.Generator().manual_seed(seed) if sample else None
     outputs = []
     for p in prompts:

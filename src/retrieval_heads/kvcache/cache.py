@@ -12,8 +12,7 @@ from memory at every update. During one forward the streaming heads also see
 the new block's own keys (a prefill block of ``L`` tokens needs them: each of
 its queries has its own window); those are trimmed as soon as the update
 returns, so the *stored* size stays ``sink + window`` and the transient size
-is bounded by the prefill chunk (:func:`retrieval_heads.kvcache.generate.answer`
-prefills in chunks).
+is bounded by the prefill chunk (``generate(..., prefill_chunk=)``).
 
 The attention over the two groups is computed by the function in
 :mod:`retrieval_heads.kvcache.attention`. Used without it, the model would read

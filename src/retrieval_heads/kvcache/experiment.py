@@ -1,7 +1,7 @@
 """NIAH exact match against KV memory: the retrieval KV heads kept whole vs budgets, random KV heads and the full cache.
 
-Conditions (every one runs the same prompts through :func:`greedy_answer`
-with a :class:`HeadSplitCache`, prompt read with the compressed cache):
+Conditions (every one runs the same prompts through :func:`retrieval_heads.generation.generate`
+with a :class:`HeadSplitCache`, prompt read with the compressed cache in chunks):
 
 - ``full``: every KV head kept (equal to the normal cache bit for bit);
 - ``windowed``: no KV head kept (every head sink + window);
@@ -124,12 +124,12 @@ def expected_answer(prompt: Any) -> str:
 
 def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the experiment; return the result written to ``out/kv_compress.json``."""
-    from ..generation import StopTokens
+    from ..generation import StopTokens, generate
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
     from ..prompt_sources import PromptRequest, build_prompts
+    from .attention import compressed_attention
     from .cache import HeadSplitCache
-    from .generate import greedy_answer
     from .plan import full_per_layer
 
     out = Path(config.out)
@@ -142,6 +142,7 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     identity = model_identity(model)
     run, done = _resume(config, identity["weights"])
     stops = StopTokens.from_tokenizer(model, tokenizer)
+    stops = StopTokens(stops.eos, stops.newline, stops.blank)  # a newline ends an answer only once it has begun
     wanted = {(c.name, p.meta["prompt_id"]) for c in conds for p in prompts}
     with track("kv-compress", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for cond in conds:
@@ -150,9 +151,10 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
                 pid = p.meta["prompt_id"]
                 if (cond.name, pid) not in done:
                     cache = HeadSplitCache(full, spec.n_kv_heads, config.sink, config.window)
-                    with _compressed(model):
-                        tokens = greedy_answer(model, p.input_ids, cache, config.max_new_tokens, stops,
-                                               config.prefill_chunk)
+                    with compressed_attention(model):  # chunked prefill: the prompt is read with the compressed cache
+                        o = generate(model, [p.input_ids], config.max_new_tokens, stops, cache=cache,
+                                     prefill_chunk=config.prefill_chunk)
+                    tokens = o.tokens[0, : int(o.n_tokens[0])].tolist()
                     text = tokenizer.decode(tokens, skip_special_tokens=True).split("\n", 1)[0].strip()
                     record = {"condition": cond.name, "prompt_id": pid, "length": len(p.input_ids),
                               "answer": text, "expected": expected_answer(p), "kv_bytes": cache.peak_bytes}
@@ -168,12 +170,6 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     atomic_write_json(out / RESULT_FILE, result)
     plot_curve(result, out / FIGURE_FILE)
     return result
-
-
-def _compressed(model: Any):
-    from .attention import compressed_attention
-
-    return compressed_attention(model)
 
 
 def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
