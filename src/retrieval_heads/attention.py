@@ -50,7 +50,7 @@ class AttentionObserver(Protocol):
     ) -> None: ...
 
 
-def _base_function(base: str, module: torch.nn.Module) -> Callable[..., Any]:
+def base_function(base: str, module: torch.nn.Module) -> Callable[..., Any]:
     """The attention function the model would call for ``base``."""
     if base == "eager":
         modeling = sys.modules[type(module).__module__]
@@ -73,7 +73,7 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
         uniform = getattr(module, UNIFORM_ATTR, None)
         if uniform is not None:
             query = query.index_fill(1, uniform.to(query.device), 0.0)
-        out = _base_function(base, module)(module, query, key, value, attention_mask, **kwargs)
+        out = base_function(base, module)(module, query, key, value, attention_mask, **kwargs)
         recorder = getattr(module, RECORDER_ATTR, None)
         if recorder is not None:
             recorder.observe(module, query, key, attention_mask, kwargs)
@@ -83,18 +83,23 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
     return retrieval_heads_attention
 
 
-def wrapper_name(base: str) -> str:
-    """Register (once) and return the AttentionInterface name that wraps ``base``."""
-    name = WRAPPER_PREFIX + base
+def register_over(prefix: str, base: str, make: Callable[[str], Callable[..., Any]]) -> str:
+    """Register (once) ``make(base)`` as attention ``prefix + base``, with ``base``'s mask function; return the name."""
+    name = prefix + base
     if name not in ALL_ATTENTION_FUNCTIONS:
         if base not in ALL_MASK_ATTENTION_FUNCTIONS:
             raise ValueError(
                 f"cannot wrap attention backend {base!r}: transformers has no mask function for it "
                 f"(known: {sorted(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping)})"
             )
-        AttentionInterface.register(name, _make_wrapper(base))
+        AttentionInterface.register(name, make(base))
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     return name
+
+
+def wrapper_name(base: str) -> str:
+    """Register (once) and return the AttentionInterface name that wraps ``base``."""
+    return register_over(WRAPPER_PREFIX, base, _make_wrapper)
 
 
 def base_backend(model: PreTrainedModel) -> str:

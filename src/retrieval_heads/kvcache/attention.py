@@ -23,11 +23,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel
 
-from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, _base_function, wrapper_name
+from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, base_function, register_over, wrapper_name
 from .cache import ATTN_PREFIX, PENDING_KEY, HeadSplitLayer, StreamBlock
 
 
@@ -71,7 +69,7 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         layer: HeadSplitLayer | None = kwargs.pop(PENDING_KEY, None)
-        fn = _base_function(base, module)
+        fn = base_function(base, module)
         if layer is None or len(layer.stream) == 0:  # no split cache, or nothing streams
             return fn(module, query, key, value, attention_mask, **kwargs)
         if getattr(module, RECORDER_ATTR, None) is not None:
@@ -95,13 +93,7 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
 
 def split_attention_name(base: str) -> str:
     """Register (once) and return the AttentionInterface name of the split attention over ``base``."""
-    name = ATTN_PREFIX + base
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        if base not in ALL_MASK_ATTENTION_FUNCTIONS:
-            raise ValueError(f"cannot compress the KV cache over attention backend {base!r}: no mask function for it")
-        AttentionInterface.register(name, _make_split_attention(base))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
-    return name
+    return register_over(ATTN_PREFIX, base, _make_split_attention)
 
 
 @contextmanager

@@ -17,27 +17,21 @@ is ``kv_compress.json`` (format ``retrieval-heads/kv-compress``) and ``kv_compre
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runs import Run, atomic_write_json, flags, open_run, run_metadata, track
+from ..runs import HeadCondition, HeadRunConfig, track
 from .plan import KVHead
 
-FORMAT = "retrieval-heads/kv-compress"
-FORMAT_VERSION = 1
 RESULT_FILE = "kv_compress.json"
 FIGURE_FILE = "kv_compress.png"
 
 
-@dataclass
-class KVCompressConfig:
+@dataclass(kw_only=True)
+class KVCompressConfig(HeadRunConfig):
     """Settings of one ``kv-compress`` run (all recorded in the result)."""
 
-    model: str
-    heads: str
-    out: str
-    top_k: int | None = None  # None: selection.share_of_heads (5 % of heads)
     budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     aggregate: str = "max"
     per_layer: bool = False  # budgets count KV heads per layer instead of in total
@@ -46,23 +40,22 @@ class KVCompressConfig:
     lengths: list[int] = field(default_factory=lambda: [1024, 1536, 2000])
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     per_cell: int = 2
-    random_seeds: int = 3
-    seed: int = 0
-    max_new_tokens: int = 16
     prefill_chunk: int = 256
-    device: str | None = None
-    dtype: str = "auto"
-    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from .plan import AGGREGATES
+
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"--aggregate must be one of {AGGREGATES}")
 
 
 @dataclass
-class Condition:
-    name: str
-    kind: str  # full | windowed | retrieval | random-retrieval | top | random-top
-    kv_heads: list[KVHead]
+class Condition(HeadCondition):
+    """``heads``: the KV heads kept whole; ``budget``: how many; ``query_heads``: the head set they hold (retrieval)."""
+
     budget: int
     seed: int | None = None
-    query_heads: list[Any] = field(default_factory=list)  # the head set the KV heads were chosen for (retrieval)
+    query_heads: list[Any] = field(default_factory=list)
 
 
 def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
@@ -107,15 +100,6 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
     return out
 
 
-def _resume(config: KVCompressConfig, weights: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]]:
-    """The run (:func:`retrieval_heads.runs.open_run`) and the finished answers of an earlier one with the same settings."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite")}
-    run = open_run(config.out, "kv-compress", flags(settings), fingerprints={"the model's weights": weights},
-                   overwrite=config.overwrite, hint="Rerun with --overwrite to discard it, or choose another --out.",
-                   model=config.model, seed=config.seed)
-    return run, {(r["condition"], r["prompt_id"]): r for r in run.records()}
-
-
 def expected_answer(prompt: Any) -> str:
     """What an exact-match answer must be: the organism's expected answer, or the needle's (target) answer."""
     meta = getattr(prompt, "meta", {}) or {}
@@ -132,7 +116,6 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     from .cache import HeadSplitCache
     from .plan import full_per_layer
 
-    out = Path(config.out)
     scores = HeadScores.load(config.heads)
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
@@ -140,13 +123,14 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
         lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed))
     identity = model_identity(model)
-    run, done = _resume(config, identity["weights"])
+    run = config.open_run("kv-compress", identity["weights"])
+    done = {(r["condition"], r["prompt_id"]): r for r in run.records()}
     stops = StopTokens.from_tokenizer(model, tokenizer)
     stops = StopTokens(stops.eos, stops.newline, stops.blank)  # a newline ends an answer only once it has begun
     wanted = {(c.name, p.meta["prompt_id"]) for c in conds for p in prompts}
     with track("kv-compress", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for cond in conds:
-            full = full_per_layer(cond.kv_heads, spec.n_layers)
+            full = full_per_layer(cond.heads, spec.n_layers)
             for p in prompts:
                 pid = p.meta["prompt_id"]
                 if (cond.name, pid) not in done:
@@ -162,13 +146,10 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
                     run.append(record)
                     done[(cond.name, pid)] = record
                     bar.advance()
-    result = summarize(conds, prompts, done)
-    result = {"format": FORMAT, "format_version": FORMAT_VERSION,
-              "meta": run_metadata(**identity, settings={**asdict(config), "out": None},
-                                   top_heads=heads_to_strings(next(c for c in conds if c.kind == "retrieval").query_heads)),
-              **result}
-    atomic_write_json(out / RESULT_FILE, result)
-    plot_curve(result, out / FIGURE_FILE)
+    top = next(c for c in conds if c.kind == "retrieval").query_heads
+    result = config.write_result("kv-compress", RESULT_FILE, identity, summarize(conds, prompts, done),
+                                 top_heads=heads_to_strings(top))
+    plot_curve(result, Path(config.out) / FIGURE_FILE)
     return result
 
 
@@ -182,7 +163,7 @@ def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, 
         acc, low, high = bootstrap_ci([r["correct"] for r in recs])
         kv = sum(r["kv_bytes"] for r in recs) / len(recs)
         rows.append({"name": c.name, "kind": c.kind, "budget": c.budget, "seed": c.seed,
-                     "kv_heads": [str(k) for k in c.kv_heads], "accuracy": acc, "ci95": [low, high],
+                     "kv_heads": [str(k) for k in c.heads], "accuracy": acc, "ci95": [low, high],
                      "kv_bytes": kv, "n": len(recs)})
     full = next(r for r in rows if r["kind"] == "full")
     for r in rows:
