@@ -13,10 +13,8 @@ of the prefill cache): the base stream unmasked, the masked stream with the
 heads masked from the prompt's last token on. ``masked_prefill=True`` instead
 prefills the masked stream with the heads masked too (two prefills).
 
-Stops at EOS, at a newline once the answer has begun (the tokenizer's own
-newline tokens, :class:`retrieval_heads.generation.StopTokens`), or at a
-stop string. The loop is :func:`retrieval_heads.generation.generate`'s, with the
-two-stream step :class:`_TwoStreams`.
+Stops at EOS, at a newline once the answer has begun, or at a stop string; the loop is
+:func:`retrieval_heads.generation.generate`'s, with the two-stream step :class:`_TwoStreams`.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..generation import DecodeState, StopTokens, decode_step, generate, left_pad, prefill_but_last
-from ..heads import Head
+from ..heads import Head, check_heads
 from ..masking import MaskMode, masked_heads
 from ..model_spec import ModelSpec
 
@@ -84,13 +82,12 @@ def contrast(base_logits: torch.Tensor, masked_logits: torch.Tensor, settings: D
 
 
 class _TwoStreams:
-    """DeCoRe's decode step for :func:`retrieval_heads.generation.generate`: the base stream and the masked stream
-    (forked from the base one's prefill, or prefilled masked), contrasted; it records ``a`` and the logits."""
+    """DeCoRe's decode step for :func:`~retrieval_heads.generation.generate`: the base stream and the masked
+    stream (forked from the shared prefill unless ``masked`` is given), contrasted; records ``a`` and the logits."""
 
-    def __init__(self, heads: list[Head], settings: DecoreSettings, spec: ModelSpec, keep_logits: bool,
-                 masked: DecodeState | None) -> None:
-        self.heads, self.settings, self.spec, self.keep_logits = heads, settings, spec, keep_logits
-        self.masked = masked
+    def __init__(self, heads: list[Head], settings: DecoreSettings, spec: ModelSpec, masked: DecodeState | None,
+                 keep_logits: bool) -> None:
+        self.heads, self.settings, self.spec, self.masked, self.keep_logits = heads, settings, spec, masked, keep_logits
         self.alphas: list[float] = []
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -108,35 +105,6 @@ class _TwoStreams:
 
 
 @torch.no_grad()
-def _decode_one(
-    model: PreTrainedModel, tokenizer: Any, ids: list[int], heads: list[Head], settings: DecoreSettings,
-    stops: StopTokens, max_new_tokens: int, stop_strings: Sequence[str], spec: ModelSpec, keep_logits: bool,
-    generator: torch.Generator | None,
-) -> DecoreOutput:
-    """One prompt through :func:`retrieval_heads.generation.generate` with the two-stream step."""
-    masked = None
-    if settings.masked_prefill:
-        device = next(model.parameters()).device
-        with masked_heads(model, heads, mode=settings.mode, spec=spec):
-            masked = prefill_but_last(model, *(t.to(device) for t in left_pad([ids], 0)))
-    streams = _TwoStreams(heads, settings, spec, keep_logits, masked)
-    sampler = None
-    if settings.sample:
-        def sampler(scores: torch.Tensor) -> torch.Tensor:
-            probs = torch.softmax(scores[0] / settings.temperature, dim=-1)
-            return torch.multinomial(probs.cpu(), 1, generator=generator).to(scores.device)
-
-    o = generate(model, [ids], max_new_tokens, stops, sampler=sampler, stop_strings=stop_strings, tokenizer=tokenizer,
-                 prefill_chunk=len(ids), step=streams)
-    reason = o.stop_reason[0]
-    n = int(o.n_tokens[0]) + (reason == "stop_string")  # the token completing a stop string is kept
-    out = o.tokens[0, :n].tolist()
-    text = tokenizer.decode(out, skip_special_tokens=True)
-    if reason != "stop_string":
-        text = text.split("\n", 1)[0].strip()
-    return DecoreOutput(text, out, streams.alphas[:n], reason, streams.kept)
-
-
 def decore_generate(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -168,18 +136,33 @@ def decore_generate(
     >>> decore_generate(model, tok, ["... Answer:"], heads=[(3, 31)], alpha=1.0)[0].text      # doctest: +SKIP
     """
     spec = ModelSpec.from_model(model)
-    from ..heads import check_heads
-
     heads = check_heads(heads, spec.n_layers, spec.n_heads)
     settings = DecoreSettings(alpha, dynamic, normalise, cap, mode, masked_prefill, sample, temperature, seed)
     stops = StopTokens.from_tokenizer(model, tokenizer, stop_on_newline=stop_on_newline)
     stops = StopTokens(stops.eos, stops.newline, stops.blank)  # a newline ends an answer only once it has begun
     generator = torch.Generator().manual_seed(seed) if sample else None
+    device = next(model.parameters()).device
+
+    def draw(scores: torch.Tensor) -> torch.Tensor:  # (1, V) -> (1,), one generator over every prompt
+        probs = torch.softmax(scores[0] / temperature, dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).to(scores.device)
+
     outputs = []
     for p in prompts:
         ids = list(tokenizer(p)["input_ids"]) if isinstance(p, str) else [int(t) for t in p]
         if not ids:
             raise ValueError("an empty prompt cannot be decoded")
-        outputs.append(_decode_one(model, tokenizer, ids, heads, settings, stops, max_new_tokens, stop_strings, spec,
-                                   keep_logits, generator))
+        masked = None
+        if masked_prefill:
+            with masked_heads(model, heads, mode=mode, spec=spec):
+                masked = prefill_but_last(model, *(t.to(device) for t in left_pad([ids], 0)))
+        streams = _TwoStreams(heads, settings, spec, masked, keep_logits)
+        o = generate(model, [ids], max_new_tokens, stops, sampler=draw if sample else None, stop_strings=stop_strings,
+                     tokenizer=tokenizer, prefill_chunk=len(ids), step=streams)
+        reason = o.stop_reason[0]
+        n = int(o.n_tokens[0]) + (reason == "stop_string")  # the token completing a stop string is kept
+        out = o.tokens[0, :n].tolist()
+        text = tokenizer.decode(out, skip_special_tokens=True)
+        text = text if reason == "stop_string" else text.split("\n", 1)[0].strip()
+        outputs.append(DecoreOutput(text, out, streams.alphas[:n], reason, streams.kept))
     return outputs

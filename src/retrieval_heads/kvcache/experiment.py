@@ -61,13 +61,7 @@ class Condition(HeadCondition):
 def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
     """Every condition of the run, in run order."""
     from ..selection import HeadSelection
-    from .plan import (
-        kv_heads_of,
-        random_kv_heads,
-        random_kv_heads_per_layer,
-        top_kv_heads,
-        top_kv_heads_per_layer,
-    )
+    from .plan import kv_heads_of, random_kv_heads, top_kv_heads
 
     total = n_layers * n_kv
     everything = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv)]
@@ -79,24 +73,16 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
     out += [Condition(f"random-retrieval-s{s}", "random-retrieval", random_kv_heads(n_layers, n_kv, len(retrieval), s,
                                                                                   retrieval), len(retrieval), s)
             for s in seeds]
+    pl, size = ("pl", n_kv) if config.per_layer else ("", total)  # a per-layer budget counts in every layer
     for b in sorted(set(config.budgets)):
-        if config.per_layer:
-            if not 0 < b < n_kv:
-                continue
-            chosen = top_kv_heads_per_layer(scores, n_kv, b, config.aggregate)  # type: ignore[arg-type]
-            out.append(Condition(f"top-{b}pl", "top", chosen, b * n_layers))
-            if n_kv - b >= b:
-                out += [Condition(f"random-top-{b}pl-s{s}", "random-top",
-                                  random_kv_heads_per_layer(n_layers, n_kv, b, s, chosen), b * n_layers, s)
-                        for s in seeds]
+        if not 0 < b < size:
             continue
-        if not 0 < b < total:
-            continue
-        chosen = top_kv_heads(scores, n_kv, b, config.aggregate)  # type: ignore[arg-type]
-        out.append(Condition(f"top-{b}", "top", chosen, b))
-        if total - b >= b:
-            out += [Condition(f"random-top-{b}-s{s}", "random-top", random_kv_heads(n_layers, n_kv, b, s, chosen), b, s)
-                    for s in seeds]
+        chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer)  # type: ignore[arg-type]
+        kept = b * n_layers if config.per_layer else b
+        out.append(Condition(f"top-{b}{pl}", "top", chosen, kept))
+        if size - b >= b:
+            out += [Condition(f"random-top-{b}{pl}-s{s}", "random-top",
+                              random_kv_heads(n_layers, n_kv, b, s, chosen, config.per_layer), kept, s) for s in seeds]
     return out
 
 
