@@ -40,14 +40,8 @@ _BASE_ATTR = "_rh_engine_base"
 class AttentionObserver(Protocol):
     """What the wrapper calls after each attention call of a module it is attached to."""
 
-    def observe(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
-    ) -> None: ...
+    def observe(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None: ...
 
 
 def base_function(base: str, module: torch.nn.Module) -> Callable[..., Any]:
@@ -145,9 +139,7 @@ def selected_row_probs(
     bsz, n_heads, n_rows, dim = query_rows.shape
     n_kv, k_len = key.shape[1], key.shape[2]
     groups = n_heads // n_kv
-    scaling = kwargs.get("scaling")
-    if scaling is None:
-        scaling = dim**-0.5
+    scaling = kwargs["scaling"] if kwargs.get("scaling") is not None else dim**-0.5
     q = query_rows.float().reshape(bsz, n_kv, groups * n_rows, dim)  # (B, H_kv, g*R, D)
     scores = torch.matmul(q, key.float().transpose(-1, -2)) * scaling  # (B, H_kv, g*R, Lk)
     scores = scores.reshape(bsz, n_heads, n_rows, k_len)
@@ -156,8 +148,7 @@ def selected_row_probs(
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None and attention_mask.ndim == 4:
         # (B or 1, 1 or H, Lq, Lk') -> rows; the mask already holds causality, windows and padding
-        mask = attention_mask[..., : k_len]
-        mask = mask.expand(bsz, -1, -1, -1)
+        mask = attention_mask[..., :k_len].expand(bsz, -1, -1, -1)
         rows = torch.gather(mask, 2, row_index[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[-1]))
         if rows.dtype == torch.bool:
             scores = scores.masked_fill(~rows, float("-inf"))

@@ -70,15 +70,8 @@ class AttentionRecorder:
             self.weights[layer].clear()
         self.positions.clear()
 
-    def observe_layer(
-        self,
-        layer: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
-    ) -> None:
+    def observe_layer(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                      attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
         bsz, _, q_len, _ = query.shape
         k_len = key.shape[2]
         offset = k_len - q_len  # absolute key index of this block's first query row
@@ -122,10 +115,6 @@ class AttentionRecorder:
             if layer == self.layers[0]:
                 self.positions.append(positions.clone())
 
-    @property
-    def n_steps(self) -> int:
-        return len(self.positions)
-
     def stacked(self) -> CapturedAttention:
         """All forward calls so far as tensors (rows must have the same count in every call)."""
         if not self.positions:
@@ -147,13 +136,8 @@ class _LayerObserver:
 
 
 @contextmanager
-def capture_attention(
-    model: PreTrainedModel,
-    keys_per_row: int = 1,
-    rows: str = "last",
-    layers: list[int] | None = None,
-    spec: ModelSpec | None = None,
-) -> Iterator[AttentionRecorder]:
+def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str = "last",
+                      layers: list[int] | None = None, spec: ModelSpec | None = None) -> Iterator[AttentionRecorder]:
     """Record the ``keys_per_row`` most attended key positions (and their weights) of selected query rows, per head.
 
     The model's outputs are exactly those of its own attention backend; the

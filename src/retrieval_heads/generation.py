@@ -1,21 +1,16 @@
 """One decoding loop: left-padded batched greedy decoding or per-row seeded sampling over the KV cache.
 
 Every generation in the toolkit runs here: detection's greedy mode (inside
-:func:`retrieval_heads.capture_attention` with ``rows="last"``: one forward
-per emitted token, so captured step ``s`` is the row that predicted token
-``s``), NIAH evaluation, the built-in model's task accuracy and RetMask's
-sampled pairs. Later speed-ups (a static KV cache with a compiled decode step,
-a shared prefix cache) belong in :func:`prefill` and :func:`decode_step`.
+:func:`retrieval_heads.capture_attention`, one forward per emitted token), NIAH
+evaluation, task accuracy, RetMask's sampled pairs, the split KV cache of
+``kv-compress`` and DeCoRe's two streams (a custom ``step``).
 
-Stopping (:class:`StopTokens`, resolved by decoding the whole vocabulary once,
-never from literal tokens): a row stops at an EOS id, or at the first token
-that puts a newline after some non-space text of the answer (a leading
-newline, as some chat models emit, does not end it), or, for sampling, once its
-decoded text holds one of ``stop_strings``. The stop token is returned but not
-counted in ``n_tokens``. Finished rows keep decoding (their tokens are
-ignored); rows never see each other (left padding, per-row positions and, for
-sampling, one ``torch.Generator`` per row), so results do not depend on the
-batch composition.
+Stopping (:class:`StopTokens`, resolved from the vocabulary, never literal
+tokens): at an EOS id, at the first token that puts a newline after non-space
+answer text, or once the decoded text holds a stop string. The stop token is
+returned but not counted in ``n_tokens``. Rows never see each other (left
+padding, per-row positions, one ``torch.Generator`` per row), so results do
+not depend on the batch composition.
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -88,19 +83,11 @@ class StopTokens:
 
 
 class RowSampler:
-    """Temperature + top-p sampling with one seeded ``torch.Generator`` per batch row.
-
-    A row's draws depend only on its seed and its own logits, never on the
-    other rows of the batch.
-    """
+    """Temperature + top-p sampling with one seeded ``torch.Generator`` per batch row (never seeing other rows)."""
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device | str):
         self.temperature, self.top_p = temperature, top_p
-        self.generators = []
-        for s in seeds:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(s))
-            self.generators.append(g)
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Draw one token per row from ``logits`` ``(B, V)``; returns ``(B,)`` ids."""
@@ -165,10 +152,8 @@ def _cache_of(output: Any) -> Any:
 class DecodeState:
     """What one decode step needs: the attention mask, positions ``(B, 1)``, the cache and how to step.
 
-    The dynamic path grows ``mask`` ``(B, T+s)`` by one column a step; the
-    static path (``length`` set) keeps ``mask`` at the cache's ``(B, slots)``
-    and switches on column ``length`` in place, so every step has the same
-    shapes (what a compiled, CUDA-graphed step needs).
+    The dynamic path grows ``mask`` ``(B, T+s)`` a column a step; the static path (``length`` set) keeps
+    the cache's ``(B, slots)`` and switches on column ``length`` in place (fixed shapes for a CUDA graph).
     """
 
     mask: torch.Tensor
@@ -251,13 +236,10 @@ _COMPILE_FAILED: list[str] = []
 
 
 def fast_decode(device: torch.device) -> str:
-    """The decode path on ``device``: ``compiled`` (static cache + ``torch.compile(mode="reduce-overhead")``,
-    CUDA only), ``static`` (static cache, eager step) or ``dynamic``.
+    """The decode path on ``device``: ``compiled`` (static cache + ``torch.compile``, CUDA only), ``static`` or ``dynamic``.
 
-    ``RETRIEVAL_HEADS_FAST_DECODE``: ``auto`` (compiled on CUDA, dynamic
-    elsewhere), ``compiled``, ``static`` (forces the static cache, e.g. on
-    CPU to test it) or ``off``. After a failed compilation ``auto`` stays
-    static on that process. Results do not depend on the path.
+    ``RETRIEVAL_HEADS_FAST_DECODE``: ``auto`` (compiled on CUDA, dynamic elsewhere; static after a failed
+    compilation), ``compiled``, ``static`` (e.g. to test it on CPU) or ``off``. Results do not depend on it.
     """
     mode = os.environ.get("RETRIEVAL_HEADS_FAST_DECODE", FAST_DECODE)
     if mode == "off":
@@ -302,10 +284,8 @@ def static_slots(width: int, max_new_tokens: int, bucket: int = 256) -> int:
 def auto_batch_size(model: PreTrainedModel, width: int, max_new_tokens: int = 0, cap: int = 32) -> int:
     """The most rows of ``width + max_new_tokens`` tokens that fit in the free memory of ``model``'s GPU (1 on CPU).
 
-    Per row: the KV cache (2 x layers x KV heads x head dim x tokens), the
-    prefill's widest activations (the MLP's intermediate states and one
-    layer's captured ``heads x tokens`` float32 scores) and the float32
-    logits of one row; 80 % of the free memory is used.
+    Per row: the KV cache, the prefill's widest activations (MLP states, one layer's captured float32
+    scores) and one row of float32 logits; 80 % of the free memory is used.
 
     >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM

@@ -138,14 +138,9 @@ class HeadScores:
 
     # ---- files -------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "scores": [[round(float(x), 8) for x in row] for row in self.scores.tolist()],
-            "meta": self.meta,
-        }
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "scores": [[round(float(x), 8) for x in row] for row in self.scores.tolist()],
+                "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
         """Write the scores as JSON, atomically (a crash never leaves a half-written file)."""
@@ -187,21 +182,14 @@ class HeadScores:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HeadScoreFileError(f"{path}: corrupt head-score file ({err})") from err
         return cls.from_json(data, source=str(path))
 
     # ---- the reference code's format ----------------------------------------------------------
     @classmethod
-    def from_reference(
-        cls,
-        data: Mapping[str, list[float]],
-        n_layers: int | None = None,
-        n_heads: int | None = None,
-        source: str = "<reference>",
-    ) -> HeadScores:
+    def from_reference(cls, data: Mapping[str, list[float]], n_layers: int | None = None, n_heads: int | None = None,
+                       source: str = "<reference>") -> HeadScores:
         """Read ``{"L-H": [per-sample scores]}``; a head's score is the mean of its list (0 when empty)."""
         parsed: dict[Head, float] = {}
         for key, values in data.items():

@@ -107,10 +107,7 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
 
 def repair_journal(path: str | Path) -> None:
     """Cut a torn last line (a crash mid-write) so that the next record starts on a line of its own."""
-    path = Path(path)
-    if not path.exists():
-        return
-    data = path.read_bytes()
+    data = Path(path).read_bytes() if Path(path).exists() else b""
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as fh:
             fh.truncate(data.rfind(b"\n") + 1)
@@ -150,14 +147,8 @@ def package_versions(names: Iterable[str] = ("torch", "transformers", "retrieval
 
 def run_metadata(**settings: Any) -> dict[str, Any]:
     """Metadata stamped on every artifact: the settings given, versions, host, time and command line."""
-    return {
-        **settings,
-        "versions": package_versions(),
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": list(sys.argv),
-    }
+    return {**settings, "versions": package_versions(), "python": platform.python_version(), "host": platform.node(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
 
 
 def format_name(kind: str) -> str:
@@ -270,19 +261,10 @@ class Run:
 
 
 def open_run(
-    out_dir: str | Path,
-    kind: str,
-    settings: Mapping[str, Any],
-    *,
-    fingerprints: Mapping[str, str] | None = None,
-    cells: Mapping[str, Mapping[str, Any]] | None = None,
-    record: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    discard: Iterable[str] = (JOURNAL_FILE,),
-    record_file: str = RUN_FILE,
-    journal: str = JOURNAL_FILE,
-    hint: str | None = None,
-    **meta: Any,
+    out_dir: str | Path, kind: str, settings: Mapping[str, Any], *, fingerprints: Mapping[str, str] | None = None,
+    cells: Mapping[str, Mapping[str, Any]] | None = None, record: Mapping[str, Any] | None = None,
+    overwrite: bool = False, discard: Iterable[str] = (JOURNAL_FILE,), record_file: str = RUN_FILE,
+    journal: str = JOURNAL_FILE, hint: str | None = None, **meta: Any,
 ) -> Run:
     """Open ``out_dir`` for a run of ``kind``; refuse, before writing anything, a folder that holds another run.
 

@@ -1,19 +1,11 @@
 """Attention over a :class:`HeadSplitCache`: full KV heads and streaming KV heads computed separately.
 
-The function registered here (``rh_kvsplit_<backend>``, with the backend's
-mask function under the same name) receives the full heads' keys from the
-cache and finds the streaming heads' keys through the attention kwargs. It
-splits the query heads by the KV head they read (GQA: query head ``h`` reads
-KV head ``h // (n_heads / n_kv_heads)``), calls the wrapped backend once for
-each group — the streaming group with a mask that lets query position ``q``
-see key position ``k`` only if ``k <= q`` and (``k < sink`` or
-``k > q - window``) — and puts the outputs back in head order.
-
-It composes with the toolkit's masking engine in either nesting order: the
-engine's wrapper sits outside it, so ``uniform`` masking zeroes the right
-query heads and ``zero``/``mean`` masking act on the output projection.
-Attention *capture* (the recorder) over a cache with streaming heads is not
-supported (the recorder would see only the full heads' keys) and raises.
+The function registered here (``rh_kvsplit_<backend>``) gets the full heads' keys from the cache and the
+streaming heads' through the attention kwargs. It splits the query heads by the KV head they read (GQA),
+calls the wrapped backend once per group — the streaming group with a mask letting query ``q`` see key
+``k`` only if ``k <= q`` and (``k < sink`` or ``k > q - window``) — and puts the outputs back in head order.
+The masking engine's wrapper sits outside it (either nesting order works); attention *capture* over
+streaming heads is not supported and raises.
 """
 
 from __future__ import annotations
