@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -125,16 +127,6 @@ class AttentionRecorder:
         return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
 
 
-class _LayerObserver:
-    """Binds a recorder to one layer's attention module."""
-
-    def __init__(self, recorder: AttentionRecorder, layer: int):
-        self.recorder, self.layer = recorder, layer
-
-    def observe(self, module, query, key, attention_mask, kwargs) -> None:  # noqa: ANN001 - see AttentionObserver
-        self.recorder.observe_layer(self.layer, module, query, key, attention_mask, kwargs)
-
-
 @contextmanager
 def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str = "last",
                       layers: list[int] | None = None, spec: ModelSpec | None = None) -> Iterator[AttentionRecorder]:
@@ -152,7 +144,7 @@ def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str =
                 module = spec.attention_modules[layer]
                 if getattr(module, RECORDER_ATTR, None) is not None:
                     raise RuntimeError(f"layer {layer} is already being captured (nested capture_attention?)")
-                setattr(module, RECORDER_ATTR, _LayerObserver(recorder, layer))
+                setattr(module, RECORDER_ATTR, SimpleNamespace(observe=partial(recorder.observe_layer, layer)))
                 attached.append(module)
             yield recorder
         finally:

@@ -330,19 +330,10 @@ class Decoded:
 
 @torch.no_grad()
 def generate(
-    model: PreTrainedModel,
-    seqs: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    stops: StopTokens,
-    pad_id: int = 0,
-    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    stop_strings: Sequence[str] = (),
-    tokenizer: Any = None,
-    prefix: Prefix | None = None,
-    on_step: Callable[[], None] | None = None,
-    *,
-    cache: Any = None,
-    prefill_chunk: int | None = None,
+    model: PreTrainedModel, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: StopTokens, pad_id: int = 0,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None, stop_strings: Sequence[str] = (),
+    tokenizer: Any = None, prefix: Prefix | None = None, on_step: Callable[[], None] | None = None, *,
+    cache: Any = None, prefill_chunk: int | None = None,
     step: Callable[[PreTrainedModel, torch.Tensor, DecodeState], torch.Tensor] | None = None,
 ) -> Decoded:
     """Decode ``seqs`` (unpadded token lists) as one left-padded batch, greedily or with ``sampler``.

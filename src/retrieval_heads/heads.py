@@ -4,13 +4,9 @@ A *head* is a (layer, query-head) pair, zero-based, written ``"L.H"`` in text.
 A :class:`HeadScores` is a ``[n_layers, n_heads]`` float tensor plus the
 metadata of the run that produced it. It is saved as JSON::
 
-    {
-      "format": "retrieval-heads/head-scores",
-      "format_version": 1,
-      "n_layers": 32, "n_heads": 32,
-      "scores": [[0.0, 0.12, ...], ...],      # one list per layer
-      "meta": {"model": ..., "method": ..., "seed": ..., "version": ..., ...}
-    }
+    {"format": "retrieval-heads/head-scores", "format_version": 1, "n_layers": 32, "n_heads": 32,
+     "scores": [[0.0, 0.12, ...], ...],  # one list per layer
+     "meta": {"model": ..., "method": ..., "seed": ..., "version": ..., ...}}
 
 The reference code's format (``{"L-H": [per-sample scores]}``) can be read and
 written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`).

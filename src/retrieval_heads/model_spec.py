@@ -161,15 +161,11 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
     """Load a causal LM and its tokenizer, and introspect it.
 
-    ``name_or_path`` is a hub id, a local directory, or a built-in name
-    (``"organism"``). ``dtype`` is ``"auto"`` (bf16 on a GPU that supports
-    it, float32 on CPU), a string such as ``"bfloat16"``, or a torch dtype.
-    ``device`` defaults to CUDA when available. ``attn_implementation`` is
-    the backend the toolkit wraps (``"sdpa"`` by default; Gemma 2's
-    soft-capping needs ``"eager"``; ``"flash_attention_2"`` on GPUs).
-    ``device_map`` (``"auto"`` or an accelerate placement) splits a model
-    larger than one GPU over the GPUs, CPU and disk instead of ``device``;
-    ``load_kwargs`` (``max_memory``, ``offload_folder`` ...) go to ``from_pretrained``.
+    ``name_or_path``: a hub id, a local directory or a built-in name (``"organism"``). ``dtype``: ``"auto"``
+    (bf16 on a GPU that supports it, else float32), a name such as ``"bfloat16"``, or a torch dtype.
+    ``device`` defaults to CUDA when available. ``attn_implementation``: the backend the toolkit wraps
+    (``"sdpa"`` by default; Gemma 2's soft-capping needs ``"eager"``). ``device_map`` (``"auto"`` or an
+    accelerate placement) splits a large model over GPUs, CPU and disk; ``load_kwargs`` go to ``from_pretrained``.
 
     >>> model, tokenizer, spec = load_model("organism")  # doctest: +SKIP
     """

@@ -1,21 +1,13 @@
 """The run contract: every resumable command opens its output folder here.
 
-:func:`open_run` opens a folder for one kind of run and its settings. When the
-folder already holds a run of another kind or with other settings it raises
-:class:`ResumeMismatchError` *before writing anything*, naming each setting
-that differs by its user-facing name with the recorded and the new value;
-otherwise it records the run (``run.json``: ``format``, ``format_version``,
-settings, metadata) and returns a :class:`Run`. Finished work is kept in an
-append-only JSONL journal (fsync'd per record, a torn last line ignored) or in
-per-cell files with their own settings, written atomically; every JSON
-artifact a run writes is stamped with ``format`` (``retrieval-heads/<kind>``),
-``format_version`` and the run's metadata (model, settings, seed, versions,
-creation time, command line). :func:`track` shows the progress bar with
-the real total, prints ``resuming: N of M done`` when finished work is found
-and ``interrupted after N of M; rerun the same command to resume`` on Ctrl-C.
-
-Files are written through a temporary file and ``os.replace``, with the
-permissions the umask gives a new file (``0o666 & ~umask``).
+:func:`open_run` opens a folder for one kind of run and its settings. A folder holding a run of another
+kind or with other settings raises :class:`ResumeMismatchError` *before writing anything*, naming each
+differing setting with its recorded and new value; otherwise the run is recorded (``run.json``) and a
+:class:`Run` returned. Finished work goes to an append-only, fsync'd JSONL journal (a torn last line is
+ignored) or to per-cell files; every JSON artifact is stamped with ``format`` (``retrieval-heads/<kind>``),
+``format_version`` and the run's metadata. :func:`track` shows the progress bar, ``resuming: N of M done``
+and, on Ctrl-C, ``interrupted after N of M; rerun the same command to resume``. Files are written through
+a temporary file and ``os.replace``, with the permissions the umask gives (``0o666 & ~umask``).
 
 >>> run = open_run("runs/x", "detect", {"--mode": "greedy"}, model="organism", seed=0)  # doctest: +SKIP
 >>> with track("detect", total=10, done=len(run.records())) as bar:  # doctest: +SKIP

@@ -42,8 +42,6 @@ def _items(task: str | None, prompts: Path | None, model: str, n: int, lengths: 
             raise typer.BadParameter("--task conflict needs the built-in model (or a checkpoint trained like it)")
         gen = organism_generator(resolve_model_path(model))
         return [it.to_json() for it in conflict_prompts(n, seed, lengths, generator=gen)]
-    if not prompts.is_file():
-        raise typer.BadParameter(f"--prompts {prompts}: no such file")
     items = []
     for i, line in enumerate(prompts.read_text(encoding="utf-8").splitlines()):
         if not line.strip():
@@ -65,7 +63,7 @@ def decore_command(
     heads: Path = option(HeadRunConfig, "heads", exists=True, dir_okay=False),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
     task: str | None = typer.Option(None, "--task", help="A built-in task: conflict (knowledge conflicts, built-in model)."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="JSONL of prompts (see the module docs)."),
+    prompts: Path | None = typer.Option(None, "--prompts", exists=True, dir_okay=False, help="JSONL of prompts (see the module docs)."),
     n: int = typer.Option(60, "--n", min=1, help="Prompts of --task."),
     lengths: str = option(GridOptions, "lengths", default="512,1024"),
     top_k: int | None = option(HeadRunConfig, "top_k", min=1),

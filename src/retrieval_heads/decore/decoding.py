@@ -106,24 +106,11 @@ class _TwoStreams:
 
 @torch.no_grad()
 def decore_generate(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    prompts: Iterable[str | Sequence[int]],
-    heads: Iterable[Head | tuple[int, int]],
-    alpha: float = 0.5,
-    dynamic: bool = False,
-    *,
-    normalise: bool = False,
-    cap: float | None = None,
-    mode: MaskMode = "uniform",
-    masked_prefill: bool = False,
-    sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    max_new_tokens: int = 32,
-    stop_strings: Sequence[str] = (),
-    stop_on_newline: bool = True,
-    keep_logits: bool = False,
+    model: PreTrainedModel, tokenizer: Any, prompts: Iterable[str | Sequence[int]],
+    heads: Iterable[Head | tuple[int, int]], alpha: float = 0.5, dynamic: bool = False, *, normalise: bool = False,
+    cap: float | None = None, mode: MaskMode = "uniform", masked_prefill: bool = False, sample: bool = False,
+    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 32, stop_strings: Sequence[str] = (),
+    stop_on_newline: bool = True, keep_logits: bool = False,
 ) -> list[DecoreOutput]:
     """DeCoRe answers for ``prompts`` (strings, tokenized with the tokenizer's special tokens, or token ids).
 

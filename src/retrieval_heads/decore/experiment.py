@@ -1,11 +1,9 @@
 """Faithfulness under knowledge conflict: base vs DeCoRe with the retrieval heads vs DeCoRe with random heads.
 
-Items are dicts ``{"id", "prompt", "context_answer"?, "memory_answer"?}``
-(the command layer builds them: the organism's conflict task, or a JSONL
-file). Per condition it records every answer to ``journal.jsonl`` (a rerun
-resumes), then the rate of answers equal to the context's value (faithful)
-and to the memorised one, with bootstrap 95 % intervals, in ``decore.json``
-(format ``retrieval-heads/decore``) and ``decore.png``.
+Items are dicts ``{"id", "prompt", "context_answer"?, "memory_answer"?}`` (the organism's conflict task,
+or a JSONL file). Every answer goes to ``journal.jsonl`` (a rerun resumes); the rates of answers equal to
+the context's value (faithful) and to the memorised one, with bootstrap 95 % intervals, go to
+``decore.json`` (format ``retrieval-heads/decore``) and ``decore.png``.
 """
 
 from __future__ import annotations

@@ -147,11 +147,9 @@ class HeadSplitLayer(CacheLayerMixin):
 
 
 class HeadSplitCache(Cache):
-    """The KV cache of a model whose KV heads ``full[layer]`` are kept whole and the rest stream.
+    """The KV cache of a model whose KV heads ``full[layer]`` (a list per layer) are kept whole and the rest stream.
 
-    ``full`` maps each layer to the KV heads kept whole (a list per layer).
-    Use it inside :func:`retrieval_heads.kvcache.compressed_attention` (or a
-    :class:`~retrieval_heads.kvcache.RetrievalHeadsPress`), which routes the
+    Use it inside :func:`retrieval_heads.kvcache.compressed_attention` (or a press), which routes the
     model's attention through the function that reads both groups::
 
         with compressed_attention(model):

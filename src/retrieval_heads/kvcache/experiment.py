@@ -1,7 +1,6 @@
 """NIAH exact match against KV memory: the retrieval KV heads kept whole vs budgets, random KV heads and the full cache.
 
-Conditions (every one runs the same prompts through :func:`retrieval_heads.generation.generate`
-with a :class:`HeadSplitCache`, prompt read with the compressed cache in chunks):
+Conditions (the same prompts through :func:`~retrieval_heads.generation.generate` over a :class:`HeadSplitCache`):
 
 - ``full``: every KV head kept (equal to the normal cache bit for bit);
 - ``windowed``: no KV head kept (every head sink + window);
@@ -11,8 +10,7 @@ with a :class:`HeadSplitCache`, prompt read with the compressed cache in chunks)
   (in total, or with ``per_layer`` in every layer: ``top-Bpl``);
 - ``random-top-B``: B KV heads drawn outside the top-B ones (one per seed; per layer with ``per_layer``).
 
-Answers go to ``journal.jsonl`` as they finish (a rerun resumes); the result
-is ``kv_compress.json`` (format ``retrieval-heads/kv-compress``) and ``kv_compress.png``.
+Answers go to ``journal.jsonl`` (a rerun resumes); the result to ``kv_compress.json`` and ``kv_compress.png``.
 """
 
 from __future__ import annotations

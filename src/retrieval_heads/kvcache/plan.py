@@ -1,15 +1,9 @@
 """Which KV heads keep the whole cache: from a head set, by aggregated score, or at random.
 
-The cache stores KV heads, so the unit of compression is the KV head. A KV
-head ``(layer, g)`` serves the query heads ``g * r .. g * r + r - 1`` with
-``r = n_heads / n_kv_heads`` (GQA). Two rules map query-head results to KV heads:
-
-- ``any`` (the default for a head *set*): a KV head is kept whole when any of
-  its query heads is in the set;
-- ``max`` / ``mean`` (the default for a *budget* is ``max``): each KV head
-  gets the max (or mean) score of its query heads and the ``budget`` best
-  are kept — the aggregation RetMask's and DuoAttention's KV-head
-  comparisons use (``../shared/docs/peers.md``).
+A KV head ``(layer, g)`` serves the query heads ``g * r .. g * r + r - 1``, ``r = n_heads / n_kv_heads``
+(GQA). A head *set* maps to KV heads by the ``any`` rule (kept whole when any of its query heads is in the
+set); a *budget* keeps the ``budget`` KV heads with the best ``max`` (default) or ``mean`` score of their
+query heads, as RetMask's and DuoAttention's KV-head comparisons do (``../shared/docs/peers.md``).
 
 >>> import torch
 >>> from retrieval_heads.heads import Head, HeadScores
