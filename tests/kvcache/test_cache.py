@@ -154,7 +154,7 @@ def test_the_cache_refuses_to_run_without_its_attention():
         model(IDS[:, :1], cache=cache, use_cache=True)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 256])
+@pytest.mark.parametrize("chunk", [None, 1, 7, 256])
 def test_the_toolkit_loop_over_a_split_cache_with_chunked_prefill_equals_its_plain_decoding(chunk):
     """kv-compress decodes through generation.generate with a cache and a chunked prefill: all kept changes nothing."""
     model = tiny_llama()
