@@ -40,17 +40,11 @@ _BASE_ATTR = "_rh_engine_base"
 class AttentionObserver(Protocol):
     """What the wrapper calls after each attention call of a module it is attached to."""
 
-    def observe(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
-    ) -> None: ...
+    def observe(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None: ...
 
 
-def _base_function(base: str, module: torch.nn.Module) -> Callable[..., Any]:
+def base_function(base: str, module: torch.nn.Module) -> Callable[..., Any]:
     """The attention function the model would call for ``base``."""
     if base == "eager":
         modeling = sys.modules[type(module).__module__]
@@ -73,7 +67,7 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
         uniform = getattr(module, UNIFORM_ATTR, None)
         if uniform is not None:
             query = query.index_fill(1, uniform.to(query.device), 0.0)
-        out = _base_function(base, module)(module, query, key, value, attention_mask, **kwargs)
+        out = base_function(base, module)(module, query, key, value, attention_mask, **kwargs)
         recorder = getattr(module, RECORDER_ATTR, None)
         if recorder is not None:
             recorder.observe(module, query, key, attention_mask, kwargs)
@@ -83,18 +77,23 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
     return retrieval_heads_attention
 
 
-def wrapper_name(base: str) -> str:
-    """Register (once) and return the AttentionInterface name that wraps ``base``."""
-    name = WRAPPER_PREFIX + base
+def register_over(prefix: str, base: str, make: Callable[[str], Callable[..., Any]]) -> str:
+    """Register (once) ``make(base)`` as attention ``prefix + base``, with ``base``'s mask function; return the name."""
+    name = prefix + base
     if name not in ALL_ATTENTION_FUNCTIONS:
         if base not in ALL_MASK_ATTENTION_FUNCTIONS:
             raise ValueError(
                 f"cannot wrap attention backend {base!r}: transformers has no mask function for it "
                 f"(known: {sorted(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping)})"
             )
-        AttentionInterface.register(name, _make_wrapper(base))
+        AttentionInterface.register(name, make(base))
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     return name
+
+
+def wrapper_name(base: str) -> str:
+    """Register (once) and return the AttentionInterface name that wraps ``base``."""
+    return register_over(WRAPPER_PREFIX, base, _make_wrapper)
 
 
 def base_backend(model: PreTrainedModel) -> str:
@@ -140,9 +139,7 @@ def selected_row_probs(
     bsz, n_heads, n_rows, dim = query_rows.shape
     n_kv, k_len = key.shape[1], key.shape[2]
     groups = n_heads // n_kv
-    scaling = kwargs.get("scaling")
-    if scaling is None:
-        scaling = dim**-0.5
+    scaling = kwargs["scaling"] if kwargs.get("scaling") is not None else dim**-0.5
     q = query_rows.float().reshape(bsz, n_kv, groups * n_rows, dim)  # (B, H_kv, g*R, D)
     scores = torch.matmul(q, key.float().transpose(-1, -2)) * scaling  # (B, H_kv, g*R, Lk)
     scores = scores.reshape(bsz, n_heads, n_rows, k_len)
@@ -151,8 +148,7 @@ def selected_row_probs(
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None and attention_mask.ndim == 4:
         # (B or 1, 1 or H, Lq, Lk') -> rows; the mask already holds causality, windows and padding
-        mask = attention_mask[..., : k_len]
-        mask = mask.expand(bsz, -1, -1, -1)
+        mask = attention_mask[..., :k_len].expand(bsz, -1, -1, -1)
         rows = torch.gather(mask, 2, row_index[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[-1]))
         if rows.dtype == torch.bool:
             scores = scores.masked_fill(~rows, float("-inf"))

@@ -38,14 +38,10 @@ FALLBACK_PLUGINS: tuple[str, ...] = ("retrieval_heads.organism.plugin:entry",)
 class BuiltinModel:
     """One built-in model.
 
-    ``checkpoint()`` is its directory (a callable, so it is resolved when
-    used). ``prompts(model_path, tokenizer, max_positions, request)`` returns
-    its prompts (NiahPrompt-like objects). ``tasks(model_path)`` returns its
-    task suite: an object with ``tasks`` (names), ``make_eval_set(task, n,
-    seed, lengths=..., langs=...)`` and ``exact_match_accuracy(model,
-    tokenizer, examples, batch_size)``. ``marker`` names a file whose presence
-    marks another checkpoint as trained like this one (it then gets this
-    model's prompts and tasks too).
+    ``checkpoint()``: its directory (resolved when used). ``prompts(model_path, tokenizer, max_positions,
+    request)``: its prompts. ``tasks(model_path)``: its task suite (``tasks``, ``make_eval_set(task, n, seed,
+    lengths=..., langs=...)``, ``exact_match_accuracy(model, tokenizer, examples, batch_size)``). ``marker``:
+    a file marking another checkpoint as trained like this one (it then gets these prompts and tasks too).
     """
 
     name: str

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -70,15 +72,8 @@ class AttentionRecorder:
             self.weights[layer].clear()
         self.positions.clear()
 
-    def observe_layer(
-        self,
-        layer: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
-    ) -> None:
+    def observe_layer(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                      attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
         bsz, _, q_len, _ = query.shape
         k_len = key.shape[2]
         offset = k_len - q_len  # absolute key index of this block's first query row
@@ -122,10 +117,6 @@ class AttentionRecorder:
             if layer == self.layers[0]:
                 self.positions.append(positions.clone())
 
-    @property
-    def n_steps(self) -> int:
-        return len(self.positions)
-
     def stacked(self) -> CapturedAttention:
         """All forward calls so far as tensors (rows must have the same count in every call)."""
         if not self.positions:
@@ -136,24 +127,9 @@ class AttentionRecorder:
         return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
 
 
-class _LayerObserver:
-    """Binds a recorder to one layer's attention module."""
-
-    def __init__(self, recorder: AttentionRecorder, layer: int):
-        self.recorder, self.layer = recorder, layer
-
-    def observe(self, module, query, key, attention_mask, kwargs) -> None:  # noqa: ANN001 - see AttentionObserver
-        self.recorder.observe_layer(self.layer, module, query, key, attention_mask, kwargs)
-
-
 @contextmanager
-def capture_attention(
-    model: PreTrainedModel,
-    keys_per_row: int = 1,
-    rows: str = "last",
-    layers: list[int] | None = None,
-    spec: ModelSpec | None = None,
-) -> Iterator[AttentionRecorder]:
+def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str = "last",
+                      layers: list[int] | None = None, spec: ModelSpec | None = None) -> Iterator[AttentionRecorder]:
     """Record the ``keys_per_row`` most attended key positions (and their weights) of selected query rows, per head.
 
     The model's outputs are exactly those of its own attention backend; the
@@ -168,7 +144,7 @@ def capture_attention(
                 module = spec.attention_modules[layer]
                 if getattr(module, RECORDER_ATTR, None) is not None:
                     raise RuntimeError(f"layer {layer} is already being captured (nested capture_attention?)")
-                setattr(module, RECORDER_ATTR, _LayerObserver(recorder, layer))
+                setattr(module, RECORDER_ATTR, SimpleNamespace(observe=partial(recorder.observe_layer, layer)))
                 attached.append(module)
             yield recorder
         finally:

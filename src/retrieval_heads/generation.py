@@ -1,21 +1,16 @@
 """One decoding loop: left-padded batched greedy decoding or per-row seeded sampling over the KV cache.
 
 Every generation in the toolkit runs here: detection's greedy mode (inside
-:func:`retrieval_heads.capture_attention` with ``rows="last"``: one forward
-per emitted token, so captured step ``s`` is the row that predicted token
-``s``), NIAH evaluation, the built-in model's task accuracy and RetMask's
-sampled pairs. Later speed-ups (a static KV cache with a compiled decode step,
-a shared prefix cache) belong in :func:`prefill` and :func:`decode_step`.
+:func:`retrieval_heads.capture_attention`, one forward per emitted token), NIAH
+evaluation, task accuracy, RetMask's sampled pairs, the split KV cache of
+``kv-compress`` and DeCoRe's two streams (a custom ``step``).
 
-Stopping (:class:`StopTokens`, resolved by decoding the whole vocabulary once,
-never from literal tokens): a row stops at an EOS id, or at the first token
-that puts a newline after some non-space text of the answer (a leading
-newline, as some chat models emit, does not end it), or, for sampling, once its
-decoded text holds one of ``stop_strings``. The stop token is returned but not
-counted in ``n_tokens``. Finished rows keep decoding (their tokens are
-ignored); rows never see each other (left padding, per-row positions and, for
-sampling, one ``torch.Generator`` per row), so results do not depend on the
-batch composition.
+Stopping (:class:`StopTokens`, resolved from the vocabulary, never literal
+tokens): at an EOS id, at the first token that puts a newline after non-space
+answer text, or once the decoded text holds a stop string. The stop token is
+returned but not counted in ``n_tokens``. Rows never see each other (left
+padding, per-row positions, one ``torch.Generator`` per row), so results do
+not depend on the batch composition.
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -88,19 +83,11 @@ class StopTokens:
 
 
 class RowSampler:
-    """Temperature + top-p sampling with one seeded ``torch.Generator`` per batch row.
-
-    A row's draws depend only on its seed and its own logits, never on the
-    other rows of the batch.
-    """
+    """Temperature + top-p sampling with one seeded ``torch.Generator`` per batch row (never seeing other rows)."""
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device | str):
         self.temperature, self.top_p = temperature, top_p
-        self.generators = []
-        for s in seeds:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(s))
-            self.generators.append(g)
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Draw one token per row from ``logits`` ``(B, V)``; returns ``(B,)`` ids."""
@@ -165,10 +152,8 @@ def _cache_of(output: Any) -> Any:
 class DecodeState:
     """What one decode step needs: the attention mask, positions ``(B, 1)``, the cache and how to step.
 
-    The dynamic path grows ``mask`` ``(B, T+s)`` by one column a step; the
-    static path (``length`` set) keeps ``mask`` at the cache's ``(B, slots)``
-    and switches on column ``length`` in place, so every step has the same
-    shapes (what a compiled, CUDA-graphed step needs).
+    The dynamic path grows ``mask`` ``(B, T+s)`` a column a step; the static path (``length`` set) keeps
+    the cache's ``(B, slots)`` and switches on column ``length`` in place (fixed shapes for a CUDA graph).
     """
 
     mask: torch.Tensor
@@ -180,17 +165,21 @@ class DecodeState:
 
 
 def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-            prefix: Prefix | None = None, static_len: int | None = None) -> tuple[torch.Tensor, DecodeState]:
+            prefix: Prefix | None = None, static_len: int | None = None, cache: Any = None
+            ) -> tuple[torch.Tensor, DecodeState]:
     """Run the padded prompts ``(B, T)`` once; returns the last row's logits ``(B, V)`` and the decode state.
 
     ``prefix``: the batch continues this shared prefix (laid out by
     ``left_pad(..., n_prefix=len(prefix))``); only columns after it run.
     ``static_len``: decode on a static cache of that many slots (see :func:`fast_decode`).
+    ``cache``: run over this (empty) cache instead.
     """
     n = len(prefix) if prefix is not None else 0
     cache_arg = cache_argument(model)
     kwargs = {}
-    if prefix is not None or static_len is not None:
+    if cache is not None:
+        kwargs[cache_arg] = cache
+    elif prefix is not None or static_len is not None:
         kwargs[cache_arg] = prefix_cache(model, prefix, ids.shape[0], static_len)
     out = model(input_ids=ids[:, n:], attention_mask=mask, position_ids=positions[:, n:], use_cache=True,
                 logits_to_keep=1, **kwargs)
@@ -200,6 +189,22 @@ def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, posit
         state.mask = torch.cat([mask, mask.new_zeros(mask.shape[0], static_len - ids.shape[1])], dim=1)
         state.step = _compiled_step(model) if fast_decode(ids.device) == "compiled" else _forward_step
     return out.logits[:, -1], state
+
+
+def prefill_but_last(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                     prefix: Prefix | None = None, cache: Any = None, chunk: int | None = None) -> DecodeState:
+    """Run the padded prompts ``(B, T)`` but their last column, ``chunk`` columns a forward (default: all at once).
+
+    Returns the decode state whose first :func:`decode_step` is fed the last column.
+    """
+    n, width = (len(prefix) if prefix is not None else 0), ids.shape[1] - 1
+    cache = cache if cache is not None else prefix_cache(model, prefix, ids.shape[0])
+    kw = {cache_argument(model): cache, "use_cache": True, "logits_to_keep": 1}
+    chunk = chunk or max(width, 1)
+    for start in range(n, width, chunk):
+        end = min(start + chunk, width)
+        model(input_ids=ids[:, start:end], attention_mask=mask[:, :end], position_ids=positions[:, start:end], **kw)
+    return DecodeState(mask[:, :width], positions[:, -1:] - 1, cache, cache_argument(model))
 
 
 def decode_step(model: PreTrainedModel, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -231,13 +236,10 @@ _COMPILE_FAILED: list[str] = []
 
 
 def fast_decode(device: torch.device) -> str:
-    """The decode path on ``device``: ``compiled`` (static cache + ``torch.compile(mode="reduce-overhead")``,
-    CUDA only), ``static`` (static cache, eager step) or ``dynamic``.
+    """The decode path on ``device``: ``compiled`` (static cache + ``torch.compile``, CUDA only), ``static`` or ``dynamic``.
 
-    ``RETRIEVAL_HEADS_FAST_DECODE``: ``auto`` (compiled on CUDA, dynamic
-    elsewhere), ``compiled``, ``static`` (forces the static cache, e.g. on
-    CPU to test it) or ``off``. After a failed compilation ``auto`` stays
-    static on that process. Results do not depend on the path.
+    ``RETRIEVAL_HEADS_FAST_DECODE``: ``auto`` (compiled on CUDA, dynamic elsewhere; static after a failed
+    compilation), ``compiled``, ``static`` (e.g. to test it on CPU) or ``off``. Results do not depend on it.
     """
     mode = os.environ.get("RETRIEVAL_HEADS_FAST_DECODE", FAST_DECODE)
     if mode == "off":
@@ -282,10 +284,8 @@ def static_slots(width: int, max_new_tokens: int, bucket: int = 256) -> int:
 def auto_batch_size(model: PreTrainedModel, width: int, max_new_tokens: int = 0, cap: int = 32) -> int:
     """The most rows of ``width + max_new_tokens`` tokens that fit in the free memory of ``model``'s GPU (1 on CPU).
 
-    Per row: the KV cache (2 x layers x KV heads x head dim x tokens), the
-    prefill's widest activations (the MLP's intermediate states and one
-    layer's captured ``heads x tokens`` float32 scores) and the float32
-    logits of one row; 80 % of the free memory is used.
+    Per row: the KV cache, the prefill's widest activations (MLP states, one layer's captured float32
+    scores) and one row of float32 logits; 80 % of the free memory is used.
 
     >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -330,16 +330,11 @@ class Decoded:
 
 @torch.no_grad()
 def generate(
-    model: PreTrainedModel,
-    seqs: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    stops: StopTokens,
-    pad_id: int = 0,
-    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    stop_strings: Sequence[str] = (),
-    tokenizer: Any = None,
-    prefix: Prefix | None = None,
-    on_step: Callable[[], None] | None = None,
+    model: PreTrainedModel, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: StopTokens, pad_id: int = 0,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None, stop_strings: Sequence[str] = (),
+    tokenizer: Any = None, prefix: Prefix | None = None, on_step: Callable[[], None] | None = None, *,
+    cache: Any = None, prefill_chunk: int | None = None,
+    step: Callable[[PreTrainedModel, torch.Tensor, DecodeState], torch.Tensor] | None = None,
 ) -> Decoded:
     """Decode ``seqs`` (unpadded token lists) as one left-padded batch, greedily or with ``sampler``.
 
@@ -350,6 +345,12 @@ def generate(
     starts with, computed once (``ids`` then pads after it). The decode path
     (static cache, compiled step) follows :func:`fast_decode`; ``on_step`` is
     called after the prefill and each decode step (a buffered capture recorder flushes there).
+
+    ``cache``: decode over this cache (e.g. a :class:`~retrieval_heads.kvcache.HeadSplitCache`).
+    ``prefill_chunk``: read the prompt but its last token in forwards of at most that many
+    tokens, then feed the last token as the first decode step (bounds a cache's transient size).
+    ``step``: replaces :func:`decode_step` (same signature; it may return other scores
+    than the logits, e.g. DeCoRe's contrast of two streams). Any of the three decodes dynamically.
     """
     if stop_strings and tokenizer is None:
         raise ValueError("stop strings need the tokenizer")
@@ -358,7 +359,8 @@ def generate(
         raise ValueError("every sequence must start with the prefix and extend past it")
     device = next(model.parameters()).device
     ids, mask, positions = (t.to(device) for t in left_pad(seqs, pad_id, n_prefix))
-    static_len = static_slots(ids.shape[1], max_new_tokens) if fast_decode(device) != "dynamic" else None
+    custom = cache is not None or prefill_chunk is not None or step is not None
+    static_len = static_slots(ids.shape[1], max_new_tokens) if not custom and fast_decode(device) != "dynamic" else None
     bsz = ids.shape[0]
     stops = stops.to(device)
     pick = sampler or (lambda logits: logits.argmax(-1))
@@ -367,10 +369,15 @@ def generate(
     reason = torch.zeros(bsz, dtype=torch.long, device=device)  # index into STOP_REASONS
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     started = torch.zeros(bsz, dtype=torch.bool, device=device)  # some non-space text was emitted
-    logits, state = prefill(model, ids, mask, positions, prefix, static_len)
+    step = step or decode_step
+    if prefill_chunk is None:
+        logits, state = prefill(model, ids, mask, positions, prefix, static_len, cache)
+    else:
+        state = prefill_but_last(model, ids, mask, positions, prefix, cache, prefill_chunk)
+        logits = step(model, ids[:, -1], state)
     if on_step is not None:
         on_step()
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         token = pick(logits)  # (B,)
         emitted.append(token)
         is_eos = stops.eos[token]
@@ -381,12 +388,12 @@ def generate(
             hit = _stop_string_rows(tokenizer, emitted, stop_strings, done | stop_now)
             reason = torch.where(hit, 3, reason)
             stop_now = stop_now | hit
-        n_tokens = torch.where(stop_now, step, n_tokens)
+        n_tokens = torch.where(stop_now, i, n_tokens)
         done = done | stop_now
         started = started | ~stops.blank[token]
-        if step == max_new_tokens - 1 or bool(done.all()):  # one host sync per step
+        if i == max_new_tokens - 1 or bool(done.all()):  # one host sync per step
             break
-        logits = decode_step(model, token, state)
+        logits = step(model, token, state)
         if on_step is not None:
             on_step()
     tokens = torch.stack(emitted, dim=1)  # (B, S)

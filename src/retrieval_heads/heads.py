@@ -4,13 +4,9 @@ A *head* is a (layer, query-head) pair, zero-based, written ``"L.H"`` in text.
 A :class:`HeadScores` is a ``[n_layers, n_heads]`` float tensor plus the
 metadata of the run that produced it. It is saved as JSON::
 
-    {
-      "format": "retrieval-heads/head-scores",
-      "format_version": 1,
-      "n_layers": 32, "n_heads": 32,
-      "scores": [[0.0, 0.12, ...], ...],      # one list per layer
-      "meta": {"model": ..., "method": ..., "seed": ..., "version": ..., ...}
-    }
+    {"format": "retrieval-heads/head-scores", "format_version": 1, "n_layers": 32, "n_heads": 32,
+     "scores": [[0.0, 0.12, ...], ...],  # one list per layer
+     "meta": {"model": ..., "method": ..., "seed": ..., "version": ..., ...}}
 
 The reference code's format (``{"L-H": [per-sample scores]}``) can be read and
 written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`).
@@ -138,14 +134,9 @@ class HeadScores:
 
     # ---- files -------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "scores": [[round(float(x), 8) for x in row] for row in self.scores.tolist()],
-            "meta": self.meta,
-        }
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "scores": [[round(float(x), 8) for x in row] for row in self.scores.tolist()],
+                "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
         """Write the scores as JSON, atomically (a crash never leaves a half-written file)."""
@@ -187,21 +178,14 @@ class HeadScores:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HeadScoreFileError(f"{path}: corrupt head-score file ({err})") from err
         return cls.from_json(data, source=str(path))
 
     # ---- the reference code's format ----------------------------------------------------------
     @classmethod
-    def from_reference(
-        cls,
-        data: Mapping[str, list[float]],
-        n_layers: int | None = None,
-        n_heads: int | None = None,
-        source: str = "<reference>",
-    ) -> HeadScores:
+    def from_reference(cls, data: Mapping[str, list[float]], n_layers: int | None = None, n_heads: int | None = None,
+                       source: str = "<reference>") -> HeadScores:
         """Read ``{"L-H": [per-sample scores]}``; a head's score is the mean of its list (0 when empty)."""
         parsed: dict[Head, float] = {}
         for key, values in data.items():

@@ -53,14 +53,9 @@ def _group_by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
 
 
 @contextmanager
-def masked_heads(
-    model: PreTrainedModel,
-    heads: Iterable[Head | tuple[int, int]],
-    mode: MaskMode = "zero",
-    means: torch.Tensor | None = None,
-    prefill: bool = True,
-    spec: ModelSpec | None = None,
-) -> Iterator[list[Head]]:
+def masked_heads(model: PreTrainedModel, heads: Iterable[Head | tuple[int, int]], mode: MaskMode = "zero",
+                 means: torch.Tensor | None = None, prefill: bool = True, spec: ModelSpec | None = None
+                 ) -> Iterator[list[Head]]:
     """Mask ``heads`` inside the ``with`` block; hooks are removed in ``finally``.
 
     ``means`` (mode ``mean``): ``[n_layers, n_heads, head_dim]``. ``prefill=False``
@@ -76,9 +71,7 @@ def masked_heads(
         if means is None:
             raise ValueError("mode='mean' needs means of shape [n_layers, n_heads, head_dim] (see head_output_means)")
         if tuple(means.shape) != (spec.n_layers, spec.n_heads, spec.head_dim):
-            raise ValueError(
-                f"means has shape {tuple(means.shape)}, expected {(spec.n_layers, spec.n_heads, spec.head_dim)}"
-            )
+            raise ValueError(f"means has shape {tuple(means.shape)}, expected {(spec.n_layers, spec.n_heads, spec.head_dim)}")
     if mode == "uniform" and not prefill:
         raise ValueError("prefill=False is only offered for the zero and mean modes")
     by_layer = _group_by_layer(heads)
@@ -106,10 +99,7 @@ def _output_slice_hook(heads: list[int], head_dim: int, n_heads: int, fill: torc
         if not prefill and x.shape[1] != 1:
             return None
         x = x.reshape(*x.shape[:-1], n_heads, head_dim).clone()  # (B, T, H, D)
-        if fill is None:
-            x[..., index.to(x.device), :] = 0
-        else:
-            x[..., index.to(x.device), :] = fill.to(device=x.device, dtype=x.dtype)
+        x[..., index.to(x.device), :] = 0 if fill is None else fill.to(device=x.device, dtype=x.dtype)
         return (x.flatten(-2), *args[1:])
 
     return hook
@@ -192,13 +182,8 @@ def zero_heads_in_weights(
                 weight.narrow(dim, cols.start, cols.stop - cols.start).copy_(original)
 
 
-def save_ablated_model(
-    model: PreTrainedModel,
-    heads: Iterable[Head | tuple[int, int]],
-    out_dir: str | Path,
-    tokenizer=None,  # noqa: ANN001 - any HF tokenizer
-    extra_meta: dict | None = None,
-) -> Path:
+def save_ablated_model(model: PreTrainedModel, heads: Iterable[Head | tuple[int, int]], out_dir: str | Path,
+                       tokenizer=None, extra_meta: dict | None = None) -> Path:  # noqa: ANN001 - any HF tokenizer
     """Save a checkpoint with ``heads`` zeroed in the output projection (RetMask's ablated model).
 
     The heads and run metadata go to ``retrieval_heads_ablation.json`` beside
@@ -209,12 +194,8 @@ def save_ablated_model(
         model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
-    meta = run_metadata(
-        base_model=getattr(model.config, "_name_or_path", ""),
-        heads=heads_to_strings(checked),
-        mode="zero (baked into the output projection)",
-        **(extra_meta or {}),
-    )
+    meta = run_metadata(base_model=getattr(model.config, "_name_or_path", ""), heads=heads_to_strings(checked),
+                        mode="zero (baked into the output projection)", **(extra_meta or {}))
     atomic_write_json(out_dir / ABLATION_FILE, meta)
     return out_dir
 

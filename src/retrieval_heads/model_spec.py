@@ -116,26 +116,12 @@ class ModelSpec:
                 f"the output projection takes {width} features, not heads x head_dim = {n_heads} x {head_dim}"
             )
         max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        return cls(
-            n_layers=len(layers),
-            n_heads=n_heads,
-            n_kv_heads=n_kv,
-            head_dim=head_dim,
-            max_positions=int(max_pos) if max_pos else None,
-            attention_modules=modules,
-            output_projections=projections,
-            model_type=str(model_type),
-        )
+        return cls(len(layers), n_heads, n_kv, head_dim, int(max_pos) if max_pos else None, modules, projections,
+                   str(model_type))
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "model_type": self.model_type,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "n_kv_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
-            "max_positions": self.max_positions,
-        }
+        names = ("model_type", "n_layers", "n_heads", "n_kv_heads", "head_dim", "max_positions")
+        return {k: getattr(self, k) for k in names}
 
 
 def _projection_input_width(proj: nn.Module) -> int:
@@ -169,26 +155,17 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_model(
-    name_or_path: str,
-    dtype: str | torch.dtype = "auto",
-    device: str | None = None,
-    attn_implementation: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    device_map: str | dict[str, Any] | None = None,
-    **load_kwargs: Any,
+    name_or_path: str, dtype: str | torch.dtype = "auto", device: str | None = None,
+    attn_implementation: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None, **load_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
     """Load a causal LM and its tokenizer, and introspect it.
 
-    ``name_or_path`` is a hub id, a local directory, or a built-in name
-    (``"organism"``). ``dtype`` is ``"auto"`` (bf16 on a GPU that supports
-    it, float32 on CPU), a string such as ``"bfloat16"``, or a torch dtype.
-    ``device`` defaults to CUDA when available. ``attn_implementation`` is
-    the backend the toolkit wraps (``"sdpa"`` by default; Gemma 2's
-    soft-capping needs ``"eager"``; ``"flash_attention_2"`` on GPUs).
-    ``device_map`` (``"auto"`` or an accelerate placement) splits a model
-    larger than one GPU over the GPUs, CPU and disk instead of ``device``;
-    ``load_kwargs`` (``max_memory``, ``offload_folder`` ...) go to ``from_pretrained``.
+    ``name_or_path``: a hub id, a local directory or a built-in name (``"organism"``). ``dtype``: ``"auto"``
+    (bf16 on a GPU that supports it, else float32), a name such as ``"bfloat16"``, or a torch dtype.
+    ``device`` defaults to CUDA when available. ``attn_implementation``: the backend the toolkit wraps
+    (``"sdpa"`` by default; Gemma 2's soft-capping needs ``"eager"``). ``device_map`` (``"auto"`` or an
+    accelerate placement) splits a large model over GPUs, CPU and disk; ``load_kwargs`` go to ``from_pretrained``.
 
     >>> model, tokenizer, spec = load_model("organism")  # doctest: +SKIP
     """
@@ -247,10 +224,8 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 def weights_fingerprint(model: nn.Module, n: int = 64) -> str:
     """A short content hash of a model's weights: every parameter's name, shape and first/last ``n`` values.
 
-    Two checkpoints at the same path (a retrained local model, a moved hub
-    revision) get different fingerprints, so resumable runs can refuse to
-    mix their results. Cheap (a few values per tensor, no file reads) and
-    independent of file times, devices and load order.
+    Two checkpoints at one path (retrained, a moved hub revision) differ, so resumable runs refuse to mix
+    them. Cheap (no file reads) and independent of file times, devices and load order.
 
     >>> import torch.nn as nn
     >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
@@ -272,9 +247,6 @@ def weights_fingerprint(model: nn.Module, n: int = 64) -> str:
 
 def model_identity(model: PreTrainedModel) -> dict[str, Any]:
     """Name, revision and weights fingerprint of a loaded model, for artifacts and resume checks."""
-    return {
-        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "revision": getattr(model.config, "_commit_hash", None),
-        "architecture": type(model).__name__,
-        "weights": weights_fingerprint(model),
-    }
+    return {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+            "revision": getattr(model.config, "_commit_hash", None), "architecture": type(model).__name__,
+            "weights": weights_fingerprint(model)}

@@ -1,21 +1,13 @@
 """The run contract: every resumable command opens its output folder here.
 
-:func:`open_run` opens a folder for one kind of run and its settings. When the
-folder already holds a run of another kind or with other settings it raises
-:class:`ResumeMismatchError` *before writing anything*, naming each setting
-that differs by its user-facing name with the recorded and the new value;
-otherwise it records the run (``run.json``: ``format``, ``format_version``,
-settings, metadata) and returns a :class:`Run`. Finished work is kept in an
-append-only JSONL journal (fsync'd per record, a torn last line ignored) or in
-per-cell files with their own settings, written atomically; every JSON
-artifact a run writes is stamped with ``format`` (``retrieval-heads/<kind>``),
-``format_version`` and the run's metadata (model, settings, seed, versions,
-creation time, command line). :func:`track` shows the progress bar with
-the real total, prints ``resuming: N of M done`` when finished work is found
-and ``interrupted after N of M; rerun the same command to resume`` on Ctrl-C.
-
-Files are written through a temporary file and ``os.replace``, with the
-permissions the umask gives a new file (``0o666 & ~umask``).
+:func:`open_run` opens a folder for one kind of run and its settings. A folder holding a run of another
+kind or with other settings raises :class:`ResumeMismatchError` *before writing anything*, naming each
+differing setting with its recorded and new value; otherwise the run is recorded (``run.json``) and a
+:class:`Run` returned. Finished work goes to an append-only, fsync'd JSONL journal (a torn last line is
+ignored) or to per-cell files; every JSON artifact is stamped with ``format`` (``retrieval-heads/<kind>``),
+``format_version`` and the run's metadata. :func:`track` shows the progress bar, ``resuming: N of M done``
+and, on Ctrl-C, ``interrupted after N of M; rerun the same command to resume``. Files are written through
+a temporary file and ``os.replace``, with the permissions the umask gives (``0o666 & ~umask``).
 
 >>> run = open_run("runs/x", "detect", {"--mode": "greedy"}, model="organism", seed=0)  # doctest: +SKIP
 >>> with track("detect", total=10, done=len(run.records())) as bar:  # doctest: +SKIP
@@ -33,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +99,7 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
 
 def repair_journal(path: str | Path) -> None:
     """Cut a torn last line (a crash mid-write) so that the next record starts on a line of its own."""
-    path = Path(path)
-    if not path.exists():
-        return
-    data = path.read_bytes()
+    data = Path(path).read_bytes() if Path(path).exists() else b""
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as fh:
             fh.truncate(data.rfind(b"\n") + 1)
@@ -149,14 +139,8 @@ def package_versions(names: Iterable[str] = ("torch", "transformers", "retrieval
 
 def run_metadata(**settings: Any) -> dict[str, Any]:
     """Metadata stamped on every artifact: the settings given, versions, host, time and command line."""
-    return {
-        **settings,
-        "versions": package_versions(),
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": list(sys.argv),
-    }
+    return {**settings, "versions": package_versions(), "python": platform.python_version(), "host": platform.node(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
 
 
 def format_name(kind: str) -> str:
@@ -269,19 +253,10 @@ class Run:
 
 
 def open_run(
-    out_dir: str | Path,
-    kind: str,
-    settings: Mapping[str, Any],
-    *,
-    fingerprints: Mapping[str, str] | None = None,
-    cells: Mapping[str, Mapping[str, Any]] | None = None,
-    record: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    discard: Iterable[str] = (JOURNAL_FILE,),
-    record_file: str = RUN_FILE,
-    journal: str = JOURNAL_FILE,
-    hint: str | None = None,
-    **meta: Any,
+    out_dir: str | Path, kind: str, settings: Mapping[str, Any], *, fingerprints: Mapping[str, str] | None = None,
+    cells: Mapping[str, Mapping[str, Any]] | None = None, record: Mapping[str, Any] | None = None,
+    overwrite: bool = False, discard: Iterable[str] = (JOURNAL_FILE,), record_file: str = RUN_FILE,
+    journal: str = JOURNAL_FILE, hint: str | None = None, **meta: Any,
 ) -> Run:
     """Open ``out_dir`` for a run of ``kind``; refuse, before writing anything, a folder that holds another run.
 
@@ -339,6 +314,46 @@ def open_run(
     for cell_path in stale:
         cell_path.unlink()
     return Run(out, kind, settings, run_meta, path, journal, resumed)
+
+
+# ---- the settings and conditions of a run over one model's head scores (kv-compress, decore) --------
+@dataclass(kw_only=True)
+class HeadRunConfig:
+    """Settings every run over a model's head scores shares (``kv-compress``, ``decore``); all recorded."""
+
+    model: str
+    heads: str = field(metadata={"help": "head_scores.json of the model (from `detect`)."})
+    out: str
+    top_k: int | None = field(default=None, metadata={"help": "Retrieval heads used: the top-K of --heads (default: 5 % of heads)."})
+    random_seeds: int = field(default=3, metadata={"help": "Random controls (drawn outside the chosen heads), one per seed."})
+    seed: int = field(default=0, metadata={"help": "Seed of the prompts and the first random control."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Most tokens generated per answer."})
+    device: str | None = None
+    dtype: str = "auto"
+    overwrite: bool = field(default=False, metadata={"help": "Discard answers of an earlier run in --out made with other settings."})
+
+    def open_run(self, kind: str, weights: str, **settings: Any) -> Run:
+        """:func:`open_run` on ``out`` with every setting but ``out``/``overwrite`` (plus ``settings``) and the weights' hash."""
+        mine = {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite")}
+        return open_run(self.out, kind, {**flags(mine), **settings}, fingerprints={"the model's weights": weights},
+                        overwrite=self.overwrite, hint="Rerun with --overwrite to discard it, or choose another --out.",
+                        model=self.model, seed=self.seed)
+
+    def write_result(self, kind: str, file: str, identity: Mapping[str, Any], data: Mapping[str, Any],
+                     **meta: Any) -> dict[str, Any]:
+        """``data`` stamped as ``kind``, with the model's ``identity``, every setting and ``meta``, written to ``out/file``."""
+        result = stamp(kind, {"meta": run_metadata(**identity, settings={**asdict(self), "out": None}, **meta), **data})
+        atomic_write_json(Path(self.out) / file, result)
+        return result
+
+
+@dataclass
+class HeadCondition:
+    """One condition of such a run: ``name`` (its journal key), ``kind``, and the heads it keeps or masks."""
+
+    name: str
+    kind: str
+    heads: list[Any]
 
 
 # ---- progress, resume and interrupt messages ------------------------------------------------------

@@ -35,14 +35,8 @@ def share_of_heads(n_total_heads: int, share: float = DEFAULT_HEAD_SHARE) -> int
     return max(1, round(share * n_total_heads))
 
 
-def random_heads(
-    n_layers: int,
-    n_heads: int,
-    k: int,
-    seed: int,
-    exclude: Iterable[Head] = (),
-    layer_matched_to: Sequence[Head] | None = None,
-) -> list[Head]:
+def random_heads(n_layers: int, n_heads: int, k: int, seed: int, exclude: Iterable[Head] = (),
+                 layer_matched_to: Sequence[Head] | None = None) -> list[Head]:
     """``k`` random heads drawn with ``seed``, never one of ``exclude``.
 
     With ``layer_matched_to`` the draw takes as many heads from each layer as
@@ -161,15 +155,9 @@ class HeadSelection:
         }  # fmt: skip
 
     @classmethod
-    def from_args(
-        cls,
-        heads: Any = None,
-        top_k: int | str | None = None,
-        threshold: float | str | None = None,
-        random_seed: int | str | None = None,
-        exclude: str | Sequence[ScoreSource] | None = None,
-        layer_matched: bool | str = False,
-    ) -> HeadSelection:
+    def from_args(cls, heads: Any = None, top_k: int | str | None = None, threshold: float | str | None = None,
+                  random_seed: int | str | None = None, exclude: str | Sequence[ScoreSource] | None = None,
+                  layer_matched: bool | str = False) -> HeadSelection:
         """A selection from loosely typed arguments, as lm-eval's ``model_args`` give them.
 
         ``heads``: a :class:`HeadSelection`, :class:`HeadScores` or list of heads; or a string — a
@@ -250,10 +238,7 @@ def concentration(scores: HeadScores, threshold: float = 0.1, top: int = 10) -> 
     normalised to [0, 1]).
     """
     flat = scores.scores.flatten().clamp(min=0).tolist()
-    total = sum(flat)
-    ranked = sorted(flat, reverse=True)
-    n = len(flat)
-    ent = entropy(flat)
+    total, ranked, n, ent = sum(flat), sorted(flat, reverse=True), len(flat), entropy(flat)
     n_above = sum(1 for x in flat if x > threshold)
     return {
         "n_heads_total": n,
@@ -278,8 +263,5 @@ def overlap(a: Iterable[Head], b: Iterable[Head]) -> dict[str, float]:
     """Intersection size, Jaccard index and overlap coefficient of two head sets."""
     sa, sb = {Head(*h) for h in a}, {Head(*h) for h in b}
     inter, union = len(sa & sb), len(sa | sb)
-    return {
-        "intersection": inter,
-        "jaccard": inter / union if union else 0.0,
-        "overlap_coefficient": inter / min(len(sa), len(sb)) if sa and sb else 0.0,
-    }
+    return {"intersection": inter, "jaccard": inter / union if union else 0.0,
+            "overlap_coefficient": inter / min(len(sa), len(sb)) if sa and sb else 0.0}

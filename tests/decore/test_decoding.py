@@ -55,10 +55,10 @@ def test_alpha_zero_is_greedy_base_decoding(model):
         assert out.tokens == _greedy(model, tok, prompt, 12)
 
 
-@pytest.mark.parametrize("alpha", [0.5, 2.0, 8.0])
-def test_no_heads_masked_is_base_for_every_alpha(model, alpha):
+@pytest.mark.parametrize(("alpha", "masked_prefill"), [(0.5, False), (2.0, False), (8.0, False), (2.0, True)])
+def test_no_heads_masked_is_base_for_every_alpha(model, alpha, masked_prefill):
     tok = _Tok()
-    outs = decore_generate(model, tok, PROMPTS, [], alpha=alpha, max_new_tokens=12)
+    outs = decore_generate(model, tok, PROMPTS, [], alpha=alpha, max_new_tokens=12, masked_prefill=masked_prefill)
     assert [o.tokens for o in outs] == [_greedy(model, tok, p, 12) for p in PROMPTS]
 
 

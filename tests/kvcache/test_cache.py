@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from retrieval_heads.generation import StopTokens, generate
 from retrieval_heads.heads import Head
 from retrieval_heads.kvcache import HeadSplitCache, RetrievalHeadsPress, compressed_attention, expected_bytes
 from retrieval_heads.masking import masked_heads
@@ -151,3 +152,16 @@ def test_the_cache_refuses_to_run_without_its_attention():
     model(IDS, cache=cache, use_cache=True)
     with pytest.raises(RuntimeError, match="compressed_attention"):
         model(IDS[:, :1], cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 256])
+def test_the_toolkit_loop_over_a_split_cache_with_chunked_prefill_equals_its_plain_decoding(chunk):
+    """kv-compress decodes through generation.generate with a cache and a chunked prefill: all kept changes nothing."""
+    model = tiny_llama()
+    ids = IDS[0].tolist()
+    ref = generate(model, [ids], 12, StopTokens.none(64))
+    cache = HeadSplitCache(ALL_KEPT, N_KV)
+    with compressed_attention(model):
+        got = generate(model, [ids], 12, StopTokens.none(64), cache=cache, prefill_chunk=chunk)
+    assert torch.equal(got.tokens, ref.tokens)
+    assert cache.get_seq_length() == len(ids) + 11  # the last token is never fed back

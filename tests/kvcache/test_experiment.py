@@ -17,13 +17,13 @@ def test_conditions_keep_the_retrieval_kv_head_and_draw_controls_outside_it():
     scores[1, 2] = 0.05
     cfg = KVCompressConfig(model="m", heads="h", out="o", budgets=[2, 4], random_seeds=3)
     conds = {c.name: c for c in conditions(cfg, HeadScores(scores), 4, 32, 4)}
-    assert conds["retrieval"].kv_heads == [KVHead(3, 3)]
-    assert len(conds["full"].kv_heads) == 16 and conds["windowed"].kv_heads == []
+    assert conds["retrieval"].heads == [KVHead(3, 3)]
+    assert len(conds["full"].heads) == 16 and conds["windowed"].heads == []
     for s in range(3):
-        control = conds[f"random-retrieval-s{s}"].kv_heads
+        control = conds[f"random-retrieval-s{s}"].heads
         assert len(control) == 1 and KVHead(3, 3) not in control
-    assert conds["top-2"].kv_heads == [KVHead(3, 3), KVHead(1, 0)]
-    assert not set(conds["random-top-2-s0"].kv_heads) & set(conds["top-2"].kv_heads)
+    assert conds["top-2"].heads == [KVHead(3, 3), KVHead(1, 0)]
+    assert not set(conds["random-top-2-s0"].heads) & set(conds["top-2"].heads)
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
@@ -43,6 +43,6 @@ def test_per_layer_budgets_keep_b_kv_heads_in_every_layer():
     conds = {c.name: c for c in conditions(cfg, HeadScores(scores), 4, 32, 4)}
     for b in (1, 2):
         for name in (f"top-{b}pl", f"random-top-{b}pl-s0", f"random-top-{b}pl-s1"):
-            layers = [k.layer for k in conds[name].kv_heads]
+            layers = [k.layer for k in conds[name].heads]
             assert sorted(layers) == sorted(list(range(4)) * b), name
-        assert not set(conds[f"random-top-{b}pl-s1"].kv_heads) & set(conds[f"top-{b}pl"].kv_heads)
+        assert not set(conds[f"random-top-{b}pl-s1"].heads) & set(conds[f"top-{b}pl"].heads)

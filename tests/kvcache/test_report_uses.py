@@ -9,7 +9,7 @@ from retrieval_heads.heads import Head
 from retrieval_heads.kvcache import experiment as kx
 from retrieval_heads.kvcache.plan import KVHead
 from retrieval_heads.report import collect_runs, render_report
-from retrieval_heads.runs import atomic_write_json
+from retrieval_heads.runs import atomic_write_json, stamp
 
 
 def _kv_result() -> dict:
@@ -22,8 +22,7 @@ def _kv_result() -> dict:
     kv = {"full": 4096, "windowed": 512, "retrieval": 2304, "random-retrieval-s0": 2304}
     done = {(c.name, p.meta["prompt_id"]): {"correct": float(i < 4 * acc[c.name]), "kv_bytes": kv[c.name]}
             for c in conds for i, p in enumerate(prompts)}
-    return {"format": kx.FORMAT, "format_version": kx.FORMAT_VERSION, "meta": {"model": "tiny"},
-            **kx.summarize(conds, prompts, done)}
+    return stamp("kv-compress", {"meta": {"model": "tiny"}, **kx.summarize(conds, prompts, done)})
 
 
 def _decore_result() -> dict:
@@ -33,8 +32,7 @@ def _decore_result() -> dict:
     faithful = {"base": 1, "retrieval-a1": 3, "random-a1-s0": 1}
     done = {(c.name, it["id"]): {"faithful": float(i < faithful[c.name]), "memorised": float(i >= faithful[c.name])}
             for c in conds for i, it in enumerate(items)}
-    return {"format": dx.FORMAT, "format_version": dx.FORMAT_VERSION, "meta": {"model": "tiny"},
-            **dx.summarize(conds, items, done)}
+    return stamp("decore", {"meta": {"model": "tiny"}, **dx.summarize(conds, items, done)})
 
 
 def test_summaries_and_report_section(tmp_path):

@@ -18,7 +18,10 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
+
+from ..runs import HeadRunConfig
+from .errors import refusing
+from .options import GridOptions, ModelOptions, option
 
 TASKS = ("conflict",)
 
@@ -39,8 +42,6 @@ def _items(task: str | None, prompts: Path | None, model: str, n: int, lengths: 
             raise typer.BadParameter("--task conflict needs the built-in model (or a checkpoint trained like it)")
         gen = organism_generator(resolve_model_path(model))
         return [it.to_json() for it in conflict_prompts(n, seed, lengths, generator=gen)]
-    if not prompts.is_file():
-        raise typer.BadParameter(f"--prompts {prompts}: no such file")
     items = []
     for i, line in enumerate(prompts.read_text(encoding="utf-8").splitlines()):
         if not line.strip():
@@ -56,59 +57,46 @@ def _items(task: str | None, prompts: Path | None, model: str, n: int, lengths: 
 
 
 def decore_command(
-    model: str = typer.Option(..., "--model", help="Hub id, local checkpoint, or a built-in name (organism)."),
-    heads: Path = typer.Option(..., "--heads", help="head_scores.json of the model (from `detect`)."),
+    model: str = option(ModelOptions, "model", default=...),
+    device: str | None = option(ModelOptions, "device"),
+    dtype: str = option(ModelOptions, "dtype"),
+    heads: Path = option(HeadRunConfig, "heads", exists=True, dir_okay=False),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
     task: str | None = typer.Option(None, "--task", help="A built-in task: conflict (knowledge conflicts, built-in model)."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="JSONL of prompts (see the module docs)."),
+    prompts: Path | None = typer.Option(None, "--prompts", exists=True, dir_okay=False, help="JSONL of prompts (see the module docs)."),
     n: int = typer.Option(60, "--n", min=1, help="Prompts of --task."),
-    lengths: str = typer.Option("512,1024", "--lengths", help="Context lengths of --task prompts."),
-    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Heads masked in the contrast stream (default: 5 % of heads)."),
+    lengths: str = option(GridOptions, "lengths", default="512,1024"),
+    top_k: int | None = option(HeadRunConfig, "top_k", min=1),
     alpha: str = typer.Option("1", "--alpha", help="Fixed contrast strength a; a comma list runs each."),
     dynamic: bool = typer.Option(False, "--dynamic", help="a = entropy of p_base (DeCoRe's dynamic rule) instead of --alpha."),
     normalise: bool = typer.Option(False, "--normalise", help="With --dynamic: divide the entropy by log |V|."),
     cap: float | None = typer.Option(None, "--cap", help="With --dynamic: cap a at this value."),
     mode: str = typer.Option("uniform", "--mode", help="Masking operator of the contrast stream: uniform | zero."),
     masked_prefill: bool = typer.Option(False, "--masked-prefill", help="Prefill the masked stream masked too (DeCoRe: unmasked)."),
-    random_seeds: int = typer.Option(3, "--random-seeds", min=0, help="DeCoRe with random heads (outside the top-K), one per seed."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the task prompts and the first random control."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Most tokens generated per answer."),
-    device: str | None = typer.Option(None, "--device", help="cuda, cpu ... (default: CUDA when available)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard answers of an earlier run in --out made with other settings."),
+    random_seeds: int = option(HeadRunConfig, "random_seeds", min=0),
+    seed: int = option(HeadRunConfig, "seed"),
+    max_new_tokens: int = option(HeadRunConfig, "max_new_tokens", min=1),
+    overwrite: bool = option(HeadRunConfig, "overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Faithful-answer rates of base decoding and DeCoRe (retrieval heads vs random heads), with 95 % intervals."""
     from ..decore.experiment import FIGURE_FILE, RESULT_FILE, DecoreRunConfig, run_decore
-    from ..heads import HeadScoreFileError
     from ..niah.prompts import parse_lengths
-    from ..runs import ResumeMismatchError
 
-    console = Console(stderr=True)
-    if mode not in ("uniform", "zero"):
-        raise typer.BadParameter("--mode must be uniform or zero")
-    if not heads.is_file():
-        raise typer.BadParameter(f"--heads {heads}: no such file")
-    try:
-        alphas = [float(a) for a in alpha.split(",") if a.strip()]
+    with refusing():
+        config = DecoreRunConfig(
+            model=model, heads=str(heads), out=str(out), source=f"task:{task}" if task else str(prompts), top_k=top_k,
+            alphas=[float(a) for a in alpha.split(",") if a.strip()], dynamic=dynamic, normalise=normalise, cap=cap,
+            mode=mode, masked_prefill=masked_prefill, random_seeds=random_seeds, seed=seed,
+            max_new_tokens=max_new_tokens, device=device, dtype=dtype, overwrite=overwrite,
+        )  # fmt: skip
         items = _items(task, prompts, model, n, parse_lengths(lengths), seed)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
-    config = DecoreRunConfig(
-        model=model, heads=str(heads), out=str(out), source=f"task:{task}" if task else str(prompts), top_k=top_k,
-        alphas=alphas, dynamic=dynamic, normalise=normalise, cap=cap, mode=mode, masked_prefill=masked_prefill,
-        random_seeds=random_seeds, seed=seed, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-        overwrite=overwrite,
-    )  # fmt: skip
-    try:
+    with refusing("decore"):
         result = run_decore(config, items, progress=progress)
-    except (ResumeMismatchError, HeadScoreFileError, ValueError) as err:
-        console.print("[bold red]decore failed:[/]", Text(str(err)))
-        raise typer.Exit(1) from None
     rows = result["conditions"] + [{"name": f"{g} (pooled)", **v} for g, v in result["random_pooled"].items()]
     for row in rows:
         f, m = row.get("faithful"), row.get("memorised")
         if f:
             typer.echo(f"{row['name']:<24} faithful {f['rate']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]"
                        + (f"  memorised {m['rate']:.3f}" if m else ""))
-    console.print(f"wrote {out / RESULT_FILE}" + (f", {out / FIGURE_FILE}" if result["scored"] else ""))
+    Console(stderr=True).print(f"wrote {out / RESULT_FILE}" + (f", {out / FIGURE_FILE}" if result["scored"] else ""))

@@ -7,7 +7,8 @@ mounts it, so every command refuses the same way (no traceback, nothing written)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
@@ -31,6 +32,17 @@ def refuse(command: str, message: str) -> typer.Exit:
     """Print ``command: message`` on one stderr line and return the exit to raise."""
     typer.secho(f"{command}: {' '.join(str(message).split())}", fg="red", err=True)
     return typer.Exit(EXIT_REFUSED)
+
+
+@contextmanager
+def refusing(command: str | None = None) -> Iterator[None]:
+    """A ``ValueError`` inside becomes a refusal: one line ``command: message``, or typer's usage error without ``command``."""
+    try:
+        yield
+    except ValueError as err:
+        if command is None:
+            raise typer.BadParameter(str(err)) from err
+        raise refuse(command, str(err)) from None
 
 
 def one_line_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:

@@ -75,10 +75,10 @@ class GridOptions:
 
 def config_field(config: type, name: str) -> dataclasses.Field:
     """The dataclass field ``name`` of ``config`` (a KeyError names the config when there is none)."""
-    for f in dataclasses.fields(config):
-        if f.name == name:
-            return f
-    raise KeyError(f"{config.__name__} has no field {name!r}")
+    found = next((f for f in dataclasses.fields(config) if f.name == name), None)
+    if found is None:
+        raise KeyError(f"{config.__name__} has no field {name!r}")
+    return found
 
 
 def field_default(f: dataclasses.Field) -> Any:

@@ -13,10 +13,8 @@ of the prefill cache): the base stream unmasked, the masked stream with the
 heads masked from the prompt's last token on. ``masked_prefill=True`` instead
 prefills the masked stream with the heads masked too (two prefills).
 
-Stops at EOS, at a newline once the answer has begun (the tokenizer's own
-newline tokens, :class:`retrieval_heads.generation.StopTokens`), or at a
-stop string. When the toolkit's generation module lands, the loop in
-:func:`_decode_one` moves there as a two-stream step.
+Stops at EOS, at a newline once the answer has begun, or at a stop string; the loop is
+:func:`retrieval_heads.generation.generate`'s, with the two-stream step :class:`_TwoStreams`.
 """
 
 from __future__ import annotations
@@ -28,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
-from ..generation import StopTokens, cache_argument
-from ..heads import Head
+from ..generation import DecodeState, StopTokens, decode_step, generate, left_pad, prefill_but_last
+from ..heads import Head, check_heads
 from ..masking import MaskMode, masked_heads
 from ..model_spec import ModelSpec
 
@@ -83,83 +81,36 @@ def contrast(base_logits: torch.Tensor, masked_logits: torch.Tensor, settings: D
     return (1 + a) * base - a * masked, alpha
 
 
-def _forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    """Last-position logits ``(1, V)``, extending ``cache`` (``cache=`` on transformers >= 5.24, else ``past_key_values=``)."""
-    return model(ids, **{cache_argument(model): cache, "use_cache": True}).logits[:, -1]
+class _TwoStreams:
+    """DeCoRe's decode step for :func:`~retrieval_heads.generation.generate`: the base stream and the masked
+    stream (forked from the shared prefill unless ``masked`` is given), contrasted; records ``a`` and the logits."""
+
+    def __init__(self, heads: list[Head], settings: DecoreSettings, spec: ModelSpec, masked: DecodeState | None,
+                 keep_logits: bool) -> None:
+        self.heads, self.settings, self.spec, self.masked, self.keep_logits = heads, settings, spec, masked, keep_logits
+        self.alphas: list[float] = []
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, model: PreTrainedModel, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        if self.masked is None:  # the first step: the masked stream starts from a copy of the shared prefill
+            self.masked = DecodeState(state.mask, state.positions, copy.deepcopy(state.cache), state.cache_arg)
+        base = decode_step(model, token, state)  # (1, V)
+        with masked_heads(model, self.heads, mode=self.settings.mode, spec=self.spec):
+            masked = decode_step(model, token, self.masked)
+        scores, alpha = contrast(base, masked, self.settings)
+        self.alphas.append(float(alpha))
+        if self.keep_logits:
+            self.kept.append((base[0].cpu(), masked[0].cpu()))
+        return scores
 
 
 @torch.no_grad()
-def _decode_one(
-    model: PreTrainedModel, tokenizer: Any, ids: list[int], heads: list[Head], settings: DecoreSettings,
-    stops: StopTokens, max_new_tokens: int, stop_strings: Sequence[str], spec: ModelSpec, keep_logits: bool,
-    generator: torch.Generator | None,
-) -> DecoreOutput:
-    """Two decode streams after one shared prefill; the only decoding loop of this module."""
-    device = next(model.parameters()).device
-    prompt = torch.tensor([ids], device=device)  # (1, T)
-    base_cache = DynamicCache(config=model.config)
-    if prompt.shape[1] > 1:
-        _forward(model, prompt[:, :-1], base_cache)
-    if settings.masked_prefill:
-        masked_cache = DynamicCache(config=model.config)
-        if prompt.shape[1] > 1:
-            with masked_heads(model, heads, mode=settings.mode, spec=spec):
-                _forward(model, prompt[:, :-1], masked_cache)
-    else:
-        masked_cache = copy.deepcopy(base_cache)
-    token = prompt[:, -1:]
-    out: list[int] = []
-    alphas: list[float] = []
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    reason = "max_new_tokens"
-    for _ in range(max_new_tokens):
-        base = _forward(model, token, base_cache)[0]  # (V,)
-        with masked_heads(model, heads, mode=settings.mode, spec=spec):
-            masked = _forward(model, token, masked_cache)[0]  # (V,)
-        scores, alpha = contrast(base, masked, settings)
-        if keep_logits:
-            kept.append((base.cpu(), masked.cpu()))
-        if settings.sample:
-            probs = torch.softmax(scores / settings.temperature, dim=-1)
-            nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-        else:
-            nxt = int(scores.argmax())
-        if stops.eos[nxt]:
-            reason = "eos"
-            break
-        if stops.newline[nxt] and any(not stops.blank[t] for t in out):
-            reason = "newline"
-            break
-        out.append(nxt)
-        alphas.append(float(alpha))
-        if stop_strings and any(s in tokenizer.decode(out) for s in stop_strings):
-            reason = "stop_string"
-            break
-        token = torch.tensor([[nxt]], device=device)
-    text = tokenizer.decode(out, skip_special_tokens=True).split("\n", 1)[0].strip() if reason != "stop_string" \
-        else tokenizer.decode(out, skip_special_tokens=True)
-    return DecoreOutput(text, out, alphas, reason, kept)
-
-
 def decore_generate(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    prompts: Iterable[str | Sequence[int]],
-    heads: Iterable[Head | tuple[int, int]],
-    alpha: float = 0.5,
-    dynamic: bool = False,
-    *,
-    normalise: bool = False,
-    cap: float | None = None,
-    mode: MaskMode = "uniform",
-    masked_prefill: bool = False,
-    sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    max_new_tokens: int = 32,
-    stop_strings: Sequence[str] = (),
-    stop_on_newline: bool = True,
-    keep_logits: bool = False,
+    model: PreTrainedModel, tokenizer: Any, prompts: Iterable[str | Sequence[int]],
+    heads: Iterable[Head | tuple[int, int]], alpha: float = 0.5, dynamic: bool = False, *, normalise: bool = False,
+    cap: float | None = None, mode: MaskMode = "uniform", masked_prefill: bool = False, sample: bool = False,
+    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 32, stop_strings: Sequence[str] = (),
+    stop_on_newline: bool = True, keep_logits: bool = False,
 ) -> list[DecoreOutput]:
     """DeCoRe answers for ``prompts`` (strings, tokenized with the tokenizer's special tokens, or token ids).
 
@@ -172,17 +123,33 @@ def decore_generate(
     >>> decore_generate(model, tok, ["... Answer:"], heads=[(3, 31)], alpha=1.0)[0].text      # doctest: +SKIP
     """
     spec = ModelSpec.from_model(model)
-    from ..heads import check_heads
-
     heads = check_heads(heads, spec.n_layers, spec.n_heads)
     settings = DecoreSettings(alpha, dynamic, normalise, cap, mode, masked_prefill, sample, temperature, seed)
     stops = StopTokens.from_tokenizer(model, tokenizer, stop_on_newline=stop_on_newline)
+    stops = StopTokens(stops.eos, stops.newline, stops.blank)  # a newline ends an answer only once it has begun
     generator = torch.Generator().manual_seed(seed) if sample else None
+    device = next(model.parameters()).device
+
+    def draw(scores: torch.Tensor) -> torch.Tensor:  # (1, V) -> (1,), one generator over every prompt
+        probs = torch.softmax(scores[0] / temperature, dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).to(scores.device)
+
     outputs = []
     for p in prompts:
         ids = list(tokenizer(p)["input_ids"]) if isinstance(p, str) else [int(t) for t in p]
         if not ids:
             raise ValueError("an empty prompt cannot be decoded")
-        outputs.append(_decode_one(model, tokenizer, ids, heads, settings, stops, max_new_tokens, stop_strings, spec,
-                                   keep_logits, generator))
+        masked = None
+        if masked_prefill:
+            with masked_heads(model, heads, mode=mode, spec=spec):
+                masked = prefill_but_last(model, *(t.to(device) for t in left_pad([ids], 0)))
+        streams = _TwoStreams(heads, settings, spec, masked, keep_logits)
+        o = generate(model, [ids], max_new_tokens, stops, sampler=draw if sample else None, stop_strings=stop_strings,
+                     tokenizer=tokenizer, prefill_chunk=len(ids), step=streams)
+        reason = o.stop_reason[0]
+        n = int(o.n_tokens[0]) + (reason == "stop_string")  # the token completing a stop string is kept
+        out = o.tokens[0, :n].tolist()
+        text = tokenizer.decode(out, skip_special_tokens=True)
+        text = text if reason == "stop_string" else text.split("\n", 1)[0].strip()
+        outputs.append(DecoreOutput(text, out, streams.alphas[:n], reason, streams.kept))
     return outputs

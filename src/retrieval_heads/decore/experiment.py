@@ -1,56 +1,44 @@
 """Faithfulness under knowledge conflict: base vs DeCoRe with the retrieval heads vs DeCoRe with random heads.
 
-Items are dicts ``{"id", "prompt", "context_answer"?, "memory_answer"?}``
-(the command layer builds them: the organism's conflict task, or a JSONL
-file). Per condition it records every answer to ``journal.jsonl`` (a rerun
-resumes), then the rate of answers equal to the context's value (faithful)
-and to the memorised one, with bootstrap 95 % intervals, in ``decore.json``
-(format ``retrieval-heads/decore``) and ``decore.png``.
+Items are dicts ``{"id", "prompt", "context_answer"?, "memory_answer"?}`` (the organism's conflict task,
+or a JSONL file). Every answer goes to ``journal.jsonl`` (a rerun resumes); the rates of answers equal to
+the context's value (faithful) and to the memorised one, with bootstrap 95 % intervals, go to
+``decore.json`` (format ``retrieval-heads/decore``) and ``decore.png``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..heads import Head
-from ..runs import Run, atomic_write_json, flags, open_run, run_metadata, track
+from ..runs import HeadCondition, HeadRunConfig, track
 
-FORMAT = "retrieval-heads/decore"
-FORMAT_VERSION = 1
 RESULT_FILE = "decore.json"
 FIGURE_FILE = "decore.png"
 
 
-@dataclass
-class DecoreRunConfig:
+@dataclass(kw_only=True)
+class DecoreRunConfig(HeadRunConfig):
     """Settings of one ``decore`` run (all recorded in the result)."""
 
-    model: str
-    heads: str
-    out: str
     source: str  # "task:conflict" or a prompts file
-    top_k: int | None = None  # None: selection.share_of_heads (5 % of heads)
     alphas: list[float] = field(default_factory=lambda: [1.0])
     dynamic: bool = False
     normalise: bool = False
     cap: float | None = None
     mode: str = "uniform"
     masked_prefill: bool = False
-    random_seeds: int = 3
-    seed: int = 0
-    max_new_tokens: int = 16
-    device: str | None = None
-    dtype: str = "auto"
-    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("uniform", "zero"):
+            raise ValueError("--mode must be uniform or zero")
 
 
 @dataclass
-class Condition:
-    name: str
-    kind: str  # base | retrieval | random
-    heads: list[Head]
+class Condition(HeadCondition):
+    """``heads``: masked in the contrast stream; ``alpha``: its strength (``None``: base, or dynamic)."""
+
     alpha: float | None
     seed: int | None = None
 
@@ -71,16 +59,6 @@ def conditions(config: DecoreRunConfig, scores: Any, n_layers: int, n_heads: int
     return out
 
 
-def _resume(config: DecoreRunConfig, weights: str,
-            items: list[dict[str, Any]]) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]]:
-    """The run (:func:`retrieval_heads.runs.open_run`) and the finished answers of an earlier one with the same settings."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite")}
-    run = open_run(config.out, "decore", {**flags(settings), "prompt ids": [it["id"] for it in items]},
-                   fingerprints={"the model's weights": weights}, overwrite=config.overwrite,
-                   hint="Rerun with --overwrite to discard it, or choose another --out.", model=config.model)
-    return run, {(r["condition"], r["id"]): r for r in run.records()}
-
-
 def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every condition on ``items``; return the result written to ``out/decore.json``."""
     from ..heads import HeadScores, heads_to_strings
@@ -89,14 +67,14 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
 
     if not items:
         raise ValueError("no prompts to decode")
-    out = Path(config.out)
     scores = HeadScores.load(config.heads)
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
     conds = conditions(config, scores, spec.n_layers, spec.n_heads)
     top = next(c.heads for c in conds if c.kind == "retrieval")
     identity = model_identity(model)
-    run, done = _resume(config, identity["weights"], items)
+    run = config.open_run("decore", identity["weights"], **{"prompt ids": [it["id"] for it in items]})
+    done = {(r["condition"], r["id"]): r for r in run.records()}
     wanted = {(c.name, it["id"]) for c in conds for it in items}
     with track("decore", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for c in conds:
@@ -114,13 +92,10 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
                     run.append(rec)
                     done[(c.name, it["id"])] = rec
                     bar.advance()
-    result = {"format": FORMAT, "format_version": FORMAT_VERSION,
-              "meta": run_metadata(**identity, settings={**asdict(config), "out": None},
-                                   heads=heads_to_strings(top), n_items=len(items)),
-              **summarize(conds, items, done)}
-    atomic_write_json(out / RESULT_FILE, result)
+    result = config.write_result("decore", RESULT_FILE, identity, summarize(conds, items, done),
+                                 heads=heads_to_strings(top), n_items=len(items))
     if result["scored"]:
-        plot_rates(result, out / FIGURE_FILE)
+        plot_rates(result, Path(config.out) / FIGURE_FILE)
     return result
 
 

@@ -1,24 +1,15 @@
 """``decore-hf``: lm-eval's Hugging Face backend decoding with DeCoRe's contrastive distribution.
 
-Registered whenever ``retrieval-heads lm-eval`` (or ``python -m
-retrieval_heads.evaluate.lm_eval_backend``) runs, next to ``masked-hf``::
+Registered next to ``masked-hf`` whenever ``retrieval-heads lm-eval`` runs::
 
     retrieval-heads lm-eval run --model decore-hf \\
         --model_args pretrained=organism,heads=runs/rh/head_scores.json,top_k=6,alpha=1 --tasks ...
 
-- ``generate_until``: :func:`retrieval_heads.decore.decore_generate` per row
-  (one shared unmasked prefill, two decode streams), stopping at EOS or an
-  ``until`` string; ``do_sample``/``temperature`` are honoured.
-- ``loglikelihood`` (and ``_rolling``): every position's distribution is the
-  softmax of ``(1 + a) log p_base - a log p_masked``; here the masked forward
-  masks every position, the context included (a scored continuation has no
-  separate decode stream).
-
-``model_args``: the head selection as ``masked-hf`` takes it (``heads``: a
-score file, ``random``, a list ``"L-H;L-H"`` or ``none``; ``top_k`` (default 5 %
-of heads), ``threshold``, ``random_seed``, ``exclude``, ``layer_matched``: see
-:meth:`retrieval_heads.selection.HeadSelection.from_args`), ``alpha`` (1.0),
-``dynamic``, ``normalise``, ``cap``, ``mode`` (``uniform``), plus every ``hf`` argument. With ``alpha=0`` (not dynamic) or no heads it is ``hf``.
+``generate_until`` runs :func:`retrieval_heads.decore.decore_generate` per row (``do_sample`` and
+``temperature`` honoured); ``loglikelihood`` scores with the softmax of ``(1 + a) log p_base - a log p_masked``
+at every position, the masked forward masking the context too. ``model_args``: the head selection as
+``masked-hf`` takes it (:meth:`retrieval_heads.selection.HeadSelection.from_args`), ``alpha`` (1.0),
+``dynamic``, ``normalise``, ``cap``, ``mode`` (``uniform``) and every ``hf`` argument.
 """
 
 from __future__ import annotations

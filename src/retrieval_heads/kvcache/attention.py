@@ -1,19 +1,11 @@
 """Attention over a :class:`HeadSplitCache`: full KV heads and streaming KV heads computed separately.
 
-The function registered here (``rh_kvsplit_<backend>``, with the backend's
-mask function under the same name) receives the full heads' keys from the
-cache and finds the streaming heads' keys through the attention kwargs. It
-splits the query heads by the KV head they read (GQA: query head ``h`` reads
-KV head ``h // (n_heads / n_kv_heads)``), calls the wrapped backend once for
-each group — the streaming group with a mask that lets query position ``q``
-see key position ``k`` only if ``k <= q`` and (``k < sink`` or
-``k > q - window``) — and puts the outputs back in head order.
-
-It composes with the toolkit's masking engine in either nesting order: the
-engine's wrapper sits outside it, so ``uniform`` masking zeroes the right
-query heads and ``zero``/``mean`` masking act on the output projection.
-Attention *capture* (the recorder) over a cache with streaming heads is not
-supported (the recorder would see only the full heads' keys) and raises.
+The function registered here (``rh_kvsplit_<backend>``) gets the full heads' keys from the cache and the
+streaming heads' through the attention kwargs. It splits the query heads by the KV head they read (GQA),
+calls the wrapped backend once per group — the streaming group with a mask letting query ``q`` see key
+``k`` only if ``k <= q`` and (``k < sink`` or ``k > q - window``) — and puts the outputs back in head order.
+The masking engine's wrapper sits outside it (either nesting order works); attention *capture* over
+streaming heads is not supported and raises.
 """
 
 from __future__ import annotations
@@ -23,11 +15,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel
 
-from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, _base_function, wrapper_name
+from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, base_function, register_over, wrapper_name
 from .cache import ATTN_PREFIX, PENDING_KEY, HeadSplitLayer, StreamBlock
 
 
@@ -71,7 +61,7 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         layer: HeadSplitLayer | None = kwargs.pop(PENDING_KEY, None)
-        fn = _base_function(base, module)
+        fn = base_function(base, module)
         if layer is None or len(layer.stream) == 0:  # no split cache, or nothing streams
             return fn(module, query, key, value, attention_mask, **kwargs)
         if getattr(module, RECORDER_ATTR, None) is not None:
@@ -95,13 +85,7 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
 
 def split_attention_name(base: str) -> str:
     """Register (once) and return the AttentionInterface name of the split attention over ``base``."""
-    name = ATTN_PREFIX + base
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        if base not in ALL_MASK_ATTENTION_FUNCTIONS:
-            raise ValueError(f"cannot compress the KV cache over attention backend {base!r}: no mask function for it")
-        AttentionInterface.register(name, _make_split_attention(base))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
-    return name
+    return register_over(ATTN_PREFIX, base, _make_split_attention)
 
 
 @contextmanager

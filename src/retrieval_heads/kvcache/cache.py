@@ -1,24 +1,14 @@
 """A KV cache that keeps some KV heads whole and the others as an attention sink plus a recent window.
 
-Per layer, :class:`HeadSplitLayer` stores two tensors of different lengths:
+Per layer, :class:`HeadSplitLayer` stores the *full* KV heads ``(B, n_full, T, D)`` (every token) and the
+*streaming* KV heads ``(B, n_stream, S, D)``, ``S <= sink + window`` (DuoAttention's streaming heads), with
+the absolute position of each kept token. Evicted tokens leave memory at every update. During one forward
+the streaming heads also see the new block's own keys (each query of a prefill block has its own window);
+those are trimmed when the update returns, so the transient size is bounded by the prefill chunk
+(``generate(..., prefill_chunk=)``).
 
-- the *full* KV heads ``(B, n_full, T, D)``: every token seen so far;
-- the *streaming* KV heads ``(B, n_stream, S, D)`` with ``S <= sink + window``:
-  the first ``sink`` tokens and the last ``window`` tokens (DuoAttention's
-  streaming heads), plus the absolute position of each kept token.
-
-Nothing is simulated: tokens a streaming head may no longer see are dropped
-from memory at every update. During one forward the streaming heads also see
-the new block's own keys (a prefill block of ``L`` tokens needs them: each of
-its queries has its own window); those are trimmed as soon as the update
-returns, so the *stored* size stays ``sink + window`` and the transient size
-is bounded by the prefill chunk (:func:`retrieval_heads.kvcache.generate.answer`
-prefills in chunks).
-
-The attention over the two groups is computed by the function in
-:mod:`retrieval_heads.kvcache.attention`. Used without it, the model would read
-the full heads' keys as if they were all heads; the cache notices at the next
-update (the streaming view of the last forward was never read) and raises.
+The attention over the two groups is :mod:`retrieval_heads.kvcache.attention`'s. Used without it, the cache
+notices at the next update (the streaming view of the last forward was never read) and raises.
 """
 
 from __future__ import annotations
@@ -136,36 +126,30 @@ class HeadSplitLayer(CacheLayerMixin):
         self.is_initialized = False
         self.cumulative_length = 0
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+    def _map(self, fn) -> None:  # noqa: ANN001 - tensor -> tensor, applied to every stored tensor
         if self.is_initialized:
             for name in ("keys", "values", "stream_keys", "stream_values"):
-                t = getattr(self, name)
-                setattr(self, name, t.index_select(0, beam_idx.to(t.device)))
+                setattr(self, name, fn(getattr(self, name)))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            for name in ("keys", "values", "stream_keys", "stream_values"):
-                setattr(self, name, getattr(self, name).repeat_interleave(repeats, dim=0))
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            for name in ("keys", "values", "stream_keys", "stream_values"):
-                setattr(self, name, getattr(self, name)[indices, ...])
+        self._map(lambda t: t[indices, ...])
 
     def stored_bytes(self) -> int:
         """Bytes held by this layer's key and value tensors (full and streaming heads)."""
-        if not self.is_initialized:
-            return 0
-        tensors = (self.keys, self.values, self.stream_keys, self.stream_values)
+        tensors = (self.keys, self.values, self.stream_keys, self.stream_values) if self.is_initialized else ()
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class HeadSplitCache(Cache):
-    """The KV cache of a model whose KV heads ``full[layer]`` are kept whole and the rest stream.
+    """The KV cache of a model whose KV heads ``full[layer]`` (a list per layer) are kept whole and the rest stream.
 
-    ``full`` maps each layer to the KV heads kept whole (a list per layer).
-    Use it inside :func:`retrieval_heads.kvcache.compressed_attention` (or a
-    :class:`~retrieval_heads.kvcache.RetrievalHeadsPress`), which routes the
+    Use it inside :func:`retrieval_heads.kvcache.compressed_attention` (or a press), which routes the
     model's attention through the function that reads both groups::
 
         with compressed_attention(model):

@@ -1,7 +1,6 @@
 """NIAH exact match against KV memory: the retrieval KV heads kept whole vs budgets, random KV heads and the full cache.
 
-Conditions (every one runs the same prompts through :func:`greedy_answer`
-with a :class:`HeadSplitCache`, prompt read with the compressed cache):
+Conditions (the same prompts through :func:`~retrieval_heads.generation.generate` over a :class:`HeadSplitCache`):
 
 - ``full``: every KV head kept (equal to the normal cache bit for bit);
 - ``windowed``: no KV head kept (every head sink + window);
@@ -11,33 +10,26 @@ with a :class:`HeadSplitCache`, prompt read with the compressed cache):
   (in total, or with ``per_layer`` in every layer: ``top-Bpl``);
 - ``random-top-B``: B KV heads drawn outside the top-B ones (one per seed; per layer with ``per_layer``).
 
-Answers go to ``journal.jsonl`` as they finish (a rerun resumes); the result
-is ``kv_compress.json`` (format ``retrieval-heads/kv-compress``) and ``kv_compress.png``.
+Answers go to ``journal.jsonl`` (a rerun resumes); the result to ``kv_compress.json`` and ``kv_compress.png``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runs import Run, atomic_write_json, flags, open_run, run_metadata, track
+from ..runs import HeadCondition, HeadRunConfig, track
 from .plan import KVHead
 
-FORMAT = "retrieval-heads/kv-compress"
-FORMAT_VERSION = 1
 RESULT_FILE = "kv_compress.json"
 FIGURE_FILE = "kv_compress.png"
 
 
-@dataclass
-class KVCompressConfig:
+@dataclass(kw_only=True)
+class KVCompressConfig(HeadRunConfig):
     """Settings of one ``kv-compress`` run (all recorded in the result)."""
 
-    model: str
-    heads: str
-    out: str
-    top_k: int | None = None  # None: selection.share_of_heads (5 % of heads)
     budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     aggregate: str = "max"
     per_layer: bool = False  # budgets count KV heads per layer instead of in total
@@ -46,35 +38,28 @@ class KVCompressConfig:
     lengths: list[int] = field(default_factory=lambda: [1024, 1536, 2000])
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     per_cell: int = 2
-    random_seeds: int = 3
-    seed: int = 0
-    max_new_tokens: int = 16
     prefill_chunk: int = 256
-    device: str | None = None
-    dtype: str = "auto"
-    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from .plan import AGGREGATES
+
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"--aggregate must be one of {AGGREGATES}")
 
 
 @dataclass
-class Condition:
-    name: str
-    kind: str  # full | windowed | retrieval | random-retrieval | top | random-top
-    kv_heads: list[KVHead]
+class Condition(HeadCondition):
+    """``heads``: the KV heads kept whole; ``budget``: how many; ``query_heads``: the head set they hold (retrieval)."""
+
     budget: int
     seed: int | None = None
-    query_heads: list[Any] = field(default_factory=list)  # the head set the KV heads were chosen for (retrieval)
+    query_heads: list[Any] = field(default_factory=list)
 
 
 def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
     """Every condition of the run, in run order."""
     from ..selection import HeadSelection
-    from .plan import (
-        kv_heads_of,
-        random_kv_heads,
-        random_kv_heads_per_layer,
-        top_kv_heads,
-        top_kv_heads_per_layer,
-    )
+    from .plan import kv_heads_of, random_kv_heads, top_kv_heads
 
     total = n_layers * n_kv
     everything = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv)]
@@ -86,34 +71,17 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
     out += [Condition(f"random-retrieval-s{s}", "random-retrieval", random_kv_heads(n_layers, n_kv, len(retrieval), s,
                                                                                   retrieval), len(retrieval), s)
             for s in seeds]
+    pl, size = ("pl", n_kv) if config.per_layer else ("", total)  # a per-layer budget counts in every layer
     for b in sorted(set(config.budgets)):
-        if config.per_layer:
-            if not 0 < b < n_kv:
-                continue
-            chosen = top_kv_heads_per_layer(scores, n_kv, b, config.aggregate)  # type: ignore[arg-type]
-            out.append(Condition(f"top-{b}pl", "top", chosen, b * n_layers))
-            if n_kv - b >= b:
-                out += [Condition(f"random-top-{b}pl-s{s}", "random-top",
-                                  random_kv_heads_per_layer(n_layers, n_kv, b, s, chosen), b * n_layers, s)
-                        for s in seeds]
+        if not 0 < b < size:
             continue
-        if not 0 < b < total:
-            continue
-        chosen = top_kv_heads(scores, n_kv, b, config.aggregate)  # type: ignore[arg-type]
-        out.append(Condition(f"top-{b}", "top", chosen, b))
-        if total - b >= b:
-            out += [Condition(f"random-top-{b}-s{s}", "random-top", random_kv_heads(n_layers, n_kv, b, s, chosen), b, s)
-                    for s in seeds]
+        chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer)  # type: ignore[arg-type]
+        kept = b * n_layers if config.per_layer else b
+        out.append(Condition(f"top-{b}{pl}", "top", chosen, kept))
+        if size - b >= b:
+            out += [Condition(f"random-top-{b}{pl}-s{s}", "random-top",
+                              random_kv_heads(n_layers, n_kv, b, s, chosen, config.per_layer), kept, s) for s in seeds]
     return out
-
-
-def _resume(config: KVCompressConfig, weights: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]]:
-    """The run (:func:`retrieval_heads.runs.open_run`) and the finished answers of an earlier one with the same settings."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite")}
-    run = open_run(config.out, "kv-compress", flags(settings), fingerprints={"the model's weights": weights},
-                   overwrite=config.overwrite, hint="Rerun with --overwrite to discard it, or choose another --out.",
-                   model=config.model, seed=config.seed)
-    return run, {(r["condition"], r["prompt_id"]): r for r in run.records()}
 
 
 def expected_answer(prompt: Any) -> str:
@@ -124,15 +92,14 @@ def expected_answer(prompt: Any) -> str:
 
 def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the experiment; return the result written to ``out/kv_compress.json``."""
-    from ..generation import StopTokens
+    from ..generation import StopTokens, generate
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
     from ..prompt_sources import PromptRequest, build_prompts
+    from .attention import compressed_attention
     from .cache import HeadSplitCache
-    from .generate import greedy_answer
     from .plan import full_per_layer
 
-    out = Path(config.out)
     scores = HeadScores.load(config.heads)
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
@@ -140,19 +107,22 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
         lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed))
     identity = model_identity(model)
-    run, done = _resume(config, identity["weights"])
+    run = config.open_run("kv-compress", identity["weights"])
+    done = {(r["condition"], r["prompt_id"]): r for r in run.records()}
     stops = StopTokens.from_tokenizer(model, tokenizer)
+    stops = StopTokens(stops.eos, stops.newline, stops.blank)  # a newline ends an answer only once it has begun
     wanted = {(c.name, p.meta["prompt_id"]) for c in conds for p in prompts}
     with track("kv-compress", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for cond in conds:
-            full = full_per_layer(cond.kv_heads, spec.n_layers)
+            full = full_per_layer(cond.heads, spec.n_layers)
             for p in prompts:
                 pid = p.meta["prompt_id"]
                 if (cond.name, pid) not in done:
                     cache = HeadSplitCache(full, spec.n_kv_heads, config.sink, config.window)
-                    with _compressed(model):
-                        tokens = greedy_answer(model, p.input_ids, cache, config.max_new_tokens, stops,
-                                               config.prefill_chunk)
+                    with compressed_attention(model):  # chunked prefill: the prompt is read with the compressed cache
+                        o = generate(model, [p.input_ids], config.max_new_tokens, stops, cache=cache,
+                                     prefill_chunk=config.prefill_chunk)
+                    tokens = o.tokens[0, : int(o.n_tokens[0])].tolist()
                     text = tokenizer.decode(tokens, skip_special_tokens=True).split("\n", 1)[0].strip()
                     record = {"condition": cond.name, "prompt_id": pid, "length": len(p.input_ids),
                               "answer": text, "expected": expected_answer(p), "kv_bytes": cache.peak_bytes}
@@ -160,20 +130,11 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
                     run.append(record)
                     done[(cond.name, pid)] = record
                     bar.advance()
-    result = summarize(conds, prompts, done)
-    result = {"format": FORMAT, "format_version": FORMAT_VERSION,
-              "meta": run_metadata(**identity, settings={**asdict(config), "out": None},
-                                   top_heads=heads_to_strings(next(c for c in conds if c.kind == "retrieval").query_heads)),
-              **result}
-    atomic_write_json(out / RESULT_FILE, result)
-    plot_curve(result, out / FIGURE_FILE)
+    top = next(c for c in conds if c.kind == "retrieval").query_heads
+    result = config.write_result("kv-compress", RESULT_FILE, identity, summarize(conds, prompts, done),
+                                 top_heads=heads_to_strings(top))
+    plot_curve(result, Path(config.out) / FIGURE_FILE)
     return result
-
-
-def _compressed(model: Any):
-    from .attention import compressed_attention
-
-    return compressed_attention(model)
 
 
 def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -186,7 +147,7 @@ def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, 
         acc, low, high = bootstrap_ci([r["correct"] for r in recs])
         kv = sum(r["kv_bytes"] for r in recs) / len(recs)
         rows.append({"name": c.name, "kind": c.kind, "budget": c.budget, "seed": c.seed,
-                     "kv_heads": [str(k) for k in c.kv_heads], "accuracy": acc, "ci95": [low, high],
+                     "kv_heads": [str(k) for k in c.heads], "accuracy": acc, "ci95": [low, high],
                      "kv_bytes": kv, "n": len(recs)})
     full = next(r for r in rows if r["kind"] == "full")
     for r in rows:

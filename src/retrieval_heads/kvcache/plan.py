@@ -1,15 +1,9 @@
 """Which KV heads keep the whole cache: from a head set, by aggregated score, or at random.
 
-The cache stores KV heads, so the unit of compression is the KV head. A KV
-head ``(layer, g)`` serves the query heads ``g * r .. g * r + r - 1`` with
-``r = n_heads / n_kv_heads`` (GQA). Two rules map query-head results to KV heads:
-
-- ``any`` (the default for a head *set*): a KV head is kept whole when any of
-  its query heads is in the set;
-- ``max`` / ``mean`` (the default for a *budget* is ``max``): each KV head
-  gets the max (or mean) score of its query heads and the ``budget`` best
-  are kept — the aggregation RetMask's and DuoAttention's KV-head
-  comparisons use (``../shared/docs/peers.md``).
+A KV head ``(layer, g)`` serves the query heads ``g * r .. g * r + r - 1``, ``r = n_heads / n_kv_heads``
+(GQA). A head *set* maps to KV heads by the ``any`` rule (kept whole when any of its query heads is in the
+set); a *budget* keeps the ``budget`` KV heads with the best ``max`` (default) or ``mean`` score of their
+query heads, as RetMask's and DuoAttention's KV-head comparisons do (``../shared/docs/peers.md``).
 
 >>> import torch
 >>> from retrieval_heads.heads import Head, HeadScores
@@ -62,41 +56,33 @@ def kv_scores(scores: HeadScores, n_kv_heads: int, aggregate: Aggregate = "max")
     return grouped.amax(-1) if aggregate == "max" else grouped.mean(-1)
 
 
-def top_kv_heads(scores: HeadScores, n_kv_heads: int, budget: int, aggregate: Aggregate = "max") -> list[KVHead]:
-    """The ``budget`` best KV heads by aggregated score, best first (ties: layer, then KV head)."""
-    agg = kv_scores(scores, n_kv_heads, aggregate).flatten().tolist()
-    order = sorted(range(len(agg)), key=lambda i: (-agg[i], i))
+def top_kv_heads(scores: HeadScores, n_kv_heads: int, budget: int, aggregate: Aggregate = "max",
+                 per_layer: bool = False) -> list[KVHead]:
+    """The ``budget`` best KV heads by aggregated score, best first (ties: layer, then KV head);
+    with ``per_layer`` the ``budget`` best of every layer, sorted (DuoAttention-style per-layer budgets)."""
+    agg = kv_scores(scores, n_kv_heads, aggregate)  # (L, n_kv)
+    if per_layer:
+        return sorted(KVHead(layer, g) for layer in range(scores.n_layers)
+                      for g in sorted(range(n_kv_heads), key=lambda g: (-float(agg[layer, g]), g))[:budget])
+    flat = agg.flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
     return [KVHead(i // n_kv_heads, i % n_kv_heads) for i in order[:budget]]
 
 
-def top_kv_heads_per_layer(scores: HeadScores, n_kv_heads: int, per_layer: int, aggregate: Aggregate = "max") -> list[KVHead]:
-    """The ``per_layer`` best KV heads of every layer by aggregated score (DuoAttention-style per-layer budgets)."""
-    agg = kv_scores(scores, n_kv_heads, aggregate)  # (L, n_kv)
-    return sorted(KVHead(layer, g) for layer in range(scores.n_layers)
-                  for g in sorted(range(n_kv_heads), key=lambda g: (-float(agg[layer, g]), g))[:per_layer])
-
-
-def random_kv_heads_per_layer(n_layers: int, n_kv_heads: int, per_layer: int, seed: int,
-                              exclude: Iterable[KVHead] = ()) -> list[KVHead]:
-    """``per_layer`` KV heads of every layer drawn with ``seed``, never one of ``exclude``."""
+def random_kv_heads(n_layers: int, n_kv_heads: int, budget: int, seed: int, exclude: Iterable[KVHead] = (),
+                    per_layer: bool = False) -> list[KVHead]:
+    """``budget`` KV heads drawn with ``seed`` (in every layer, with ``per_layer``), never one of ``exclude``."""
     banned = {KVHead(*k) for k in exclude}
     rng = random.Random(seed)
-    out = []
-    for layer in range(n_layers):
-        pool = [KVHead(layer, g) for g in range(n_kv_heads) if KVHead(layer, g) not in banned]
-        if per_layer > len(pool):
-            raise ValueError(f"layer {layer} has only {len(pool)} KV heads outside the excluded ones")
-        out += rng.sample(pool, per_layer)
+    every = [[KVHead(layer, g) for g in range(n_kv_heads)] for layer in range(n_layers)]
+    out: list[KVHead] = []
+    for group in every if per_layer else [[k for layer in every for k in layer]]:
+        pool = [k for k in group if k not in banned]
+        if budget > len(pool):
+            raise ValueError(f"cannot draw {budget} random KV heads: only {len(pool)} lie outside the excluded ones"
+                             + (f" in layer {group[0].layer}" if per_layer else ""))
+        out += rng.sample(pool, budget)
     return sorted(out)
-
-
-def random_kv_heads(n_layers: int, n_kv_heads: int, budget: int, seed: int, exclude: Iterable[KVHead] = ()) -> list[KVHead]:
-    """``budget`` KV heads drawn with ``seed``, never one of ``exclude``."""
-    banned = {KVHead(*k) for k in exclude}
-    pool = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv_heads) if KVHead(layer, g) not in banned]
-    if budget > len(pool):
-        raise ValueError(f"cannot draw {budget} random KV heads: only {len(pool)} lie outside the excluded ones")
-    return sorted(random.Random(seed).sample(pool, budget))
 
 
 def full_per_layer(kv_heads: Sequence[KVHead], n_layers: int) -> list[list[int]]:

@@ -1,19 +1,11 @@
 """A press-shaped front end (kvpress's ``BasePress``: ``compress`` and ``with press(model):``).
 
-NVIDIA's kvpress is the ecosystem's framework for KV-cache compression, but
-kvpress 0.5.5 requires transformers < 5.3 and this toolkit needs >= 5.23, so
-it cannot host this press today. :class:`RetrievalHeadsPress` keeps kvpress's
-shape so that a later kvpress can:
-
-- ``compress(module, hidden_states, keys, values, attentions, kwargs)`` takes
-  one layer's full cache ``(B, n_kv, L, D)`` and returns it with the
-  streaming heads' evicted positions listed in ``module.masked_key_indices``
-  (kvpress's head-wise convention, as its DuoAttention press does; under
-  kvpress that is masking, not a smaller cache);
-- ``with press(model): model.generate(...)`` routes attention through
-  :func:`compressed_attention` and gives every fresh forward a
-  :class:`HeadSplitCache`, which really stores less (``press.last_cache``
-  holds the last one, for its ``peak_bytes``).
+kvpress 0.5.5 requires transformers < 5.3 (this toolkit needs >= 5.23), so it cannot host this press
+today; :class:`RetrievalHeadsPress` keeps its shape so that a later kvpress can. ``compress`` lists the
+streaming heads' evicted positions in ``module.masked_key_indices`` (kvpress's head-wise convention:
+masking, not a smaller cache); ``with press(model): model.generate(...)`` routes attention through
+:func:`compressed_attention` and gives every fresh forward a :class:`HeadSplitCache`, which really
+stores less (``press.last_cache`` holds the last one).
 
 >>> press = RetrievalHeadsPress(full=[[0], []], n_kv_heads=2, sink=1, window=2)
 >>> import torch
@@ -34,11 +26,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..heads import Head, HeadScores
+from ..heads import Head
 from ..model_spec import ModelSpec
 from .attention import compressed_attention
 from .cache import HeadSplitCache
-from .plan import Aggregate, full_per_layer, kv_heads_of, top_kv_heads
+from .plan import full_per_layer, kv_heads_of
 
 
 @dataclass
@@ -55,15 +47,6 @@ class RetrievalHeadsPress:
     def from_heads(cls, heads: Iterable[Head], spec: ModelSpec, sink: int = 4, window: int = 64) -> RetrievalHeadsPress:
         """Keep the KV heads that hold any of ``heads`` (the ``any`` rule)."""
         kv = kv_heads_of(heads, spec.n_heads, spec.n_kv_heads)
-        return cls(full_per_layer(kv, spec.n_layers), spec.n_kv_heads, sink, window)
-
-    @classmethod
-    def from_scores(
-        cls, scores: HeadScores, spec: ModelSpec, budget: int, aggregate: Aggregate = "max", sink: int = 4,
-        window: int = 64,
-    ) -> RetrievalHeadsPress:
-        """Keep the ``budget`` KV heads with the best ``aggregate`` (max/mean) of their query heads' scores."""
-        kv = top_kv_heads(scores, spec.n_kv_heads, budget, aggregate)
         return cls(full_per_layer(kv, spec.n_layers), spec.n_kv_heads, sink, window)
 
     def make_cache(self) -> HeadSplitCache:
