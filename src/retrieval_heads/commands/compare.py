@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 
 from ..evaluate.compare import CompareConfig
-from .errors import refuse
+from .errors import refusing
 from .options import MaskingOptions, ModelOptions, option
 
 
@@ -66,7 +66,7 @@ def compare_command(
     from ..runs import ResumeMismatchError
 
     console = Console(stderr=True)
-    try:
+    with refusing(errors=(ValueError, FileNotFoundError)):
         gen = {}
         if gen_kwargs:
             from lm_eval.utils import simple_parse_args_string
@@ -79,12 +79,8 @@ def compare_command(
             gen_kwargs=gen, metrics=_pairs(metric, "--metric"), batch_size=batch_size, device=device,
             device_map=device_map, dtype=dtype, seed=seed, n_bootstrap=bootstrap, overwrite=overwrite,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as err:
-        raise typer.BadParameter(str(err)) from err
-    try:
+    with refusing("compare", (ResumeMismatchError, KeyError, ValueError)):
         result = run_compare(config, progress=progress)
-    except (ResumeMismatchError, KeyError, ValueError) as err:
-        raise refuse("compare", str(err)) from None
     typer.echo(result.markdown)
     console.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
 

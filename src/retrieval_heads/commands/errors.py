@@ -35,11 +35,11 @@ def refuse(command: str, message: str) -> typer.Exit:
 
 
 @contextmanager
-def refusing(command: str | None = None) -> Iterator[None]:
-    """A ``ValueError`` inside becomes a refusal: one line ``command: message``, or typer's usage error without ``command``."""
+def refusing(command: str | None = None, errors: tuple[type[BaseException], ...] = (ValueError,)) -> Iterator[None]:
+    """``errors`` raised inside become a refusal: one line ``command: message``, or typer's usage error without ``command``."""
     try:
         yield
-    except ValueError as err:
+    except errors as err:
         if command is None:
             raise typer.BadParameter(str(err)) from err
         raise refuse(command, str(err)) from None

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from ..detect.config import DetectConfig
-from .errors import refuse
+from .errors import refusing
 from .options import GridOptions, ModelOptions, option
 
 
@@ -55,20 +55,16 @@ def languages_command(
     from ..prompt_sources import PromptRequest
 
     console = Console(stderr=True)
-    try:
+    with refusing():
         config = DetectConfig(mode=mode, batch_size=batch_size, seed=seed, alignment=alignment, table_rows=10)
         request = PromptRequest(lengths=parse_lengths(lengths), depths=parse_depths(depths), haystack=haystack,
                                 chat_template=chat_template, per_cell=per_cell, seed=seed)
         pairs = _pairs(transitions)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
     loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, device_map=device_map)
     lang_list = [x.strip() for x in langs.split(",") if x.strip()]
-    try:
+    with refusing("languages"):  # prompts that cannot be built (a length past the window, no chat template, ...)
         result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,
                                 transitions=pairs, top_k=top_k, console=console)
-    except ValueError as err:  # prompts that cannot be built (a length past the window, no chat template, ...)
-        raise refuse("languages", str(err)) from None
     console.print((out / "summary.md").read_text())
     if result["failed"]:
         console.print(f"[yellow]some runs found no retrieval: {sorted(result['failed'])}[/]")

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..evaluate.niah_eval import NiahEvalConfig
 from .compare import _pairs
-from .errors import refuse
+from .errors import refusing
 from .options import GridOptions, MaskingOptions, ModelOptions, option
 
 
@@ -54,7 +54,7 @@ def niah_eval_command(
     from ..runs import ResumeMismatchError
 
     console = Console(stderr=True)
-    try:
+    with refusing(errors=(ValueError, FileNotFoundError)):
         config = NiahEvalConfig(
             model=model, out=str(out), heads=_pairs(heads, "--heads"), top_k=top_k, mode=mode, means=means,
             random_seeds=random_seeds, layer_matched=layer_matched, haystack=haystack,
@@ -62,11 +62,7 @@ def niah_eval_command(
             chat_template=chat_template, per_cell=per_cell, max_new_tokens=max_new_tokens, batch_size=batch_size,
             share_prefix=share_prefix, device=device, device_map=device_map, dtype=dtype, overwrite=overwrite,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as err:
-        raise typer.BadParameter(str(err)) from err
-    try:
+    with refusing("niah-eval", (ResumeMismatchError, ValueError)):
         result = run_niah_eval(config, progress=progress)
-    except (ResumeMismatchError, ValueError) as err:
-        raise refuse("niah-eval", str(err)) from None
     typer.echo(result.files["summary"].read_text(encoding="utf-8"))
     console.print(f"wrote {out / 'cells.json'}, {out / 'summary.md'}, {out / 'heatmaps'}/")
