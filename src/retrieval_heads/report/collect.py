@@ -42,7 +42,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,14 @@ def _add_compare(data: dict[str, Any], name: str, source: str, report: Report) -
     report.add_metadata(source, data.get("meta"))
 
 
-def _add_pair_stats(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    report.pair_stats.append((source, data))
-    report.add_metadata(source, data.get("meta"))
+def _keep(attr: str, meta: bool = True) -> Callable[[dict[str, Any], str, str, Report], None]:
+    """A reader that keeps the file as written in ``report.<attr>`` and, with ``meta``, its ``meta`` as metadata."""
+    def read(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+        getattr(report, attr).append((source, data))
+        if meta:
+            report.add_metadata(source, data.get("meta"))
+
+    return read
 
 
 def _add_training(data: dict[str, Any], name: str, source: str, report: Report) -> None:
@@ -324,17 +329,8 @@ def _add_niah_eval(data: dict[str, Any], name: str, source: str, report: Report)
             if grid is not None:
                 grids.append(grid)
         if grids:
-            report.niah.append(NiahResult(source, grids, _baseline([g.name for g in grids]), metric, heads))
-    report.add_metadata(source, data.get("meta"))
-
-
-# ---- sharing across languages, RH vs RTH ------------------------------------------------------------
-def _add_sharing(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    report.sharing.append((source, data))
-
-
-def _add_rh_vs_rth(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    report.rh_vs_rth.append((source, data))
+            baseline = UNMASKED if any(g.name == UNMASKED for g in grids) else None
+            report.niah.append(NiahResult(source, grids, baseline, metric, heads))
     report.add_metadata(source, data.get("meta"))
 
 
@@ -356,12 +352,6 @@ def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: 
     conc = data.get("concentration") if isinstance(data.get("concentration"), dict) else None
     report.retmask.append(ModelComparison(source, base, results, conc))
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
-
-
-def _add_uses(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    """``kv_compress.json`` (:mod:`retrieval_heads.use.kv_compress`) and ``decore.json`` results."""
-    report.uses.append((source, data))
-    report.add_metadata(source, data.get("meta"))
 
 
 def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report) -> None:
@@ -407,10 +397,6 @@ def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _baseline(names: list[str]) -> str | None:
-    return UNMASKED if UNMASKED in names else None
-
-
 def _compare_rows(records: list[dict[str, Any]]) -> list[CompareRow]:
     """The summary rows of ``results.json`` (:func:`retrieval_heads.evaluate.compare.summarize`)."""
     rows = []
@@ -434,13 +420,13 @@ READERS = {  # format -> reader(data, file name, source, report)
     format_name("niah-eval"): _add_niah_eval,
     format_name("compare"): _add_compare,
     format_name("retmask-eval"): _add_model_comparison,
-    format_name("pair-stats"): _add_pair_stats,
+    format_name("pair-stats"): _keep("pair_stats"),
     format_name("retmask-train"): _add_training,
     format_name("dpo-curves"): _add_dpo_curves,
-    format_name("kv-compress"): _add_uses,
-    format_name("decore"): _add_uses,
-    format_name("sharing"): _add_sharing,
-    format_name("rh-vs-rth"): _add_rh_vs_rth,
+    format_name("kv-compress"): _keep("uses"),  # kv_compress.json (kvcache) and decore.json, as written
+    format_name("decore"): _keep("uses"),
+    format_name("sharing"): _keep("sharing", meta=False),
+    format_name("rh-vs-rth"): _keep("rh_vs_rth"),
 }
 
 
