@@ -367,11 +367,8 @@ def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report
 
 # ---- shared helpers --------------------------------------------------------------------------------------
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
+    """A finite number (``True`` is 1.0) as a float, else ``None``."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _grid_from_records(records: list[dict[str, Any]], score_key: str, name: str) -> Grid | None:
@@ -399,19 +396,12 @@ def _mean(values: list[float] | None) -> float | None:
 
 def _compare_rows(records: list[dict[str, Any]]) -> list[CompareRow]:
     """The summary rows of ``results.json`` (:func:`retrieval_heads.evaluate.compare.summarize`)."""
-    rows = []
-    for r in records:
-        if not isinstance(r, dict):
-            continue
-        n, k = r.get("n_items"), r.get("k")
-        rows.append(CompareRow(
-            task=str(r.get("task", "?")), condition=str(r.get("condition", "?")), score=_number(r.get("score")),
-            delta=_number(r.get("delta")), ci_low=_number(r.get("ci_low")), ci_high=_number(r.get("ci_high")),
-            n=int(n) if isinstance(n, (int, float)) else None, delta_ci_low=_number(r.get("delta_ci_low")),
-            delta_ci_high=_number(r.get("delta_ci_high")), k=int(k) if isinstance(k, (int, float)) else None,
-            metric=str(r["metric"]) if r.get("metric") is not None else None,
-        ))
-    return rows
+    numbers = ("score", "delta", "ci_low", "ci_high", "delta_ci_low", "delta_ci_high")
+    count = lambda v: int(v) if isinstance(v, (int, float)) else None  # noqa: E731
+    return [CompareRow(task=str(r.get("task", "?")), condition=str(r.get("condition", "?")),
+                       **{key: _number(r.get(key)) for key in numbers}, n=count(r.get("n_items")), k=count(r.get("k")),
+                       metric=str(r["metric"]) if r.get("metric") is not None else None)
+            for r in records if isinstance(r, dict)]
 
 
 READERS = {  # format -> reader(data, file name, source, report)

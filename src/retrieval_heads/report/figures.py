@@ -50,10 +50,11 @@ def _finish(fig, ax, x_name: str, y_name: str, title: str, legend_size: int | No
     return _to_uri(fig)
 
 
-def _ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
-    step = max(1, math.ceil(len(labels) / MAX_TICKS))
-    idx = list(range(0, len(labels), step))
-    return idx, [str(labels[i]) for i in idx]
+def _ticks(set_ticks, labels: Sequence[str], rotate_over: int = 0) -> None:  # noqa: ANN001 - ax.set_[xy]ticks
+    """At most ``MAX_TICKS`` evenly spaced labels, upright when one is longer than ``rotate_over`` (if given)."""
+    idx = list(range(0, len(labels), max(1, math.ceil(len(labels) / MAX_TICKS))))
+    shown = [str(labels[i]) for i in idx]
+    set_ticks(idx, shown, fontsize=7, rotation=90 if rotate_over and max(map(len, shown), default=0) > rotate_over else 0)
 
 
 def heatmap_png(
@@ -89,10 +90,8 @@ def heatmap_png(
     fig.colorbar(image, cax=cax, label=value_name)
     for r, c in outline:
         ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
-    xi, xl = _ticks(col_labels)
-    yi, yl = _ticks(row_labels)
-    ax.set_xticks(xi, xl, fontsize=7, rotation=90 if max((len(s) for s in xl), default=0) > 4 else 0)
-    ax.set_yticks(yi, yl, fontsize=7)
+    _ticks(ax.set_xticks, col_labels, rotate_over=4)
+    _ticks(ax.set_yticks, row_labels)
     return _finish(fig, ax, col_name, row_name, title)
 
 
@@ -106,8 +105,7 @@ def bars_png(
     for i, (name, values) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
         ax.bar(xs, [0.0 if v is None else float(v) for v in values], width=width, label=name)
-    xi, xl = _ticks(categories)
-    ax.set_xticks(xi, xl, fontsize=7, rotation=90 if max((len(s) for s in xl), default=0) > 6 else 0)
+    _ticks(ax.set_xticks, categories, rotate_over=6)
     ax.axhline(0, color="black", linewidth=0.6)
     return _finish(fig, ax, x_name, y_name, title, 7 if len(series) > 1 else None)
 

@@ -235,8 +235,7 @@ CONCENTRATION_LABELS = {
 
 def _languages(report: Report) -> list[str]:
     """The run's languages in its own order (the sharing analysis keeps it; the source, en, first)."""
-    order = [str(x) for _, d in report.sharing for x in d.get("languages", [])]
-    order = list(dict.fromkeys(order))
+    order = list(dict.fromkeys(str(x) for _, d in report.sharing for x in d.get("languages", [])))
     return sorted(order, key=lambda lang: lang != "en")  # stable: en first, the rest as the run gave them
 
 
@@ -266,40 +265,30 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap], languages: Sequence[
              f"The {k_text} best heads (5 % of the heads, the toolkit's default K) are outlined in red. Hover a "
              "cell for its score; click a table header to sort.</p>"]
     for i, m in enumerate(sorted(maps, key=lambda m: _map_order(m, languages))):
-        s = m.scores
-        k = min(page.heads_listed, s.n_layers * s.n_heads)
-        n_outlined = share_of_heads(s.n_layers * s.n_heads)
+        s, title = m.scores, panel_title(m)
+        k, n_outlined = min(page.heads_listed, s.n_layers * s.n_heads), share_of_heads(s.n_layers * s.n_heads)
         ranked = s.ranked()[:k]
-        title = panel_title(m)
-        heatmap = page.heatmap(
-            s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
-            "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
-            caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined",
-        )
+        heatmap = page.heatmap(s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
+                               "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
+                               caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined")
         rows = [f'<tr>{_num_td(r)}<td data-value="{h}">{h}</td>{_num_td(h.layer)}{_num_td(h.head)}{_num_td(v)}</tr>'
                 for r, (h, v) in enumerate(ranked, start=1)]
         table = _table([("rank", True), ("L.H", False), ("layer", True), ("head", True), ("score", True)], rows,
                        table_id=f"topk-{i}")
         conc = concentration(s, threshold=THRESHOLD, top=10)
         conc_table = _kv_table((CONCENTRATION_LABELS.get(key, key), value) for key, value in conc.items())
-        top_heads = [h for h, _ in ranked]
-        above = s.above(THRESHOLD)
-        bars = page.bar_chart(
-            list(range(s.n_layers)),
-            [(f"top-{k}", layer_histogram(top_heads, s.n_layers)),
-             (f"score > {THRESHOLD:g}", layer_histogram(above, s.n_layers))],
-            "layer", "heads", f"{title}: heads per layer",
-        )
+        bars = page.bar_chart(list(range(s.n_layers)),
+                              [(f"top-{k}", layer_histogram([h for h, _ in ranked], s.n_layers)),
+                               (f"score > {THRESHOLD:g}", layer_histogram(s.above(THRESHOLD), s.n_layers))],
+                              "layer", "heads", f"{title}: heads per layer")
         model = display_model(s.meta.get("model", ""))
         summary = f"{esc(title)}" + (f" — {esc(model)}" if model else "")
         is_open = i == 0 or m.kind == "transition" or not m.lang
-        parts.append(
-            f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
-            f'<summary>{summary}</summary><div class="source">{esc(m.source)}</div>'
-            f'<div class="row"><div>{heatmap}</div><div><h4>Top-{k} heads</h4>{table}</div></div>'
-            f'<div class="row"><div><h4>Concentration</h4>{conc_table}</div>'
-            f"<div><h4>Layer distribution</h4>{bars}</div></div></details>"
-        )
+        parts.append(f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
+                     f'<summary>{summary}</summary><div class="source">{esc(m.source)}</div>'
+                     f'<div class="row"><div>{heatmap}</div><div><h4>Top-{k} heads</h4>{table}</div></div>'
+                     f'<div class="row"><div><h4>Concentration</h4>{conc_table}</div>'
+                     f"<div><h4>Layer distribution</h4>{bars}</div></div></details>")
     return "".join(parts)
 
 
@@ -384,12 +373,9 @@ def _grid_figure(page: _Page, grid: Grid, title: str, diverging: bool = False) -
 
 
 def _detection_section(page: _Page, items: list[tuple[str, Grid, dict[str, Any]]]) -> str:
-    parts = []
-    for source, grid, summary in items:
-        parts.append(f'<h3>Prompts that passed the retrieval filter</h3><div class="source">{esc(source)}</div>'
-                     f'<div class="row"><div>{_grid_figure(page, grid, "share retrieved (length x depth)")}</div>'
-                     f"<div>{_kv_table(summary.items())}</div></div>")
-    return "".join(parts)
+    return "".join(f'<h3>Prompts that passed the retrieval filter</h3><div class="source">{esc(source)}</div>'
+                   f'<div class="row"><div>{_grid_figure(page, grid, "share retrieved (length x depth)")}</div>'
+                   f"<div>{_kv_table(summary.items())}</div></div>" for source, grid, summary in items)
 
 
 def _difference(grid: Grid, base: Grid) -> Grid:
