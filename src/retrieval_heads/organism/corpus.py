@@ -182,9 +182,7 @@ class Example:
 
 def make_names(n: int, seed: int) -> list[str]:
     """``n`` distinct synthetic two/three-syllable names, deterministic for ``seed``."""
-    onsets = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
-    vowels = ["a", "e", "i", "o", "u"]
-    syll = [o + v for o, v in itertools.product(onsets, vowels)]
+    syll = [o + v for o, v in itertools.product("bdfghklmnprstvz", "aeiou")]  # onset + vowel
     rng = random.Random(seed)
     out: list[str] = []
     seen: set[str] = set()
