@@ -8,6 +8,7 @@ fetched from the network, and that with JavaScript disabled the static figure sh
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,8 +52,13 @@ def browser():
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """A 6 x 8 detection run plus NIAH, comparison and RetMask results, and its report page."""
-    run = make_run(tmp_path_factory.mktemp("browser") / "run", parts=("scores", "samples", "niah", "compare", "retmask"))
+    """A 6 x 8 detection run plus NIAH, comparison and RetMask results, and its report page.
+
+    Each run records its command line (``sys.argv``): a fixed one, so that the page, its height and the
+    screenshots do not depend on how pytest was called."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["retrieval-heads", "detect", "--model", "tiny-llama"])
+        run = make_run(tmp_path_factory.mktemp("browser") / "run", parts=("scores", "samples", "niah", "compare", "retmask"))
     return write_report([run]), HeadScores.load(run / "detect" / "head_scores.json")
 
 

@@ -23,14 +23,10 @@ def load_organism(device: str = "cpu", attn_implementation: str = "sdpa"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (ORGANISM_PATH / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"no organism checkpoint at {ORGANISM_PATH}; train one with "
-            "`retrieval-heads organism train --out DIR`"
-        )
+        raise FileNotFoundError(f"no organism checkpoint at {ORGANISM_PATH}; train one with "
+                                "`retrieval-heads organism train --out DIR`")
     tokenizer = AutoTokenizer.from_pretrained(ORGANISM_PATH)
-    model = AutoModelForCausalLM.from_pretrained(
-        ORGANISM_PATH, dtype=torch.float32, attn_implementation=attn_implementation
-    )
+    model = AutoModelForCausalLM.from_pretrained(ORGANISM_PATH, dtype=torch.float32, attn_implementation=attn_implementation)
     return model.to(device).eval(), tokenizer
 
 

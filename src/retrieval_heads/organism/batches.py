@@ -57,9 +57,7 @@ def encode(tokenizer: PreTrainedTokenizerFast, ex: Example | CopyExample) -> tup
     return ids, roles
 
 
-def make_batch(
-    tokenizer: PreTrainedTokenizerFast, examples: list[Example]
-) -> dict[str, torch.Tensor]:
+def make_batch(tokenizer: PreTrainedTokenizerFast, examples: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and per-token ``role`` (see :func:`encode`)."""
     enc = [encode(tokenizer, ex) for ex in examples]
     width = max(len(ids) for ids, _ in enc)

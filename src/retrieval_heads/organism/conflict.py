@@ -48,12 +48,8 @@ def conflict_sentence(lang: str, country: str, value: str) -> tuple[str, int]:
 
 
 def conflict_prompts(
-    n: int,
-    seed: int = 0,
-    lengths: Sequence[int] = (512, 1024),
-    depths: Sequence[float] = (0.1, 0.5, 0.9),
-    langs: Sequence[str] = ("en",),
-    generator: Any = None,
+    n: int, seed: int = 0, lengths: Sequence[int] = (512, 1024), depths: Sequence[float] = (0.1, 0.5, 0.9),
+    langs: Sequence[str] = ("en",), generator: Any = None,
 ) -> list[ConflictItem]:
     """``n`` conflict prompts cycling facts, lengths, depths and languages (deterministic in ``seed``)."""
     gen = generator or organism_generator()

@@ -44,9 +44,11 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..lexicon import LexEntry, Lexicon, load_lexicon
 
@@ -57,128 +59,15 @@ RELATIONS: tuple[str, ...] = ("country", "language", "month", "weekday")  # valu
 PASSKEY = "passkey"  # a relation whose value is a random number: copied, never translated or guessed
 CHAIN_SEP = " -> "
 
-# --- per-language templates ------------------------------------------------------------------------
-# A relation R with subject s and value v. "fact" holds {s} and {v}; "q" holds {s};
-# "mh" (two hops) holds {s}, {r1} (first relation, in the "inner" form) and {r2}.
-_REL = {
-    "en": {
-        "country": ("home country", "home country"),
-        "language": ("favourite language", "favourite language"),
-        "month": ("lucky month", "lucky month"),
-        "weekday": ("market day", "market day"),
-        PASSKEY: ("passkey", "passkey"),
-    },
-    "de": {  # (nominative with article, dative with article)
-        "country": ("das Heimatland", "dem Heimatland"),
-        "language": ("die Lieblingssprache", "der Lieblingssprache"),
-        "month": ("der Glücksmonat", "dem Glücksmonat"),
-        "weekday": ("der Markttag", "dem Markttag"),
-        PASSKEY: ("der Code", "dem Code"),
-    },
-    "zh": {
-        "country": ("故乡", "故乡"),
-        "language": ("最爱的语言", "最爱的语言"),
-        "month": ("幸运月份", "幸运月份"),
-        "weekday": ("集市日", "集市日"),
-        PASSKEY: ("密码", "密码"),
-    },
-    "sw": {  # (noun phrase, connective)
-        "country": ("nchi ya nyumbani", "ya"),
-        "language": ("lugha pendwa", "ya"),
-        "month": ("mwezi wa bahati", "wa"),
-        "weekday": ("siku ya soko", "ya"),
-        PASSKEY: ("nambari ya siri", "ya"),
-    },
-}
-
-_PARAMETRIC_LEAD = {
-    "en": "The official language of {s} is",
-    "de": "Die Amtssprache von {s} ist",
-    "zh": "{s}的官方语言是",
-    "sw": "Lugha rasmi ya {s} ni",
-}
-_PARAMETRIC_Q = {
-    "en": "What is the official language of {s}?",
-    "de": "Was ist die Amtssprache von {s}?",
-    "zh": "{s}的官方语言是什么？",
-    "sw": "Lugha rasmi ya {s} ni nini?",
-}
-
-# Filler slots: {n},{n2} names; {c},{c2} countries; {l},{l2} languages; {m} month; {d} weekday;
-# {t} city. Dictionary sentences: {w} a word in this language, {L} the name of another
-# language X (in this language), {x} the word's form in X.
-_FILLER = {
-    "en": [
-        "In {m}, {n} travelled from {c} to {c2}.",
-        "{n} speaks {l} at home and {l2} at work.",
-        "Every {d}, the market in {t} is full of people.",
-        "The weather in {c} was mild during {m}.",
-        "{n} and {n2} met on a quiet {d} morning.",
-        "Many people in {c} learn {l} at school.",
-        "A letter from {t} arrived on {d}.",
-        "The train to {c} leaves every {d}.",
-        "{n} wrote a short book about {c} in {m}.",
-        "Nobody in the village remembers the storm of {m}.",
-        "The old road goes through {c} and ends near {t}.",
-        "On {d}, {n} read a newspaper in {l}.",
-        "{n} has never seen the sea near {t}.",
-        "The teachers of {l} meet in {t} every {m}.",
-    ],
-    "de": [
-        "Im {m} reiste {n} von {c} nach {c2}.",
-        "{n} spricht zu Hause {l} und bei der Arbeit {l2}.",
-        "Jeden {d} ist der Markt in {t} voller Menschen.",
-        "Das Wetter in {c} war im {m} mild.",
-        "{n} und {n2} trafen sich an einem ruhigen {d}.",
-        "Viele Menschen in {c} lernen {l} in der Schule.",
-        "Ein Brief aus {t} kam am {d} an.",
-        "Der Zug nach {c} fährt jeden {d}.",
-        "{n} schrieb im {m} ein kurzes Buch über {c}.",
-        "Niemand im Dorf erinnert sich an den Sturm im {m}.",
-        "Die alte Straße führt durch {c} und endet bei {t}.",
-        "Am {d} las {n} eine Zeitung auf {l}.",
-        "{n} hat das Meer bei {t} nie gesehen.",
-        "Die Lehrer für {l} treffen sich jeden {m} in {t}.",
-    ],
-    "zh": [
-        "{m}，{n}从{c}去了{c2}。",
-        "{n}在家说{l}，在工作中说{l2}。",
-        "每个{d}，{t}的市场都挤满了人。",
-        "{m}的时候，{c}的天气很温和。",
-        "{n}和{n2}在一个安静的{d}早上见面。",
-        "{c}的很多人在学校学习{l}。",
-        "一封来自{t}的信在{d}到了。",
-        "去{c}的火车每个{d}出发。",
-        "{n}在{m}写了一本关于{c}的小书。",
-        "村里没有人记得{m}的那场暴风雨。",
-        "那条老路穿过{c}，一直通到{t}附近。",
-        "{d}，{n}读了一份{l}报纸。",
-        "{n}从来没有见过{t}附近的大海。",
-        "{l}老师们每年{m}在{t}见面。",
-    ],
-    "sw": [
-        "Katika {m}, {n} alisafiri kutoka {c} hadi {c2}.",
-        "{n} huzungumza {l} nyumbani na {l2} kazini.",
-        "Kila {d}, soko la {t} hujaa watu.",
-        "Hali ya hewa katika {c} ilikuwa nzuri mwezi {m}.",
-        "{n} na {n2} walikutana {d} asubuhi tulivu.",
-        "Watu wengi katika {c} hujifunza {l} shuleni.",
-        "Barua kutoka {t} ilifika {d}.",
-        "Treni ya kwenda {c} huondoka kila {d}.",
-        "{n} aliandika kitabu kifupi kuhusu {c} mwezi {m}.",
-        "Hakuna mtu kijijini anayekumbuka dhoruba ya {m}.",
-        "Barabara ya zamani inapita {c} na kuishia karibu na {t}.",
-        "Jumapili iliyopita, {n} alisoma gazeti la {l}.",
-        "{n} hajawahi kuona bahari karibu na {t}.",
-        "Walimu wa {l} hukutana {t} kila {m}.",
-    ],
-}
-_DICTIONARY = {
-    "en": ["In {L}, {w} is called {x}.", "The {L} word for {w} is {x}."],
-    "de": ["Auf {L} heißt {w} {x}.", "Das Wort für {w} auf {L} ist {x}."],
-    "zh": ["{w}在{L}里叫{x}。", "{L}中{w}这个词是{x}。"],
-    "sw": ["Kwa {L}, {w} huitwa {x}.", "Neno la {L} la {w} ni {x}."],
-}
+# --- per-language templates: templates.json ----------------------------------------------------------
+# "relations": relation -> (nominative, the form inside a phrase): de (nominative with article, dative with
+# article), sw (noun phrase, connective). "fact", "question", "multihop_question": subject {s}, value {v},
+# the relation's {nom}, {Nom} (capitalised) and {inner} (numbered 1, 2 for the two hops). "filler"
+# slots: {n},{n2} names; {c},{c2} countries; {l},{l2} languages; {m} month; {d} weekday; {t} city.
+# "dictionary": {w} a word in this language, {L} the name of another language X, {x} the word in X.
+_TEMPLATES = json.loads((Path(__file__).parent / "templates.json").read_text(encoding="utf-8"))
+_REL: dict[str, dict[str, list[str]]] = _TEMPLATES["relations"]
+_PARAMETRIC_LEAD: dict[str, str] = _TEMPLATES["parametric_lead"]
 _SLOT = {"country": "c", "language": "l", "month": "m", "weekday": "d"}  # filler slot of each category
 DICTIONARY_RATE = 0.25  # share of filler sentences that are dictionary sentences
 
@@ -188,56 +77,37 @@ def joiner(lang: str) -> str:
     return "" if lang == "zh" else " "
 
 
+def _forms(lang: str, relation: str) -> dict[str, str]:
+    """The slots of a sentence template for ``relation``: ``nom``, ``Nom`` (capitalised) and ``inner``."""
+    nom, inner = _REL[lang][relation]
+    return {"nom": nom, "Nom": nom[0].upper() + nom[1:], "inner": inner}
+
+
 def fact_sentence(lang: str, relation: str, subj: str, value: str) -> tuple[str, int]:
     """A needle sentence and the character offset of ``value`` inside it.
 
     >>> fact_sentence("en", "country", "Anna", "Kenya")
     ('The home country of Anna is Kenya.', 28)
     """
-    nom, inner = _REL[lang][relation]
-    if lang == "en":
-        head = f"The {nom} of {subj} is "
-        tail = "."
-    elif lang == "de":
-        head = f"{nom[0].upper()}{nom[1:]} von {subj} ist "
-        tail = "."
-    elif lang == "zh":
-        head = f"{subj}的{nom}是"
-        tail = "。"
-    elif lang == "sw":
-        head = f"{nom[0].upper()}{nom[1:]} {inner} {subj} ni "
-        tail = "."
-    else:
-        raise KeyError(f"no templates for language {lang!r}")
+    head, tail = _TEMPLATES["fact"][lang].split("{v}")
+    head = head.format(s=subj, **_forms(lang, relation))
     return head + value + tail, len(head)
 
 
 def question(lang: str, relation: str, subj: str) -> str:
     """The question asking for ``relation`` of ``subj``."""
-    nom, inner = _REL[lang][relation]
-    return {
-        "en": f"What is the {nom} of {subj}?",
-        "de": f"Was ist {nom} von {subj}?",
-        "zh": f"{subj}的{nom}是什么？",
-        "sw": f"{nom[0].upper()}{nom[1:]} {inner} {subj} ni nini?",
-    }[lang]
+    return _TEMPLATES["question"][lang].format(s=subj, **_forms(lang, relation))
 
 
 def multihop_question(lang: str, rel1: str, rel2: str, subj: str) -> str:
     """The two-hop question: ``rel2`` of (``rel1`` of ``subj``)."""
-    nom1, inner1 = _REL[lang][rel1]
-    nom2, inner2 = _REL[lang][rel2]
-    return {
-        "en": f"What is the {nom2} of the {nom1} of {subj}?",
-        "de": f"Was ist {nom2} von {inner1} von {subj}?",
-        "zh": f"{subj}的{nom1}的{nom2}是什么？",
-        "sw": f"{nom2[0].upper()}{nom2[1:]} {inner2} {nom1} {inner1} {subj} ni nini?",
-    }[lang]
+    forms = {f"{k}{i}": v for i, rel in ((1, rel1), (2, rel2)) for k, v in _forms(lang, rel).items()}
+    return _TEMPLATES["multihop_question"][lang].format(s=subj, **forms)
 
 
 def parametric_question(lang: str, country: str) -> str:
     """Question for a parametric fact (official language of a country)."""
-    return _PARAMETRIC_Q[lang].format(s=country)
+    return _TEMPLATES["parametric_question"][lang].format(s=country)
 
 
 def answer_lead(lang: str, relation: str, subj: str) -> str:
@@ -312,9 +182,7 @@ class Example:
 
 def make_names(n: int, seed: int) -> list[str]:
     """``n`` distinct synthetic two/three-syllable names, deterministic for ``seed``."""
-    onsets = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
-    vowels = ["a", "e", "i", "o", "u"]
-    syll = [o + v for o, v in itertools.product(onsets, vowels)]
+    syll = [o + v for o, v in itertools.product("bdfghklmnprstvz", "aeiou")]  # onset + vowel
     rng = random.Random(seed)
     out: list[str] = []
     seen: set[str] = set()
@@ -438,7 +306,7 @@ class CorpusGenerator:
             if rng.random() < DICTIONARY_RATE and "language" not in exclude:  # it names a language
                 other = rng.choice([x for x in self.langs if x != lang])
                 entry = rng.choice(entries)
-                s = rng.choice(_DICTIONARY[lang]).format(
+                s = rng.choice(_TEMPLATES["dictionary"][lang]).format(
                     L=self.lang_names[other].forms[lang], w=entry.forms[lang], x=entry.forms[other]
                 )
             else:
@@ -454,7 +322,7 @@ class CorpusGenerator:
     @functools.lru_cache(maxsize=64)  # noqa: B019  (the generator lives as long as its users)
     def _filler_pools(self, lang: str, exclude: frozenset[str]) -> tuple[list[str], list[LexEntry]]:
         """Templates and dictionary entries that name no value of a category in ``exclude``."""
-        templates = [t for t in _FILLER[lang] if not any("{" + _SLOT[c] in t for c in exclude)]
+        templates = [t for t in _TEMPLATES["filler"][lang] if not any("{" + _SLOT[c] in t for c in exclude)]
         return templates, [e for e in self.lexicon.entries if e.category not in exclude]
 
     def filler(
@@ -561,12 +429,11 @@ class CorpusGenerator:
         rel = relation or self._relation(rng, task)
         if rel == PASSKEY and task == "cross":
             raise ValueError("a passkey is copied, not translated: no cross-lingual passkey examples")
-        n_dis = 0
-        if task == "multikey":
-            n_dis = rng.choice((2, 3)) if n_distractors is None else n_distractors
         if task == "multikey":  # more needles of the same relation: only the key tells them apart
+            n_dis = rng.choice((2, 3)) if n_distractors is None else n_distractors
             extra_rels = [rel] * extra_questions
         else:  # every relation (value kind) at most once in the context
+            n_dis = 0
             extra_rels = rng.sample([r for r in RELATIONS if r != rel], min(extra_questions, len(RELATIONS) - 1))
         rels = [rel] * (1 + n_dis) + extra_rels
         n_keys = len(rels)

@@ -27,14 +27,11 @@ from ..masking import masked_heads
 from ..selection import HeadSelection, share_of_heads
 from .corpus import TASKS, Example
 from .prompts import organism_prompts
-from .tasks import DEFAULT_LENGTHS, generate_answers, make_eval_set, organism_generator
+from .tasks import DEFAULT_LENGTHS, answers_correct, make_eval_set, organism_generator
 
 
 def head_scores(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence,
-    kind: str = "retrieval",
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence, kind: str = "retrieval",
     out_dir: str | Path | None = None,
 ) -> HeadScores:
     """``detect``'s teacher-mode ``retrieval`` (copy) or ``transition`` scores of ``prompts``.
@@ -56,8 +53,7 @@ def head_scores(
 def _accuracy(model, tok, examples: Sequence[Example], heads: Sequence[Head] = (),
               batch_size: int = 8) -> tuple[float, list[bool]]:
     with masked_heads(model, list(heads), mode="zero"):
-        preds = generate_answers(model, tok, examples, batch_size)
-    ok = [p == ex.answer.strip() for p, ex in zip(preds, examples, strict=True)]
+        ok = answers_correct(model, tok, examples, batch_size)
     return sum(ok) / len(ok), ok
 
 
@@ -69,12 +65,8 @@ def _by(examples: Sequence[Example], ok: Sequence[bool], key) -> dict[str, float
 
 
 def measure(
-    model_dir: str | Path | None = None,
-    n_per_task: int = 160,
-    n_detect: int = 80,
-    k_frac: float = 0.05,
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    threshold: float = 0.1,
+    model_dir: str | Path | None = None, n_per_task: int = 160, n_detect: int = 80, k_frac: float = 0.05,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4), threshold: float = 0.1,
 ) -> dict:
     """Run every measurement of the model card and return them as a JSON-able dict."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,13 +131,8 @@ def measure(
 
 
 def masking_curve(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    scores: HeadScores,
-    base: float,
-    seeds: Sequence[int],
-    ks: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16),
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, examples: Sequence[Example], scores: HeadScores,
+    base: float, seeds: Sequence[int], ks: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16),
 ) -> dict:
     """Accuracy on ``examples`` with the top-K retrieval heads masked vs K random heads outside them, per K.
 

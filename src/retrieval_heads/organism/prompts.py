@@ -31,51 +31,27 @@ def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahP
     text = example.prompt
     cross = example.lang_question != example.lang_needle
     question = text.rsplit("Question:", 1)[-1].split("\n", 1)[0].strip() or "?"
-    needle = Needle(
-        text=text[span.start : span.end],
-        question=question,
-        answer=text[span.answer_start : span.answer_end],
-        lang=example.lang_needle,
-        id=prompt_id.split("|", 1)[0],
-        target_answer=example.answer if cross else None,
-        target_lang=example.lang_question if cross else None,
-    )
+    needle = Needle(text=text[span.start : span.end], question=question, answer=text[span.answer_start : span.answer_end],
+                    lang=example.lang_needle, id=prompt_id.split("|", 1)[0],
+                    target_answer=example.answer if cross else None, target_lang=example.lang_question if cross else None)
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    needle_span = token_span(offsets, span.start, span.end)
-    answer_span = token_span(offsets, span.answer_start, span.answer_end)
-    return NiahPrompt(
-        input_ids=ids,
-        text=text,
-        context_length=len(ids),
-        depth=example.depth,
-        needle=needle,
-        needle_token_span=needle_span,
-        answer_token_span=answer_span,
-        answer_token_ids=ids[answer_span[0] : answer_span[1]],
-        meta={
-            "prompt_id": prompt_id,
-            "requested_context_length": example.length,
-            "task": example.task,
-            "answer_char_span": (span.answer_start, span.answer_end),
-            "answer_token_char_offsets": relative_offsets(offsets, answer_span, (span.answer_start, span.answer_end)),
-            "expected_answer": example.answer,
-            "expected_lang": example.lang_question,
-            "expected_continuation": " " + example.answer,
-        },
-    )
+    answer_chars = (span.answer_start, span.answer_end)
+    answer_span = token_span(offsets, *answer_chars)
+    meta = {"prompt_id": prompt_id, "requested_context_length": example.length, "task": example.task,
+            "answer_char_span": answer_chars,
+            "answer_token_char_offsets": relative_offsets(offsets, answer_span, answer_chars),
+            "expected_answer": example.answer, "expected_lang": example.lang_question,
+            "expected_continuation": " " + example.answer}
+    return NiahPrompt(input_ids=ids, text=text, context_length=len(ids), depth=example.depth, needle=needle,
+                      needle_token_span=token_span(offsets, span.start, span.end), answer_token_span=answer_span,
+                      answer_token_ids=ids[answer_span[0] : answer_span[1]], meta=meta)
 
 
 def organism_prompts(
-    tokenizer: Any,
-    task: str,
-    n: int,
-    seed: int = 0,
-    lengths: Sequence[int] | None = None,
-    langs: Sequence[str] | None = None,
-    depths: Sequence[float] | None = None,
-    generator: Any = None,
+    tokenizer: Any, task: str, n: int, seed: int = 0, lengths: Sequence[int] | None = None,
+    langs: Sequence[str] | None = None, depths: Sequence[float] | None = None, generator: Any = None,
 ) -> list[NiahPrompt]:
     """``n`` held-out organism examples of ``task`` (``mono``, ``cross``, ``multihop``, ``multikey``) as prompts.
 

@@ -49,13 +49,8 @@ def organism_generator(path: str | Path | None = None) -> CorpusGenerator:
 
 
 def make_eval_set(
-    task: str,
-    n: int,
-    seed: int,
-    lengths: Sequence[int] = DEFAULT_LENGTHS,
-    langs: Sequence[str] | None = None,
-    depths: Sequence[float] = DEFAULT_DEPTHS,
-    generator: CorpusGenerator | None = None,
+    task: str, n: int, seed: int, lengths: Sequence[int] = DEFAULT_LENGTHS, langs: Sequence[str] | None = None,
+    depths: Sequence[float] = DEFAULT_DEPTHS, generator: CorpusGenerator | None = None,
 ) -> list[Example]:
     """``n`` held-out examples of ``task``, cycling lengths, then depths, then languages.
 
@@ -80,10 +75,7 @@ def make_eval_set(
 
 
 def generate_answers(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    batch_size: int = 8,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int = 8,
     max_new_tokens: int | None = None,
 ) -> list[str]:
     """Greedy answers (text up to the first newline or EOS, stripped), in input order.
@@ -104,11 +96,18 @@ def generate_answers(
     return out
 
 
+def answers_correct(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int = 8
+) -> list[bool]:
+    """Per example: is its greedy answer ``example.answer`` (both stripped)?"""
+    preds = generate_answers(model, tokenizer, examples, batch_size)
+    return [p == ex.answer.strip() for p, ex in zip(preds, examples, strict=True)]
+
+
 def exact_match_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int = 8
 ) -> float:
     """Share of examples whose greedy answer equals ``example.answer`` (both stripped)."""
     if not examples:
         raise ValueError("no examples")
-    preds = generate_answers(model, tokenizer, examples, batch_size)
-    return sum(p == ex.answer.strip() for p, ex in zip(preds, examples, strict=True)) / len(examples)
+    return sum(answers_correct(model, tokenizer, examples, batch_size)) / len(examples)

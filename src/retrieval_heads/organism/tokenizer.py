@@ -34,31 +34,16 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train the byte-level BPE tokenizer on ``texts`` and wrap it for transformers."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        max_token_length=max_token_length,
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  max_token_length=max_token_length, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(
-                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-            ),
-        ]
-    )
+    bos = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                        special_tokens=[(BOS, tok.token_to_id(BOS))])
+    tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), bos])
     return wrap(tok)
 
 
@@ -108,9 +93,11 @@ def select_lexicon(
     return multi.subset(keep)
 
 
-def make_generator(lexicon: Lexicon, tokenizer: PreTrainedTokenizerFast, n_facts: int = 40) -> CorpusGenerator:
+def make_generator(
+    lexicon: Lexicon, tokenizer: PreTrainedTokenizerFast, n_facts: int = 40, passkey_rate: float = 0.0
+) -> CorpusGenerator:
     """A :class:`~.corpus.CorpusGenerator` that counts real tokens and asks only token-disjoint
-    cross-lingual answers."""
+    cross-lingual answers (``passkey_rate``: see :meth:`~.corpus.CorpusGenerator.example`)."""
     backend = tokenizer.backend_tokenizer
 
     def count(text: str) -> int:
@@ -124,4 +111,5 @@ def make_generator(lexicon: Lexicon, tokenizer: PreTrainedTokenizerFast, n_facts
             cache[key] = token_disjoint(tokenizer, entry, src, tgt)
         return cache[key]
 
-    return CorpusGenerator(lexicon, count_tokens=count, n_facts=n_facts, translatable=translatable)
+    return CorpusGenerator(lexicon, count_tokens=count, n_facts=n_facts, translatable=translatable,
+                           passkey_rate=passkey_rate)

@@ -66,15 +66,10 @@ def build_tokenizer(cfg: OrganismTrainConfig):
     full = load_lexicon()
     draft = CorpusGenerator(full)
     rng = random.Random(cfg.seed + 1)
-    texts = []
-    for _ in range(cfg.tokenizer_texts):
-        ex = draft.example(rng.choice(TASKS), rng, rng.choice((128, 256, 384)))
-        texts.append(ex.prompt + ex.target)
-    tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.max_token_length)
+    examples = (draft.example(rng.choice(TASKS), rng, rng.choice((128, 256, 384))) for _ in range(cfg.tokenizer_texts))
+    tokenizer = train_tokenizer([ex.prompt + ex.target for ex in examples], cfg.vocab_size, cfg.max_token_length)
     lexicon = select_lexicon(full, tokenizer, cfg.max_per_category)
-    gen = make_generator(lexicon, tokenizer)
-    gen.passkey_rate = cfg.passkey_rate
-    return tokenizer, lexicon, gen
+    return tokenizer, lexicon, make_generator(lexicon, tokenizer, passkey_rate=cfg.passkey_rate)
 
 
 def load_tokenizer(directory: str | Path, passkey_rate: float = 0.0):
@@ -84,9 +79,7 @@ def load_tokenizer(directory: str | Path, passkey_rate: float = 0.0):
     for loading_only in ("is_local", "local_files_only"):  # not settings: keep them out of the saved config
         tokenizer.init_kwargs.pop(loading_only, None)
     lexicon = Lexicon.from_jsonl(Path(directory) / LEXICON_FILE)
-    gen = make_generator(lexicon, tokenizer)
-    gen.passkey_rate = passkey_rate
-    return tokenizer, lexicon, gen
+    return tokenizer, lexicon, make_generator(lexicon, tokenizer, passkey_rate=passkey_rate)
 
 
 def build_model(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -249,12 +242,9 @@ def train_organism(config: OrganismTrainConfig) -> Path:
         first, resumed_at = resumed["step"], [*resumed["resumed_at"], resumed["step"]]
         t0, c0 = t0 - resumed["wall_s"], c0 - resumed["cpu_s"]
     model.train()
-    columns = [
-        TextColumn("[bold]organism"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3f} lm {task.fields[lm]:.2f} len {task.fields[len]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    ]
-    progress = Progress(*columns)
+    progress = Progress(TextColumn("[bold]organism"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.3f} lm {task.fields[lm]:.2f} len {task.fields[len]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn())
     with track("organism", end, first, progress=progress, loss=float("nan"), lm=float("nan"), len=0) as bar:
         for step in range(first, end):
             length = step_length(cfg, step, rng)

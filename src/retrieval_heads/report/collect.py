@@ -42,7 +42,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,14 @@ def _add_compare(data: dict[str, Any], name: str, source: str, report: Report) -
     report.add_metadata(source, data.get("meta"))
 
 
-def _add_pair_stats(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    report.pair_stats.append((source, data))
-    report.add_metadata(source, data.get("meta"))
+def _keep(attr: str, meta: bool = True) -> Callable[[dict[str, Any], str, str, Report], None]:
+    """A reader that keeps the file as written in ``report.<attr>`` and, with ``meta``, its ``meta`` as metadata."""
+    def read(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+        getattr(report, attr).append((source, data))
+        if meta:
+            report.add_metadata(source, data.get("meta"))
+
+    return read
 
 
 def _add_training(data: dict[str, Any], name: str, source: str, report: Report) -> None:
@@ -324,17 +329,8 @@ def _add_niah_eval(data: dict[str, Any], name: str, source: str, report: Report)
             if grid is not None:
                 grids.append(grid)
         if grids:
-            report.niah.append(NiahResult(source, grids, _baseline([g.name for g in grids]), metric, heads))
-    report.add_metadata(source, data.get("meta"))
-
-
-# ---- sharing across languages, RH vs RTH ------------------------------------------------------------
-def _add_sharing(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    report.sharing.append((source, data))
-
-
-def _add_rh_vs_rth(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    report.rh_vs_rth.append((source, data))
+            baseline = UNMASKED if any(g.name == UNMASKED for g in grids) else None
+            report.niah.append(NiahResult(source, grids, baseline, metric, heads))
     report.add_metadata(source, data.get("meta"))
 
 
@@ -358,12 +354,6 @@ def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: 
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
 
 
-def _add_uses(data: dict[str, Any], name: str, source: str, report: Report) -> None:
-    """``kv_compress.json`` (:mod:`retrieval_heads.use.kv_compress`) and ``decore.json`` results."""
-    report.uses.append((source, data))
-    report.add_metadata(source, data.get("meta"))
-
-
 def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report) -> None:
     """``training_curves.json`` of :mod:`retrieval_heads.retmask.curves`: per-step DPO metrics, held-out before/after."""
     train = [r for r in data.get("train") or [] if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
@@ -377,11 +367,8 @@ def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report
 
 # ---- shared helpers --------------------------------------------------------------------------------------
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
+    """A finite number (``True`` is 1.0) as a float, else ``None``."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _grid_from_records(records: list[dict[str, Any]], score_key: str, name: str) -> Grid | None:
@@ -407,25 +394,14 @@ def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _baseline(names: list[str]) -> str | None:
-    return UNMASKED if UNMASKED in names else None
-
-
 def _compare_rows(records: list[dict[str, Any]]) -> list[CompareRow]:
     """The summary rows of ``results.json`` (:func:`retrieval_heads.evaluate.compare.summarize`)."""
-    rows = []
-    for r in records:
-        if not isinstance(r, dict):
-            continue
-        n, k = r.get("n_items"), r.get("k")
-        rows.append(CompareRow(
-            task=str(r.get("task", "?")), condition=str(r.get("condition", "?")), score=_number(r.get("score")),
-            delta=_number(r.get("delta")), ci_low=_number(r.get("ci_low")), ci_high=_number(r.get("ci_high")),
-            n=int(n) if isinstance(n, (int, float)) else None, delta_ci_low=_number(r.get("delta_ci_low")),
-            delta_ci_high=_number(r.get("delta_ci_high")), k=int(k) if isinstance(k, (int, float)) else None,
-            metric=str(r["metric"]) if r.get("metric") is not None else None,
-        ))
-    return rows
+    numbers = ("score", "delta", "ci_low", "ci_high", "delta_ci_low", "delta_ci_high")
+    count = lambda v: int(v) if isinstance(v, (int, float)) else None  # noqa: E731
+    return [CompareRow(task=str(r.get("task", "?")), condition=str(r.get("condition", "?")),
+                       **{key: _number(r.get(key)) for key in numbers}, n=count(r.get("n_items")), k=count(r.get("k")),
+                       metric=str(r["metric"]) if r.get("metric") is not None else None)
+            for r in records if isinstance(r, dict)]
 
 
 READERS = {  # format -> reader(data, file name, source, report)
@@ -434,13 +410,13 @@ READERS = {  # format -> reader(data, file name, source, report)
     format_name("niah-eval"): _add_niah_eval,
     format_name("compare"): _add_compare,
     format_name("retmask-eval"): _add_model_comparison,
-    format_name("pair-stats"): _add_pair_stats,
+    format_name("pair-stats"): _keep("pair_stats"),
     format_name("retmask-train"): _add_training,
     format_name("dpo-curves"): _add_dpo_curves,
-    format_name("kv-compress"): _add_uses,
-    format_name("decore"): _add_uses,
-    format_name("sharing"): _add_sharing,
-    format_name("rh-vs-rth"): _add_rh_vs_rth,
+    format_name("kv-compress"): _keep("uses"),  # kv_compress.json (kvcache) and decore.json, as written
+    format_name("decore"): _keep("uses"),
+    format_name("sharing"): _keep("sharing", meta=False),
+    format_name("rh-vs-rth"): _keep("rh_vs_rth"),
 }
 
 

@@ -39,24 +39,28 @@ def _new_figure(width: float, height: float, right: float = 0.25):  # noqa: ANN2
     return fig, ax
 
 
-def _ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
-    step = max(1, math.ceil(len(labels) / MAX_TICKS))
-    idx = list(range(0, len(labels), step))
-    return idx, [str(labels[i]) for i in idx]
+def _finish(fig, ax, x_name: str, y_name: str, title: str, legend_size: int | None = None) -> str:  # noqa: ANN001
+    """Axis labels, an optional legend and title; the figure as a PNG data URI."""
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    if legend_size:
+        ax.legend(fontsize=legend_size)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _to_uri(fig)
+
+
+def _ticks(set_ticks, labels: Sequence[str], rotate_over: int = 0) -> None:  # noqa: ANN001 - ax.set_[xy]ticks
+    """At most ``MAX_TICKS`` evenly spaced labels, upright when one is longer than ``rotate_over`` (if given)."""
+    idx = list(range(0, len(labels), max(1, math.ceil(len(labels) / MAX_TICKS))))
+    shown = [str(labels[i]) for i in idx]
+    set_ticks(idx, shown, fontsize=7, rotation=90 if rotate_over and max(map(len, shown), default=0) > rotate_over else 0)
 
 
 def heatmap_png(
-    values: Sequence[Sequence[float | None]],
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    row_name: str,
-    col_name: str,
-    value_name: str,
-    title: str = "",
-    diverging: bool = False,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    outline: Sequence[tuple[int, int]] = (),
+    values: Sequence[Sequence[float | None]], row_labels: Sequence[str], col_labels: Sequence[str], row_name: str,
+    col_name: str, value_name: str, title: str = "", diverging: bool = False, vmin: float | None = None,
+    vmax: float | None = None, outline: Sequence[tuple[int, int]] = (),
 ) -> str:
     """A heatmap (row 0 at the top) as a PNG data URI; ``None`` cells are blank; ``outline`` cells get a red box.
 
@@ -86,22 +90,13 @@ def heatmap_png(
     fig.colorbar(image, cax=cax, label=value_name)
     for r, c in outline:
         ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
-    xi, xl = _ticks(col_labels)
-    yi, yl = _ticks(row_labels)
-    ax.set_xticks(xi, xl, fontsize=7, rotation=90 if max((len(s) for s in xl), default=0) > 4 else 0)
-    ax.set_yticks(yi, yl, fontsize=7)
-    ax.set_xlabel(col_name)
-    ax.set_ylabel(row_name)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _to_uri(fig)
+    _ticks(ax.set_xticks, col_labels, rotate_over=4)
+    _ticks(ax.set_yticks, row_labels)
+    return _finish(fig, ax, col_name, row_name, title)
 
 
 def bars_png(
-    categories: Sequence[str],
-    series: Sequence[tuple[str, Sequence[float | None]]],
-    x_name: str,
-    y_name: str,
+    categories: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], x_name: str, y_name: str,
     title: str = "",
 ) -> str:
     """Grouped bars (one group per category, one bar per series) as a PNG data URI."""
@@ -110,38 +105,22 @@ def bars_png(
     for i, (name, values) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
         ax.bar(xs, [0.0 if v is None else float(v) for v in values], width=width, label=name)
-    xi, xl = _ticks(categories)
-    ax.set_xticks(xi, xl, fontsize=7, rotation=90 if max((len(s) for s in xl), default=0) > 6 else 0)
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(y_name)
+    _ticks(ax.set_xticks, categories, rotate_over=6)
     ax.axhline(0, color="black", linewidth=0.6)
-    if len(series) > 1:
-        ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _to_uri(fig)
+    return _finish(fig, ax, x_name, y_name, title, 7 if len(series) > 1 else None)
 
 
 def line_png(xs: Sequence[float], ys: Sequence[float], x_name: str, y_name: str, title: str = "") -> str:
     """A single line (e.g. the DPO training loss) as a PNG data URI."""
-    fig, ax = _new_figure(5.5, 2.6)
-    ax.plot(list(xs), list(ys), marker="." if len(xs) < 40 else None)
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(y_name)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _to_uri(fig)
+    return curves_png(xs, [("", ys)], y_name, title, x_name=x_name)
 
 
 def curves_png(
-    steps: Sequence[float],
-    series: Sequence[tuple[str, Sequence[float | None]]],
-    y_name: str,
-    title: str = "",
-    markers: Sequence[tuple[str, float, float]] = (),
+    steps: Sequence[float], series: Sequence[tuple[str, Sequence[float | None]]], y_name: str, title: str = "",
+    markers: Sequence[tuple[str, float, float]] = (), x_name: str = "step",
 ) -> str:
-    """Several lines over optimiser steps (e.g. DPO reward accuracy, margin) plus labelled point ``markers``
-    ``(label, step, value)`` (e.g. held-out values before and after training), as a PNG data URI."""
+    """Lines over ``steps`` (e.g. DPO reward accuracy, margin; ``None`` values are left out) plus labelled
+    point ``markers`` ``(label, step, value)`` (e.g. held-out values before and after training), as a PNG data URI."""
     fig, ax = _new_figure(5.5, 2.6)
     for name, values in series:
         points = [(x, v) for x, v in zip(steps, values, strict=True) if v is not None]
@@ -150,13 +129,7 @@ def curves_png(
                     label=name)
     for i, (label, x, value) in enumerate(markers):
         ax.scatter([x], [value], marker="os^v"[i % 4], color="black", zorder=3, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(y_name)
-    if len(series) + len(markers) > 1:
-        ax.legend(fontsize=6)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _to_uri(fig)
+    return _finish(fig, ax, x_name, y_name, title, 6 if len(series) + len(markers) > 1 else None)
 
 
 def errorbar_curves_png(
@@ -170,9 +143,4 @@ def errorbar_curves_png(
                                        [hi - y for y, (_, hi) in zip(ys, bounds, strict=True)]]
         ax.errorbar(list(xs), list(ys), yerr=err, marker="o", capsize=3, label=name,
                     linestyle="-" if len(xs) > 1 else "none")
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(y_name)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _to_uri(fig)
+    return _finish(fig, ax, x_name, y_name, title, 7)

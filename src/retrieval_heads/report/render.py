@@ -1,6 +1,6 @@
 """Render a :class:`~retrieval_heads.report.collect.Report` as one self-contained HTML page.
 
-The page carries everything inline: the CSS and JS from ``assets/``, the data
+The page carries everything inline: its skeleton, CSS and JS from ``assets/``, the data
 as JSON in ``<script type="application/json" id="report-data">``, and a
 matplotlib PNG (``data:`` URI) for every interactive figure. The PNG shows
 until the script has drawn the interactive figure, so the page still reads
@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -55,22 +56,15 @@ def fmt(value: Any, digits: int = 4) -> str:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _num_td(value: Any, digits: int = 4, signed: bool = False) -> str:
-    cls = "num"
-    if signed and isinstance(value, (int, float)) and value:
-        cls += " pos" if value > 0 else " neg"
-    text = fmt(value, digits)
-    if signed and isinstance(value, (int, float)) and value > 0:
-        text = "+" + text
+    """A numeric cell; ``signed``: a ``+`` on gains, coloured ``pos``/``neg``."""
+    sign = (value > 0) - (value < 0) if signed and isinstance(value, (int, float)) else 0
     data = "" if value is None else f' data-value="{esc(value)}"'
-    return f'<td class="{cls}"{data}>{esc(text)}</td>'
+    cls = {1: "num pos", -1: "num neg"}.get(sign, "num")
+    return f'<td class="{cls}"{data}>{esc("+" * (sign > 0) + fmt(value, digits))}</td>'
 
 
 def _table(headers: Sequence[tuple[str, bool]], rows: Iterable[str], table_id: str = "", sortable: bool = True) -> str:
@@ -83,7 +77,7 @@ def _table(headers: Sequence[tuple[str, bool]], rows: Iterable[str], table_id: s
 
 
 def _kv_table(items: Iterable[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v) if not isinstance(v, str) else v)}</td></tr>" for k, v in items)
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in items)
     return f'<table class="kv"><tbody>{rows}</tbody></table>'
 
 
@@ -123,8 +117,6 @@ def display_model(name: Any) -> Any:
     """The name a user gives for a model: a built-in model's install path becomes its name (``organism``)."""
     if not isinstance(name, str) or "/" not in name:
         return name
-    from pathlib import Path
-
     from ..model_spec import BUILTIN_MODELS, resolve_model_path
 
     for builtin in BUILTIN_MODELS:
@@ -217,34 +209,10 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
     data_json = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
     css = _asset("report.css").replace("</style", "<\\/style")
     js = _asset("report.js").replace("</script", "<\\/script")
-    generated = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    runs = ", ".join(str(d) for d in report.run_dirs)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="retrieval-heads {esc(__version__)}">
-<title>{esc(title)}</title>
-<style>
-{css}
-</style>
-</head>
-<body>
-<header class="page"><h1>{esc(title)}</h1>
-<div class="sub">runs: {esc(runs)} · generated {esc(generated)} by retrieval-heads {esc(__version__)}</div></header>
-<nav class="toc">{toc}{'<a href="#warnings">Warnings</a>' if warnings else ''}</nav>
-<main>
-{warnings}
-{body}
-</main>
-<script type="application/json" id="report-data">{data_json}</script>
-<script>
-{js}
-</script>
-</body>
-</html>
-"""
+    return _asset("report.html").format(  # the page skeleton
+        version=esc(__version__), title=esc(title), css=css, js=js, data=data_json, body=body, warnings=warnings,
+        runs=esc(", ".join(str(d) for d in report.run_dirs)), generated=esc(time.strftime("%Y-%m-%d %H:%M:%S %z")),
+        toc=toc + ('<a href="#warnings">Warnings</a>' if warnings else ""))
 
 
 def _score_map_data(m: ScoreMap) -> dict[str, Any]:
@@ -267,8 +235,7 @@ CONCENTRATION_LABELS = {
 
 def _languages(report: Report) -> list[str]:
     """The run's languages in its own order (the sharing analysis keeps it; the source, en, first)."""
-    order = [str(x) for _, d in report.sharing for x in d.get("languages", [])]
-    order = list(dict.fromkeys(order))
+    order = list(dict.fromkeys(str(x) for _, d in report.sharing for x in d.get("languages", [])))
     return sorted(order, key=lambda lang: lang != "en")  # stable: en first, the rest as the run gave them
 
 
@@ -298,40 +265,30 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap], languages: Sequence[
              f"The {k_text} best heads (5 % of the heads, the toolkit's default K) are outlined in red. Hover a "
              "cell for its score; click a table header to sort.</p>"]
     for i, m in enumerate(sorted(maps, key=lambda m: _map_order(m, languages))):
-        s = m.scores
-        k = min(page.heads_listed, s.n_layers * s.n_heads)
-        n_outlined = share_of_heads(s.n_layers * s.n_heads)
+        s, title = m.scores, panel_title(m)
+        k, n_outlined = min(page.heads_listed, s.n_layers * s.n_heads), share_of_heads(s.n_layers * s.n_heads)
         ranked = s.ranked()[:k]
-        title = panel_title(m)
-        heatmap = page.heatmap(
-            s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
-            "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
-            caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined",
-        )
+        heatmap = page.heatmap(s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
+                               "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
+                               caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined")
         rows = [f'<tr>{_num_td(r)}<td data-value="{h}">{h}</td>{_num_td(h.layer)}{_num_td(h.head)}{_num_td(v)}</tr>'
                 for r, (h, v) in enumerate(ranked, start=1)]
         table = _table([("rank", True), ("L.H", False), ("layer", True), ("head", True), ("score", True)], rows,
                        table_id=f"topk-{i}")
         conc = concentration(s, threshold=THRESHOLD, top=10)
         conc_table = _kv_table((CONCENTRATION_LABELS.get(key, key), value) for key, value in conc.items())
-        top_heads = [h for h, _ in ranked]
-        above = s.above(THRESHOLD)
-        bars = page.bar_chart(
-            list(range(s.n_layers)),
-            [(f"top-{k}", layer_histogram(top_heads, s.n_layers)),
-             (f"score > {THRESHOLD:g}", layer_histogram(above, s.n_layers))],
-            "layer", "heads", f"{title}: heads per layer",
-        )
+        bars = page.bar_chart(list(range(s.n_layers)),
+                              [(f"top-{k}", layer_histogram([h for h, _ in ranked], s.n_layers)),
+                               (f"score > {THRESHOLD:g}", layer_histogram(s.above(THRESHOLD), s.n_layers))],
+                              "layer", "heads", f"{title}: heads per layer")
         model = display_model(s.meta.get("model", ""))
         summary = f"{esc(title)}" + (f" — {esc(model)}" if model else "")
         is_open = i == 0 or m.kind == "transition" or not m.lang
-        parts.append(
-            f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
-            f'<summary>{summary}</summary><div class="source">{esc(m.source)}</div>'
-            f'<div class="row"><div>{heatmap}</div><div><h4>Top-{k} heads</h4>{table}</div></div>'
-            f'<div class="row"><div><h4>Concentration</h4>{conc_table}</div>'
-            f"<div><h4>Layer distribution</h4>{bars}</div></div></details>"
-        )
+        parts.append(f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
+                     f'<summary>{summary}</summary><div class="source">{esc(m.source)}</div>'
+                     f'<div class="row"><div>{heatmap}</div><div><h4>Top-{k} heads</h4>{table}</div></div>'
+                     f'<div class="row"><div><h4>Concentration</h4>{conc_table}</div>'
+                     f"<div><h4>Layer distribution</h4>{bars}</div></div></details>")
     return "".join(parts)
 
 
@@ -416,12 +373,9 @@ def _grid_figure(page: _Page, grid: Grid, title: str, diverging: bool = False) -
 
 
 def _detection_section(page: _Page, items: list[tuple[str, Grid, dict[str, Any]]]) -> str:
-    parts = []
-    for source, grid, summary in items:
-        parts.append(f'<h3>Prompts that passed the retrieval filter</h3><div class="source">{esc(source)}</div>'
-                     f'<div class="row"><div>{_grid_figure(page, grid, "share retrieved (length x depth)")}</div>'
-                     f"<div>{_kv_table(summary.items())}</div></div>")
-    return "".join(parts)
+    return "".join(f'<h3>Prompts that passed the retrieval filter</h3><div class="source">{esc(source)}</div>'
+                   f'<div class="row"><div>{_grid_figure(page, grid, "share retrieved (length x depth)")}</div>'
+                   f"<div>{_kv_table(summary.items())}</div></div>" for source, grid, summary in items)
 
 
 def _difference(grid: Grid, base: Grid) -> Grid:
@@ -465,9 +419,12 @@ def _niah_section(page: _Page, results: list[NiahResult]) -> str:
 
 
 def _interval_text(low: float | None, high: float | None) -> str:
-    if low is None or high is None:
-        return "—"
-    return f"[{low:.4f}, {high:.4f}]"
+    return "—" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+
+
+def _interval_td(low: float | None, high: float | None) -> str:
+    """A table cell ``[low, high]`` that sorts by ``low``."""
+    return f'<td class="num" data-value="{"" if low is None else low}">{esc(_interval_text(low, high))}</td>'
 
 
 def _compare_section(tables: list[tuple[str, list[CompareRow]]]) -> str:
@@ -479,11 +436,9 @@ def _compare_section(tables: list[tuple[str, list[CompareRow]]]) -> str:
     for i, (source, rows) in enumerate(tables):
         trs = []
         for r in rows:
-            ci = f'<td class="num" data-value="{"" if r.ci_low is None else r.ci_low}">{esc(_interval_text(r.ci_low, r.ci_high))}</td>'
-            dci = (f'<td class="num" data-value="{"" if r.delta_ci_low is None else r.delta_ci_low}">'
-                   f"{esc(_interval_text(r.delta_ci_low, r.delta_ci_high))}</td>")
-            trs.append(f"<tr><td>{esc(r.task)}</td><td>{esc(r.condition)}</td>{_num_td(r.k)}{_num_td(r.score)}{ci}"
-                       f"{_num_td(r.delta, signed=True)}{dci}{_num_td(r.n)}</tr>")
+            trs.append(f"<tr><td>{esc(r.task)}</td><td>{esc(r.condition)}</td>{_num_td(r.k)}{_num_td(r.score)}"
+                       f"{_interval_td(r.ci_low, r.ci_high)}{_num_td(r.delta, signed=True)}"
+                       f"{_interval_td(r.delta_ci_low, r.delta_ci_high)}{_num_td(r.n)}</tr>")
         metrics = sorted({r.metric for r in rows if r.metric})
         note = f'<div class="note">metric: {esc(", ".join(metrics))}</div>' if metrics else ""
         parts.append(f'<div class="source">{esc(source)}</div>{note}' + _table(
@@ -604,16 +559,13 @@ def _dpo_curves_section(items: list[tuple[str, dict[str, Any]]]) -> str:
     return "".join(parts)
 
 
-def _duration(meta: dict[str, Any]) -> str | None:
-    out = []
-    for key in DURATION_KEYS:
-        value = meta.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out.append(f"{key.removesuffix('_s')} {value:.1f} s ({time.strftime('%H:%M:%S', time.gmtime(value))})")
-    runtime = (meta.get("metrics") or {}).get("train_runtime") if isinstance(meta.get("metrics"), dict) else None
-    if isinstance(runtime, (int, float)):
-        out.append(f"train {runtime:.1f} s")
-    return "; ".join(out) or None
+def _duration(meta: dict[str, Any]) -> str:
+    """``wall 12.5 s (00:00:12)``: every duration the run records, ``;``-separated; empty if none."""
+    out = [f"{key.removesuffix('_s')} {v:.1f} s ({time.strftime('%H:%M:%S', time.gmtime(v))})"
+           for key in DURATION_KEYS if isinstance(v := meta.get(key), (int, float)) and not isinstance(v, bool)]
+    metrics = meta.get("metrics")
+    runtime = metrics.get("train_runtime") if isinstance(metrics, dict) else None
+    return "; ".join(out + ([f"train {runtime:.1f} s"] if isinstance(runtime, (int, float)) else []))
 
 
 def _meta_value(key: str, value: Any) -> str:
@@ -672,10 +624,8 @@ def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
     for (source, meta), run in zip(items, settings, strict=True):
         versions = meta.get("versions")
         versions_text = ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else "—"
-        created = str(meta.get("created") or "—")
         duration = _duration(meta)
-        if duration:
-            created += f" ({duration})"
+        created = str(meta.get("created") or "—") + (f" ({duration})" if duration else "")
         command = meta.get("command")
         command_text = " ".join(map(str, command)) if isinstance(command, list) else str(command or "—")
         setting_text = "; ".join(f"{k} {run[k]}" for k in shown if k in run) or "—"
