@@ -7,7 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from retrieval_heads.demo import DemoConfig
 from retrieval_heads.organism import ORGANISM_PATH
+from retrieval_heads.organism.plugin import length_slack
 from retrieval_heads.prompt_sources import PromptRequest, build_prompts, default_lengths
 from tests.detect.test_detect_cli import _app
 
@@ -47,9 +49,20 @@ def test_lengths_the_builtin_prompts_cannot_meet_are_refused(tmp_path, tokenizer
     assert max(len(p.input_ids) for p in fits) <= need
 
 
-def test_every_builtin_prompt_is_at_most_its_recorded_length(tokenizer):
+def test_every_builtin_prompt_is_within_its_slack_of_its_recorded_length(tokenizer):
     prompts = build_prompts("organism", tokenizer, 2048, PromptRequest(lengths=[64, 128], depths=[0.0, 1.0]))
-    assert all(len(p.input_ids) <= p.meta["requested_context_length"] for p in prompts)
+    assert all(len(p.input_ids) <= p.meta["requested_context_length"] + length_slack(p.meta["requested_context_length"])
+               for p in prompts)
+
+
+def test_the_demo_grid_is_built_in_every_demo_language(tokenizer):
+    """The demo's detection grid (256-1024 tokens, 5 depths, 2 a cell) in each language: 1 token over is not refused."""
+    demo = DemoConfig()
+    for lang in demo.langs:
+        request = PromptRequest(lengths=list(demo.lengths), depths=[i / (demo.depths - 1) for i in range(demo.depths)],
+                                per_cell=demo.per_cell, seed=demo.seed, lang=lang)
+        prompts = build_prompts("organism", tokenizer, 2048, request)
+        assert len(prompts) == len(demo.lengths) * demo.depths * demo.per_cell
 
 
 def test_the_default_grid_fits_the_window(tokenizer):
