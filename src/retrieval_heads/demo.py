@@ -7,7 +7,7 @@ after an interruption continues where it stopped. Output layout::
     languages/   rh-{lang}/, rth-en-de/, sharing.json, rh_vs_rth-en-de.json   (detection)
     niah/        NIAH accuracy per length x depth, unmasked vs masked            (niah-eval)
     compare/     organism tasks x conditions with bootstrap intervals            (compare)
-    retmask/     preference pairs, DPO (LoRA), before/after evaluation            (retmask)
+    retmask/     preference pairs, DPO, before/after evaluation: RetMask and its random-heads control (retmask)
     report.html  everything above on one self-contained page
 """
 
@@ -43,6 +43,7 @@ class DemoConfig:
     retmask: bool = field(default=True, metadata={"help": "Include the short RetMask run."})
     retmask_prompts: int = field(default=64, metadata={"help": "Prompts sampled for the RetMask preference pairs."})
     retmask_eval: int = field(default=40, metadata={"help": "Held-out examples per suite in the RetMask evaluation."})
+    retmask_control: bool = field(default=True, metadata={"help": "Also run RetMask's random-heads control arm (same pair count and steps)."})
     seed: int = field(default=0, metadata={"help": "Seed of every step."})
     steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"), metadata={"help": "Steps to run: languages, niah, compare, retmask, report."})
 
@@ -112,7 +113,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
 
         run_retmask_pipeline(
             RetMaskPipelineConfig(model=config.model, heads=str(rh_path), out=str(out / "retmask"), top_k=k,
-                                  n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed),
+                                  n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed,
+                                  random_control=config.retmask_control),
             console=console,
         )
     if missing:

@@ -110,17 +110,28 @@ def open_pipeline(config: RetMaskPipelineConfig, weights: str) -> Run:
                     hint="Resuming would mix work from two runs: use another out folder, or delete it to start over.")
 
 
-def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run (or resume) RetMask; returns the evaluation report (also in ``out/retmask_eval.json``)."""
+@dataclass
+class ArmPairs:
+    """What :func:`pipeline_pairs` made: per arm its heads and pair counts (``stats[arm]["train_file"]``
+    names the training pairs inside ``out``), plus the base model's path, task suite and head scores."""
+
+    out: Path
+    model_path: str
+    tasks: Any
+    scores: HeadScores
+    heads: dict[str, dict[str, Any]]  # arm -> the selection and the masked heads
+    stats: dict[str, dict[str, Any]]  # arm -> n_prompts, n_pairs, dropped, n_train, train_file
+
+
+def pipeline_pairs(config: RetMaskPipelineConfig, console: Console | None = None) -> ArmPairs:
+    """Open (or resume) the run ``config.out`` and sample every arm's pairs (:func:`make_arm_pairs`)."""
     from ..builtins import task_suite
     from ..model_spec import load_model, resolve_model_path, weights_fingerprint
 
     console = console or Console(stderr=True)
-    out = Path(config.out)
     model_path = resolve_model_path(config.model)
     model, tokenizer, spec = load_model(config.model, dtype="float32", device="cpu")
     tasks = task_suite(model_path)
-    scores = HeadScores.load(config.heads)
     selections = {"retmask": HeadSelection(scores=config.heads, top_k=config.top_k)}
     if config.random_control:  # as many random heads, outside that top-K
         selections["random_control"] = dataclasses.replace(selections["retmask"], random_seed=config.random_seed)
@@ -130,10 +141,17 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
         arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
     run = open_pipeline(config, weights_fingerprint(model))  # the heads are valid: now the folder is checked
     prompts = _training_prompts(tasks.generator, config, run)
-    pair_stats = make_arm_pairs(model, tokenizer, {arm: heads for arm, (heads, _info) in arms.items()}, prompts,
-                                config, console)
-    del model
+    stats = make_arm_pairs(model, tokenizer, {arm: heads for arm, (heads, _info) in arms.items()}, prompts,
+                           config, console)
+    return ArmPairs(Path(config.out), model_path, tasks, HeadScores.load(config.heads),
+                    {arm: info for arm, (_h, info) in arms.items()}, stats)
 
+
+def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) RetMask; returns the evaluation report (also in ``out/retmask_eval.json``)."""
+    console = console or Console(stderr=True)
+    pairs = pipeline_pairs(config, console)
+    out, model_path, pair_stats = pairs.out, pairs.model_path, pairs.stats
     trained = {}
     for arm, stats in pair_stats.items():
         model_dir = out / f"model_{arm}"
@@ -145,8 +163,8 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
         stats["training"] = training_summary(model_dir)
 
     report = evaluate_models(
-        {"base": model_path, **trained}, config.eval_config(), scores=scores, out_dir=out, tasks=tasks,
-        extra={"heads": {arm: info for arm, (_h, info) in arms.items()}, "pairs": pair_stats,
+        {"base": model_path, **trained}, config.eval_config(), scores=pairs.scores, out_dir=out, tasks=pairs.tasks,
+        extra={"heads": pairs.heads, "pairs": pair_stats,
                "pipeline": asdict(config)},
         contrasts=[("retmask", "random_control")] if {"retmask", "random_control"} <= set(trained) else [],
     )
