@@ -128,7 +128,7 @@ def main() -> None:
     del model
     pairs = pipeline_pairs(RetMaskPipelineConfig(
         heads=str(heads), out=str(out / "pairs"), top_k=share_of_heads(spec.n_total_heads), n_prompts=args.n_prompts,
-        lengths=tuple(int(x) for x in args.lengths.split(",")), random_control=True, control_prompt_factor=4))
+        lengths=tuple(int(x) for x in args.lengths.split(",")), random_control=True, control_prompt_factor=8))
     print(json.dumps(pairs.stats, indent=1), flush=True)
     eval_cfg = RetMaskEvalConfig(suites=tuple(args.suites.split(",")), n_per_task=args.n_eval)
     rows = []

@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+RETMASK_SUITES = ("multikey_long", "mono_past", "parametric")  # headroom at 1024 / past 1536 tokens; general recall
 ORGANISM_TASKS = ("organism_mono", "organism_cross", "organism_multihop", "organism_parametric", "organism_multikey")
 
 
@@ -114,7 +115,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
         run_retmask_pipeline(
             RetMaskPipelineConfig(model=config.model, heads=str(rh_path), out=str(out / "retmask"), top_k=k,
                                   n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed,
-                                  random_control=config.retmask_control),
+                                  random_control=config.retmask_control, control_prompt_factor=2,  # time budget
+                                  eval_suites=RETMASK_SUITES),
             console=console,
         )
     if missing:

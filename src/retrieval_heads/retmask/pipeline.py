@@ -156,7 +156,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
     for arm, stats in pair_stats.items():
         model_dir = out / f"model_{arm}"
         if stats["n_train"] == 0:
-            console.print(f"[yellow]retmask train [{arm}]: no pair survived the filters; nothing to train[/]")
+            console.print(f"[yellow]retmask train ({arm}): no pair survived the filters; nothing to train[/]")
             continue
         train_retmask(model_path, out / stats["train_file"], model_dir, config.train_config())  # kept when finished
         trained[arm] = str(model_dir / "merged") if config.lora and (model_dir / "merged").exists() else str(model_dir)
@@ -168,7 +168,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
                "pipeline": asdict(config)},
         contrasts=[("retmask", "random_control")] if {"retmask", "random_control"} <= set(trained) else [],
     )
-    console.print(format_table(report))
+    console.print(format_table(report), markup=False, highlight=False)
     return report
 
 
@@ -187,7 +187,7 @@ def make_arm_pairs(model: Any, tokenizer: Any, arms: dict[str, list[Any]], promp
     stats: dict[str, dict[str, Any]] = {}
     target = None
     for arm, heads in arms.items():
-        console.print(f"retmask pairs [{arm}]: masking {', '.join(map(str, heads))}")
+        console.print(f"retmask pairs ({arm}): masking {', '.join(map(str, heads))}")
         n = config.n_prompts
         while True:
             found = generate_pairs(model, tokenizer, heads, prompts[:n], cfg, out / f"pairs_{arm}.jsonl")
