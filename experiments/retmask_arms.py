@@ -16,7 +16,8 @@
    scored once); per suite the paired change from the base and RetMask minus
    control, each with a paired bootstrap 95 % interval over items.
 
-Writes ``OUT/sweep.json`` and ``OUT/sweep.md`` (the table, also printed).
+Each finished run writes ``OUT/configs/RUN/row.json``; the table gathers every row in OUT (so two
+processes may share OUT with disjoint ``--configs``): ``OUT/sweep.json`` and ``OUT/sweep.md`` (also printed).
 A config "wins" when RetMask - control has an interval above 0 on a retrieval
 suite while parametric recall stays within 2 points of the base.
 """
@@ -131,7 +132,6 @@ def main() -> None:
         lengths=tuple(int(x) for x in args.lengths.split(",")), random_control=True, control_prompt_factor=8))
     print(json.dumps(pairs.stats, indent=1), flush=True)
     eval_cfg = RetMaskEvalConfig(suites=tuple(args.suites.split(",")), n_per_task=args.n_eval)
-    rows = []
     for name in args.configs.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             run = f"{name}-s{seed}"
@@ -146,8 +146,9 @@ def main() -> None:
             report = evaluate_models({"base": pairs.model_path, **models}, eval_cfg, out_dir=out / "eval",
                                      tasks=pairs.tasks, contrasts=[(f"{run}/retmask", f"{run}/control")])
             atomic_write_json(folder / "retmask_eval.json", report)
-            rows.append({**row_of(run, report, summaries), "pairs": n, "config": dict(zip(
+            atomic_write_json(folder / "row.json", {**row_of(run, report, summaries), "pairs": n, "config": dict(zip(
                 ("lr", "beta", "epochs", "pairs", "lora"), CONFIGS[name], strict=True))})
+            rows = [json.loads(f.read_text()) for name_ in CONFIGS for f in sorted((out / "configs").glob(f"{name_}-s*/row.json"))]
             atomic_write_json(out / "sweep.json", {"pairs": pairs.stats, "heads": pairs.heads, "rows": rows})
             atomic_write_text(out / "sweep.md", table(rows) + "\n")
             print(table(rows), flush=True)
