@@ -73,6 +73,19 @@ def subset(pairs_dir: Path, train_file: str, n: int, dest: Path) -> tuple[Path, 
     return dest, len(rows)
 
 
+def answer_check(pairs_dir: Path, stats: dict) -> dict:
+    """Per arm's training pairs: how many chosen / rejected responses are the right answer, and the tasks."""
+    answers = {r["id"]: (r["answer"].strip(), r["task"]) for r in read_jsonl(pairs_dir / "prompts.jsonl")}
+    out = {}
+    for arm, arm_stats in stats.items():
+        rows = list(read_jsonl(pairs_dir / arm_stats["train_file"]))
+        tasks = [answers[r["id"]][1] for r in rows]
+        out[arm] = {"pairs": len(rows), "chosen_right": sum(r["chosen"].strip() == answers[r["id"]][0] for r in rows),
+                    "rejected_right": sum(r["rejected"].strip() == answers[r["id"]][0] for r in rows),
+                    "tasks": {t: tasks.count(t) for t in sorted(set(tasks))}}
+    return out
+
+
 def row_of(run: str, report: dict, summaries: dict) -> dict:
     res, contrast = report["results"], report["contrasts"][f"{run}/retmask - {run}/control"]
     suites = list(res["base"])
@@ -130,7 +143,8 @@ def main() -> None:
     pairs = pipeline_pairs(RetMaskPipelineConfig(
         heads=str(heads), out=str(out / "pairs"), top_k=share_of_heads(spec.n_total_heads), n_prompts=args.n_prompts,
         lengths=tuple(int(x) for x in args.lengths.split(",")), random_control=True, control_prompt_factor=8))
-    print(json.dumps(pairs.stats, indent=1), flush=True)
+    check = answer_check(pairs.out, pairs.stats)
+    print(json.dumps({"pairs": pairs.stats, "answers": check}, indent=1), flush=True)
     eval_cfg = RetMaskEvalConfig(suites=tuple(args.suites.split(",")), n_per_task=args.n_eval)
     for name in args.configs.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -149,7 +163,8 @@ def main() -> None:
             atomic_write_json(folder / "row.json", {**row_of(run, report, summaries), "pairs": n, "config": dict(zip(
                 ("lr", "beta", "epochs", "pairs", "lora"), CONFIGS[name], strict=True))})
             rows = [json.loads(f.read_text()) for name_ in CONFIGS for f in sorted((out / "configs").glob(f"{name_}-s*/row.json"))]
-            atomic_write_json(out / "sweep.json", {"pairs": pairs.stats, "heads": pairs.heads, "rows": rows})
+            atomic_write_json(out / "sweep.json", {"pairs": pairs.stats, "answers": check, "heads": pairs.heads,
+                                                   "rows": rows})
             atomic_write_text(out / "sweep.md", table(rows) + "\n")
             print(table(rows), flush=True)
     wins = [(r["run"], r["wins"]) for r in rows if r["wins"]]
