@@ -115,8 +115,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
         run_retmask_pipeline(
             RetMaskPipelineConfig(model=config.model, heads=str(rh_path), out=str(out / "retmask"), top_k=k,
                                   n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed,
-                                  random_control=config.retmask_control, control_prompt_factor=2,  # time budget
-                                  eval_suites=RETMASK_SUITES),
+                                  random_control=config.retmask_control, eval_suites=RETMASK_SUITES,
+                                  lengths=(256, 512), control_prompt_factor=2),  # two arms in the old time budget
             console=console,
         )
     if missing:
