@@ -195,7 +195,8 @@ def make_arm_pairs(model: Any, tokenizer: Any, arms: dict[str, list[Any]], promp
                 break
             n = min(n + config.n_prompts, len(prompts))
         target = found.n_pairs if target is None else target
-        stats[arm] = {"n_prompts": found.n_prompts, "n_pairs": found.n_pairs, "dropped": found.dropped}
+        sampled = found.n_pairs + sum(found.dropped.values())  # the whole journal, also on a resume
+        stats[arm] = {"n_prompts": sampled, "n_pairs": found.n_pairs, "dropped": found.dropped}
     n_train = min(s["n_pairs"] for s in stats.values())
     order = {p["id"]: i for i, p in enumerate(prompts)}
     for arm, arm_stats in stats.items():
