@@ -106,11 +106,13 @@ def pts(x: float) -> str:
 
 def table(rows: list[dict]) -> str:
     suites = [s for s in rows[0]["base"]]
-    head = ["config", "pairs", "steps", "held-out acc (R/C)",
+    head = ["run", "lr", "beta", "epochs", "LoRA", "pairs", "steps", "held-out acc (R/C)",
             *[f"{s}: R-base / C-base / R-C [95 %]" for s in suites]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["run"], str(r["pairs"]), f"{r['steps']['retmask']}/{r['steps']['control']}",
+        cfg = r["config"]
+        cells = [r["run"], f"{cfg['lr']:g}", f"{cfg['beta']:g}", f"{cfg['epochs']:g}", "yes" if cfg["lora"] else "no",
+                 str(r["pairs"]), f"{r['steps']['retmask']}/{r['steps']['control']}",
                  " / ".join(f"{v:.2f}" if v is not None else "-" for v in r["heldout_reward_accuracy"].values())]
         for s in suites:
             c = r["retmask_minus_control"][s]
