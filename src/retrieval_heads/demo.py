@@ -7,7 +7,7 @@ after an interruption continues where it stopped. Output layout::
     languages/   rh-{lang}/, rth-en-de/, sharing.json, rh_vs_rth-en-de.json   (detection)
     niah/        NIAH accuracy per length x depth, unmasked vs masked            (niah-eval)
     compare/     organism tasks x conditions with bootstrap intervals            (compare)
-    retmask/     preference pairs, DPO (LoRA), before/after evaluation            (retmask)
+    retmask/     preference pairs, DPO, before/after evaluation: RetMask and its random-heads control (retmask)
     report.html  everything above on one self-contained page
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+RETMASK_SUITES = ("multikey_long", "mono_past", "parametric")  # headroom at 1024 / past 1536 tokens; general recall
 ORGANISM_TASKS = ("organism_mono", "organism_cross", "organism_multihop", "organism_parametric", "organism_multikey")
 
 
@@ -43,6 +44,7 @@ class DemoConfig:
     retmask: bool = field(default=True, metadata={"help": "Include the short RetMask run."})
     retmask_prompts: int = field(default=64, metadata={"help": "Prompts sampled for the RetMask preference pairs."})
     retmask_eval: int = field(default=40, metadata={"help": "Held-out examples per suite in the RetMask evaluation."})
+    retmask_control: bool = field(default=True, metadata={"help": "Also run RetMask's random-heads control arm (same pair count and steps)."})
     seed: int = field(default=0, metadata={"help": "Seed of every step."})
     steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"), metadata={"help": "Steps to run: languages, niah, compare, retmask, report."})
 
@@ -112,7 +114,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
 
         run_retmask_pipeline(
             RetMaskPipelineConfig(model=config.model, heads=str(rh_path), out=str(out / "retmask"), top_k=k,
-                                  n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed),
+                                  n_prompts=config.retmask_prompts, n_eval=config.retmask_eval, seed=config.seed,
+                                  random_control=config.retmask_control, eval_suites=RETMASK_SUITES,
+                                  lengths=(256, 512), control_prompt_factor=2),  # two arms in the old time budget
             console=console,
         )
     if missing:

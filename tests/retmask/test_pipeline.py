@@ -1,4 +1,5 @@
-"""The RetMask pipeline as one run: another lr is refused by name, a rerun resumes without redoing work."""
+"""The RetMask pipeline as one run: another lr is refused by name, a rerun resumes without redoing work;
+the random-heads control arm masks heads outside the retrieval heads and trains on as many pairs, as many steps."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 
 from retrieval_heads.heads import HeadScores
 from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
-from retrieval_heads.runs import ResumeMismatchError
+from retrieval_heads.runs import ResumeMismatchError, read_jsonl
 
-SUMMARIES = ("retmask_eval.json", "pairs_retmask.stats.json")  # rewritten by every run from the journals
+SUMMARIES = ("retmask_eval.json", "pairs_retmask.stats.json", "pairs_random_control.stats.json")  # rewritten by every run from the journals
 
 
 def _snapshot(folder):
@@ -21,13 +22,14 @@ def _snapshot(folder):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished pipeline on the built-in model (4 prompts, 1 epoch, 2 examples a suite: ~8 s)."""
+    """A finished pipeline with its control arm on the built-in model (4 prompts, 1 epoch, 2 examples a suite: ~15 s)."""
     root = tmp_path_factory.mktemp("pipeline")
     heads = HeadScores(torch.rand(4, 32, generator=torch.Generator().manual_seed(0))).save(root / "scores.json")
     config = RetMaskPipelineConfig(heads=str(heads), out=str(root / "rm"), n_prompts=4, lengths=(128,),
-                                   max_new_tokens=4, epochs=1.0, n_eval=2, eval_lengths=(128,))
+                                   max_new_tokens=4, epochs=1.0, n_eval=2, eval_lengths=(128,), past_lengths=(128,),
+                                   random_control=True)
     report = run_retmask_pipeline(config)
-    assert "retmask" in report["results"], "no pair survived: the test needs a trained model"
+    assert {"retmask", "random_control"} <= set(report["results"]), "no pair survived: the test needs trained models"
     return config, report
 
 
@@ -52,8 +54,33 @@ def test_a_rerun_keeps_every_finished_step(finished, capsys):
     again = run_retmask_pipeline(config)
     assert again["results"] == first["results"]
     err = capsys.readouterr().err
-    assert "resuming: 1 of 1 trainings done" in err and "retmask evaluate: resuming: 10 of 10 done" in err
+    assert err.count("resuming: 1 of 1 trainings done") == 2 and "retmask evaluate: resuming: 15 of 15 done" in err
     assert {p: b for p, b in _snapshot(out).items() if p.name not in SUMMARIES} == \
         {p: b for p, b in files.items() if p.name not in SUMMARIES}
     report = json.loads((out / "retmask_eval.json").read_text())
     assert report["format"] == "retrieval-heads/retmask-eval" and {"versions", "created", "command"} <= set(report)
+
+
+def test_the_control_arm_masks_other_heads_with_as_many_pairs_and_steps(finished):
+    config, report = finished
+    out = Path(config.out)
+    retmask, control = (report["heads"][arm]["masked"] for arm in ("retmask", "random_control"))
+    assert len(retmask) == len(control) == 6 and not set(retmask) & set(control)  # K = 5 % of 128 heads
+    assert report["heads"]["random_control"]["random_seed"] == 0
+    pairs = report["pairs"]
+    n_train = pairs["retmask"]["n_train"]
+    assert n_train == pairs["random_control"]["n_train"] == min(p["n_pairs"] for p in pairs.values()) >= 1
+    for arm, stats in pairs.items():
+        rows = list(read_jsonl(out / stats["train_file"]))
+        assert len(rows) == n_train and stats["train_file"] == f"pairs_{arm}.train.jsonl"
+        run = json.loads((out / f"model_{arm}" / "retmask_run.json").read_text())
+        assert run["n_pairs"] == n_train
+    assert pairs["retmask"]["training"]["steps"] == pairs["random_control"]["training"]["steps"] >= 1
+    # the base is scored once, both arms on the same items; RetMask - control with its paired interval
+    contrast = report["contrasts"]["retmask - random_control"]
+    assert set(contrast) == set(report["results"]["base"])
+    for suite, row in contrast.items():
+        r, c = report["results"]["retmask"][suite], report["results"]["random_control"][suite]
+        assert row["delta"] == pytest.approx(r["accuracy"] - c["accuracy"])
+        assert row["delta_low"] <= row["delta"] <= row["delta_high"]
+        assert r["delta_low"] <= r["delta"] <= r["delta_high"] and r["ci_low"] <= r["accuracy"] <= r["ci_high"]

@@ -15,12 +15,14 @@ def demo_command(
     model: str = option(DemoConfig, "model"),
     quick: bool = typer.Option(False, "--quick", help="Smaller grids and fewer items (a ~3-minute smoke run)."),
     retmask: bool = option(DemoConfig, "retmask", "--retmask/--no-retmask"),
+    steps: str = option(DemoConfig, "steps", default=",".join(DemoConfig.steps)),
 ) -> None:
     """Detect RH and RTH, compare masked conditions, run a short RetMask, and write report.html."""
     from ..demo import config_from_overrides, run_demo
     from ..runs import ResumeMismatchError
 
-    overrides: dict = {"out": str(out), "model": model, "retmask": retmask}
+    overrides: dict = {"out": str(out), "model": model, "retmask": retmask,
+                       "steps": tuple(s.strip() for s in steps.split(",") if s.strip())}
     if quick:
         overrides.update(lengths=(256, 512), depths=3, per_cell=1, random_seeds=2, compare_limit=10,
                          niah_lengths=(256, 512), retmask_prompts=16, retmask_eval=10, langs=("en", "de"))

@@ -182,6 +182,9 @@ def evaluate(
     n: int = option(RetMaskEvalConfig, "n_per_task", "--n", min=1),
     seed: int = option(RetMaskEvalConfig, "seed"),
     long_lengths: str = option(RetMaskEvalConfig, "long_lengths", default=",".join(map(str, RetMaskEvalConfig.long_lengths))),
+    past_lengths: str = option(RetMaskEvalConfig, "past_lengths", default=",".join(map(str, RetMaskEvalConfig.past_lengths))),
+    contrast: Annotated[list[str] | None, typer.Option(
+        "--contrast", help="A,B: the paired change A - B of two tuned models, with its interval (repeatable).")] = None,
     suites: str = option(RetMaskEvalConfig, "suites", default=",".join(RetMaskEvalConfig.suites)),
     batch_size: int = option(RetMaskEvalConfig, "batch_size", min=1),
 ) -> None:
@@ -196,10 +199,14 @@ def evaluate(
     config = RetMaskEvalConfig(
         suites=tuple(s.strip() for s in suites.split(",") if s.strip()), n_per_task=n, seed=seed,
         long_lengths=tuple(int(x) for x in long_lengths.split(",") if x.strip()), batch_size=batch_size,
+        past_lengths=tuple(int(x) for x in past_lengths.split(",") if x.strip()),
     )
+    pairs = [tuple(c.split(",")) for c in contrast or []]
+    if any(len(c) != 2 for c in pairs):
+        raise typer.BadParameter("give two model names: --contrast retmask,random", param_hint="--contrast")
     scores = HeadScores.load(heads) if heads is not None else None
     with _models_found(*models.values()):
-        report = evaluate_models(models, config, scores=scores, out_dir=out)
+        report = evaluate_models(models, config, scores=scores, out_dir=out, contrasts=pairs)
     typer.echo(format_table(report))
     if report["concentration"]:
         typer.echo("head-score concentration: " + json.dumps({k: round(v, 4) for k, v in report["concentration"].items()}))

@@ -119,12 +119,16 @@ class CompareRow:
 
 @dataclass
 class ModelComparison:
-    """RetMask before/after: per model and suite the accuracy, its 95 % half-width and the change from ``base``."""
+    """RetMask before/after: per model and suite the accuracy, its 95 % half-width and the change from ``base``
+    (with their bootstrap intervals when the run gave them); per contrast (``"retmask - random_control"``) and
+    suite the paired change and its interval; per arm the masked heads, pairs and training steps."""
 
     source: str
     base: str
-    results: dict[str, dict[str, dict[str, float | None]]]  # model -> suite -> {accuracy, ci95, n, delta}
+    results: dict[str, dict[str, dict[str, float | None]]]  # model -> suite -> {accuracy, ci95, n, delta, ...}
     concentration: dict[str, float] | None = None
+    contrasts: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # "a - b" -> suite -> row
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> heads, n_pairs, n_train, steps, ...
 
     @property
     def models(self) -> list[str]:
@@ -337,7 +341,8 @@ def _add_niah_eval(data: dict[str, Any], name: str, source: str, report: Report)
 # ---- RetMask before/after -----------------------------------------------------------------------------
 def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: Report) -> None:
     """``retmask_eval.json`` of :mod:`retrieval_heads.retmask.evaluate` (``results``: model -> suite -> row)."""
-    results = {str(m): {str(suite): {k: _number(row.get(k)) for k in ("accuracy", "ci95", "n", "delta")}
+    keys = ("accuracy", "ci95", "n", "delta", "ci_low", "ci_high", "delta_low", "delta_high")
+    results = {str(m): {str(suite): {k: _number(row.get(k)) for k in keys}
                         for suite, row in per_suite.items() if isinstance(row, dict)}
                for m, per_suite in (data.get("results") or {}).items() if isinstance(per_suite, dict)}
     base = str(data.get("base", next(iter(results), "")))
@@ -350,8 +355,27 @@ def _add_model_comparison(data: dict[str, Any], name: str, source: str, report: 
             if row["delta"] is None and row["accuracy"] is not None and ref is not None:
                 row["delta"] = row["accuracy"] - ref
     conc = data.get("concentration") if isinstance(data.get("concentration"), dict) else None
-    report.retmask.append(ModelComparison(source, base, results, conc))
-    report.add_metadata(source, {k: v for k, v in data.items() if k not in ("results", "concentration", "suites")})
+    contrasts = {str(name): {str(suite): {k: _number(row.get(k)) for k in ("delta", "delta_low", "delta_high")}
+                             for suite, row in per_suite.items() if isinstance(row, dict)}
+                 for name, per_suite in (data.get("contrasts") or {}).items() if isinstance(per_suite, dict)}
+    report.retmask.append(ModelComparison(source, base, results, conc, contrasts, _arms(data)))
+    report.add_metadata(source, {k: v for k, v in data.items()
+                                 if k not in ("results", "concentration", "suites", "contrasts")})
+
+
+def _arms(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per arm of a pipeline run (``heads`` and ``pairs`` of ``retmask_eval.json``): what the report shows of it."""
+    heads = data.get("heads") if isinstance(data.get("heads"), dict) else {}
+    pairs = data.get("pairs") if isinstance(data.get("pairs"), dict) else {}
+    arms = {}
+    for arm in dict.fromkeys([*heads, *pairs]):
+        h, p = heads.get(arm) or {}, pairs.get(arm) or {}
+        training = p.get("training") if isinstance(p.get("training"), dict) else {}
+        arms[str(arm)] = {"masked": ", ".join(map(str, h.get("masked") or [])) or None,
+                          "prompts": p.get("n_prompts"), "pairs kept": p.get("n_pairs"), "trained on": p.get("n_train"),
+                          "steps": training.get("steps"),
+                          "held-out reward accuracy": training.get("heldout_reward_accuracy_after")}
+    return arms
 
 
 def _add_dpo_curves(data: dict[str, Any], name: str, source: str, report: Report) -> None:

@@ -485,17 +485,17 @@ def _retmask_section(page: _Page, comparisons: list[ModelComparison],
     for cmp in comparisons:
         headers: list[tuple[str, bool]] = [("suite", False)]
         for model in cmp.models:
-            headers += [(model, True), (f"{model} ±95 %", True)]
+            headers += [(model, True), (f"{model} 95 % CI", True)]
             if model != cmp.base:
-                headers.append((f"Δ {model}", True))
+                headers += [(f"Δ {model}", True), (f"Δ {model} 95 % CI", True)]
         trs = []
         for suite in cmp.suites:
             tds = [f"<td>{esc(suite)}</td>"]
             for model in cmp.models:
                 row = cmp.results[model].get(suite, {})
-                tds += [_num_td(row.get("accuracy")), _num_td(row.get("ci95"))]
+                tds += [_num_td(row.get("accuracy")), _accuracy_interval_td(row)]
                 if model != cmp.base:
-                    tds.append(_num_td(row.get("delta"), signed=True))
+                    tds += [_num_td(row.get("delta"), signed=True), _interval_td(row.get("delta_low"), row.get("delta_high"))]
             trs.append(f"<tr>{''.join(tds)}</tr>")
         chart = page.bar_chart(cmp.suites, [(m, [cmp.results[m].get(s, {}).get("accuracy") for s in cmp.suites])
                                             for m in cmp.models], "suite", "accuracy", f"{' vs '.join(cmp.models)}")
@@ -506,9 +506,11 @@ def _retmask_section(page: _Page, comparisons: list[ModelComparison],
         trained = ", ".join(f"“{m}”" for m in cmp.models if m != cmp.base) or "none"
         parts.append("<h3>Before and after RetMask training</h3>"
                      f'<p class="note">“{esc(cmp.base)}” is the model before training; {esc(trained)} after. '
-                     f"Δ: a trained model's accuracy minus the one before.</p>"
+                     f"Δ: a trained model's accuracy minus the one before, on the same items; intervals: "
+                     f"percentile bootstrap over items (paired for Δ).</p>"
                      f'<div class="source">{esc(cmp.source)}</div>'
-                     f'<div class="row"><div>{_table(headers, trs)}{conc}</div><div>{chart}</div></div>')
+                     f'<div class="row"><div>{_table(headers, trs)}{conc}</div><div>{chart}</div></div>'
+                     + _retmask_arms(cmp))
     for source, st in pair_stats:
         facts = [("prompts", st.get("n_prompts")), ("pairs kept", st.get("n_pairs")), ("dropped", st.get("n_dropped"))]
         facts += [(f"dropped: {k}", v) for k, v in (st.get("dropped") or {}).items()]
@@ -530,6 +532,44 @@ def _retmask_section(page: _Page, comparisons: list[ModelComparison],
                                    "DPO training loss")
             parts.append(f'<div><img class="plain-fig" alt="DPO training loss" src="{png}"></div>')
         parts.append("</div>")
+    return "".join(parts)
+
+
+def _accuracy_interval_td(row: dict[str, Any]) -> str:
+    """The bootstrap interval of an accuracy, or ± its binomial half-width (files written before intervals)."""
+    if row.get("ci_low") is not None:
+        return _interval_td(row.get("ci_low"), row.get("ci_high"))
+    ci95 = row.get("ci95")
+    return _num_td(None) if ci95 is None else f'<td class="num" data-value="{ci95}">± {esc(fmt(ci95, 4))}</td>'
+
+
+def _interval_td(low: float | None, high: float | None) -> str:
+    return f'<td class="num" data-value="{"" if low is None else low}">{esc(_interval_text(low, high))}</td>'
+
+
+def _retmask_arms(cmp: ModelComparison) -> str:
+    """RetMask against its random-heads control: per arm what it was trained on, per suite the paired change."""
+    parts = []
+    if cmp.arms:
+        keys = list(next(iter(cmp.arms.values())))
+        trs = [f"<tr><td>{esc(arm)}</td>" + "".join(
+            f"<td>{esc(v)}</td>" if isinstance(v, str) else _num_td(v) for v in info.values()) + "</tr>"
+            for arm, info in cmp.arms.items()]
+        parts.append("<h4>Arms</h4>" + _table([("arm", False)] + [(k, k != "masked") for k in keys], trs,
+                                               sortable=False))
+    for name, per_suite in cmp.contrasts.items():
+        trs = []
+        for suite, row in per_suite.items():
+            low = row.get("delta_low")
+            verdict = "—" if low is None else ("yes" if low > 0 or (row.get("delta_high") or 0) < 0 else "no")
+            trs.append(f"<tr><td>{esc(suite)}</td>{_num_td(row.get('delta'), signed=True)}"
+                       f"{_interval_td(low, row.get('delta_high'))}<td>{verdict}</td></tr>")
+        parts.append(f"<h4>{esc(name)}</h4>"
+                     '<p class="note">Paired change between the two trained models on the same items, with its '
+                     "bootstrap 95 % interval: the gain RetMask owes to masking the retrieval heads rather than "
+                     "as many random heads.</p>"
+                     + _table([("suite", False), ("change", True), ("95 % CI", True), ("interval excludes 0", False)],
+                              trs, sortable=False))
     return "".join(parts)
 
 

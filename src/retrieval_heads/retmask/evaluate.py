@@ -1,16 +1,23 @@
 """RetMask before/after: exact-match accuracy of the base and tuned models on the built-in model's tasks.
 
 The suites are the long-context tasks where the base model is not perfect —
-multi-key retrieval with distractor needles and monolingual retrieval at the
-longest lengths — plus cross-lingual and multi-hop retrieval, and parametric
-recall (no needle in context) as the general-ability check that must not
-regress. Every model is scored on the *same* held-out examples (their seed is
-not the one the training prompts were drawn with). Gains are reported next to
-the concentration statistics of the head scores, which the paper links to
-how much RetMask helps.
+multi-key retrieval with distractor needles at the longest trained length,
+and monolingual, cross-lingual and multi-hop retrieval *past* it (``*_past``,
+1536 tokens: the analogue of the paper's long-context tasks) — plus
+parametric recall (no needle in context) as the general-ability check that
+must not regress. Every model is scored on the *same* held-out examples
+(their seed is not the one the training prompts were drawn with), item by
+item, so that changes are *paired*. Gains are reported next to the
+concentration statistics of the head scores, which the paper links to how
+much RetMask helps.
 
-Accuracies carry a binomial 95 % half-width (``1.96 * sqrt(p (1 - p) / n)``):
-with a few hundred examples, differences of a few points are within noise.
+Every accuracy carries a binomial 95 % half-width (``ci95``) and a bootstrap
+interval over items (``ci_low``/``ci_high``); every change from the base a
+paired bootstrap interval (``delta_low``/``delta_high``,
+:func:`retrieval_heads.evaluate.stats.paired_bootstrap_ci`); and each
+``contrasts`` pair ``(a, b)`` — RetMask against its random-heads control — the
+paired change ``a - b`` with its interval, the number that says whether the
+gain comes from the retrieval-head contrast.
 
 >>> report = evaluate_models({"base": "organism", "retmask": "runs/retmask"},  # doctest: +SKIP
 ...                          RetMaskEvalConfig(n_per_task=200), scores=HeadScores.load("head_scores.json"))
@@ -28,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from ..heads import HeadScores
 from ..model_spec import resolve_model_path, weights_fingerprint
 from ..runs import ResumeMismatchError, atomic_write_json, open_run, run_metadata, stamp, track
@@ -56,16 +64,19 @@ class RetMaskEvalConfig:
     seed the training prompts were drawn with.
 
     >>> [s.name for s in RetMaskEvalConfig().build_suites()]
-    ['multikey_long', 'mono_long', 'cross', 'multihop', 'parametric']
+    ['multikey_long', 'mono_past', 'cross_past', 'multihop_past', 'parametric']
     """
 
     suites: tuple[str, ...] = field(
-        default=("multikey_long", "mono_long", "cross", "multihop", "parametric"),
-        metadata={"help": "Suites to run: multikey_long, mono_long, multikey, mono, cross, multihop, parametric."},
+        default=("multikey_long", "mono_past", "cross_past", "multihop_past", "parametric"),
+        metadata={"help": "Suites to run: multikey_long, mono_long, {multikey,mono,cross,multihop}_past, "
+                          "multikey, mono, cross, multihop, parametric."},
     )
     n_per_task: int = field(default=200, metadata={"help": "Held-out examples per suite."})
     seed: int = field(default=20_260_707, metadata={"help": "Seed of the held-out examples (not the training seed)."})
     long_lengths: tuple[int, ...] = field(default=(1024,), metadata={"help": "Context lengths of the *_long suites."})
+    past_lengths: tuple[int, ...] = field(
+        default=(1536,), metadata={"help": "Context lengths of the *_past suites (past the trained 1024)."})
     batch_size: int = field(default=8, metadata={"help": "Batch size of exact_match_accuracy."})
 
     def __post_init__(self) -> None:
@@ -73,6 +84,7 @@ class RetMaskEvalConfig:
             raise ValueError("n_per_task must be >= 1")
         self.suites = tuple(self.suites)
         self.long_lengths = tuple(int(x) for x in self.long_lengths)
+        self.past_lengths = tuple(int(x) for x in self.past_lengths)
         unknown = [s for s in self.suites if s not in self._catalogue()]
         if unknown:
             raise ValueError(f"unknown suites {unknown}; choose from {sorted(self._catalogue())}")
@@ -81,6 +93,8 @@ class RetMaskEvalConfig:
         return {
             "multikey_long": EvalSuite("multikey_long", "multikey", self.long_lengths),
             "mono_long": EvalSuite("mono_long", "mono", self.long_lengths),
+            **{f"{task}_past": EvalSuite(f"{task}_past", task, self.past_lengths)
+               for task in ("multikey", "mono", "cross", "multihop")},
             "multikey": EvalSuite("multikey", "multikey"),
             "mono": EvalSuite("mono", "mono"),
             "cross": EvalSuite("cross", "cross"),
@@ -143,6 +157,7 @@ def evaluate_models(
     out_dir: str | Path | None = None,
     tasks: ModuleType | None = None,
     extra: Mapping[str, Any] | None = None,
+    contrasts: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Score every model on every suite; the first model is the base the others are compared with.
 
@@ -150,8 +165,10 @@ def evaluate_models(
     or to a ``(model, tokenizer)`` pair. ``tasks`` is the task module
     (default: the built-in model's). Returns the report (also written to
     ``out_dir/retmask_eval.json``): per model and suite the accuracy, its 95 %
-    half-width and the change from the base; and the concentration of
-    ``scores``. With ``out_dir`` the run is resumable
+    half-width and bootstrap interval, the change from the base with its paired
+    bootstrap interval; per ``contrasts`` pair ``(a, b)`` and suite the paired
+    change ``a - b`` (``report["contrasts"]["a - b"]``); and the concentration
+    of ``scores``. Per-item scores are kept in the journal. With ``out_dir`` the run is resumable
     (:func:`retrieval_heads.runs.open_run`): each scored (model, suite) is
     journalled with the model's weights fingerprint, a rerun scores only what is
     missing, and other evaluation settings, or other weights under a model's
@@ -163,6 +180,9 @@ def evaluate_models(
     tasks = tasks or organism_tasks()
     if not models:
         raise ValueError("no models to evaluate")
+    unknown = sorted({m for pair in contrasts for m in pair} - set(models))
+    if unknown:
+        raise ValueError(f"contrasts name models that are not evaluated: {unknown}")
     for spec in models.values():  # a checkpoint folder that is not there: refused before anything is written
         if isinstance(spec, (str, Path)) and str(spec).startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
             from ..model_spec import model_not_found
@@ -176,39 +196,48 @@ def evaluate_models(
         discard=(JOURNAL_FILE,), seed=config.seed)
     done = {(r["model"], r["suite"]): r for r in (run.records() if run else [])}
     results: dict[str, dict[str, dict[str, float]]] = {}
+    items: dict[str, dict[str, list[float]]] = {}
     total = len(models) * len(suites)
     with track("retmask evaluate", total, sum(1 for n in models for s in suites if (n, s.name) in done)) as bar:
         for name, spec in models.items():
             model, tokenizer = load_for_eval(spec) if isinstance(spec, (str, Path)) else spec
             weights = weights_fingerprint(model) if isinstance(model, torch.nn.Module) else None
-            results[name] = {}
+            results[name], items[name] = {}, {}
             for suite in suites:
                 row = done.get((name, suite.name))
                 if row is not None and row["weights"] != weights:
                     raise ResumeMismatchError(
                         f"{out_dir} holds scores of a model {name!r} whose weights differ from this one's "
                         "(retrained?); use another --out folder, or delete its retmask_eval.jsonl.")
-                if row is None:
+                if row is None:  # item by item (one example a call costs no more on CPU), for paired intervals
                     exs = examples[suite.name]
-                    acc = float(tasks.exact_match_accuracy(model, tokenizer, exs, batch_size=config.batch_size))
+                    per_item = [float(tasks.exact_match_accuracy(model, tokenizer, [ex], batch_size=1)) for ex in exs]
+                    acc = sum(per_item) / len(per_item)
                     row = {"model": name, "suite": suite.name, "weights": weights, "accuracy": acc,
-                           "ci95": ci95(acc, len(exs)), "n": len(exs)}
+                           "ci95": ci95(acc, len(exs)), "n": len(exs), "items": per_item}
                     if run is not None:
                         run.append(row)
                     bar.advance(description=f"{name} / {suite.name}")
-                results[name][suite.name] = {k: row[k] for k in ("accuracy", "ci95", "n")}
+                items[name][suite.name] = row["items"]
+                _mean, low, high = bootstrap_ci(row["items"], seed=config.seed)
+                results[name][suite.name] = {**{k: row[k] for k in ("accuracy", "ci95", "n")},
+                                             "ci_low": low, "ci_high": high}
             if isinstance(spec, (str, Path)):
                 del model
     base = next(iter(results))
-    for per_suite in results.values():
+    for name, per_suite in results.items():
         for suite_name, row in per_suite.items():
-            row["delta"] = row["accuracy"] - results[base][suite_name]["accuracy"]
+            row["delta"], row["delta_low"], row["delta_high"] = paired_bootstrap_ci(
+                items[base][suite_name], items[name][suite_name], seed=config.seed)
+    paired = {f"{a} - {b}": {s.name: dict(zip(("delta", "delta_low", "delta_high"), paired_bootstrap_ci(
+        items[b][s.name], items[a][s.name], seed=config.seed), strict=True)) for s in suites} for a, b in contrasts}
     report = stamp("retmask-eval", run_metadata(
         base=base,
         models={k: (str(v) if isinstance(v, (str, Path)) else "<in memory>") for k, v in models.items()},
         config=asdict(config),
         suites=[asdict(s) for s in suites],
         results=results,
+        contrasts=paired,
         concentration=concentration(scores) if scores is not None else None,
         **dict(extra or {}),
     ))
@@ -217,27 +246,41 @@ def evaluate_models(
     return report
 
 
+def _change(r: Mapping[str, Any]) -> str:
+    """``+10.0 [+2.5, +17.5]`` (points; the interval when there is one)."""
+    text = f"{100 * r['delta']:+.1f}"
+    if r.get("delta_low") is not None:
+        text += f" [{100 * r['delta_low']:+.1f}, {100 * r['delta_high']:+.1f}]"
+    return text
+
+
 def format_table(report: Mapping[str, Any], names: Sequence[str] | None = None) -> str:
-    """A plain-text table: one row per suite, one column per model (accuracy ± 95 %, change from the base).
+    """A plain-text table: one row per suite, one column per model (accuracy ± 95 %, change from the base
+    with its paired interval), then one column per contrast (``a - b`` with its paired interval).
 
     >>> r = {"base": "b", "results": {"b": {"mono": {"accuracy": 0.5, "ci95": 0.1, "delta": 0.0}},
     ...                               "t": {"mono": {"accuracy": 0.6, "ci95": 0.1, "delta": 0.1}}}}
     >>> print(format_table(r))
     suite   b            t
     mono    50.0 ± 10.0  60.0 ± 10.0 (+10.0)
+    >>> r["contrasts"] = {"t - b": {"mono": {"delta": 0.1, "delta_low": 0.0, "delta_high": 0.2}}}
+    >>> print(format_table(r).splitlines()[1])
+    mono    50.0 ± 10.0  60.0 ± 10.0 (+10.0)  +10.0 [+0.0, +20.0]
     """
     results = report["results"]
+    contrasts = report.get("contrasts") or {}
     names = list(names or results)
     suites = list(next(iter(results.values())))
-    rows = [["suite", *names]]
+    rows = [["suite", *names, *contrasts]]
     for suite in suites:
         row = [suite]
         for name in names:
             r = results[name][suite]
             cell = f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
             if name != report["base"]:
-                cell += f" ({100 * r['delta']:+.1f})"
+                cell += f" ({_change(r)})"
             row.append(cell)
+        row += [_change(per_suite[suite]) for per_suite in contrasts.values()]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
