@@ -107,6 +107,22 @@ def builtin_for(name_or_path: str | Path) -> BuiltinModel | None:
     return None
 
 
+def builtin_name(name_or_path: Any) -> Any:
+    """The name a user gives for a model: a built-in model's shipped checkpoint directory becomes its name.
+
+    Anything else (a hub id, another directory, a non-string) comes back unchanged.
+    """
+    if not isinstance(name_or_path, str) or "/" not in name_or_path:
+        return name_or_path
+    for model in builtin_models().values():
+        try:
+            if Path(name_or_path).resolve() == model.checkpoint().resolve():
+                return model.name
+        except OSError:
+            continue
+    return name_or_path
+
+
 def task_suite(name_or_path: str | Path) -> Any:
     """The task suite of a built-in model (or of a checkpoint trained like one), for that checkpoint.
 

@@ -247,6 +247,8 @@ def weights_fingerprint(model: nn.Module, n: int = 64) -> str:
 
 def model_identity(model: PreTrainedModel) -> dict[str, Any]:
     """Name, revision and weights fingerprint of a loaded model, for artifacts and resume checks."""
-    return {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+    from .builtins import builtin_name
+
+    return {"model": builtin_name(getattr(model.config, "_name_or_path", "") or type(model).__name__),
             "revision": getattr(model.config, "_commit_hash", None), "architecture": type(model).__name__,
             "weights": weights_fingerprint(model)}

@@ -83,3 +83,18 @@ def test_the_core_imports_nothing_from_the_organism():
             "print(any(m.startswith('retrieval_heads.organism') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parents[1])
     assert out.stdout.strip() == "False"
+
+
+def test_artifacts_name_the_builtin_model_not_its_install_path(tmp_path):
+    """model_identity (every detect/pairs/kv/decore artifact) records ``organism``; another copy keeps its path."""
+    import shutil
+
+    from retrieval_heads import load_model
+    from retrieval_heads.model_spec import model_identity, resolve_model_path
+
+    model, _, _ = load_model("organism", dtype="float32", device="cpu")
+    assert model_identity(model)["model"] == "organism"
+    copy = tmp_path / "copy"
+    shutil.copytree(resolve_model_path("organism"), copy)
+    assert builtins.builtin_name(str(copy)) == str(copy)
+    assert builtins.builtin_name("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"

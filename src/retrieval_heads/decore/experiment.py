@@ -105,7 +105,7 @@ def _match(answer: str, expected: str | None) -> float | None:
 
 def summarize(conds: list[Condition], items: list[dict[str, Any]], done: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """Faithful and memorised rates per condition (bootstrap 95 %), random controls pooled over seeds."""
-    from ..evaluate.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     def rates(recs: list[dict[str, Any]]) -> dict[str, Any]:
         row: dict[str, Any] = {"n": len(recs)}

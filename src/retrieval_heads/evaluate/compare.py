@@ -30,9 +30,9 @@ from typing import Any
 
 from ..heads import heads_to_strings
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, package_versions, stamp, track
+from ..stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
 from .conditions import Condition, MaskedEvalConfig, pyplot, save_figure
 from .fixtures import TASKS_DIR
-from .stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
 
 CELLS_DIR = "cells"
 PREFERRED_METRICS = ("f1", "exact_match", "acc_norm", "acc")

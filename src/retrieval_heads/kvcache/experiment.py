@@ -139,7 +139,7 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
 
 def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """Per-condition accuracy (bootstrap 95 % interval), mean peak KV bytes, and the random controls averaged over seeds."""
-    from ..evaluate.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     rows = []
     for c in conds:

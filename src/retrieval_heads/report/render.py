@@ -21,10 +21,10 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..builtins import builtin_name
 from ..selection import concentration, layer_histogram, share_of_heads
 from . import figures
 from .collect import CompareRow, Grid, ModelComparison, NiahResult, Report, ScoreMap
@@ -113,20 +113,6 @@ def language_name(code: str) -> str:
     return f"{LANGUAGE_NAMES[code]} ({code})" if code in LANGUAGE_NAMES else code
 
 
-def display_model(name: Any) -> Any:
-    """The name a user gives for a model: a built-in model's install path becomes its name (``organism``)."""
-    if not isinstance(name, str) or "/" not in name:
-        return name
-    from ..model_spec import BUILTIN_MODELS, resolve_model_path
-
-    for builtin in BUILTIN_MODELS:
-        try:
-            if Path(name).resolve() == Path(resolve_model_path(builtin)).resolve():
-                return builtin
-        except (FileNotFoundError, OSError):
-            continue
-    return name
-
 
 # ---- the page ----------------------------------------------------------------------------------------
 class _Page:
@@ -192,7 +178,7 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
         "metadata": _metadata_section(report.metadata),
     }
     present = {k: v for k, v in sections.items() if v}
-    models = sorted({str(display_model(m.scores.meta["model"])) for m in report.score_maps if m.scores.meta.get("model")})
+    models = sorted({str(builtin_name(m.scores.meta["model"])) for m in report.score_maps if m.scores.meta.get("model")})
     title = title or "Retrieval-heads report" + (f": {', '.join(models)}" if models else "")
     toc = "".join(f'<a href="#{k}">{esc(SECTIONS[k])}</a>' for k in present)
     body = "".join(f'<section id="{k}"><h2>{esc(SECTIONS[k])}</h2>{v}</section>' for k, v in present.items())
@@ -217,7 +203,7 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
 
 def _score_map_data(m: ScoreMap) -> dict[str, Any]:
     return {"label": m.label, "kind": m.kind, "lang": m.lang, "source": m.source, "n_layers": m.scores.n_layers,
-            "n_heads": m.scores.n_heads, "model": display_model(m.scores.meta.get("model")),
+            "n_heads": m.scores.n_heads, "model": builtin_name(m.scores.meta.get("model")),
             "method": m.scores.meta.get("method")}
 
 
@@ -281,7 +267,7 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap], languages: Sequence[
                               [(f"top-{k}", layer_histogram([h for h, _ in ranked], s.n_layers)),
                                (f"score > {THRESHOLD:g}", layer_histogram(s.above(THRESHOLD), s.n_layers))],
                               "layer", "heads", f"{title}: heads per layer")
-        model = display_model(s.meta.get("model", ""))
+        model = builtin_name(s.meta.get("model", ""))
         summary = f"{esc(title)}" + (f" — {esc(model)}" if model else "")
         is_open = i == 0 or m.kind == "transition" or not m.lang
         parts.append(f'<details class="card" id="scores-{i}"{" open" if is_open else ""}>'
@@ -646,7 +632,7 @@ def _model_text(meta: dict[str, Any]) -> str:
     model = meta.get("model", meta.get("base_model"))
     if isinstance(model, dict):  # run.json: {"model": name, "revision": ...}
         model = model.get("model")
-    return str(display_model(model)) if model is not None else "—"
+    return str(builtin_name(model)) if model is not None else "—"
 
 
 def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:

@@ -14,7 +14,7 @@ much RetMask helps.
 Every accuracy carries a binomial 95 % half-width (``ci95``) and a bootstrap
 interval over items (``ci_low``/``ci_high``); every change from the base a
 paired bootstrap interval (``delta_low``/``delta_high``,
-:func:`retrieval_heads.evaluate.stats.paired_bootstrap_ci`); and each
+:func:`retrieval_heads.stats.paired_bootstrap_ci`); and each
 ``contrasts`` pair ``(a, b)`` — RetMask against its random-heads control — the
 paired change ``a - b`` with its interval, the number that says whether the
 gain comes from the retrieval-head contrast.
@@ -35,11 +35,12 @@ from typing import Any
 
 import torch
 
-from ..evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+from ..builtins import builtin_name
 from ..heads import HeadScores
 from ..model_spec import resolve_model_path, weights_fingerprint
 from ..runs import ResumeMismatchError, atomic_write_json, open_run, run_metadata, stamp, track
 from ..selection import concentration
+from ..stats import bootstrap_ci, paired_bootstrap_ci
 
 REPORT_FILE = "retmask_eval.json"
 JOURNAL_FILE = "retmask_eval.jsonl"  # one line per (model, suite) scored: a rerun scores only what is missing
@@ -233,7 +234,7 @@ def evaluate_models(
         items[b][s.name], items[a][s.name], seed=config.seed), strict=True)) for s in suites} for a, b in contrasts}
     report = stamp("retmask-eval", run_metadata(
         base=base,
-        models={k: (str(v) if isinstance(v, (str, Path)) else "<in memory>") for k, v in models.items()},
+        models={k: (builtin_name(str(v)) if isinstance(v, (str, Path)) else "<in memory>") for k, v in models.items()},
         config=asdict(config),
         suites=[asdict(s) for s in suites],
         results=results,
