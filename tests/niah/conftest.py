@@ -28,13 +28,11 @@ def texts() -> list[str]:
     return _training_texts()
 
 
-@pytest.fixture(scope="session")
-def bytelevel_tok(texts: list[str]) -> PreTrainedTokenizerFast:
-    """GPT-2 style byte-level BPE (tokens carry their leading space; CJK split into bytes)."""
+def _bytelevel_bpe(texts: list[str], trim_offsets: bool) -> Tokenizer:
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.post_processor = processors.ByteLevel(trim_offsets=False)
+    raw.post_processor = processors.ByteLevel(trim_offsets=trim_offsets)
     trainer = trainers.BpeTrainer(
         vocab_size=1500,
         special_tokens=["<|endoftext|>", "<|user|>", "<|system|>", "<|assistant|>", "<|end|>"],
@@ -42,24 +40,19 @@ def bytelevel_tok(texts: list[str]) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     raw.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>")
+    return raw
+
+
+@pytest.fixture(scope="session")
+def bytelevel_tok(texts: list[str]) -> PreTrainedTokenizerFast:
+    """GPT-2 style byte-level BPE (tokens carry their leading space; CJK split into bytes)."""
+    return PreTrainedTokenizerFast(tokenizer_object=_bytelevel_bpe(texts, trim_offsets=False), eos_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="session")
 def chat_tok(texts: list[str]) -> PreTrainedTokenizerFast:
     """A byte-level BPE with trimmed offsets (leading spaces excluded) and a chat template set by hand."""
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=1500,
-        special_tokens=["<|endoftext|>", "<|user|>", "<|system|>", "<|assistant|>", "<|end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(texts, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|end|>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bytelevel_bpe(texts, trim_offsets=True), eos_token="<|end|>")
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
