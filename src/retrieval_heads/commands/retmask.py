@@ -1,13 +1,6 @@
 """``retrieval-heads retmask``: ablate, pairs, train, evaluate (a thin layer over :mod:`retrieval_heads.retmask`).
 
-::
-
-    retrieval-heads retmask ablate   --model organism --heads runs/detect/head_scores.json --top-k 8 --out runs/ablated
-    retrieval-heads retmask pairs    --model organism --heads runs/detect/head_scores.json --top-k 8 \\
-                                     --prompts prompts.jsonl --out runs/pairs.jsonl
-    retrieval-heads retmask train    --model organism --pairs runs/pairs.jsonl --out runs/retmask --lora
-    retrieval-heads retmask evaluate --base organism --tuned runs/retmask --heads runs/detect/head_scores.json \\
-                                     --out runs/retmask_eval
+    retrieval-heads retmask pairs --model organism --heads runs/detect/head_scores.json --prompts p.jsonl --out pairs.jsonl
 """
 
 from __future__ import annotations
@@ -196,11 +189,12 @@ def evaluate(
     for i, item in enumerate(tuned):
         name, sep, path = item.partition("=")
         models[name if sep else (f"tuned{i + 1}" if len(tuned) > 1 else "retmask")] = path if sep else item
-    config = RetMaskEvalConfig(
-        suites=tuple(s.strip() for s in suites.split(",") if s.strip()), n_per_task=n, seed=seed,
-        long_lengths=tuple(int(x) for x in long_lengths.split(",") if x.strip()), batch_size=batch_size,
-        past_lengths=tuple(int(x) for x in past_lengths.split(",") if x.strip()),
-    )
+    def items(text: str) -> tuple[str, ...]:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+
+    config = RetMaskEvalConfig(suites=items(suites), n_per_task=n, seed=seed, batch_size=batch_size,
+                               long_lengths=tuple(map(int, items(long_lengths))),
+                               past_lengths=tuple(map(int, items(past_lengths))))
     pairs = [tuple(c.split(",")) for c in contrast or []]
     if any(len(c) != 2 for c in pairs):
         raise typer.BadParameter("give two model names: --contrast retmask,random", param_hint="--contrast")

@@ -1,22 +1,9 @@
 """Whether DPO trained: the curves of a RetMask run and the DPO metrics on held-out pairs before and after.
 
-A RetMask run that never changes the model cannot be told apart from a broken
-one by its evaluation alone, so every training run writes
-``training_curves.json`` (format :data:`FORMAT_NAME`) and a plot of it:
-
-- ``train``: per logged optimiser step, TRL's loss, reward accuracy, reward
-  margin, chosen/rejected rewards and log-probabilities, learning rate;
-- ``heldout``: the same metrics on pairs held out of training (a seeded
-  share, :func:`split_pairs`), measured ``before`` and ``after`` training.
-
-Held-out metrics are computed here (:func:`heldout_metrics`), from the DPO
-implicit reward ``r(y) = beta * (log pi(y|x) - log pi_ref(y|x))`` summed over
-the response tokens as tokenized by TRL. Reward accuracy counts a tie as
-half a win: before training the policy *is* the reference, every reward is 0
-and the accuracy is exactly 0.5 (TRL's own logged accuracy counts ties as
-losses and reads 0 there). ``logp_accuracy`` is the share of pairs whose
-chosen response is more likely than the rejected one under the policy alone
-(no reference): the model's own preference, meaningful before training too.
+``training_curves.json`` holds ``train`` (TRL's metrics per logged step) and ``heldout`` (the same metrics on
+pairs held out by :func:`split_pairs`, ``before`` and ``after`` training, from the DPO implicit reward summed
+over TRL's response tokens). Reward accuracy counts a tie as half a win (0.5 before training);
+``logp_accuracy`` is the share of pairs whose chosen response the policy alone prefers.
 
 >>> rows = [{"id": str(i)} for i in range(10)]
 >>> train, held = split_pairs(rows, 0.2, seed=0)
@@ -41,15 +28,9 @@ CURVES_PLOT = "training_curves.png"
 
 # TRL DPOTrainer log keys -> the names used in the curves file
 TRAIN_KEYS = {
-    "loss": "loss",
-    "rewards/accuracies": "reward_accuracy",
-    "rewards/margins": "reward_margin",
-    "rewards/chosen": "reward_chosen",
-    "rewards/rejected": "reward_rejected",
-    "logps/chosen": "logp_chosen",
-    "logps/rejected": "logp_rejected",
-    "learning_rate": "learning_rate",
-    "grad_norm": "grad_norm",
+    "loss": "loss", "rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",
+    "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected", "logps/chosen": "logp_chosen",
+    "logps/rejected": "logp_rejected", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
 }
 
 

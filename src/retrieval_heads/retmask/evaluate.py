@@ -1,27 +1,10 @@
 """RetMask before/after: exact-match accuracy of the base and tuned models on the built-in model's tasks.
 
-The suites are the long-context tasks where the base model is not perfect —
-multi-key retrieval with distractor needles at the longest trained length,
-and monolingual, cross-lingual and multi-hop retrieval *past* it (``*_past``,
-1536 tokens: the analogue of the paper's long-context tasks) — plus
-parametric recall (no needle in context) as the general-ability check that
-must not regress. Every model is scored on the *same* held-out examples
-(their seed is not the one the training prompts were drawn with), item by
-item, so that changes are *paired*. Gains are reported next to the
-concentration statistics of the head scores, which the paper links to how
-much RetMask helps.
+Suites: long-context retrieval at and past the trained length, plus parametric recall (must not regress).
+All models are scored item by item on the same held-out examples, so changes are paired: accuracies carry a
+binomial ``ci95`` and a bootstrap interval, changes and ``contrasts`` ``(a, b)`` a paired bootstrap interval.
 
-Every accuracy carries a binomial 95 % half-width (``ci95``) and a bootstrap
-interval over items (``ci_low``/``ci_high``); every change from the base a
-paired bootstrap interval (``delta_low``/``delta_high``,
-:func:`retrieval_heads.stats.paired_bootstrap_ci`); and each
-``contrasts`` pair ``(a, b)`` — RetMask against its random-heads control — the
-paired change ``a - b`` with its interval, the number that says whether the
-gain comes from the retrieval-head contrast.
-
->>> report = evaluate_models({"base": "organism", "retmask": "runs/retmask"},  # doctest: +SKIP
-...                          RetMaskEvalConfig(n_per_task=200), scores=HeadScores.load("head_scores.json"))
->>> print(format_table(report))  # doctest: +SKIP
+>>> report = evaluate_models({"base": "organism", "retmask": "runs/retmask"}, RetMaskEvalConfig(n_per_task=200))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -58,11 +41,8 @@ class EvalSuite:
 
 @dataclass
 class RetMaskEvalConfig:
-    """What to evaluate: ``suites`` by name, examples per suite, the held-out seed, the longest lengths.
-
-    ``long_lengths`` are the context lengths of the ``*_long`` suites (the
-    longest the built-in model was trained on). ``seed`` must differ from the
-    seed the training prompts were drawn with.
+    """What to evaluate: ``suites`` by name, examples per suite, the held-out seed (not the training one),
+    the lengths of the ``*_long`` and ``*_past`` suites.
 
     >>> [s.name for s in RetMaskEvalConfig().build_suites()]
     ['multikey_long', 'mono_past', 'cross_past', 'multihop_past', 'parametric']
@@ -96,23 +76,11 @@ class RetMaskEvalConfig:
             "mono_long": EvalSuite("mono_long", "mono", self.long_lengths),
             **{f"{task}_past": EvalSuite(f"{task}_past", task, self.past_lengths)
                for task in ("multikey", "mono", "cross", "multihop")},
-            "multikey": EvalSuite("multikey", "multikey"),
-            "mono": EvalSuite("mono", "mono"),
-            "cross": EvalSuite("cross", "cross"),
-            "multihop": EvalSuite("multihop", "multihop"),
-            "parametric": EvalSuite("parametric", "parametric"),
+            **{task: EvalSuite(task, task) for task in ("multikey", "mono", "cross", "multihop", "parametric")},
         }
 
     def build_suites(self) -> list[EvalSuite]:
-        catalogue = self._catalogue()
-        return [catalogue[name] for name in self.suites]
-
-
-def organism_tasks() -> Any:
-    """The built-in model's task suite (``make_eval_set``, ``exact_match_accuracy``; see :mod:`retrieval_heads.builtins`)."""
-    from ..builtins import task_suite
-
-    return task_suite("organism")
+        return [self._catalogue()[name] for name in self.suites]
 
 
 def load_for_eval(path_or_name: str, device: str | None = None):  # noqa: ANN201 - (model, tokenizer)
@@ -143,12 +111,9 @@ def ci95(p: float, n: int) -> float:
 
 
 def make_suite_examples(suite: EvalSuite, config: RetMaskEvalConfig, tasks: ModuleType) -> list[Any]:
-    kwargs: dict[str, Any] = {"n": config.n_per_task, "seed": config.seed}
-    if suite.lengths is not None:
-        kwargs["lengths"] = list(suite.lengths)
-    if suite.langs is not None:
-        kwargs["langs"] = list(suite.langs)
-    return list(tasks.make_eval_set(suite.task, **kwargs))
+    optional = {"lengths": suite.lengths, "langs": suite.langs}
+    kwargs = {k: list(v) for k, v in optional.items() if v is not None}
+    return list(tasks.make_eval_set(suite.task, n=config.n_per_task, seed=config.seed, **kwargs))
 
 
 def evaluate_models(
@@ -162,23 +127,15 @@ def evaluate_models(
 ) -> dict[str, Any]:
     """Score every model on every suite; the first model is the base the others are compared with.
 
-    ``models`` maps a name to a path/name (loaded with :func:`load_for_eval`)
-    or to a ``(model, tokenizer)`` pair. ``tasks`` is the task module
-    (default: the built-in model's). Returns the report (also written to
-    ``out_dir/retmask_eval.json``): per model and suite the accuracy, its 95 %
-    half-width and bootstrap interval, the change from the base with its paired
-    bootstrap interval; per ``contrasts`` pair ``(a, b)`` and suite the paired
-    change ``a - b`` (``report["contrasts"]["a - b"]``); and the concentration
-    of ``scores``. Per-item scores are kept in the journal. With ``out_dir`` the run is resumable
-    (:func:`retrieval_heads.runs.open_run`): each scored (model, suite) is
-    journalled with the model's weights fingerprint, a rerun scores only what is
-    missing, and other evaluation settings, or other weights under a model's
-    name, are refused.
-
-    >>> evaluate_models({"base": "organism", "retmask": "runs/retmask"})  # doctest: +SKIP
+    ``models`` maps a name to a path/name or a ``(model, tokenizer)`` pair. Returns the report (also
+    ``out_dir/retmask_eval.json``). With ``out_dir`` the run resumes (:func:`retrieval_heads.runs.open_run`):
+    each (model, suite) is journalled with its weights fingerprint; other settings or weights are refused.
     """
     config = config or RetMaskEvalConfig()
-    tasks = tasks or organism_tasks()
+    if tasks is None:
+        from ..builtins import task_suite
+
+        tasks = task_suite("organism")
     if not models:
         raise ValueError("no models to evaluate")
     unknown = sorted({m for pair in contrasts for m in pair} - set(models))

@@ -17,18 +17,7 @@ ENGINES = ("transformers", "vllm")
 
 @dataclass
 class PairConfig:
-    """Settings of RetMask pair generation (paper defaults: temperature 0.6, top_p 1.0).
-
-    Sampling: ``temperature``, ``top_p``, ``max_new_tokens``, ``seed`` (the base
-    seed; each prompt's seed is derived from it and the prompt id) and
-    ``same_seed_for_both``. Stopping: the model's EOS tokens, and ``stop``
-    strings (a response is cut after the first one; ``include_stop`` keeps it).
-    Prompts: ``first_turn_only`` keeps the system message(s) and the first user
-    turn of a conversation (the paper's first-turn chat prompts);
-    ``max_prompt_tokens`` drops longer prompts (counted as ``prompt_too_long``).
-    Engine: ``batch_size`` (transformers), ``engine`` (``transformers`` or
-    ``vllm``), ``vllm_kwargs`` (passed to ``vllm.LLM``), ``ablated_dir`` (where
-    the vLLM engine writes the baked ablated checkpoint).
+    """Settings of RetMask pair generation (paper defaults: temperature 0.6, top_p 1.0); see each field's help.
 
     >>> PairConfig(max_new_tokens=32).temperature
     0.6
@@ -109,8 +98,7 @@ def prompt_seed(base_seed: int, prompt_id: str, stream: str = "") -> int:
 
 def dropped_path(out_path: str | Path) -> Path:
     """``pairs.jsonl`` -> ``pairs.dropped.jsonl`` (the dropped prompts, with both responses and the reason)."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + ".dropped.jsonl")
+    return Path(out_path).with_name(Path(out_path).stem + ".dropped.jsonl")
 
 
 def encode_prompt(tokenizer, item: PromptItem) -> list[int]:  # noqa: ANN001

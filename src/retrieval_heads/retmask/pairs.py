@@ -1,34 +1,10 @@
 """RetMask preference pairs: chosen = the original model, rejected = the model with its retrieval heads zeroed.
 
-For every prompt one response is sampled from the original model and one from
-the ablated model (the selected heads zeroed in the output projection; here
-through :func:`~retrieval_heads.masked_heads` with ``mode="zero"`` on the same
-model object, which computes exactly what the baked checkpoint of
-:func:`~retrieval_heads.save_ablated_model` computes). Pairs with an empty
-response, or with two identical responses, are dropped and counted.
+Sampling is seeded per prompt (one ``torch.Generator`` per row), so responses do not depend on batching or
+resuming; by default chosen and rejected share the random stream. Pairs with an empty or identical response
+are dropped and counted. The output JSONL is the run's journal (:func:`retrieval_heads.runs.open_run`).
 
-Sampling is seeded *per prompt*: each prompt gets a seed derived from the base
-seed and its id, and every row of a batch draws from its own
-``torch.Generator``, so a prompt's responses do not depend on the batch size,
-the batch it landed in, or whether the run was resumed. By default the chosen
-and rejected responses use the *same* random stream (common random numbers):
-the two differ only where the masked heads change the distribution, not
-through sampling noise.
-
-The output JSONL is the journal of a run (:func:`retrieval_heads.runs.open_run`,
-recorded in ``OUT.run.json``): a re-run with the same heads, sampling settings
-and weights skips the prompt ids already written (kept pairs in ``OUT``,
-dropped ones in ``OUT.dropped.jsonl``), other ones are refused by name; the
-counts in ``OUT.stats.json`` cover the whole file.
-
->>> from retrieval_heads import load_model
->>> from retrieval_heads.heads import HeadScores
->>> model, tokenizer, spec = load_model("organism")  # doctest: +SKIP
->>> heads = HeadScores.load("runs/detect/head_scores.json").top_k(8)  # doctest: +SKIP
->>> prompts = load_prompts("prompts.jsonl")  # doctest: +SKIP
->>> stats = generate_pairs(model, tokenizer, heads, prompts, PairConfig(max_new_tokens=64), "pairs.jsonl")  # doctest: +SKIP
->>> stats.n_pairs, stats.dropped  # doctest: +SKIP
-(412, {'identical': 80, 'empty_rejected': 8})
+>>> stats = generate_pairs(model, tokenizer, heads, load_prompts("p.jsonl"), PairConfig(), "pairs.jsonl")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -147,21 +123,14 @@ def _load_dataset_records(spec: str, limit: int | None) -> list[dict[str, Any]]:
     return [dict(row) for row in ds]
 
 
-def _first_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """System message(s) plus the first user message."""
-    out = []
-    for m in messages:
-        out.append(m)
-        if m.get("role") == "user":
-            return out
-    raise ValueError("a chat prompt has no user message")
-
-
 def _prompt_messages(messages: list[dict[str, Any]], first_turn_only: bool) -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
         raise ValueError("chat prompts must be a list of {'role': ..., 'content': ...} messages")
-    if first_turn_only:
-        return _first_turn(messages)
+    if first_turn_only:  # system message(s) plus the first user message
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            raise ValueError("a chat prompt has no user message")
+        return messages[: users[0] + 1]
     while messages and messages[-1].get("role") == "assistant":  # the prompt ends before the model's reply
         messages = messages[:-1]
     if not messages:
@@ -206,14 +175,10 @@ def prepare_prompts(records: Sequence[dict[str, Any]], tokenizer, config: PairCo
 
 
 def _cut_at_stop(text: str, stop: Sequence[str], include: bool) -> tuple[str, bool]:
-    best = None
-    for s in stop:
-        i = text.find(s)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, s)
-    if best is None:
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if not hits:
         return text, False
-    i, s = best
+    i, s = min(hits, key=lambda h: h[0])  # the earliest; on a tie the first in ``stop``
     return (text[: i + len(s)] if include else text[:i]), True
 
 
@@ -239,12 +204,7 @@ def _sample_batch(
 
 
 def _decode_continuation(tokenizer, prompt_ids: list[int], tokens: list[int]) -> str:  # noqa: ANN001
-    """The text the new tokens add to the prompt, leading space included.
-
-    Decoding the new tokens alone drops the leading space of SentencePiece-style
-    tokens (``"▁Paris"`` -> ``"Paris"``), and TRL joins prompt and response as
-    strings, so the response is read off the decoded prompt + response instead.
-    """
+    """The text the new tokens add to the prompt, leading space kept (SentencePiece; TRL joins strings)."""
     prompt = tokenizer.decode(prompt_ids, skip_special_tokens=True)
     full = tokenizer.decode(prompt_ids + tokens, skip_special_tokens=True)
     if full.startswith(prompt):
@@ -288,13 +248,8 @@ def generate_pairs(
 ) -> PairStats:
     """Sample chosen (original) and rejected (heads zeroed) responses for ``prompts``; write TRL preference rows.
 
-    ``prompts`` are records as :func:`load_prompts` returns them. Rows are
-    ``{"id", "prompt", "chosen", "rejected", "meta"}`` (conversational when the
-    prompt was chat). Returns the :class:`PairStats`, also saved as
-    ``OUT.stats.json``. Resumes: prompt ids already in ``OUT`` or
-    ``OUT.dropped.jsonl`` are skipped.
-
-    >>> stats = generate_pairs(model, tokenizer, [Head(5, 3)], [{"prompt": "Hi"}], PairConfig(), "p.jsonl")  # doctest: +SKIP
+    Rows are ``{"id", "prompt", "chosen", "rejected", "meta"}``; stats also go to ``OUT.stats.json``.
+    Resumes: prompt ids already in ``OUT`` or ``OUT.dropped.jsonl`` are skipped.
     """
     config = config or PairConfig()
     out_path = Path(out_path)

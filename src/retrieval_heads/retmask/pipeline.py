@@ -1,21 +1,9 @@
 """RetMask end to end on an organism-like model: heads -> pairs -> DPO -> before/after evaluation.
 
-``out`` is a run (:func:`retrieval_heads.runs.open_run`): the pipeline's
-settings, the base weights and the head scores are recorded in ``out/run.json``
-and a rerun with any of them changed is refused by name before anything is
-written. Every step is a run of its own inside it (pairs journal, trained model,
-evaluation journal), so an interrupted run resumes where it stopped and a
-finished step is kept. With ``random_control=True`` the same pipeline runs a
-second arm whose rejected responses come from K random heads (outside the
-top-K, :class:`~retrieval_heads.selection.HeadSelection`'s random control)
-masked — the control that the gain comes from the retrieval-head contrast.
-Masking random heads changes an answer less often, so the control samples
-further training prompts (up to ``control_prompt_factor`` times as many) until
-it has as many pairs as RetMask; both arms then train on the same number of
-pairs (the first in prompt order, ``pairs_ARM.train.jsonl``) with the same
-settings, hence the same number of optimiser steps. The base model is
-evaluated once; the report holds the paired change RetMask minus control with
-its bootstrap interval (``contrasts``).
+``out`` is a run (:func:`retrieval_heads.runs.open_run`): changed settings, base weights or head scores are
+refused; each step resumes. ``random_control=True`` adds an arm masking as many random heads (outside the
+top-K); it samples up to ``control_prompt_factor`` times the prompts to match RetMask's pair count, both arms
+train on the same number of pairs, and the report holds the paired change RetMask minus control.
 
 >>> run_retmask_pipeline(RetMaskPipelineConfig(heads="runs/rh/head_scores.json", out="runs/rm"))  # doctest: +SKIP
 """
@@ -42,12 +30,7 @@ from .train import RetMaskTrainConfig, train_retmask
 
 @dataclass
 class RetMaskPipelineConfig:
-    """Sizes and settings of one RetMask run on an organism-like checkpoint.
-
-    ``lr`` defaults to 2e-5: the paper's 5e-7 was set for 8B models and
-    thousands of pairs and moves nothing in a 3M-parameter model trained on a
-    few dozen pairs (docs/retmask.md).
-    """
+    """Sizes and settings of one RetMask run; ``lr`` 2e-5 because the paper's 5e-7 moves nothing in a 3M model."""
 
     heads: str
     out: str
@@ -96,8 +79,12 @@ def _training_prompts(generator: Any, config: RetMaskPipelineConfig, run: Run) -
         length = config.lengths[i % len(config.lengths)]
         ex = generator.example(task, rng, length, split="train")
         rows.append({"id": f"{task}-{i}", "prompt": ex.prompt, "task": task, "length": length, "answer": ex.answer})
-    atomic_write_text(run.journal, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write_jsonl(run.journal, rows)
     return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def open_pipeline(config: RetMaskPipelineConfig, weights: str) -> Run:
@@ -164,8 +151,7 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
 
     report = evaluate_models(
         {"base": model_path, **trained}, config.eval_config(), scores=pairs.scores, out_dir=out, tasks=pairs.tasks,
-        extra={"heads": pairs.heads, "pairs": pair_stats,
-               "pipeline": asdict(config)},
+        extra={"heads": pairs.heads, "pairs": pair_stats, "pipeline": asdict(config)},
         contrasts=[("retmask", "random_control")] if {"retmask", "random_control"} <= set(trained) else [],
     )
     console.print(format_table(report), markup=False, highlight=False)
@@ -174,12 +160,8 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
 
 def make_arm_pairs(model: Any, tokenizer: Any, arms: dict[str, list[Any]], prompts: list[dict[str, Any]],
                    config: RetMaskPipelineConfig, console: Console) -> dict[str, dict[str, Any]]:
-    """Pairs of every arm in ``config.out`` (``pairs_ARM.jsonl``); with a control, matched training files.
-
-    The first arm (RetMask) samples the first ``n_prompts`` prompts; every other arm (the control)
-    samples ``n_prompts`` more at a time until it has as many pairs, or the prompts run out. Each
-    arm's training file then holds the first ``n_train`` pairs in prompt order, ``n_train`` the
-    smallest pair count of the arms (without a control: every pair, in ``pairs_retmask.jsonl``).
+    """Pairs of every arm in ``config.out`` (``pairs_ARM.jsonl``); with a control, matched training files
+    (``pairs_ARM.train.jsonl``: each arm's first ``n_train`` pairs in prompt order, ``n_train`` the smallest count).
     """
     out = Path(config.out)
     cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
@@ -204,8 +186,7 @@ def make_arm_pairs(model: Any, tokenizer: Any, arms: dict[str, list[Any]], promp
         if len(stats) > 1:
             rows = sorted(read_jsonl(out / f"pairs_{arm}.jsonl"), key=lambda r: order[r["id"]])[:n_train]
             arm_stats["train_file"] = f"pairs_{arm}.train.jsonl"
-            atomic_write_text(out / arm_stats["train_file"], "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                                      for r in rows))
+            _write_jsonl(out / arm_stats["train_file"], rows)
     return stats
 
 

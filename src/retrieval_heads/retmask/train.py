@@ -1,26 +1,10 @@
 """RetMask training: standard DPO (TRL's ``DPOTrainer``) on the pairs of :mod:`retrieval_heads.retmask.pairs`.
 
-Defaults follow the paper (``../shared/docs/science.md`` section 3): sigmoid
-loss, beta 0.1, learning rate 5e-7 with a cosine schedule, 2 epochs, full
-fine-tuning. Every field can be overridden; LoRA through PEFT is one flag
-(with LoRA the reference model is the base model with the adapter disabled,
-as TRL does; without it TRL loads a frozen copy of the model).
+Defaults follow the paper (sigmoid loss, beta 0.1, lr 5e-7 cosine, 2 epochs, full fine-tuning); LoRA is one
+flag. Multi-GPU is accelerate's business: ``accelerate launch -m retrieval_heads.retmask.train --model M
+--pairs pairs.jsonl --out runs/retmask`` (``--help`` lists every field of :class:`RetMaskTrainConfig`).
 
-Multi-GPU is accelerate's business, not a loop of ours::
-
-    accelerate launch --config_file docs/examples/accelerate_zero3.yaml \\
-        -m retrieval_heads.retmask.train --model M --pairs pairs.jsonl --out runs/retmask
-
-    # the same through the CLI
-    accelerate launch $(which retrieval-heads) retmask train --model M --pairs pairs.jsonl --out runs/retmask
-
-``python -m retrieval_heads.retmask.train --help`` lists every field of
-:class:`RetMaskTrainConfig` as a flag.
-
->>> config = RetMaskTrainConfig(use_lora=True, learning_rate=1e-5)
->>> result = train_retmask("organism", "pairs.jsonl", "runs/retmask", config)  # doctest: +SKIP
->>> result.out_dir  # doctest: +SKIP
-PosixPath('runs/retmask')
+>>> result = train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -53,23 +37,8 @@ MERGED_DIR = "merged"
 
 @dataclass
 class RetMaskTrainConfig:
-    """DPO settings for RetMask; turned into TRL's ``DPOConfig`` by :meth:`to_dpo_config`.
-
-    Groups of fields:
-
-    - DPO: ``loss_type`` (paper: ``sigmoid``), ``beta`` (0.1), ``max_length``
-      (prompt + response tokens; ``None`` = no truncation — long-context
-      prompts must stay whole), ``precompute_ref_log_probs``.
-    - Optimiser: ``learning_rate`` (5e-7), ``lr_scheduler_type`` (cosine),
-      ``warmup_ratio`` (0.1; the paper does not state it), ``num_train_epochs``
-      (2), ``per_device_train_batch_size``, ``gradient_accumulation_steps``,
-      ``weight_decay``, ``max_steps`` (overrides epochs when > 0).
-    - LoRA: ``use_lora``, ``lora_r``, ``lora_alpha``, ``lora_dropout``,
-      ``lora_target_modules`` (``all-linear`` or a comma-separated list),
-      ``merge_lora`` (also save the merged full model in ``OUT/merged``).
-    - Run: ``seed``, ``bf16`` (``auto``: on when a CUDA GPU supports it),
-      ``gradient_checkpointing``, ``logging_steps``, ``dpo_overrides`` (any
-      other ``DPOConfig``/``TrainingArguments`` field, e.g. ``{"save_strategy": "epoch"}``).
+    """DPO settings for RetMask (paper defaults; ``warmup_ratio`` is not stated there), turned into TRL's
+    ``DPOConfig`` by :meth:`to_dpo_config`; ``dpo_overrides`` sets any other ``DPOConfig`` field.
 
     >>> RetMaskTrainConfig().to_dpo_config("/tmp/out").beta
     0.1
@@ -232,11 +201,7 @@ def build_trainer(model: str, pairs, out_dir: str | Path, config: RetMaskTrainCo
 
 
 def save_merged(adapter_dir: str | Path, merged_dir: str | Path) -> Path:
-    """Merge a saved LoRA adapter into its base model and save the full model (and tokenizer).
-
-    The adapter is reloaded from disk, so this works the same after a sharded
-    (ZeRO-3/FSDP) run and leaves the trainer's in-memory model untouched.
-    """
+    """Merge a saved LoRA adapter (reloaded from disk: works after a sharded run) into its base model; save it."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
@@ -250,11 +215,6 @@ def _pair_rows(pairs: str | Path | Sequence[dict[str, Any]]) -> list[dict[str, A
     return list(read_jsonl(pairs)) if isinstance(pairs, (str, Path)) else list(pairs)
 
 
-def _heldout_possible(trainer: Any) -> bool:
-    """Held-out log-probs are computed outside the trainer's engine: not with sharded (ZeRO-3 / FSDP) weights."""
-    return not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
-
-
 def train_retmask(
     model: str,
     pairs: str | Path | Sequence[dict[str, Any]],
@@ -263,17 +223,9 @@ def train_retmask(
 ) -> TrainResult:
     """Train ``model`` (a path, hub id or ``organism``) with DPO on RetMask ``pairs``; save it to ``out_dir``.
 
-    ``out_dir`` gets the model (the adapter with LoRA; plus ``merged/`` with
-    ``merge_lora``), the tokenizer, ``retmask_run.json`` with the config,
-    the loss curve and run metadata, and ``training_curves.json`` /
-    ``training_curves.png``: the DPO metrics per step and on the held-out
-    pairs (``config.heldout_fraction``) before and after training
-    (:mod:`retrieval_heads.retmask.curves`). ``out_dir`` is a run
-    (:func:`retrieval_heads.runs.open_run`): a folder trained with another base
-    model, other pairs or other settings is refused by name, and a finished
-    training with the same ones is kept (its result returned, ``trainer`` None).
-
-    >>> train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
+    ``out_dir`` gets the model (adapter with LoRA, plus ``merged/`` with ``merge_lora``), ``retmask_run.json``
+    and ``training_curves.json``/``.png`` (:mod:`.curves`). It is a run (:func:`retrieval_heads.runs.open_run`):
+    other base model, pairs or settings are refused; a finished training is kept (``trainer`` None).
     """
     config = config or RetMaskTrainConfig()
     out_dir = Path(out_dir)
@@ -302,7 +254,8 @@ def train_retmask(
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
     held_tok, ref_logps, before = None, None, None
-    if held_rows and _heldout_possible(trainer):
+    sharded = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
+    if held_rows and not sharded:  # held-out log-probs are computed outside the trainer's (sharded) engine
         # tokenized exactly as TRL tokenizes the training pairs
         held_tok = list(trainer._prepare_dataset(load_pairs(held_rows), trainer.processing_class, trainer.args, "heldout"))
         before, ref_logps = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta)

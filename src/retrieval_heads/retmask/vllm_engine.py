@@ -1,13 +1,7 @@
-"""The optional vLLM engine of RetMask pair generation (``PairConfig(engine="vllm")``).
+"""The optional vLLM engine of RetMask pair generation (``PairConfig(engine="vllm")``; not a dependency).
 
-Two passes over the pending prompts: the original checkpoint samples the
-chosen responses (journaled in ``OUT.vllm_chosen.jsonl``, so a crash in the
-second pass loses nothing), then the baked ablated checkpoint
-(:func:`~retrieval_heads.save_ablated_model`, written to ``OUT.ablated`` or
-``PairConfig.ablated_dir``) samples the rejected ones. Each request carries
-its prompt's seed, so vLLM's sampling is per prompt as well. vLLM is not a
-dependency (``pip install 'retrieval-heads[vllm]'``) and is not exercised by
-the test suite when it is not installed.
+The original checkpoint samples the chosen responses (journaled in ``OUT.vllm_chosen.jsonl``), then the baked
+ablated checkpoint (``OUT.ablated`` or ``PairConfig.ablated_dir``) the rejected ones, each with its prompt's seed.
 """
 
 from __future__ import annotations
@@ -29,18 +23,12 @@ def _vllm_generate(model_dir: str, items: Sequence[PromptItem], seeds: Sequence[
     from vllm import LLM, SamplingParams  # optional dependency
 
     llm = LLM(model=model_dir, tokenizer=model_dir, **config.vllm_kwargs)
-    params = [
-        SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens,
-                       seed=int(s % (1 << 31)), stop=list(config.stop) or None,
-                       include_stop_str_in_output=config.include_stop)
-        for s in seeds
-    ]
-    prompts = [{"prompt_token_ids": encode_prompt(tokenizer, it)} for it in items]
-    outputs = llm.generate(prompts, params)
-    responses = [
-        Response(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop")
-        for o in outputs
-    ]
+    params = [SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens,
+                             seed=int(s % (1 << 31)), stop=list(config.stop) or None,
+                             include_stop_str_in_output=config.include_stop) for s in seeds]
+    outputs = llm.generate([{"prompt_token_ids": encode_prompt(tokenizer, it)} for it in items], params)
+    responses = [Response(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop")
+                 for o in outputs]
     del llm  # free the GPU before the next engine starts
     gc.collect()
     if torch.cuda.is_available():
