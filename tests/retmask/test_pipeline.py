@@ -84,3 +84,12 @@ def test_the_control_arm_masks_other_heads_with_as_many_pairs_and_steps(finished
         assert row["delta"] == pytest.approx(r["accuracy"] - c["accuracy"])
         assert row["delta_low"] <= row["delta"] <= row["delta_high"]
         assert r["delta_low"] <= r["delta"] <= r["delta_high"] and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+
+
+def test_the_records_name_the_builtin_model_not_its_install_path(finished):
+    config, report = finished
+    out = Path(config.out)
+    assert report["models"]["base"] == "organism"
+    for arm in ("retmask", "random_control"):
+        run = json.loads((out / f"model_{arm}" / "retmask_run.json").read_text())
+        assert run["base_model"] == "organism"

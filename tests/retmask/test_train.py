@@ -123,7 +123,7 @@ def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_pat
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(4)))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "retrieval_heads.retmask.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "retrieval_heads.retmask.train",
            "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning_rate", "1e-3",
            "--max_steps", "2", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
            "--no_gradient_checkpointing", "--use_lora", "--dpo_overrides", '{"ddp_backend": "gloo"}']

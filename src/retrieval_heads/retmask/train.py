@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..builtins import builtin_name
 from ..model_spec import resolve_model_path
 from ..runs import atomic_write_json, open_run, read_jsonl, run_metadata, stamp, track
 from .curves import (
@@ -270,7 +271,7 @@ def train_retmask(
         if trainer.is_world_process_zero():
             save_merged(out_dir, merged_dir)
     log_history = list(trainer.state.log_history)
-    meta = run_metadata(base_model=model, base_path=resolve_model_path(model), seed=config.seed, config=asdict(config),
+    meta = run_metadata(base_model=builtin_name(str(model)), base_path=resolve_model_path(model), seed=config.seed, config=asdict(config),
                         n_pairs=len(train_rows), n_heldout=len(held_rows), world_size=trainer.args.world_size,
                         heldout_ids=[str(r.get("id", i)) for i, r in enumerate(held_rows)])
     curves = curves_record(train_curves(log_history), before, after, meta)
@@ -280,7 +281,7 @@ def train_retmask(
         atomic_write_json(out_dir / CURVES_FILE, curves)
         plot_curves(curves, out_dir / CURVES_PLOT)
         atomic_write_json(out_dir / RUN_FILE, stamp("retmask-train", {
-            **run.meta, "base_model": model, "base_path": resolve_model_path(model),
+            **run.meta, "base_model": builtin_name(str(model)), "base_path": resolve_model_path(model),
             "pairs": str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", "n_pairs": result.n_pairs,
             "n_heldout": len(held_rows), "config": asdict(config), "metrics": result.metrics,
             "log_history": result.log_history, "heldout": {"before": before, "after": after},
