@@ -116,6 +116,31 @@ def compute_prefix(model: PreTrainedModel, tokens: Sequence[int]) -> Prefix:
     return Prefix(tuple(int(t) for t in tokens), [(layer.keys, layer.values) for layer in cache.layers])
 
 
+#: Tokens: a shorter common prefix is not worth a forward of its own.
+MIN_SHARED_PREFIX = 64
+
+
+class PrefixKeeper:
+    """The shared prefix of the batch group being run: computed when the group starts, reused by its batches.
+
+    Batches come group by group (:func:`plan_batches`). The last group's states are freed before the next
+    group's prefix is computed, so at most one prefix is held; pass :meth:`get`'s result straight on.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        self.model, self.current = model, None
+
+    def get(self, tokens: Sequence[int]) -> Prefix | None:
+        """The prefix holding ``tokens`` (``None`` for no tokens)."""
+        tokens = tuple(tokens)
+        if not tokens:
+            self.current = None
+        elif self.current is None or self.current.tokens != tokens:
+            self.current = None  # free the last group's states first
+            self.current = compute_prefix(self.model, tokens)
+        return self.current
+
+
 def prefix_cache(model: PreTrainedModel, prefix: Prefix | None, batch: int, max_cache_len: int | None = None):
     """A fresh cache for ``batch`` rows holding ``prefix`` (``None``: empty).
 

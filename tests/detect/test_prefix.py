@@ -10,6 +10,7 @@ import torch
 from retrieval_heads.detect import DetectConfig, StopTokens, detect, greedy_batch, teacher_batch
 from retrieval_heads.generation import auto_batch_size, left_pad, prefill
 from retrieval_heads.prefix import (
+    PrefixKeeper,
     can_share_prefix,
     common_prefix_len,
     compute_prefix,
@@ -170,3 +171,21 @@ def test_organism_detect_is_the_same_with_a_shared_prefix(tmp_path, mode):
     plain = detect(model, tokenizer, prompts, DetectConfig(share_prefix=False, batch_size=1, **base), tmp_path / "b")
     assert torch.equal(shared.scores, plain.scores) and plain.scores.sum() > 0
     assert _samples(tmp_path / "a") == _samples(tmp_path / "b")
+
+
+def test_the_keeper_computes_a_group_prefix_once_and_frees_it_for_the_next(monkeypatch):
+    import retrieval_heads.prefix as prefix_module
+
+    model = make_tiny_model("llama")
+    calls = []
+    monkeypatch.setattr(prefix_module, "compute_prefix", lambda m, t: calls.append(tuple(t)) or compute_prefix(m, t))
+    keeper = PrefixKeeper(model)
+    first = keeper.get([5, 6, 7])
+    assert keeper.get((5, 6, 7)) is first and calls == [(5, 6, 7)]  # the group's next batch: no second forward
+    other = keeper.get([5, 6, 8])
+    assert other is not first and other.tokens == (5, 6, 8) and calls == [(5, 6, 7), (5, 6, 8)]
+    assert keeper.get([]) is None and keeper.current is None  # no shared prefix: nothing held
+    ref = compute_prefix(model, [5, 6, 8])
+    for (k, v), (rk, rv) in zip(other.states, ref.states, strict=True):
+        torch.testing.assert_close(k, rk)
+        torch.testing.assert_close(v, rv)

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from retrieval_heads import Head, HeadScores, HeadSelection, masked_heads
 from retrieval_heads.commands.niah_eval import niah_eval_command
 from retrieval_heads.evaluate.conditions import Condition
-from retrieval_heads.evaluate.niah_eval import MIN_SHARED_PREFIX, answer_contains, evaluate_niah
+from retrieval_heads.evaluate.niah_eval import answer_contains, evaluate_niah
 from retrieval_heads.niah import build_grid, load_haystack, load_needles
 from retrieval_heads.organism import ORGANISM_PATH
-from retrieval_heads.prefix import plan_batches
+from retrieval_heads.prefix import MIN_SHARED_PREFIX, plan_batches
 from retrieval_heads.runs import ResumeMismatchError, read_jsonl
 from retrieval_heads.selection import random_heads, share_of_heads
 

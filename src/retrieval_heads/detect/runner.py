@@ -37,7 +37,7 @@ from ..generation import StopTokens, auto_batch_size, pad_id_of, response_text
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..niah import rouge1_recall
-from ..prefix import Prefix, can_share_prefix, compute_prefix, plan_batches
+from ..prefix import MIN_SHARED_PREFIX, Prefix, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import (
     ResumeMismatchError,  # noqa: F401 - the one refusal, re-exported by retrieval_heads.detect
     atomic_write_text,
@@ -57,7 +57,6 @@ SAMPLES_FILE = "samples.jsonl"
 SCORES_FILE = "head_scores.json"
 HEATMAP_FILE = "heatmap.png"
 _SHARD_RE = re.compile(r"^samples\.rank(\d+)\.jsonl$")
-MIN_SHARED_PREFIX = 64  # tokens: shorter common prefixes are not worth a separate forward
 
 
 class DetectionError(RuntimeError):
@@ -275,18 +274,14 @@ def detect(
     mine = len(items[rank::world])
     with track(label, mine, mine - len(todo), enabled=config.progress and rank == 0, console=console) as bar:
         share = MIN_SHARED_PREFIX if config.share_prefix and can_share_prefix(model) else None
-        prefix = None
+        prefixes = PrefixKeeper(model)
         for members, n_prefix in plan_batches([it.input_ids for it in todo], int(config.batch_size), share):
             batch = [todo[i] for i in members]
             t0 = time.perf_counter()
             # a prefix ends outside every answer span (the transition rule indexes span tokens by offset)
             n_prefix = min([n_prefix] + [it.span[0] for it in batch if it.span[0] < n_prefix < it.span[1]])
-            if n_prefix == 0:
-                prefix = None
-            elif prefix is None or prefix.tokens != batch[0].input_ids[:n_prefix]:
-                prefix = None  # free the last group's states first
-                prefix = compute_prefix(model, batch[0].input_ids[:n_prefix])
-            records = _score_batch(model, tokenizer, batch, config, spec, stops, pad_id, prefix)
+            records = _score_batch(model, tokenizer, batch, config, spec, stops, pad_id,
+                                   prefixes.get(batch[0].input_ids[:n_prefix]))
             per_prompt = (time.perf_counter() - t0) / len(batch)
             for rec in records:
                 rec.update(seconds=round(per_prompt, 4), rank=rank)

@@ -36,13 +36,12 @@ from ..generation import StopTokens, generate, pad_id_of
 from ..heads import heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
-from ..prefix import can_share_prefix, compute_prefix, plan_batches
+from ..prefix import MIN_SHARED_PREFIX, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
 from .conditions import Condition, MaskedEvalConfig, pyplot, save_figure
 
 CELLS_FILE = "cells.json"
 METRICS = ("exact_match", "rouge1")
-MIN_SHARED_PREFIX = 64  # tokens: shorter common prefixes are not worth a separate forward (as in detection)
 
 
 @dataclass
@@ -142,16 +141,11 @@ def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions
             if not mine:
                 continue
             with masked_heads(model, cond.heads, mode=mode, means=means, spec=spec):  # type: ignore[arg-type]
-                prefix = None  # computed under this condition's mask
+                prefixes = PrefixKeeper(model)  # computed under this condition's mask
                 for members, n_prefix in plan_batches([p.input_ids for p in mine], batch_size, share):
                     batch = [mine[i] for i in members]
-                    if n_prefix == 0:
-                        prefix = None
-                    elif prefix is None or prefix.tokens != tuple(batch[0].input_ids[:n_prefix]):
-                        prefix = None  # free the last group's states first
-                        prefix = compute_prefix(model, batch[0].input_ids[:n_prefix])
                     decoded = generate(model, [p.input_ids for p in batch], max_new_tokens, stops,  # type: ignore[arg-type]
-                                       pad_id=pad_id_of(tokenizer), prefix=prefix)  # fmt: skip
+                                       pad_id=pad_id_of(tokenizer), prefix=prefixes.get(batch[0].input_ids[:n_prefix]))  # fmt: skip
                     for b, prompt in enumerate(batch):
                         answer, expected = decoded.text(tokenizer, b), prompt.expected_answer
                         record = {
