@@ -86,6 +86,11 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]], default: Any = None) -> Path:
+    """Write ``rows`` as a whole JSONL file, atomically (``default`` as in :func:`json.dumps`)."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=default) + "\n" for r in rows))
+
+
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
     """Append one record as a single line and fsync it: a finished unit of work is never lost."""
     path = Path(path)

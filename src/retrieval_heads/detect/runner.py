@@ -40,7 +40,7 @@ from ..niah import rouge1_recall
 from ..prefix import MIN_SHARED_PREFIX, Prefix, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import (
     ResumeMismatchError,  # noqa: F401 - the one refusal, re-exported by retrieval_heads.detect
-    atomic_write_text,
+    atomic_write_jsonl,
     flags,
     open_run,
     read_jsonl,
@@ -346,8 +346,7 @@ def merge_shards(
             "finish every shard (rerun the same command to resume) before merging"
         )
     ordered = [records[pid] for pid in run["prompt_ids"]]
-    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in ordered)
-    atomic_write_text(out / SAMPLES_FILE, text)
+    atomic_write_jsonl(out / SAMPLES_FILE, ordered, default=str)
     for path in _sample_files(out)[1:]:
         path.unlink()
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..runs import atomic_write_bytes, atomic_write_text, read_jsonl
+from ..runs import atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_jsonl
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 """The task YAMLs shipped with the package: ``organism/`` and ``xquad_compat/``."""
@@ -383,7 +383,7 @@ def write_organism_data(task: str, n: int = 200, seed: int = 1234, lengths: Sequ
     rows = [_as_row(ex, i, task) for i, ex in enumerate(organism_eval_set(task, n, seed, lengths, langs))]
     if not rows:
         raise ValueError(f"make_eval_set({task!r}, n={n}) returned no examples")
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return atomic_write_jsonl(path, rows)
 
 
 def organism_dataset(organism_cache_dir: str | None = None, **kwargs: Any):

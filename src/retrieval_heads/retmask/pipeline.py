@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from ..heads import HeadScores
-from ..runs import Run, atomic_write_text, open_run, read_jsonl
+from ..runs import Run, atomic_write_jsonl, open_run, read_jsonl
 from ..selection import HeadSelection
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
 from .pairs import PairConfig, generate_pairs
@@ -79,12 +79,8 @@ def _training_prompts(generator: Any, config: RetMaskPipelineConfig, run: Run) -
         length = config.lengths[i % len(config.lengths)]
         ex = generator.example(task, rng, length, split="train")
         rows.append({"id": f"{task}-{i}", "prompt": ex.prompt, "task": task, "length": length, "answer": ex.answer})
-    _write_jsonl(run.journal, rows)
+    atomic_write_jsonl(run.journal, rows)
     return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def open_pipeline(config: RetMaskPipelineConfig, weights: str) -> Run:
@@ -186,7 +182,7 @@ def make_arm_pairs(model: Any, tokenizer: Any, arms: dict[str, list[Any]], promp
         if len(stats) > 1:
             rows = sorted(read_jsonl(out / f"pairs_{arm}.jsonl"), key=lambda r: order[r["id"]])[:n_train]
             arm_stats["train_file"] = f"pairs_{arm}.train.jsonl"
-            _write_jsonl(out / arm_stats["train_file"], rows)
+            atomic_write_jsonl(out / arm_stats["train_file"], rows)
     return stats
 
 
