@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..detect.plots import new_figure, save_figure
 from ..heads import heads_to_strings
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, package_versions, stamp, track
 from ..stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
-from .conditions import Condition, MaskedEvalConfig, pyplot, save_figure
+from .conditions import Condition, MaskedEvalConfig
 from .fixtures import TASKS_DIR
 
 CELLS_DIR = "cells"
@@ -381,12 +382,12 @@ def format_csv(rows: Sequence[dict[str, Any]], seed_rows: Sequence[dict[str, Any
 
 def plot_comparison(rows: Sequence[dict[str, Any]], seed_rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Grouped bars per task (one per condition) with the bootstrap interval; random seeds as dots."""
-    plt = pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     by = {(r["task"], r["condition"]): r for r in rows}
     width = 0.8 / len(conds)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(tasks) * len(conds) * 0.5 + 2), 4.0))
+    fig = new_figure(max(5.0, 1.2 * len(tasks) * len(conds) * 0.5 + 2), 4.0)
+    ax = fig.subplots()
     for j, c in enumerate(conds):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(tasks))]
         ys = [100 * by[(t, c)]["score"] for t in tasks]

@@ -1,7 +1,7 @@
 """What niah-eval and compare share: the masking settings (:class:`MaskedEvalConfig`), the conditions
 they make (:func:`build_conditions`: ``unmasked``; per head set, its top-K masked; ``random-s{seed}``:
 K random heads drawn outside *every* set's top-K, or with ``layer_matched`` one family per set,
-``random-{NAME}-s{seed}``, with that set's heads per layer) and saving a figure.
+``random-{NAME}-s{seed}``, with that set's heads per layer).
 """
 
 from __future__ import annotations
@@ -147,24 +147,3 @@ class MaskedEvalConfig:
                                       self.layer_matched)  # fmt: skip
         return model, tokenizer, spec, conditions, load_means(self.means) if self.means else None
 
-
-def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
-    """Lay out ``fig``, write it to ``path`` (folders made) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 
+from ..detect.plots import new_figure, save_figure
 from ..generation import StopTokens, generate, pad_id_of
 from ..heads import heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
 from ..prefix import MIN_SHARED_PREFIX, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
-from .conditions import Condition, MaskedEvalConfig, pyplot, save_figure
+from .conditions import Condition, MaskedEvalConfig
 
 CELLS_FILE = "cells.json"
 METRICS = ("exact_match", "rouge1")
@@ -197,7 +198,8 @@ def _grid(cells: Sequence[dict[str, Any]], condition: str, metric: str):
 
 def plot_heatmap(cells: Sequence[dict[str, Any]], condition: str, path: Path, reference: str | None = None) -> Path:
     """Exact match and ROUGE-1 of ``condition`` as depth x length heatmaps; with ``reference``, the difference."""
-    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.6))
+    fig = new_figure(10, 3.6)
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, METRICS, strict=True):
         grid, lengths, depths = _grid(cells, condition, metric)
         if reference is not None:
