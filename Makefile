@@ -25,10 +25,10 @@ browser:
 
 test: venv browser
 	$(BIN)/ruff check src tests benchmarks experiments
-	$(BIN)/python -m pytest -q --timeout=900 tests --doctest-modules src/retrieval_heads
+	$(BIN)/python -m pytest -q --timeout=900 tests --doctest-modules src/headatlas
 
 demo: venv
-	$(BIN)/retrieval-heads demo --out runs/demo
+	$(BIN)/headatlas demo --out runs/demo
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks experiments

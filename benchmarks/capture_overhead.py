@@ -39,7 +39,7 @@ def build_model():
 def run_variant(variant: str, length: int, repeats: int) -> dict:
     import torch
 
-    from retrieval_heads import capture_attention
+    from headatlas import capture_attention
 
     torch.set_num_threads(2)
     model = build_model()

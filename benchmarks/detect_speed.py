@@ -9,15 +9,15 @@ do the same scoring. Everything runs in one process, side by side, and prints:
 1. per length: ``reference`` (the reference code's algorithm as it runs on a
    GPU: an SDPA prefill, then eager decoding that returns every attention map
    and a ``.item()`` host sync per head and step), ``greedy``
-   (:func:`retrieval_heads.detect.greedy_batch` on the default decode path:
+   (:func:`headatlas.detect.greedy_batch` on the default decode path:
    static cache + compiled step on CUDA), ``greedy dyn.`` (the dynamic-cache
-   path), ``teacher`` (:func:`~retrieval_heads.detect.teacher_batch`) and one
+   path), ``teacher`` (:func:`~headatlas.detect.teacher_batch`) and one
    SDPA ``forward`` of the prompt (the floor), batch 1, mean seconds per prompt;
    ``capture/SDPA``: one forward recording 20 rows vs the same forward bare;
 2. greedy seconds per prompt by batch size at the first length (``auto``:
-   :func:`retrieval_heads.generation.auto_batch_size`);
+   :func:`headatlas.generation.auto_batch_size`);
 3. a lengths x depths grid from one haystack in teacher mode, with prefix
-   sharing (:mod:`retrieval_heads.prefix`) vs without: total seconds and ratio.
+   sharing (:mod:`headatlas.prefix`) vs without: total seconds and ratio.
 
     python benchmarks/detect_speed.py                                   # CPU, small shape
     python benchmarks/detect_speed.py --device cuda --dtype bfloat16 --shape llama-3.1-8b \\
@@ -118,8 +118,8 @@ def reference_detect(model, ids: list[int], span: tuple[int, int], steps: int) -
 
 
 def per_length(model, device: str, lengths: list[int], n_prompts: int, steps: int) -> list[dict]:
-    from retrieval_heads.capture import capture_attention
-    from retrieval_heads.detect import StopTokens, greedy_batch, teacher_batch
+    from headatlas.capture import capture_attention
+    from headatlas.detect import StopTokens, greedy_batch, teacher_batch
 
     vocab = model.config.vocab_size
     stops = StopTokens.none(vocab)
@@ -138,11 +138,11 @@ def per_length(model, device: str, lengths: list[int], n_prompts: int, steps: in
                 return forward(ids)
 
         def greedy_dynamic(ids, span):
-            os.environ["RETRIEVAL_HEADS_FAST_DECODE"] = "off"
+            os.environ["HEADATLAS_FAST_DECODE"] = "off"
             try:
                 greedy_batch(model, [ids], [span], steps, stops)
             finally:
-                os.environ.pop("RETRIEVAL_HEADS_FAST_DECODE")
+                os.environ.pop("HEADATLAS_FAST_DECODE")
 
         variants = {
             "reference": lambda ids, span: reference_detect(model, ids, span, steps),
@@ -163,8 +163,8 @@ def per_length(model, device: str, lengths: list[int], n_prompts: int, steps: in
 
 
 def batch_rows(model, device: str, length: int, sizes: list[str], steps: int) -> list[dict]:
-    from retrieval_heads.detect import StopTokens, greedy_batch
-    from retrieval_heads.generation import auto_batch_size
+    from headatlas.detect import StopTokens, greedy_batch
+    from headatlas.generation import auto_batch_size
 
     vocab = model.config.vocab_size
     stops = StopTokens.none(vocab)
@@ -184,8 +184,8 @@ def batch_rows(model, device: str, length: int, sizes: list[str], steps: int) ->
 
 def grid_cost(model, device: str, lengths: list[int], depths: list[float]) -> dict:
     """Teacher mode over a lengths x depths grid from one haystack, with and without prefix sharing."""
-    from retrieval_heads.detect import teacher_batch
-    from retrieval_heads.prefix import compute_prefix, plan_batches
+    from headatlas.detect import teacher_batch
+    from headatlas.prefix import compute_prefix, plan_batches
 
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(7)
@@ -254,7 +254,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     import transformers
 
-    from retrieval_heads.generation import fast_decode
+    from headatlas.generation import fast_decode
 
     dtype = getattr(torch, args.dtype)
     started = time.time()
@@ -272,7 +272,7 @@ def main() -> None:
     if "grid" not in skip:
         results["grid"] = grid_cost(model, args.device, grid_lengths, depths)
         results["grid"]["shape"] = f"{len(grid_lengths)} lengths {grid_lengths[0]}-{grid_lengths[-1]} x {len(depths)} depths"
-    from retrieval_heads.generation import _COMPILE_FAILED
+    from headatlas.generation import _COMPILE_FAILED
 
     results["compile_failures"] = list(_COMPILE_FAILED)
     print_tables(results)

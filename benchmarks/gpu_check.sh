@@ -36,9 +36,9 @@ echo "== (a) organism: $DEVICE vs cpu, fast path vs plain ==" | tee "$OUT/equali
 timeout 150 $PY - "$DEVICE" "$OUT" <<'EOF' 2>&1 | tee -a "$OUT/equality.txt"
 import json, os, sys, time
 import torch
-from retrieval_heads.detect import DetectConfig, detect
-from retrieval_heads.model_spec import load_model
-from retrieval_heads.prompt_sources import PromptRequest, build_prompts
+from headatlas.detect import DetectConfig, detect
+from headatlas.model_spec import load_model
+from headatlas.prompt_sources import PromptRequest, build_prompts
 try:  # variants of the organism's prompts that share their start (needs pytest importable)
     from tests.detect.test_prefix import organism_prompts
 except ImportError as err:
@@ -51,7 +51,7 @@ for mode in ("teacher", "greedy"):
     runs = {}
     for name, dev, fast, share, batch in (("cpu", "cpu", "off", False, 1), ("plain", device, "off", False, 1),
                                           ("fast", device, "auto", True, "auto")):
-        os.environ["RETRIEVAL_HEADS_FAST_DECODE"] = fast
+        os.environ["HEADATLAS_FAST_DECODE"] = fast
         model, tok, spec = load_model("organism", device=dev, dtype="float32")
         prompts = build_prompts("organism", tok, spec.max_positions,
                                 PromptRequest(lengths=[256, 512], depths=[0.0, 0.5, 1.0], per_cell=2))
@@ -73,7 +73,7 @@ for mode in ("teacher", "greedy"):
                "events_equal_plain_device": same_events}
         results[f"{mode}-{name}"] = row
         print(json.dumps(row), flush=True)
-from retrieval_heads.generation import _COMPILE_FAILED
+from headatlas.generation import _COMPILE_FAILED
 print("compile failures:", _COMPILE_FAILED)
 json.dump(results, open(f"{out}/equality.json", "w"), indent=1)
 EOF

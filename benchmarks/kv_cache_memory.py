@@ -6,7 +6,7 @@ stop token (every variant does the same work). Variants, each length of each
 variant in its own subprocess so that its peak RSS (``ru_maxrss``) is its own:
 
 - ``full``: transformers' ``DynamicCache`` (the normal cache);
-- ``compressed``: :class:`retrieval_heads.kvcache.HeadSplitCache` keeping whole
+- ``compressed``: :class:`headatlas.kvcache.HeadSplitCache` keeping whole
   only the KV heads that hold the top-K heads of ``--heads`` (or ``--keep``:
   ``L.G,L.G`` KV heads), every other KV head a sink + window.
 
@@ -44,16 +44,16 @@ def one(args: argparse.Namespace, variant: str, length: int) -> dict:
     import torch
     from transformers import DynamicCache
 
-    from retrieval_heads.heads import HeadScores
-    from retrieval_heads.kvcache import (
+    from headatlas.heads import HeadScores
+    from headatlas.kvcache import (
         HeadSplitCache,
         KVHead,
         compressed_attention,
         full_per_layer,
         kv_heads_of,
     )
-    from retrieval_heads.model_spec import load_model
-    from retrieval_heads.selection import share_of_heads
+    from headatlas.model_spec import load_model
+    from headatlas.selection import share_of_heads
 
     torch.set_num_threads(1)
     model, _tok, spec = load_model(args.model, dtype="float32", device="cpu")

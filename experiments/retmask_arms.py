@@ -5,7 +5,7 @@
 
 1. detect: the teacher-forced copy score of ``experiments/retmask_organism.py``
    -> ``OUT/head_scores.json``; K = 5 % of the heads.
-2. pairs, ONCE per arm (:func:`retrieval_heads.retmask.pipeline.pipeline_pairs`,
+2. pairs, ONCE per arm (:func:`headatlas.retmask.pipeline.pipeline_pairs`,
    run folder ``OUT/pairs``): RetMask masks the top-K heads, the control K random
    heads outside them (``HeadSelection(random_seed=0)``) and samples more prompts
    until it has as many pairs; both arms' training files hold the same number of
@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 from retmask_organism import detect
 
-from retrieval_heads.model_spec import load_model, resolve_model_path
-from retrieval_heads.retmask.evaluate import RetMaskEvalConfig, evaluate_models
-from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, pipeline_pairs, training_summary
-from retrieval_heads.retmask.train import RetMaskTrainConfig, train_retmask
-from retrieval_heads.runs import atomic_write_json, atomic_write_text, read_jsonl
-from retrieval_heads.selection import share_of_heads
+from headatlas.model_spec import load_model, resolve_model_path
+from headatlas.retmask.evaluate import RetMaskEvalConfig, evaluate_models
+from headatlas.retmask.pipeline import RetMaskPipelineConfig, pipeline_pairs, training_summary
+from headatlas.retmask.train import RetMaskTrainConfig, train_retmask
+from headatlas.runs import atomic_write_json, atomic_write_text, read_jsonl
+from headatlas.selection import share_of_heads
 
 ARMS = {"retmask": "retmask", "control": "random_control"}  # name in the sweep -> the pipeline's arm
 # name: (lr, beta, epochs, pairs, lora); the base row of the paper's settings is lr 5e-7 (moves nothing here)

@@ -11,13 +11,13 @@ example and model. The defaults (192 prompts at 512/1024 tokens, 2 epochs,
 100 held-out examples per suite) therefore take roughly 7 min of sampling,
 2 x 15-25 min of DPO and 20 min of evaluation; idle cores roughly halve that.
 
-Steps 2-4 are :func:`retrieval_heads.retmask.pipeline.run_retmask_pipeline`
+Steps 2-4 are :func:`headatlas.retmask.pipeline.run_retmask_pipeline`
 (with its random-heads control); ``--out`` is its run folder, so an interrupted
 run resumes and a rerun with other settings is refused:
 
 1. detect: a teacher-forced retrieval (copy) score per head on held-out
    ``mono`` prompts the model answers correctly
-   (:func:`retrieval_heads.organism.measure.head_scores`) -> ``head_scores.json``;
+   (:func:`headatlas.organism.measure.head_scores`) -> ``head_scores.json``;
    K = ``--k`` heads (default: 5 % of all heads).
 2. pairs: long-context *training-split* prompts (multi-key with distractors
    and monolingual retrieval at 512 and 1024 tokens); chosen = the model,
@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.model_spec import load_model, resolve_model_path
-from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
-from retrieval_heads.selection import share_of_heads
+from headatlas.heads import HeadScores
+from headatlas.model_spec import load_model, resolve_model_path
+from headatlas.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
+from headatlas.selection import share_of_heads
 
 DETECT_SEED = 11
 
@@ -54,9 +54,9 @@ def detect(model, tokenizer, model_path: str, n_detect: int, out: Path) -> Path:
     path = out / "head_scores.json"
     if path.exists():
         return path
-    from retrieval_heads.organism import tasks
-    from retrieval_heads.organism.measure import head_scores
-    from retrieval_heads.organism.prompts import example_to_prompt
+    from headatlas.organism import tasks
+    from headatlas.organism.measure import head_scores
+    from headatlas.organism.prompts import example_to_prompt
 
     gen = tasks.organism_generator(model_path)
     make = partial(tasks.make_eval_set, generator=gen)

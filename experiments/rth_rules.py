@@ -29,12 +29,12 @@ from pathlib import Path
 from rich.console import Console
 from scipy.stats import spearmanr
 
-from retrieval_heads import load_model
-from retrieval_heads.detect import DetectConfig, detect
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.prompt_sources import PromptRequest, build_prompts
-from retrieval_heads.runs import atomic_write_json, atomic_write_text, run_metadata
-from retrieval_heads.selection import share_of_heads
+from headatlas import load_model
+from headatlas.detect import DetectConfig, detect
+from headatlas.heads import HeadScores
+from headatlas.prompt_sources import PromptRequest, build_prompts
+from headatlas.runs import atomic_write_json, atomic_write_text, run_metadata
+from headatlas.selection import share_of_heads
 
 RULES = ("lexicon", "span", "counterfactual")
 COMPARISONS = [*itertools.combinations(RULES, 2), *((r, "copy") for r in RULES)]
@@ -101,7 +101,7 @@ def main() -> None:
     table = "\n".join(lines)
     meta = run_metadata(model=args.model, langs=langs, lengths=lengths, depths=depths, per_cell=args.per_cell,
                         mode=args.mode, seed=args.seed, top_k=k, seconds=round(time.time() - started, 1))
-    atomic_write_json(args.out / "rth_rules.json", {"format": "retrieval-heads/rth-rules", "rows": rows, "meta": meta})
+    atomic_write_json(args.out / "rth_rules.json", {"format": "headatlas/rth-rules", "rows": rows, "meta": meta})
     atomic_write_text(args.out / "rth_rules.md", table + "\n")
     print(table)
     print(json.dumps({"seconds": meta["seconds"], "top_k": k}))

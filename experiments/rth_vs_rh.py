@@ -21,12 +21,12 @@ like it, e.g. the fourth, 64-head checkpoint extracted from git) this
    ``--tasks`` items (``task_suite(model).make_eval_set``, greedy exact
    match) and reports each accuracy with a 95 % bootstrap interval over
    items, each change against the unmasked model and the RTH - RH
-   difference with paired bootstrap intervals (``retrieval_heads.stats``).
+   difference with paired bootstrap intervals (``headatlas.stats``).
 
     nice python experiments/rth_vs_rh.py runs/rth_vs_rh --models organism,runs/organism4
 
 Cost (both models, 80 items a task, 5 seeds): ~25 min of wall time on 2 cores shared with other jobs;
-re-reading every cache: ~2 min. The fourth checkpoint: ``git show 40f56ab:src/retrieval_heads/organism/checkpoint/FILE``
+re-reading every cache: ~2 min. The fourth checkpoint: ``git show 40f56ab:src/headatlas/organism/checkpoint/FILE``
 for its seven files into a folder (docs/organism.md, "RTH vs RH on two models").
 
 Every detection run resumes (``OUT/{tag}/copy-{lang}``, ``OUT/{tag}/{rule}-{src}-{tgt}``);
@@ -47,16 +47,16 @@ import torch
 from rich.console import Console
 from scipy.stats import spearmanr
 
-from retrieval_heads import load_model
-from retrieval_heads.builtins import task_suite
-from retrieval_heads.detect import DetectConfig, NoRetrievalError, detect
-from retrieval_heads.heads import Head, HeadScores
-from retrieval_heads.masking import masked_heads
-from retrieval_heads.organism.tasks import generate_answers
-from retrieval_heads.prompt_sources import PromptRequest, build_prompts
-from retrieval_heads.runs import atomic_write_json, atomic_write_text, run_metadata
-from retrieval_heads.selection import concentration, layer_histogram, overlap, random_heads, share_of_heads
-from retrieval_heads.stats import bootstrap_ci, paired_bootstrap_ci
+from headatlas import load_model
+from headatlas.builtins import task_suite
+from headatlas.detect import DetectConfig, NoRetrievalError, detect
+from headatlas.heads import Head, HeadScores
+from headatlas.masking import masked_heads
+from headatlas.organism.tasks import generate_answers
+from headatlas.prompt_sources import PromptRequest, build_prompts
+from headatlas.runs import atomic_write_json, atomic_write_text, run_metadata
+from headatlas.selection import concentration, layer_histogram, overlap, random_heads, share_of_heads
+from headatlas.stats import bootstrap_ci, paired_bootstrap_ci
 
 
 def tag_of(model: str) -> str:

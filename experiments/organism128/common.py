@@ -6,9 +6,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from retrieval_heads.heads import Head
-from retrieval_heads.masking import masked_heads
-from retrieval_heads.organism.tasks import generate_answers
+from headatlas.heads import Head
+from headatlas.masking import masked_heads
+from headatlas.organism.tasks import generate_answers
 
 
 def accuracy(model: Any, tokenizer: Any, examples: Sequence[Any], heads: Sequence[Head] = (),

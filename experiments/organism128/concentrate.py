@@ -19,9 +19,9 @@ import torch
 from common import accuracy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.organism.measure import head_scores
-from retrieval_heads.organism.prompts import example_to_prompt
-from retrieval_heads.organism.tasks import make_eval_set, organism_generator
+from headatlas.organism.measure import head_scores
+from headatlas.organism.prompts import example_to_prompt
+from headatlas.organism.tasks import make_eval_set, organism_generator
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")

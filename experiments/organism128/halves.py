@@ -13,9 +13,9 @@ import torch
 from common import accuracy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.heads import Head
-from retrieval_heads.masking import masked_heads
-from retrieval_heads.organism.tasks import make_eval_set, organism_generator
+from headatlas.heads import Head
+from headatlas.masking import masked_heads
+from headatlas.organism.tasks import make_eval_set, organism_generator
 
 path = sys.argv[1]
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)

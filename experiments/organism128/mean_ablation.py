@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from retrieval_heads.heads import Head
-from retrieval_heads.masking import head_output_means, masked_heads
-from retrieval_heads.organism import load_organism
-from retrieval_heads.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
+from headatlas.heads import Head
+from headatlas.masking import head_output_means, masked_heads
+from headatlas.organism import load_organism
+from headatlas.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
 
 MEASURE = Path(__file__).resolve().parents[2] / "docs" / "organism-measure.json"
 

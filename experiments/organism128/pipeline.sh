@@ -13,7 +13,7 @@ cp -n "$RECIPE"/stage*.json "$D/recipe/"
 train() {  # stage number
   if [ ! -f "$D/recipe/stage$1.json" ]; then echo "stage $1 not in this recipe"; return 0; fi
   echo "stage $1 start $(date)"
-  $PY -m retrieval_heads.cli organism train --config "$D/recipe/stage$1.json" --threads "$T" >> "$D/stage$1.log" 2>&1
+  $PY -m headatlas.cli organism train --config "$D/recipe/stage$1.json" --threads "$T" >> "$D/stage$1.log" 2>&1
   echo "stage $1 end $(date)"
 }
 for i in $(seq "${FIRST:-1}" 10); do train "$i"; done
@@ -26,7 +26,7 @@ for i in 11 12 13; do
   fi
   train "$i"
 done
-[ -f "$D/measure-13.json" ] || $PY -m retrieval_heads.organism.measure --model "$D/stage13" --n-per-task 80 \
+[ -f "$D/measure-13.json" ] || $PY -m headatlas.organism.measure --model "$D/stage13" --n-per-task 80 \
   --n-detect 40 --out "$D/measure-13.json" > "$D/measure-13.txt" 2>&1
 [ -f "$D/halves-13.txt" ] || $PY $HERE/halves.py "$D/stage13" "$T" > "$D/halves-13.txt" 2>&1
 echo "pipeline end $(date)"

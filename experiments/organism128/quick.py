@@ -13,10 +13,10 @@ import torch
 from common import accuracy, accuracy_by
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.organism.measure import head_scores
-from retrieval_heads.organism.prompts import example_to_prompt
-from retrieval_heads.organism.tasks import make_eval_set, organism_generator
-from retrieval_heads.selection import random_heads
+from headatlas.organism.measure import head_scores
+from headatlas.organism.prompts import example_to_prompt
+from headatlas.organism.tasks import make_eval_set, organism_generator
+from headatlas.selection import random_heads
 
 path = sys.argv[1]
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)

@@ -1,6 +1,6 @@
 """Install a finished pipeline run as the shipped organism: its stage files, its checkpoint, its training record.
 
-    python experiments/organism128/ship.py RUN_DIR --package-dir src/retrieval_heads/organism [--stages 13]
+    python experiments/organism128/ship.py RUN_DIR --package-dir src/headatlas/organism [--stages 13]
 
 RUN_DIR holds ``recipe/stageI.json`` and ``stageI/`` (each with its ``training.json``) for the stages the
 run trained, up to I = N, as ``pipeline.sh`` leaves them (a stage with no stage file was skipped). Each
@@ -21,9 +21,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from retrieval_heads.organism.recipe import stage_time, with_recipe_record
-from retrieval_heads.organism.train_config import OrganismTrainConfig, training_settings
-from retrieval_heads.runs import atomic_write_json
+from headatlas.organism.recipe import stage_time, with_recipe_record
+from headatlas.organism.train_config import OrganismTrainConfig, training_settings
+from headatlas.runs import atomic_write_json
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "lexicon.jsonl", "model.safetensors",
                     "tokenizer.json", "tokenizer_config.json")
@@ -67,7 +67,7 @@ def main() -> None:
     for f in CHECKPOINT_FILES:
         shutil.copyfile(final / f, checkpoint / f)
     record = with_recipe_record(json.loads((final / "training.json").read_text()), times,
-                                "src/retrieval_heads/organism/recipes")
+                                "src/headatlas/organism/recipes")
     atomic_write_json(checkpoint / "training.json", record)
     print(f"shipped {final}: {len(trained)} stages, {record['recipe']['total_wall_time_s'] / 3600:.2f} h of wall time")
 

@@ -7,7 +7,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from retrieval_heads.cli import app
+from headatlas.cli import app
 
 PASSTHROUGH = {("lm-eval",)}  # every argument, --help included, goes to lm-eval's own CLI
 
@@ -28,7 +28,7 @@ def test_every_command_is_listed():
             "retmask pairs", "retmask train", "retmask evaluate", "organism train", "organism measure"} <= names
 
 
-@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "retrieval-heads" for p, _ in COMMANDS])
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "headatlas" for p, _ in COMMANDS])
 def test_help_at_80_columns_shows_every_option_whole_with_help(path, command):
     result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"},
                                 terminal_width=80)
@@ -45,20 +45,20 @@ def test_help_at_80_columns_shows_every_option_whole_with_help(path, command):
 
 
 def test_one_cli_style_no_argparse_entry_points():
-    """Every command is a typer command of ``retrieval-heads``; no module parses its own argv."""
+    """Every command is a typer command of ``headatlas``; no module parses its own argv."""
     from pathlib import Path
 
-    import retrieval_heads
+    import headatlas
 
-    src = Path(retrieval_heads.__file__).parent
+    src = Path(headatlas.__file__).parent
     offenders = [str(p.relative_to(src)) for p in src.rglob("*.py") if "argparse" in p.read_text(encoding="utf-8")]
     assert offenders == []
 
 
 def test_options_come_from_config_fields():
     """A command's default and help are its config field's (commands.options.option)."""
-    from retrieval_heads.detect.config import DetectConfig
-    from retrieval_heads.evaluate.niah_eval import NiahEvalConfig
+    from headatlas.detect.config import DetectConfig
+    from headatlas.evaluate.niah_eval import NiahEvalConfig
 
     detect = dict(_commands(get_command(app)))[("detect",)]
     params = {p.name: p for p in detect.params}

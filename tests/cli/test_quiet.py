@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from retrieval_heads.commands.quiet import LIBRARIES, quiet_libraries
+from headatlas.commands.quiet import LIBRARIES, quiet_libraries
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_quiet_by_default_and_verbose_restores():
 def test_the_cli_has_a_global_verbose_flag():
     from typer.testing import CliRunner
 
-    from retrieval_heads.cli import app
+    from headatlas.cli import app
 
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0 and "--verbose" in result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from retrieval_heads.cli import app
+from headatlas.cli import app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -17,7 +17,7 @@ def first_steps() -> list[list[str]]:
     """The commands between the README's ``<!-- first-steps -->`` markers, as argument lists."""
     block = re.search(r"<!-- first-steps -->(.*?)<!-- /first-steps -->", README.read_text(), re.S)
     assert block, "README.md has no <!-- first-steps --> block"
-    lines = [line.strip() for line in block.group(1).splitlines() if line.strip().startswith("retrieval-heads ")]
+    lines = [line.strip() for line in block.group(1).splitlines() if line.strip().startswith("headatlas ")]
     return [shlex.split(line)[1:] for line in lines]
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from retrieval_heads.cli import app
-from retrieval_heads.heads import HeadScores
+from headatlas.cli import app
+from headatlas.heads import HeadScores
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,7 @@ def test_in_a_fresh_process_the_window_refusal_is_the_only_line(tmp_path):
     args = ["detect", "--model", "organism", "--haystack", "en", "--out", str(out), "--lengths", "3000",
             "--depths", "0.5", "--no-progress"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
-    done = subprocess.run([sys.executable, "-m", "retrieval_heads.cli", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "headatlas.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [

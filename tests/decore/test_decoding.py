@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from retrieval_heads.decore import DecoreSettings, contrast, decore_generate
-from retrieval_heads.heads import Head
+from headatlas.decore import DecoreSettings, contrast, decore_generate
+from headatlas.heads import Head
 
 RETRIEVALISH = [Head(1, 0), Head(1, 3), Head(0, 5)]
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from retrieval_heads.decore import decore_generate
-from retrieval_heads.decore.lm_eval_backend import DecoreHFLM
-from retrieval_heads.evaluate.lm_eval_backend import MaskedHFLM
-from retrieval_heads.heads import Head
-from retrieval_heads.masking import masked_heads
+from headatlas.decore import decore_generate
+from headatlas.decore.lm_eval_backend import DecoreHFLM
+from headatlas.evaluate.lm_eval_backend import MaskedHFLM
+from headatlas.heads import Head
+from headatlas.masking import masked_heads
 
 HEADS = [Head(1, 3), Head(2, 1), Head(2, 5)]
 CONTEXTS = ["Note: the key opens Berlin. Question: what does the key open? Answer:", "Q: 7 + 5?"]

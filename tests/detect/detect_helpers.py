@@ -49,7 +49,7 @@ class FakeNeedle:
 
 @dataclass
 class FakePrompt:
-    """The fields of ``retrieval_heads.niah.NiahPrompt`` that detection reads."""
+    """The fields of ``headatlas.niah.NiahPrompt`` that detection reads."""
 
     input_ids: list[int]
     text: str

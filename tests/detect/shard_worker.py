@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from detect_helpers import copy_prompts, word_tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from retrieval_heads.detect import DetectConfig, detect  # noqa: E402
+from headatlas.detect import DetectConfig, detect  # noqa: E402
 
 
 def main() -> None:

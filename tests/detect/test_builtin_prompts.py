@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from retrieval_heads.demo import DemoConfig
-from retrieval_heads.organism import ORGANISM_PATH
-from retrieval_heads.organism.plugin import length_slack
-from retrieval_heads.prompt_sources import PromptRequest, build_prompts, default_lengths
+from headatlas.demo import DemoConfig
+from headatlas.organism import ORGANISM_PATH
+from headatlas.organism.plugin import length_slack
+from headatlas.prompt_sources import PromptRequest, build_prompts, default_lengths
 from tests.detect.test_detect_cli import _app
 
 pytestmark = pytest.mark.skipif(not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism")

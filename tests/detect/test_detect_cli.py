@@ -9,9 +9,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from retrieval_heads.commands.detect import detect_command
-from retrieval_heads.niah import load_haystack, load_needles
-from retrieval_heads.runs import read_jsonl
+from headatlas.commands.detect import detect_command
+from headatlas.niah import load_haystack, load_needles
+from headatlas.runs import read_jsonl
 
 
 @pytest.fixture(scope="module")

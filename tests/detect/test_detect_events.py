@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads.detect import DetectConfig, copy_event_mask, copy_events, mean_head_scores, prompt_scores
+from headatlas.detect import DetectConfig, copy_event_mask, copy_events, mean_head_scores, prompt_scores
 
 # one prompt, key tokens at positions 0..9; the answer span is [4, 7) holding tokens 40, 41, 42
 KEYS = torch.tensor([[10, 11, 12, 13, 40, 41, 42, 41, 16, 17]])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from retrieval_heads.detect import DetectConfig, StopTokens, detect, greedy_batch
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.niah import rouge1_recall
+from headatlas.detect import DetectConfig, StopTokens, detect, greedy_batch
+from headatlas.heads import HeadScores
+from headatlas.niah import rouge1_recall
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import NEWLINE_ID, copy_prompts, tiny_setup, word_tokenizer
 
@@ -192,7 +192,7 @@ def test_greedy_stops_at_eos_and_at_newline_only_after_content():
 
 def test_every_family_decodes_and_batches_identically(family):
     """Greedy and teacher run on every supported family; a batch of 3 equals three batches of 1."""
-    from retrieval_heads.detect import teacher_batch
+    from headatlas.detect import teacher_batch
 
     model = make_tiny_model(family)
     prompts = copy_prompts(model, word_tokenizer(), n=3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval_heads.detect import (
+from headatlas.detect import (
     DetectConfig,
     IncompleteRunError,
     NoRetrievalError,
@@ -20,8 +20,8 @@ from retrieval_heads.detect import (
     detect,
     merge_shards,
 )
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.runs import read_jsonl
+from headatlas.heads import HeadScores
+from headatlas.runs import read_jsonl
 from tests.detect.detect_helpers import tiny_setup
 
 WORKER = Path(__file__).with_name("shard_worker.py")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from retrieval_heads.detect import DetectConfig, StopTokens, detect, greedy_batch, teacher_batch
-from retrieval_heads.generation import auto_batch_size, left_pad, prefill
-from retrieval_heads.prefix import (
+from headatlas.detect import DetectConfig, StopTokens, detect, greedy_batch, teacher_batch
+from headatlas.generation import auto_batch_size, left_pad, prefill
+from headatlas.prefix import (
     PrefixKeeper,
     can_share_prefix,
     common_prefix_len,
@@ -75,7 +75,7 @@ def test_prefill_after_a_shared_prefix_gives_the_same_logits(tiny):
 
 @pytest.mark.parametrize("fast", ["off", "static"])
 def test_greedy_and_teacher_batches_equal_with_a_prefix(tiny, monkeypatch, fast):
-    monkeypatch.setenv("RETRIEVAL_HEADS_FAST_DECODE", fast)
+    monkeypatch.setenv("HEADATLAS_FAST_DECODE", fast)
     model, tokenizer, prompts = tiny
     stops = StopTokens.from_tokenizer(model, tokenizer)
     batch = prompts[1:5]
@@ -87,9 +87,9 @@ def test_greedy_and_teacher_batches_equal_with_a_prefix(tiny, monkeypatch, fast)
     for seqs, spans, cut in cases:
         prefix = compute_prefix(model, seqs[0][:cut])
         greedy = greedy_batch(model, seqs, spans, 8, stops, prefix=prefix)
-        monkeypatch.setenv("RETRIEVAL_HEADS_FAST_DECODE", "off")
+        monkeypatch.setenv("HEADATLAS_FAST_DECODE", "off")
         plain = greedy_batch(model, seqs, spans, 8, stops)
-        monkeypatch.setenv("RETRIEVAL_HEADS_FAST_DECODE", fast)
+        monkeypatch.setenv("HEADATLAS_FAST_DECODE", fast)
         assert torch.equal(greedy.tokens, plain.tokens) and torch.equal(greedy.counts, plain.counts)
         assert plain.counts.sum() > 0
         shared_t, plain_t = teacher_batch(model, seqs, spans, prefix=prefix), teacher_batch(model, seqs, spans)
@@ -133,13 +133,13 @@ def test_auto_batch_size_is_one_on_cpu_and_recorded(tiny, tmp_path):
         DetectConfig(batch_size="many")
 
 
-ORGANISM = pytest.importorskip("retrieval_heads.organism").ORGANISM_PATH
+ORGANISM = pytest.importorskip("headatlas.organism").ORGANISM_PATH
 
 
 def organism_prompts(tokenizer) -> list[FakePrompt]:
     """Variants of the organism's own prompts that share their start: filler from other prompts is inserted
     before the needle (the span follows the shared prefix) or after it (the span lies inside it)."""
-    from retrieval_heads.prompt_sources import PromptRequest, build_prompts
+    from headatlas.prompt_sources import PromptRequest, build_prompts
 
     built = build_prompts("organism", tokenizer, 2048, PromptRequest(lengths=[256], depths=[0.3, 0.5, 0.7], per_cell=2))
     prompts = []
@@ -161,7 +161,7 @@ def organism_prompts(tokenizer) -> list[FakePrompt]:
 @pytest.mark.skipif(not (ORGANISM / "model.safetensors").is_file(), reason="no shipped organism")
 @pytest.mark.parametrize("mode", ["teacher", "greedy"])
 def test_organism_detect_is_the_same_with_a_shared_prefix(tmp_path, mode):
-    from retrieval_heads.model_spec import load_model
+    from headatlas.model_spec import load_model
 
     model, tokenizer, _ = load_model("organism", device="cpu")
     prompts = organism_prompts(tokenizer)
@@ -174,7 +174,7 @@ def test_organism_detect_is_the_same_with_a_shared_prefix(tmp_path, mode):
 
 
 def test_the_keeper_computes_a_group_prefix_once_and_frees_it_for_the_next(monkeypatch):
-    import retrieval_heads.prefix as prefix_module
+    import headatlas.prefix as prefix_module
 
     model = make_tiny_model("llama")
     calls = []

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from retrieval_heads.runs import (
+from headatlas.runs import (
     ResumeMismatchError,
     append_jsonl,
     atomic_write_json,
@@ -27,7 +27,7 @@ def test_open_run_records_resumes_refuses_before_writing_and_overwrites(tmp_path
     run = open_run(out, "test", settings, fingerprints={"the model's weights": "aaaa"}, model="m", seed=3)
     assert not run.resumed
     saved = json.loads((out / "run.json").read_text())
-    assert saved["format"] == "retrieval-heads/test-run" and saved["format_version"] == 1
+    assert saved["format"] == "headatlas/test-run" and saved["format_version"] == 1
     assert saved["settings"] == {"--mode": "greedy", "--lengths": [128, 256]}  # a tuple equals its JSON list
     meta = saved["meta"]
     assert meta["model"] == "m" and meta["seed"] == 3 and meta["command"] == sys.argv
@@ -43,7 +43,7 @@ def test_open_run_records_resumes_refuses_before_writing_and_overwrites(tmp_path
     assert "the model's weights differ from the recorded run's" in msg and "aaaa" not in msg  # no opaque hashes
     assert "--mode" not in msg and "nothing was written" in msg
     assert _files(out) == files
-    with pytest.raises(ResumeMismatchError, match="is retrieval-heads/test-run, not retrieval-heads/other-run"):
+    with pytest.raises(ResumeMismatchError, match="is headatlas/test-run, not headatlas/other-run"):
         open_run(out, "other", settings)
     # overwrite: the old journal is discarded and the new settings recorded
     run = open_run(out, "test", {"--mode": "teacher"}, overwrite=True)
@@ -54,7 +54,7 @@ def test_open_run_records_resumes_refuses_before_writing_and_overwrites(tmp_path
 def test_cells_are_checked_before_anything_is_written(tmp_path):
     run = open_run(tmp_path, "grid", {"--mode": "zero"}, cells={"cells/a.json": {"heads": ["0.1"]}})
     cell = run.save_cell("cells/a.json", {"heads": ["0.1"]}, {"score": 0.5})
-    assert cell["format"] == "retrieval-heads/grid-cell" and run.cell("cells/a.json")["score"] == 0.5
+    assert cell["format"] == "headatlas/grid-cell" and run.cell("cells/a.json")["score"] == 0.5
     files = _files(tmp_path)
     with pytest.raises(ResumeMismatchError, match=r"cells/a.json .*\n  heads: \['0.1'\] \(recorded\) vs \['0.2'\]"):
         open_run(tmp_path, "grid", {"--mode": "zero"}, cells={"cells/a.json": {"heads": ["0.2"]}})
@@ -66,7 +66,7 @@ def test_cells_are_checked_before_anything_is_written(tmp_path):
 def test_write_json_stamps_format_version_and_metadata(tmp_path):
     run = open_run(tmp_path, "niah-eval", {"--mode": "zero"}, model="organism", seed=0)
     data = json.loads(run.write_json("cells.json", {"cells": [], "meta": {"n": 2}}).read_text())
-    assert data["format"] == "retrieval-heads/niah-eval" and data["format_version"] == 1
+    assert data["format"] == "headatlas/niah-eval" and data["format_version"] == 1
     assert data["meta"]["model"] == "organism" and data["meta"]["n"] == 2 and data["meta"]["settings"] == {
         "--mode": "zero"}
 

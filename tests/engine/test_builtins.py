@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from retrieval_heads import builtins
+from headatlas import builtins
 
 SRC = Path(builtins.__file__).resolve().parent
 CORE = ("model_spec.py", "attention.py", "capture.py", "masking.py", "heads.py", "selection.py", "generation.py",
@@ -26,7 +26,7 @@ def fresh_registry(monkeypatch):
 def test_the_fallback_registers_the_organism_when_no_entry_point_is_installed(fresh_registry, monkeypatch):
     monkeypatch.setattr(builtins.metadata, "entry_points", lambda group: [])
     organism = builtins.get_builtin("organism")
-    from retrieval_heads.organism import ORGANISM_PATH
+    from headatlas.organism import ORGANISM_PATH
 
     assert organism.checkpoint() == ORGANISM_PATH
     assert builtins.builtin_for(ORGANISM_PATH) is organism  # the marker file (lexicon.jsonl) is there
@@ -43,7 +43,7 @@ def test_entry_points_replace_the_fallback(fresh_registry, monkeypatch, tmp_path
 
 
 def test_load_model_resolves_names_through_the_registry(fresh_registry, monkeypatch, tmp_path):
-    from retrieval_heads.model_spec import resolve_model_path
+    from headatlas.model_spec import resolve_model_path
 
     builtins.register(builtins.BuiltinModel("toy", checkpoint=lambda: tmp_path, prompts=None, tasks=None))
     with pytest.raises(FileNotFoundError, match="toy checkpoint is not shipped"):
@@ -58,7 +58,7 @@ def test_pyproject_declares_the_fallback_plugins_as_entry_points():
     project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
     declared = project["entry-points"][builtins.ENTRY_POINT_GROUP]
     assert sorted(declared.values()) == sorted(builtins.FALLBACK_PLUGINS)
-    from retrieval_heads.organism import plugin, train
+    from headatlas.organism import plugin, train
 
     assert plugin.LEXICON_FILE == train.LEXICON_FILE
 
@@ -78,9 +78,9 @@ def test_the_core_imports_nothing_from_the_organism():
     files = [p for name in CORE for p in ([SRC / name] if name.endswith(".py") else (SRC / name).rglob("*.py"))]
     offenders = {str(p.relative_to(SRC)): sorted(i for i in _imports(p) if "organism" in i) for p in files}
     assert not {k: v for k, v in offenders.items() if v}
-    code = ("import sys, retrieval_heads.model_spec, retrieval_heads.detect, retrieval_heads.niah, "
-            "retrieval_heads.generation, retrieval_heads.prompt_sources, retrieval_heads.retmask.pairs; "
-            "print(any(m.startswith('retrieval_heads.organism') for m in sys.modules))")
+    code = ("import sys, headatlas.model_spec, headatlas.detect, headatlas.niah, "
+            "headatlas.generation, headatlas.prompt_sources, headatlas.retmask.pairs; "
+            "print(any(m.startswith('headatlas.organism') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parents[1])
     assert out.stdout.strip() == "False"
 
@@ -89,8 +89,8 @@ def test_artifacts_name_the_builtin_model_not_its_install_path(tmp_path):
     """model_identity (every detect/pairs/kv/decore artifact) records ``organism``; another copy keeps its path."""
     import shutil
 
-    from retrieval_heads import load_model
-    from retrieval_heads.model_spec import model_identity, resolve_model_path
+    from headatlas import load_model
+    from headatlas.model_spec import model_identity, resolve_model_path
 
     model, _, _ = load_model("organism", dtype="float32", device="cpu")
     assert model_identity(model)["model"] == "organism"

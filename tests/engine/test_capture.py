@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads import ModelSpec, capture_attention
+from headatlas import ModelSpec, capture_attention
 from tests.conftest import make_tiny_model
 
 
@@ -92,5 +92,5 @@ def test_explicit_rows_outside_block_raise():
 def test_backend_restored_after_capture():
     model = make_tiny_model("llama")
     with capture_attention(model):
-        assert model.config._attn_implementation.startswith("retrieval_heads_")
+        assert model.config._attn_implementation.startswith("headatlas_")
     assert model.config._attn_implementation == "sdpa"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads import capture_attention, masked_heads
-from retrieval_heads.detect import DetectConfig, detect
-from retrieval_heads.model_spec import load_model
+from headatlas import capture_attention, masked_heads
+from headatlas.detect import DetectConfig, detect
+from headatlas.model_spec import load_model
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import copy_prompts, word_tokenizer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads.generation import RowSampler, StopTokens, generate, greedy_answers, response_text
+from headatlas.generation import RowSampler, StopTokens, generate, greedy_answers, response_text
 
 # Recorded from the four loops this module replaced (organism checkpoint, before the change):
 # `organism.tasks.generate_answers` on make_eval_set("mono", 12, seed=3, lengths=(128, 256))
@@ -19,7 +19,7 @@ OLD_SAMPLES = [[" Bashkir", 3, True], [" Tschechien", 3, True], [" 星期六", 4
 @pytest.fixture(scope="module")
 def organism():
     """The shipped checkpoint, run on one thread as when the old outputs were recorded."""
-    from retrieval_heads.organism import ORGANISM_PATH, load_organism
+    from headatlas.organism import ORGANISM_PATH, load_organism
 
     if not (ORGANISM_PATH / "model.safetensors").is_file():
         pytest.skip("no shipped organism checkpoint")
@@ -31,15 +31,15 @@ def organism():
 
 @pytest.fixture(scope="module")
 def mono(organism):
-    from retrieval_heads.organism.tasks import make_eval_set
+    from headatlas.organism.tasks import make_eval_set
 
     return make_eval_set("mono", 12, seed=3, lengths=(128, 256))
 
 
 def test_same_answers_as_the_old_loops(organism, mono):
-    from retrieval_heads.organism.tasks import generate_answers
-    from retrieval_heads.retmask.pair_records import PairConfig, PromptItem, prompt_seed
-    from retrieval_heads.retmask.pairs import _sample_batch
+    from headatlas.organism.tasks import generate_answers
+    from headatlas.retmask.pair_records import PairConfig, PromptItem, prompt_seed
+    from headatlas.retmask.pairs import _sample_batch
 
     model, tok = organism
     assert generate_answers(model, tok, mono) == OLD_MONO_ANSWERS

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from retrieval_heads import Head, HeadScoreFileError, HeadScores, ModelSpec, UnsupportedModelError
-from retrieval_heads.selection import (
+from headatlas import Head, HeadScoreFileError, HeadScores, ModelSpec, UnsupportedModelError
+from headatlas.selection import (
     HeadSelection,
     concentration,
     gini,
@@ -29,7 +29,7 @@ def test_roundtrip_json(tmp_path):
     s = scores_4x4()
     path = s.save(tmp_path / "head_scores.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "retrieval-heads/head-scores" and len(data["scores"]) == 4
+    assert data["format"] == "headatlas/head-scores" and len(data["scores"]) == 4
     back = HeadScores.load(path)
     assert torch.equal(back.scores, s.scores) and back.meta == s.meta
 
@@ -48,9 +48,9 @@ def test_reference_format_roundtrip(tmp_path):
     "payload, message",
     [
         ("{not json", "corrupt"),
-        ('{"format": "retrieval-heads/head-scores", "scores": [[0.1, 0.2], [0.3]]}', "different head counts"),
-        ('{"format": "retrieval-heads/head-scores", "n_layers": 3, "scores": [[0.1], [0.2]]}', "header says"),
-        ('{"format": "retrieval-heads/head-scores", "scores": [["a"]]}', "non-numbers"),
+        ('{"format": "headatlas/head-scores", "scores": [[0.1, 0.2], [0.3]]}', "different head counts"),
+        ('{"format": "headatlas/head-scores", "n_layers": 3, "scores": [[0.1], [0.2]]}', "header says"),
+        ('{"format": "headatlas/head-scores", "scores": [["a"]]}', "non-numbers"),
         ('{"format": "something-else"}', "not a head-score file"),
         ("[1, 2]", "expected a JSON object"),
     ],
@@ -184,8 +184,8 @@ def test_head_parse():
 
 
 def test_missing_builtin_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
-    import retrieval_heads.organism as organism
-    from retrieval_heads.model_spec import resolve_model_path
+    import headatlas.organism as organism
+    from headatlas.model_spec import resolve_model_path
 
     monkeypatch.setattr(organism, "ORGANISM_PATH", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="organism train"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads import (
+from headatlas import (
     Head,
     ModelSpec,
     head_output_means,
@@ -13,7 +13,7 @@ from retrieval_heads import (
     save_ablated_model,
     zero_heads_in_weights,
 )
-from retrieval_heads.model_spec import projection_weight_in_dim
+from headatlas.model_spec import projection_weight_in_dim
 from tests.conftest import make_tiny_model
 
 HEADS = [Head(0, 1), Head(2, 5), Head(2, 6)]
@@ -134,7 +134,7 @@ def test_baked_checkpoint_reloads_and_equals_hook(tmp_path):
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ablated", dtype=torch.float32).eval()
         baked = reloaded(ids).logits
     torch.testing.assert_close(baked, hooked, atol=1e-5, rtol=1e-5)
-    from retrieval_heads.masking import read_ablation
+    from headatlas.masking import read_ablation
 
     assert read_ablation(tmp_path / "ablated") == HEADS
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from retrieval_heads.stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
+from headatlas.stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
 
 
 def test_two_items_zero_and_one():

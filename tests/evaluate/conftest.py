@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval_heads.heads import HeadScores
+from headatlas.heads import HeadScores
 from tests.conftest import tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,7 +105,7 @@ def local_tasks(tmp_path_factory) -> Path:
     return d
 
 
-# ---- a stand-in for retrieval_heads.organism.tasks.make_eval_set -----------------------------
+# ---- a stand-in for headatlas.organism.tasks.make_eval_set -----------------------------
 @dataclass
 class StandInExample:
     task: str
@@ -128,16 +128,16 @@ def standin_eval_set(task, n, seed, lengths=None, langs=None):
 @pytest.fixture
 def organism_standin(monkeypatch, tmp_path):
     """Serve the organism tasks from the stand-in, cached under a temporary directory."""
-    from retrieval_heads.evaluate import fixtures
+    from headatlas.evaluate import fixtures
 
     monkeypatch.setattr(fixtures, "organism_eval_set", standin_eval_set)
-    monkeypatch.setenv("RETRIEVAL_HEADS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HEADATLAS_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
 @pytest.fixture(scope="session")
 def bench_fixtures(tmp_path_factory):
-    from retrieval_heads.evaluate.fixtures import write_benchmark_fixtures
+    from headatlas.evaluate.fixtures import write_benchmark_fixtures
 
     return write_benchmark_fixtures(tmp_path_factory.mktemp("bench"), langs=["en", "de", "zh"])
 
@@ -147,7 +147,7 @@ def task_manager(bench_fixtures):
     """Only the fixture tasks and the package's own (fast: lm-eval's ~15K built-in YAMLs are not read)."""
     from lm_eval.tasks import TaskManager
 
-    from retrieval_heads.evaluate.fixtures import TASKS_DIR
+    from headatlas.evaluate.fixtures import TASKS_DIR
 
     return TaskManager(include_path=[str(TASKS_DIR), str(bench_fixtures.include_path)], include_defaults=False)
 

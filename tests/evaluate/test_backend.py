@@ -14,10 +14,10 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from retrieval_heads import Head, HeadScoreFileError, HeadScores, masked_heads
-from retrieval_heads.evaluate.fixtures import TASKS_DIR
-from retrieval_heads.evaluate.lm_eval_backend import MaskedHFLM
-from retrieval_heads.selection import HeadSelection, random_heads
+from headatlas import Head, HeadScoreFileError, HeadScores, masked_heads
+from headatlas.evaluate.fixtures import TASKS_DIR
+from headatlas.evaluate.lm_eval_backend import MaskedHFLM
+from headatlas.selection import HeadSelection, random_heads
 
 HEADS = [Head(1, 3), Head(2, 1), Head(2, 5)]
 
@@ -104,11 +104,11 @@ REAL = ["xquad_de", "mgsm_native_cot_de", "mmlu_prox_de_biology", "mlqa_de_de"]
 
 
 def test_lm_eval_cli_runs_masked_hf_on_real_task_names(tiny_dir, head_files, bench_fixtures, tmp_path):
-    """`retrieval-heads lm-eval run ...`: lm-eval's CLI, built-in tasks indexed too,
+    """`headatlas lm-eval run ...`: lm-eval's CLI, built-in tasks indexed too,
     so the fixture's tasks override lm-eval's own of the same names (xquad_de: lm-eval's cannot even load
     under transformers 5)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    args = [sys.executable, "-m", "retrieval_heads.cli", "lm-eval", "run", "--model", "masked-hf",
+    args = [sys.executable, "-m", "headatlas.cli", "lm-eval", "run", "--model", "masked-hf",
             "--model_args", f"pretrained={tiny_dir},heads={head_files['rth']},top_k=2,mode=zero",
             "--tasks", ",".join(REAL), "--include_path", str(bench_fixtures.include_path), "--limit", "1",
             "--device", "cpu", "--gen_kwargs", "max_gen_toks=4", "--output_path", str(tmp_path / "out")]  # fmt: skip
@@ -125,7 +125,7 @@ def test_lm_eval_passthrough_command_reaches_lm_eval():
     from typer import Typer
     from typer.testing import CliRunner
 
-    from retrieval_heads.commands.compare import LM_EVAL_CONTEXT, lm_eval_command
+    from headatlas.commands.compare import LM_EVAL_CONTEXT, lm_eval_command
 
     app = Typer()
     app.command("lm-eval", context_settings=LM_EVAL_CONTEXT)(lm_eval_command)

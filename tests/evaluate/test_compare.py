@@ -10,18 +10,18 @@ import torch
 from typer import Typer
 from typer.testing import CliRunner
 
-from retrieval_heads import Head, HeadScoreFileError, HeadScores
-from retrieval_heads.commands.compare import compare_command
-from retrieval_heads.evaluate.compare import (
+from headatlas import Head, HeadScoreFileError, HeadScores
+from headatlas.commands.compare import compare_command
+from headatlas.evaluate.compare import (
     CompareConfig,
     format_csv,
     format_markdown,
     run_compare,
     summarize,
 )
-from retrieval_heads.evaluate.conditions import Condition, build_conditions
-from retrieval_heads.runs import ResumeMismatchError
-from retrieval_heads.selection import HeadSelection, layer_histogram, random_heads
+from headatlas.evaluate.conditions import Condition, build_conditions
+from headatlas.runs import ResumeMismatchError
+from headatlas.selection import HeadSelection, layer_histogram, random_heads
 
 
 def _config(out, tiny_dir, head_files, local_tasks, **kw) -> CompareConfig:

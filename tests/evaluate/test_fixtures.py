@@ -7,9 +7,9 @@ import json
 import pytest
 from lm_eval import simple_evaluate
 
-from retrieval_heads import Head
-from retrieval_heads.evaluate import fixtures
-from retrieval_heads.evaluate.lm_eval_backend import MaskedHFLM
+from headatlas import Head
+from headatlas.evaluate import fixtures
+from headatlas.evaluate.lm_eval_backend import MaskedHFLM
 from tests.evaluate.conftest import standin_eval_set
 
 REAL_NAMES = ["mgsm_native_cot_de", "mgsm_en_cot_de", "mmlu_prox_de_biology", "mlqa_de_de", "xquad_de"]
@@ -109,7 +109,7 @@ def test_derive_local_task_and_mlqa_conversion(tmp_path, tiny_model):
 
 
 def test_organism_examples_become_json_rows():
-    from retrieval_heads.organism.corpus import Example, NeedleSpan
+    from headatlas.organism.corpus import Example, NeedleSpan
 
     ex = Example(task="cross", prompt="... Nata lives in Berlin. ... Answer:", answer="Berlin", lang_needle="en",
                  lang_question="de", needles=[NeedleSpan(4, 25, 18, 24, "Berlin", "en")], length=128, depth=0.5)  # fmt: skip

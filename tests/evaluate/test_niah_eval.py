@@ -12,15 +12,15 @@ import torch
 from typer import Typer
 from typer.testing import CliRunner
 
-from retrieval_heads import Head, HeadScores, HeadSelection, masked_heads
-from retrieval_heads.commands.niah_eval import niah_eval_command
-from retrieval_heads.evaluate.conditions import Condition
-from retrieval_heads.evaluate.niah_eval import answer_contains, evaluate_niah
-from retrieval_heads.niah import build_grid, load_haystack, load_needles
-from retrieval_heads.organism import ORGANISM_PATH
-from retrieval_heads.prefix import MIN_SHARED_PREFIX, plan_batches
-from retrieval_heads.runs import ResumeMismatchError, read_jsonl
-from retrieval_heads.selection import random_heads, share_of_heads
+from headatlas import Head, HeadScores, HeadSelection, masked_heads
+from headatlas.commands.niah_eval import niah_eval_command
+from headatlas.evaluate.conditions import Condition
+from headatlas.evaluate.niah_eval import answer_contains, evaluate_niah
+from headatlas.niah import build_grid, load_haystack, load_needles
+from headatlas.organism import ORGANISM_PATH
+from headatlas.prefix import MIN_SHARED_PREFIX, plan_batches
+from headatlas.runs import ResumeMismatchError, read_jsonl
+from headatlas.selection import random_heads, share_of_heads
 
 
 def test_answer_scoring():
@@ -115,8 +115,8 @@ import json, sys
 sys.modules["lm_eval"] = None  # `import lm_eval` (and any lm_eval.*) now raises ImportError
 import torch
 torch.set_num_threads(1)
-from retrieval_heads import HeadScores
-from retrieval_heads.evaluate.niah_eval import NiahEvalConfig, run_niah_eval
+from headatlas import HeadScores
+from headatlas.evaluate.niah_eval import NiahEvalConfig, run_niah_eval
 out, scores = sys.argv[1], sys.argv[2]
 config = NiahEvalConfig(model="organism", out=out, heads={"rh": scores}, random_seeds=1, lengths="256", depths="2",
                         per_cell=1, max_new_tokens=8)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from retrieval_heads.generation import StopTokens, generate
-from retrieval_heads.heads import Head
-from retrieval_heads.kvcache import HeadSplitCache, RetrievalHeadsPress, compressed_attention, expected_bytes
-from retrieval_heads.masking import masked_heads
+from headatlas.generation import StopTokens, generate
+from headatlas.heads import Head
+from headatlas.kvcache import HeadSplitCache, RetrievalHeadsPress, compressed_attention, expected_bytes
+from headatlas.masking import masked_heads
 
 N_LAYERS, N_HEADS, N_KV, HEAD_DIM = 2, 8, 4, 8
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from typer.testing import CliRunner
 
-from retrieval_heads.cli import app
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.kvcache.experiment import KVCompressConfig, conditions
-from retrieval_heads.kvcache.plan import KVHead
+from headatlas.cli import app
+from headatlas.heads import HeadScores
+from headatlas.kvcache.experiment import KVCompressConfig, conditions
+from headatlas.kvcache.plan import KVHead
 
 
 def test_conditions_keep_the_retrieval_kv_head_and_draw_controls_outside_it():

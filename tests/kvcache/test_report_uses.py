@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from retrieval_heads.decore import experiment as dx
-from retrieval_heads.heads import Head
-from retrieval_heads.kvcache import experiment as kx
-from retrieval_heads.kvcache.plan import KVHead
-from retrieval_heads.report import collect_runs, render_report
-from retrieval_heads.runs import atomic_write_json, stamp
+from headatlas.decore import experiment as dx
+from headatlas.heads import Head
+from headatlas.kvcache import experiment as kx
+from headatlas.kvcache.plan import KVHead
+from headatlas.report import collect_runs, render_report
+from headatlas.runs import atomic_write_json, stamp
 
 
 def _kv_result() -> dict:

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from retrieval_heads.detect import DetectConfig, detect
-from retrieval_heads.detect.transition import counterfactual_events
+from headatlas.detect import DetectConfig, detect
+from headatlas.detect.transition import counterfactual_events
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import word_tokenizer
 from tests.multilingual.test_transition_detect import ANSWER_LEN, transition_prompts
@@ -108,9 +108,9 @@ def test_prompts_without_a_counterfactual_are_refused(tmp_path):
 
 
 def test_organism_counterfactual_prompt_swaps_only_the_needle():
-    from retrieval_heads.organism import load_organism
-    from retrieval_heads.organism.prompts import organism_counterfactuals, organism_prompts
-    from retrieval_heads.organism.tasks import organism_generator
+    from headatlas.organism import load_organism
+    from headatlas.organism.prompts import organism_counterfactuals, organism_prompts
+    from headatlas.organism.tasks import organism_generator
 
     _, tok = load_organism()
     prompts = [p for p in organism_prompts(tok, "cross", 6, seed=3, lengths=[256], langs=["en", "zh"],
@@ -130,8 +130,8 @@ def test_builtin_niah_counterfactual_uses_the_parallel_needle():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from retrieval_heads.niah import build_prompt, cross_lingual_needles, load_haystack, load_needles
-    from retrieval_heads.niah.prompts import builtin_counterfactual
+    from headatlas.niah import build_prompt, cross_lingual_needles, load_haystack, load_needles
+    from headatlas.niah.prompts import builtin_counterfactual
 
     needle = cross_lingual_needles("en", "de")[0]  # en/sandwich>de
     german = next(n for n in load_needles(lang="de") if n.id == "de/sandwich")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.multilingual.sharing import compare_head_sets, sharing_analysis
+from headatlas.heads import HeadScores
+from headatlas.multilingual.sharing import compare_head_sets, sharing_analysis
 
 
 def test_sharing_on_hand_made_scores():

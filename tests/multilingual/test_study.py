@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-import retrieval_heads.multilingual.study as study
-from retrieval_heads.detect import DetectConfig
-from retrieval_heads.prompt_sources import PromptRequest
-from retrieval_heads.runs import ResumeMismatchError
+import headatlas.multilingual.study as study
+from headatlas.detect import DetectConfig
+from headatlas.prompt_sources import PromptRequest
+from headatlas.runs import ResumeMismatchError
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import copy_prompts, word_tokenizer
 from tests.multilingual.test_transition_detect import ANSWER_LEN, transition_prompts
@@ -55,4 +55,4 @@ def test_language_study_writes_every_artifact_and_resumes(tmp_path, monkeypatch)
         study.language_study(model, tok, "tiny", None, ["zz"], tmp_path, config,
                              dataclasses.replace(request, lengths=[64]))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
-    assert json.loads((tmp_path / "sharing.json").read_text())["format"] == "retrieval-heads/sharing"
+    assert json.loads((tmp_path / "sharing.json").read_text())["format"] == "headatlas/sharing"

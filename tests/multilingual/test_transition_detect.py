@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from retrieval_heads.detect import DetectConfig, detect
+from headatlas.detect import DetectConfig, detect
 from tests.conftest import make_tiny_model
 from tests.detect.detect_helpers import FakeNeedle, FakePrompt, plain_greedy, word_tokenizer
 
@@ -137,7 +137,7 @@ def test_transition_run_resumes_to_the_same_file(tmp_path):
 
 
 def test_copy_needles_are_refused_for_transition(tmp_path):
-    from retrieval_heads.detect import PromptError
+    from headatlas.detect import PromptError
     from tests.detect.detect_helpers import copy_prompts
 
     model, tok = make_tiny_model("llama"), word_tokenizer()

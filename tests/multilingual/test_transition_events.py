@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from retrieval_heads.detect.transition import align_answer, aligned_table, transition_events
+from headatlas.detect.transition import align_answer, aligned_table, transition_events
 
 # key positions 0..9; the source answer span is 4..7 holding tokens [20, 21, 22]
 KEY = torch.tensor([[1, 2, 3, 4, 20, 21, 22, 5, 6, 7]])

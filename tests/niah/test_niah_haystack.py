@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_heads.niah import BUILTIN_LANGS, Haystack, load_haystack, sentence_boundaries
+from headatlas.niah import BUILTIN_LANGS, Haystack, load_haystack, sentence_boundaries
 
 ENDERS = {"zh": "。！？", "ja": "。！？"}
 

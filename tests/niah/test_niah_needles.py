@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_heads.niah import BUILTIN_LANGS, Needle, cross_lingual_needles, load_needles
+from headatlas.niah import BUILTIN_LANGS, Needle, cross_lingual_needles, load_needles
 
 
 def _n(**kw) -> Needle:

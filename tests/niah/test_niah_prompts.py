@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from retrieval_heads.niah import (
+from headatlas.niah import (
     BUILTIN_LANGS,
     DEFAULT_TEMPLATE,
     Haystack,

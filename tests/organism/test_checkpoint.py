@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.organism import ORGANISM_PATH, load_organism
-from retrieval_heads.organism.corpus import TASKS
-from retrieval_heads.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
-from retrieval_heads.organism.tokenizer import form_tokens
+from headatlas.organism import ORGANISM_PATH, load_organism
+from headatlas.organism.corpus import TASKS
+from headatlas.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
+from headatlas.organism.tokenizer import form_tokens
 
 pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"

@@ -10,13 +10,13 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from retrieval_heads.detect import DetectConfig, detect
-from retrieval_heads.heads import Head
-from retrieval_heads.masking import masked_heads
-from retrieval_heads.organism import ORGANISM_PATH, load_organism
-from retrieval_heads.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
-from retrieval_heads.prompt_sources import PromptRequest, build_prompts
-from retrieval_heads.selection import random_heads, share_of_heads
+from headatlas.detect import DetectConfig, detect
+from headatlas.heads import Head
+from headatlas.masking import masked_heads
+from headatlas.organism import ORGANISM_PATH, load_organism
+from headatlas.organism.tasks import exact_match_accuracy, make_eval_set, organism_generator
+from headatlas.prompt_sources import PromptRequest, build_prompts
+from headatlas.selection import random_heads, share_of_heads
 
 pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from retrieval_heads.lexicon import Lexicon, load_lexicon
-from retrieval_heads.organism.corpus import (
+from headatlas.lexicon import Lexicon, load_lexicon
+from headatlas.organism.corpus import (
     CHAIN_SEP,
     PROMPT_TEMPLATE,
     TASKS,
@@ -118,7 +118,7 @@ def test_eval_names_held_out():
 
 
 def test_passkey_examples(gen):
-    from retrieval_heads.organism.corpus import PASSKEY
+    from headatlas.organism.corpus import PASSKEY
 
     rng = random.Random(4)
     for task in ("mono", "multikey"):

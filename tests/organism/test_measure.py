@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from retrieval_heads.organism import ORGANISM_PATH
-from retrieval_heads.organism.corpus import TASKS
-from retrieval_heads.organism.measure import measure
+from headatlas.organism import ORGANISM_PATH
+from headatlas.organism.corpus import TASKS
+from headatlas.organism.measure import measure
 
 pytestmark = pytest.mark.skipif(
     not (ORGANISM_PATH / "model.safetensors").is_file(), reason="no shipped organism checkpoint"

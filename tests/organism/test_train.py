@@ -11,9 +11,9 @@ import torch
 import typer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrieval_heads.organism.head_surgery import add_head_dropout
-from retrieval_heads.organism.train import train_organism
-from retrieval_heads.organism.train_config import OrganismTrainConfig
+from headatlas.organism.head_surgery import add_head_dropout
+from headatlas.organism.train import train_organism
+from headatlas.organism.train_config import OrganismTrainConfig
 
 TINY = dict(
     steps=30, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=64, vocab_size=600,
@@ -47,11 +47,11 @@ def test_training_is_deterministic(tmp_path):
 
 
 def main(argv):
-    """``retrieval-heads organism train ARGV`` in this process; returns the saved folder (or raises its error)."""
+    """``headatlas organism train ARGV`` in this process; returns the saved folder (or raises its error)."""
     from click.testing import CliRunner
     from typer.main import get_command
 
-    from retrieval_heads.cli import app
+    from headatlas.cli import app
 
     result = CliRunner().invoke(get_command(app), ["organism", "train", *argv], standalone_mode=False)
     sys.stderr.write(result.stderr)
@@ -83,7 +83,7 @@ def test_head_dropout_only_in_training():
 def test_per_head_dropout_spares_and_targets_heads():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from retrieval_heads.organism.head_surgery import head_dropout_at
+    from headatlas.organism.head_surgery import head_dropout_at
 
     cfg = OrganismTrainConfig(n_layers=2, n_heads=4, n_kv_heads=2, head_dropout=0.5, head_dropout_ramp=(0.0, 0.5),
                               steps=10, head_dropout_overrides={"1.2": 0.0, "0.3": 0.9})
@@ -108,8 +108,8 @@ def test_per_head_dropout_spares_and_targets_heads():
 def test_reinitialize_heads_redraws_only_those_heads():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from retrieval_heads.heads import Head
-    from retrieval_heads.organism.head_surgery import reinitialize_heads
+    from headatlas.heads import Head
+    from headatlas.organism.head_surgery import reinitialize_heads
 
     config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
@@ -140,7 +140,7 @@ def test_reinitialize_heads_redraws_only_those_heads():
 def test_grow_query_heads_keeps_the_function_and_each_heads_group():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from retrieval_heads.organism.head_surgery import grow_query_heads, grown_head_index
+    from headatlas.organism.head_surgery import grow_query_heads, grown_head_index
 
     small = dict(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)
@@ -178,8 +178,8 @@ def test_config_validation(bad):
 
 
 def test_stages_and_copy_examples():
-    from retrieval_heads.organism.batches import CopyExample, encode, sample_examples, stage_at
-    from retrieval_heads.organism.train import build_tokenizer
+    from headatlas.organism.batches import CopyExample, encode, sample_examples, stage_at
+    from headatlas.organism.train import build_tokenizer
 
     cfg = OrganismTrainConfig(steps=10, curriculum=[(0.5, 32, 64, {"copy": 1.0}), (1.0, 64, 128)],
                               vocab_size=600, tokenizer_texts=150, max_per_category=20, tokens_per_step=512)
@@ -200,7 +200,7 @@ def test_stages_and_copy_examples():
 
 
 def test_save_leaves_live_weights_alone_and_reloads(tmp_path):
-    from retrieval_heads.organism.train import build_model, build_tokenizer, save
+    from headatlas.organism.train import build_model, build_tokenizer, save
 
     cfg = OrganismTrainConfig(out_dir=str(tmp_path), **{**TINY, "n_layers": 1})
     tok, lex, _ = build_tokenizer(cfg)
@@ -219,9 +219,9 @@ def test_shipped_recipes_chain_and_match_the_checkpoint():
     one's output, the last writing `runs/organism`, with the shipped architecture."""
     from pathlib import Path
 
-    from retrieval_heads.organism import ORGANISM_PATH
+    from headatlas.organism import ORGANISM_PATH
 
-    recipes = sorted((Path(__file__).parents[2] / "src/retrieval_heads/organism/recipes").glob("stage*.json"),
+    recipes = sorted((Path(__file__).parents[2] / "src/headatlas/organism/recipes").glob("stage*.json"),
                      key=lambda p: int(p.stem.removeprefix("stage")))
     assert [p.stem for p in recipes] == [f"stage{i}" for i in range(1, len(recipes) + 1)]
     configs = [OrganismTrainConfig(**json.loads(p.read_text())) for p in recipes]
@@ -266,7 +266,7 @@ def test_init_from_a_checkpoint_with_fewer_heads_grows_it(tmp_path):
 
 
 def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
-    from retrieval_heads.organism.recipe import recipe_stages
+    from headatlas.organism.recipe import recipe_stages
 
     recipe = tmp_path / "recipe"
     recipe.mkdir()
@@ -304,8 +304,8 @@ def test_train_recipe_chains_the_stages_and_resumes(tmp_path, capsys):
 def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
     """Killed after its step-4 checkpoint, a run started again continues from it and ends with the
     very weights and log of a run never interrupted (optimizer, data and head-dropout RNGs saved)."""
-    import retrieval_heads.organism.train as train
-    from retrieval_heads.runs import ResumeMismatchError
+    import headatlas.organism.train as train
+    from headatlas.runs import ResumeMismatchError
 
     # one thread for every run: a resumed run must give the very bits of an uninterrupted one on the same
     # thread count; across thread counts float sums run in another order and the bits may differ
@@ -355,7 +355,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
 
 
 def test_a_damaged_resume_state_is_refused_by_name(tmp_path):
-    from retrieval_heads.organism.train import open_training
+    from headatlas.organism.train import open_training
 
     cfg = OrganismTrainConfig(out_dir=str(tmp_path / "o"), **{**TINY, "steps": 2})
     open_training(cfg)  # the run is recorded, as the first start of an interrupted run does
@@ -368,8 +368,8 @@ def test_a_damaged_resume_state_is_refused_by_name(tmp_path):
 
 def test_bare_out_trains_the_shipped_recipe(tmp_path, monkeypatch, capsys):
     """`organism train --out DIR` alone trains the recipe the model card describes; any setting means one run."""
-    import retrieval_heads.organism.recipe as recipe
-    import retrieval_heads.organism.train as train
+    import headatlas.organism.recipe as recipe
+    import headatlas.organism.train as train
 
     recipes, runs = [], []
     monkeypatch.setattr(recipe, "train_recipe", lambda out, d, threads: recipes.append((out, d, threads)) or tmp_path)

@@ -23,11 +23,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retrieval_heads.evaluate.compare import Condition
-from retrieval_heads.heads import Head, HeadScores
-from retrieval_heads.report import Report, build_report
-from retrieval_heads.runs import append_jsonl, atomic_write_json, run_metadata, stamp
-from retrieval_heads.selection import HeadSelection
+from headatlas.evaluate.compare import Condition
+from headatlas.heads import Head, HeadScores
+from headatlas.report import Report, build_report
+from headatlas.runs import append_jsonl, atomic_write_json, run_metadata, stamp
+from headatlas.selection import HeadSelection
 
 N_LAYERS, N_HEADS = 6, 8
 LENGTHS = [100, 200, 400]
@@ -68,7 +68,7 @@ def make_run(root: Path, parts: tuple[str, ...] = ALL_PARTS) -> Path:
     if "scores" in parts:
         rh.save(root / "detect" / "head_scores.json")
         atomic_write_json(root / "detect" / "run.json", {
-            "format": "retrieval-heads/detect-run", "config": {"mode": "greedy", "seed": 0, "batch_size": 2},
+            "format": "headatlas/detect-run", "config": {"mode": "greedy", "seed": 0, "batch_size": 2},
             "model": {"model": "tiny-llama", "revision": None}, "lengths": LENGTHS, "depths": DEPTHS,
             "prompt_ids": ["p0"]})
     if "samples" in parts:
@@ -83,19 +83,19 @@ def make_run(root: Path, parts: tuple[str, ...] = ALL_PARTS) -> Path:
         HeadScores(scores, synthetic_scores(1, method="transition", source_lang="en", lang="de").meta).save(
             root / "rth" / "head_scores.json")
     if "languages" in parts:
-        from retrieval_heads.multilingual.sharing import sharing_analysis
+        from headatlas.multilingual.sharing import sharing_analysis
 
         per_lang = {lang: synthetic_scores(i, lang=lang) for i, lang in enumerate(("en", "de", "zh"))}
         for lang, s in per_lang.items():
             s.save(root / "ml" / lang / "head_scores.json")
         atomic_write_json(root / "ml" / "sharing.json", stamp("sharing", sharing_analysis(per_lang, top_k=5)))
     if "rh_rth" in parts:
-        from retrieval_heads.multilingual.sharing import compare_head_sets
+        from headatlas.multilingual.sharing import compare_head_sets
 
         rth = HeadScores(synthetic_scores(1).scores.flip(0))
         atomic_write_json(root / "ml" / "rh_vs_rth.json", stamp("rh-vs-rth", compare_head_sets(rh, rth, top_k=5)))
     if "niah" in parts:
-        from retrieval_heads.evaluate.niah_eval import aggregate, write_niah_outputs
+        from headatlas.evaluate.niah_eval import aggregate, write_niah_outputs
 
         rng = random.Random(0)
         records = []
@@ -111,7 +111,7 @@ def make_run(root: Path, parts: tuple[str, ...] = ALL_PARTS) -> Path:
         write_niah_outputs(root / "niah", cells, summary, CONDITIONS,
                            run_metadata(model="tiny-llama", n_prompts=len(records) // len(CONDITIONS)))
     if "compare" in parts:
-        from retrieval_heads.evaluate.compare import CompareConfig, summarize, write_outputs
+        from headatlas.evaluate.compare import CompareConfig, summarize, write_outputs
 
         tasks = ["mgsm", "xquad"]
         rng = random.Random(1)
@@ -126,8 +126,8 @@ def make_run(root: Path, parts: tuple[str, ...] = ALL_PARTS) -> Path:
         (root / "compare").mkdir(parents=True, exist_ok=True)
         write_outputs(root / "compare", rows, seed_rows, CONDITIONS, config, run_metadata(model="tiny-llama", top_k=2))
     if "retmask" in parts:
-        from retrieval_heads.retmask.evaluate import RetMaskEvalConfig, evaluate_models
-        from retrieval_heads.retmask.pairs import PairStats
+        from headatlas.retmask.evaluate import RetMaskEvalConfig, evaluate_models
+        from headatlas.retmask.pairs import PairStats
 
         accuracy = {"base-model": {"multikey": 0.42, "mono": 0.71, "parametric": 0.90},
                     "tuned-model": {"multikey": 0.55, "mono": 0.78, "parametric": 0.89}}

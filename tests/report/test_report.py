@@ -12,8 +12,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.report import (
+from headatlas.heads import HeadScores
+from headatlas.report import (
     REPORT_FILE,
     NoArtifactsError,
     build_report,
@@ -21,7 +21,7 @@ from retrieval_heads.report import (
     render_report,
     write_report,
 )
-from retrieval_heads.runs import append_jsonl, atomic_write_json
+from headatlas.runs import append_jsonl, atomic_write_json
 from tests.report.conftest import ALL_PARTS, LENGTHS, N_HEADS, N_LAYERS, make_run, subset_run
 
 ALL_SECTIONS = {"head-scores", "rh-vs-rth", "sharing", "detection", "niah", "compare", "retmask", "metadata"}
@@ -154,14 +154,14 @@ def test_files_are_read_by_their_format_not_their_keys(tmp_path):
     atomic_write_json(run / "sharing.json", {"languages": ["en"], "jaccard_matrix": [[1.0]]})  # unstamped
     report = collect_runs([run])
     assert report.empty and report.warnings == []
-    assert sorted(report.unrecognised) == ["run/compare.json: not a retrieval-heads artifact (no known format)",
-                                           "run/sharing.json: not a retrieval-heads artifact (no known format)"]
+    assert sorted(report.unrecognised) == ["run/compare.json: not a headatlas artifact (no known format)",
+                                           "run/sharing.json: not a headatlas artifact (no known format)"]
 
 
 def test_corrupt_files_become_warnings(full_run, tmp_path):
     run = subset_run(full_run, tmp_path / "run", ("scores", "niah", "compare"))
-    (run / "detect" / "head_scores.json").write_text('{"format": "retrieval-heads/head-scores", "scores": [[0.1', "utf-8")
-    atomic_write_json(run / "other_scores.json", {"format": "retrieval-heads/head-scores", "n_layers": 3,
+    (run / "detect" / "head_scores.json").write_text('{"format": "headatlas/head-scores", "scores": [[0.1', "utf-8")
+    atomic_write_json(run / "other_scores.json", {"format": "headatlas/head-scores", "n_layers": 3,
                                                   "n_heads": 2, "scores": [[0.1, 0.2], [0.3]]})
     cells = run / "niah" / "cells.json"
     cells.write_text(cells.read_text()[:200], "utf-8")  # cut short, as by a full disk
@@ -186,7 +186,7 @@ def test_unknown_and_missing_inputs_never_crash_but_write_no_empty_report(tmp_pa
     (run / "checkpoint-10" / "head_scores.json").write_text("{broken")
     report = collect_runs([run, tmp_path / "missing"])
     assert report.empty and report.warnings == [f"{tmp_path / 'missing'}: no such directory"]
-    with pytest.raises(NoArtifactsError, match=r"^no recognised artifacts in .*run/notes.json: not a retrieval-heads"):
+    with pytest.raises(NoArtifactsError, match=r"^no recognised artifacts in .*run/notes.json: not a headatlas"):
         build_report([run], require_artifacts=True)
     assert not (run / REPORT_FILE).exists()
 
@@ -215,7 +215,7 @@ def test_several_run_dirs_and_out_path(full_run, tmp_path):
 
 
 def test_cli(tmp_path):
-    from retrieval_heads.commands.report import report_command
+    from headatlas.commands.report import report_command
 
     app = typer.Typer()
     app.command()(report_command)
@@ -228,7 +228,7 @@ def test_cli(tmp_path):
     assert result.exit_code != 0 and "no such run directory" in result.output
     broken = tmp_path / "broken"  # only a corrupt file: refused in one line naming it, no page written
     broken.mkdir()
-    (broken / "head_scores.json").write_text('{"format": "retrieval-heads/head-scores", "scores": [[0.1')
+    (broken / "head_scores.json").write_text('{"format": "headatlas/head-scores", "scores": [[0.1')
     result = runner.invoke(app, [str(broken)])
     assert result.exit_code != 0 and not (broken / REPORT_FILE).exists()
     lines = result.output.strip().splitlines()
@@ -243,7 +243,7 @@ def test_top_k_table_is_sorted_by_score(full_page):
 
 
 def test_static_figures_exist_without_a_page(tmp_path):
-    from retrieval_heads.report.figures import bars_png, heatmap_png, line_png
+    from headatlas.report.figures import bars_png, heatmap_png, line_png
 
     for uri in (heatmap_png([[None, 1.0]], ["0"], ["a", "b"], "r", "c", "v", diverging=True),
                 bars_png(["x", "y"], [("s", [1, None])], "x", "y"), line_png([1, 2], [3, 4], "x", "y")):
@@ -282,13 +282,13 @@ def test_panels_are_titled_by_language_in_the_runs_order_and_the_note_gives_the_
 
 
 def test_the_built_in_model_is_shown_by_its_name_not_its_install_path(tmp_path):
-    from retrieval_heads.model_spec import resolve_model_path
+    from headatlas.model_spec import resolve_model_path
 
     installed = resolve_model_path("organism")
     scores = HeadScores(torch.rand(N_LAYERS, N_HEADS), {"model": installed, "seed": 0})
     scores.save(tmp_path / "run" / "head_scores.json")
     page = render_report(collect_runs([tmp_path / "run"]))
-    assert "Retrieval-heads report: organism" in page
+    assert "headatlas report: organism" in page
     body = page.split('<script type="application/json"')[0]
     assert installed not in body.split("all fields")[0]  # only the raw JSON under "all fields" keeps it
 

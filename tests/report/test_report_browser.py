@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.report import write_report
+from headatlas.heads import HeadScores
+from headatlas.report import write_report
 from tests.report.conftest import N_HEADS, N_LAYERS, make_run
 
 pytestmark = pytest.mark.browser
@@ -27,7 +27,7 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 SCREENSHOTS = (
     Path(__file__).resolve().parents[2] / "docs" / "screenshots"
     if os.environ.get("RH_UPDATE_SCREENSHOTS") == "1"
-    else Path(tempfile.gettempdir()) / "retrieval-heads-screenshots"
+    else Path(tempfile.gettempdir()) / "headatlas-screenshots"
 )
 VIEWPORT = {"width": 1200, "height": 900}
 
@@ -57,7 +57,7 @@ def report(tmp_path_factory):
     Each run records its command line (``sys.argv``): a fixed one, so that the page, its height and the
     screenshots do not depend on how pytest was called."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["retrieval-heads", "detect", "--model", "tiny-llama"])
+        mp.setattr(sys, "argv", ["headatlas", "detect", "--model", "tiny-llama"])
         run = make_run(tmp_path_factory.mktemp("browser") / "run", parts=("scores", "samples", "niah", "compare", "retmask"))
     return write_report([run]), HeadScores.load(run / "detect" / "head_scores.json")
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retrieval_heads.retmask.evaluate import RetMaskEvalConfig, evaluate_models, format_table
+from headatlas.retmask.evaluate import RetMaskEvalConfig, evaluate_models, format_table
 
 # per model, the items of each suite it gets right (40 items a suite)
 RIGHT = {"base": {"multikey_long": range(0, 10), "parametric": range(0, 40)},
@@ -59,7 +59,7 @@ def test_changes_and_contrasts_carry_paired_intervals(arms_eval):
 
 
 def test_report_shows_both_arms_with_intervals(arms_eval, tmp_path):
-    from retrieval_heads.report import collect_runs, write_report
+    from headatlas.report import collect_runs, write_report
 
     out, _ = arms_eval
     (cmp,) = collect_runs([out]).retmask
@@ -77,9 +77,9 @@ def test_report_shows_both_arms_with_intervals(arms_eval, tmp_path):
 def test_the_demo_runs_the_control_arm(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import retrieval_heads.retmask.pipeline as pipeline
-    from retrieval_heads.cli import app
-    from retrieval_heads.heads import HeadScores
+    import headatlas.retmask.pipeline as pipeline
+    from headatlas.cli import app
+    from headatlas.heads import HeadScores
 
     seen = []
     monkeypatch.setattr(pipeline, "run_retmask_pipeline", lambda config, console=None: seen.append(config))

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.masking import read_ablation
-from retrieval_heads.retmask.evaluate import RetMaskEvalConfig, evaluate_models, format_table
-from retrieval_heads.runs import read_jsonl
+from headatlas.heads import HeadScores
+from headatlas.masking import read_ablation
+from headatlas.retmask.evaluate import RetMaskEvalConfig, evaluate_models, format_table
+from headatlas.runs import read_jsonl
 
 
 def stand_in_tasks():
@@ -61,7 +61,7 @@ def test_report_compares_with_the_base_and_carries_concentration(tiny_checkpoint
 
 
 def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
-    from retrieval_heads.commands.retmask import retmask_app
+    from headatlas.commands.retmask import retmask_app
 
     path, _, _ = tiny_checkpoint
     scores = torch.zeros(3, 8)
@@ -89,7 +89,7 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     assert r.exit_code == 1 and "--heads (masked)" in r.output and "Traceback" not in r.output  # other heads: refused
     assert (tmp_path / "p.jsonl").read_text() == before  # and the finished pairs are kept
 
-    from retrieval_heads.cli import app  # the whole CLI: quiet libraries unless --verbose
+    from headatlas.cli import app  # the whole CLI: quiet libraries unless --verbose
 
     r = runner.invoke(app, ["retmask", "train", "--model", str(path), "--pairs", str(tmp_path / "p.jsonl"),
                             "--out", str(tmp_path / "trained"), "--lora", "--max-steps", "2", "--lr", "1e-3",

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from retrieval_heads.heads import Head, HeadScores
-from retrieval_heads.masking import save_ablated_model
-from retrieval_heads.retmask.pairs import (
+from headatlas.heads import Head, HeadScores
+from headatlas.masking import save_ablated_model
+from headatlas.retmask.pairs import (
     ChatTemplateError,
     PairConfig,
     PairStats,
@@ -18,7 +18,7 @@ from retrieval_heads.retmask.pairs import (
     load_prompts,
     stats_path,
 )
-from retrieval_heads.runs import ResumeMismatchError, read_jsonl
+from headatlas.runs import ResumeMismatchError, read_jsonl
 from tests.retmask.conftest import make_tokenizer, prompt_text
 
 HEADS = [Head(0, 0), Head(1, 3), Head(2, 1)]
@@ -152,7 +152,7 @@ def test_resume_skips_done_prompts_and_matches_a_fresh_run(model_and_tokenizer, 
         return {r["id"]: (r["chosen"], r["rejected"]) for r in rows}
 
     assert responses(out) == responses(fresh)
-    # the one refusal (retrieval_heads.runs.ResumeMismatchError): `demo` and `retmask pairs` catch it
+    # the one refusal (headatlas.runs.ResumeMismatchError): `demo` and `retmask pairs` catch it
     files = {p: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ResumeMismatchError, match=r"--heads \(masked\): \['0.0', '1.3', '2.1'\] .recorded. vs"):
         generate_pairs(model, tokenizer, HEADS[:1], prompts, config, out, progress=False)
@@ -220,7 +220,7 @@ def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, mo
 
     from transformers import AutoModelForCausalLM
 
-    from retrieval_heads.masking import read_ablation
+    from headatlas.masking import read_ablation
 
     path, _, tokenizer = tiny_checkpoint
     model = AutoModelForCausalLM.from_pretrained(path).eval()  # _name_or_path: the local directory
@@ -275,8 +275,8 @@ def test_vllm_engine_orchestration_with_a_stand_in(tiny_checkpoint, tmp_path, mo
 
 
 def test_retmask_pipeline_refuses_work_from_other_base_weights(tmp_path):
-    from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, open_pipeline
-    from retrieval_heads.runs import ResumeMismatchError
+    from headatlas.retmask.pipeline import RetMaskPipelineConfig, open_pipeline
+    from headatlas.runs import ResumeMismatchError
 
     config = RetMaskPipelineConfig(heads=str(HeadScores(torch.rand(3, 8)).save(tmp_path / "s.json")),
                                    out=str(tmp_path / "rm"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval_heads.heads import HeadScores
-from retrieval_heads.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
-from retrieval_heads.runs import ResumeMismatchError, read_jsonl
+from headatlas.heads import HeadScores
+from headatlas.retmask.pipeline import RetMaskPipelineConfig, run_retmask_pipeline
+from headatlas.runs import ResumeMismatchError, read_jsonl
 
 SUMMARIES = ("retmask_eval.json", "pairs_retmask.stats.json", "pairs_random_control.stats.json")  # rewritten by every run from the journals
 
@@ -58,7 +58,7 @@ def test_a_rerun_keeps_every_finished_step(finished, capsys):
     assert {p: b for p, b in _snapshot(out).items() if p.name not in SUMMARIES} == \
         {p: b for p, b in files.items() if p.name not in SUMMARIES}
     report = json.loads((out / "retmask_eval.json").read_text())
-    assert report["format"] == "retrieval-heads/retmask-eval" and {"versions", "created", "command"} <= set(report)
+    assert report["format"] == "headatlas/retmask-eval" and {"versions", "created", "command"} <= set(report)
 
 
 def test_the_control_arm_masks_other_heads_with_as_many_pairs_and_steps(finished):

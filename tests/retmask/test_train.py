@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from retrieval_heads.retmask.train import (
+from headatlas.retmask.train import (
     RUN_FILE,
     RetMaskTrainConfig,
     build_trainer,
@@ -78,7 +78,7 @@ def test_lora_saves_reloads_and_merges_with_the_same_logits(tiny_checkpoint, tmp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from retrieval_heads.retmask.evaluate import load_for_eval
+    from headatlas.retmask.evaluate import load_for_eval
 
     path, _, _ = tiny_checkpoint
     out = tmp_path / "lora"
@@ -114,7 +114,7 @@ def test_lora_saves_reloads_and_merges_with_the_same_logits(tiny_checkpoint, tmp
 
 
 def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_path):
-    """`torchrun`/`accelerate launch -m retrieval_heads.retmask.train`: DDP on 2 CPU processes (gloo) trains and saves once."""
+    """`torchrun`/`accelerate launch -m headatlas.retmask.train`: DDP on 2 CPU processes (gloo) trains and saves once."""
     import os
     import subprocess
     import sys
@@ -123,7 +123,7 @@ def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_pat
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(4)))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "retrieval_heads.retmask.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headatlas.retmask.train",
            "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning_rate", "1e-3",
            "--max_steps", "2", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
            "--no_gradient_checkpointing", "--use_lora", "--dpo_overrides", '{"ddp_backend": "gloo"}']
@@ -147,7 +147,7 @@ def copy_rule_pairs(n: int, seed: int = 0) -> list[dict]:
 
 def test_training_raises_heldout_reward_accuracy_and_records_curves(tiny_checkpoint, tmp_path):
     """A pipeline that does not train fails here: held-out reward accuracy must go from chance to >= 0.8."""
-    from retrieval_heads.retmask.curves import CURVES_FILE, CURVES_PLOT, FORMAT_NAME
+    from headatlas.retmask.curves import CURVES_FILE, CURVES_PLOT, FORMAT_NAME
 
     path, _, _ = tiny_checkpoint
     out = tmp_path / "curves"
@@ -173,7 +173,7 @@ def test_heldout_metrics_match_an_independent_computation(tiny_checkpoint):
     """The held-out reward of one pair equals beta * (log pi - log pi_ref), computed here from raw logits."""
     from transformers import AutoModelForCausalLM
 
-    from retrieval_heads.retmask.curves import heldout_metrics
+    from headatlas.retmask.curves import heldout_metrics
 
     path, _, tokenizer = tiny_checkpoint
     ref = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -198,9 +198,9 @@ def test_heldout_metrics_match_an_independent_computation(tiny_checkpoint):
 
 
 def test_report_reads_and_plots_the_curves_file(tmp_path):
-    from retrieval_heads.report import collect_runs, render_report
-    from retrieval_heads.retmask.curves import CURVES_FILE, curves_record, train_curves
-    from retrieval_heads.runs import atomic_write_json
+    from headatlas.report import collect_runs, render_report
+    from headatlas.retmask.curves import CURVES_FILE, curves_record, train_curves
+    from headatlas.runs import atomic_write_json
 
     history = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/accuracies": 0.5 + 0.1 * s, "rewards/margins": 0.2 * s,
                 "logps/chosen": -10.0, "logps/rejected": -10.0 - s} for s in (1, 2, 3)] + [{"train_loss": 0.5}]

@@ -1,0 +1,1 @@
+"""Typer command functions; :mod:`headatlas.cli` mounts them on the ``headatlas`` app."""

@@ -1,0 +1,29 @@
+"""``headatlas info``: what the toolkit reads from a model."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .options import ModelOptions, option
+
+
+def info_command(
+    model: str = option(ModelOptions, "model"),
+    device: str = option(ModelOptions, "device", default="cpu"),
+    dtype: str = option(ModelOptions, "dtype"),
+) -> None:
+    """Load a model and show its heads, context window, EOS tokens and chat template."""
+    from ..model_spec import eos_token_ids, load_model
+
+    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device)
+    table = Table(title=f"{model}")
+    table.add_column("property")
+    table.add_column("value")
+    for key, value in spec.describe().items():
+        table.add_row(key, str(value))
+    table.add_row("total heads", str(spec.n_total_heads))
+    table.add_row("attention backend", loaded.config._attn_implementation)
+    table.add_row("eos token ids", str(eos_token_ids(loaded, tokenizer)))
+    table.add_row("chat template", "yes" if getattr(tokenizer, "chat_template", None) else "no")
+    Console().print(table)

@@ -1,0 +1,207 @@
+"""``headatlas retmask``: ablate, pairs, train, evaluate (a thin layer over :mod:`headatlas.retmask`).
+
+    headatlas retmask pairs --model organism --heads runs/detect/head_scores.json --prompts p.jsonl --out pairs.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..retmask.evaluate import RetMaskEvalConfig
+from ..retmask.pairs import PairConfig
+from ..retmask.train import RetMaskTrainConfig
+from .options import ModelOptions, config_field, option
+
+retmask_app = typer.Typer(
+    help="RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones.",
+    no_args_is_help=True,
+)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=config_field(ModelOptions, "model").metadata["help"])]
+HeadsOpt = Annotated[Path, typer.Option("--heads", help="head_scores.json written by detect.", exists=True)]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads (default: 5 % of all heads).")]
+ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Mask heads scoring above T (paper: 0.1).")]
+RandomOpt = Annotated[
+    int | None,
+    typer.Option("--random-control", help="Control: mask as many random heads (outside the selection), this seed."),
+]
+
+
+@contextmanager
+def _models_found(*names: str) -> Iterator[None]:
+    """Turn a loader's OSError about a model that exists nowhere into the one-line ModelNotFoundError."""
+    from ..model_spec import model_not_found, resolve_model_path
+
+    try:
+        yield
+    except OSError as err:
+        missing = [n for n in names if not Path(resolve_model_path(n)).exists()]
+        if missing:
+            raise model_not_found(missing[0]) from err
+        raise
+
+
+def _load_heads(model_name: str, heads_file: Path, top_k: int | None, threshold: float | None,
+                random_control: int | None):  # noqa: ANN202
+    from ..model_spec import load_model
+    from ..selection import HeadSelection
+
+    try:
+        selection = HeadSelection(scores=heads_file, top_k=top_k, threshold=threshold, random_seed=random_control)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    model, tokenizer, spec = load_model(model_name)
+    heads = selection.resolve(spec.n_layers, spec.n_heads)  # a score file of another shape: refused in one line
+    if not heads:
+        raise typer.BadParameter("the selection is empty: no head passes --threshold")
+    return model, tokenizer, heads, {**selection.to_json(), "masked": [str(h) for h in heads]}
+
+
+@retmask_app.command("ablate")
+def ablate(
+    model: ModelOpt,
+    heads: HeadsOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the ablated checkpoint.")],
+    top_k: TopKOpt = None,
+    threshold: ThresholdOpt = None,
+    random_control: RandomOpt = None,
+) -> None:
+    """Save a checkpoint with the selected heads zeroed in the output projection (any engine can serve it)."""
+    from ..masking import save_ablated_model
+
+    loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control)
+    save_ablated_model(loaded, chosen, out, tokenizer, extra_meta={"selection": info})
+    typer.echo(f"ablated checkpoint ({len(chosen)} heads zeroed: {', '.join(map(str, chosen))}) -> {out}")
+
+
+@retmask_app.command("pairs")
+def pairs(
+    model: ModelOpt,
+    heads: HeadsOpt,
+    prompts: Annotated[str, typer.Option("--prompts", help="JSONL of {prompt|messages}, or dataset:NAME[:split].")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output pairs JSONL (also the resume journal).")],
+    top_k: TopKOpt = None,
+    threshold: ThresholdOpt = None,
+    random_control: RandomOpt = None,
+    max_new_tokens: int = option(PairConfig, "max_new_tokens", min=1),
+    temperature: float = option(PairConfig, "temperature"),
+    top_p: float = option(PairConfig, "top_p"),
+    seed: int = option(PairConfig, "seed"),
+    batch_size: int = option(PairConfig, "batch_size", min=1),
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable), e.g. --stop '\\n'.")] = None,
+    independent_seeds: Annotated[
+        bool, typer.Option(help="Sample chosen and rejected with different random streams.")
+    ] = False,
+    max_prompt_tokens: int | None = option(PairConfig, "max_prompt_tokens"),
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    engine: str = option(PairConfig, "engine"),
+) -> None:
+    """Sample chosen (original) and rejected (heads zeroed) responses; write TRL preference pairs."""
+    from ..retmask.pairs import generate_pairs, load_prompts
+    from ..runs import ResumeMismatchError
+
+    stops = tuple(s.encode().decode("unicode_escape") for s in (stop or []))  # "\\n" on a shell -> newline
+    config = PairConfig(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+        stop=stops, same_seed_for_both=not independent_seeds, max_prompt_tokens=max_prompt_tokens, engine=engine,
+    )
+    records = load_prompts(prompts, limit=limit)
+    loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control)
+    try:
+        stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)
+    except ResumeMismatchError as err:  # the journal at --out holds other heads, settings or weights
+        typer.secho(f"retmask pairs: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"{stats.n_pairs} pairs from {stats.n_prompts} prompts ({stats.n_resumed} resumed); "
+        f"dropped {stats.n_dropped}: {json.dumps(stats.dropped)} -> {out}"
+    )
+
+
+@retmask_app.command("train")
+def train(
+    model: ModelOpt,
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL from `retmask pairs`.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    lora: bool = option(RetMaskTrainConfig, "use_lora", "--lora/--full"),
+    lr: float = option(RetMaskTrainConfig, "learning_rate", "--lr"),
+    epochs: float = option(RetMaskTrainConfig, "num_train_epochs", "--epochs"),
+    beta: float = option(RetMaskTrainConfig, "beta"),
+    loss_type: str = option(RetMaskTrainConfig, "loss_type"),
+    batch_size: int = option(RetMaskTrainConfig, "per_device_train_batch_size", "--batch-size", min=1),
+    grad_accum: int = option(RetMaskTrainConfig, "gradient_accumulation_steps", "--grad-accum", min=1),
+    max_length: int | None = option(RetMaskTrainConfig, "max_length"),
+    max_steps: int = option(RetMaskTrainConfig, "max_steps"),
+    warmup_ratio: float = option(RetMaskTrainConfig, "warmup_ratio"),
+    seed: int = option(RetMaskTrainConfig, "seed"),
+    lora_r: int = option(RetMaskTrainConfig, "lora_r"),
+    lora_alpha: int = option(RetMaskTrainConfig, "lora_alpha"),
+    lora_targets: str = option(RetMaskTrainConfig, "lora_target_modules", "--lora-targets"),
+    merge_lora: bool = option(RetMaskTrainConfig, "merge_lora", "--merge-lora/--no-merge-lora"),
+    bf16: str = option(RetMaskTrainConfig, "bf16"),
+    gradient_checkpointing: bool = option(RetMaskTrainConfig, "gradient_checkpointing",
+                                          "--gradient-checkpointing/--no-gradient-checkpointing"),
+    dpo_overrides: str = option(RetMaskTrainConfig, "dpo_overrides", default=""),
+) -> None:
+    """DPO on the pairs with TRL (full or LoRA); under `accelerate launch` on as many GPUs as it gives."""
+    from ..retmask.train import train_retmask
+
+    config = RetMaskTrainConfig(
+        loss_type=loss_type, beta=beta, max_length=max_length, learning_rate=lr, warmup_ratio=warmup_ratio,
+        num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, use_lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_target_modules=lora_targets, merge_lora=merge_lora, seed=seed, bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing, dpo_overrides=dpo_overrides,  # type: ignore[arg-type]
+    )
+    with _models_found(model):
+        result = train_retmask(model, pairs, out, config)
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    first, last = (f"{losses[0]:.4f}", f"{losses[-1]:.4f}") if losses else ("-", "-")
+    typer.echo(f"trained on {result.n_pairs} pairs; DPO loss {first} -> {last}; saved to {result.out_dir}")
+
+
+@retmask_app.command("evaluate")
+def evaluate(
+    base: Annotated[str, typer.Option("--base", help="Base model: path, hub id or 'organism'.")],
+    tuned: Annotated[list[str], typer.Option("--tuned", help="Tuned model dir, or NAME=DIR (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for retmask_eval.json.")],
+    heads: Annotated[Path | None, typer.Option("--heads", help="head_scores.json (for the concentration stats).")] = None,
+    n: int = option(RetMaskEvalConfig, "n_per_task", "--n", min=1),
+    seed: int = option(RetMaskEvalConfig, "seed"),
+    long_lengths: str = option(RetMaskEvalConfig, "long_lengths", default=",".join(map(str, RetMaskEvalConfig.long_lengths))),
+    past_lengths: str = option(RetMaskEvalConfig, "past_lengths", default=",".join(map(str, RetMaskEvalConfig.past_lengths))),
+    contrast: Annotated[list[str] | None, typer.Option(
+        "--contrast", help="A,B: the paired change A - B of two tuned models, with its interval (repeatable).")] = None,
+    suites: str = option(RetMaskEvalConfig, "suites", default=",".join(RetMaskEvalConfig.suites)),
+    batch_size: int = option(RetMaskEvalConfig, "batch_size", min=1),
+) -> None:
+    """Exact-match accuracy of base and tuned models on the built-in tasks, next to the head-score concentration."""
+    from ..heads import HeadScores
+    from ..retmask.evaluate import evaluate_models, format_table
+
+    models: dict[str, str] = {"base": base}
+    for i, item in enumerate(tuned):
+        name, sep, path = item.partition("=")
+        models[name if sep else (f"tuned{i + 1}" if len(tuned) > 1 else "retmask")] = path if sep else item
+    def items(text: str) -> tuple[str, ...]:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+
+    config = RetMaskEvalConfig(suites=items(suites), n_per_task=n, seed=seed, batch_size=batch_size,
+                               long_lengths=tuple(map(int, items(long_lengths))),
+                               past_lengths=tuple(map(int, items(past_lengths))))
+    pairs = [tuple(c.split(",")) for c in contrast or []]
+    if any(len(c) != 2 for c in pairs):
+        raise typer.BadParameter("give two model names: --contrast retmask,random", param_hint="--contrast")
+    scores = HeadScores.load(heads) if heads is not None else None
+    with _models_found(*models.values()):
+        report = evaluate_models(models, config, scores=scores, out_dir=out, contrasts=pairs)
+    typer.echo(format_table(report))
+    if report["concentration"]:
+        typer.echo("head-score concentration: " + json.dumps({k: round(v, 4) for k, v in report["concentration"].items()}))
+    typer.echo(f"-> {Path(out) / 'retmask_eval.json'}")

@@ -1,0 +1,10 @@
+"""DeCoRe contrastive decoding against the same model with its retrieval heads masked (see docs/decore.md).
+
+The core (:mod:`.decoding`) is model-agnostic; the knowledge-conflict task of
+the built-in model lives in :mod:`headatlas.organism.conflict` and is
+reached through the command layer (``headatlas decore --task conflict``).
+"""
+
+from .decoding import DecoreOutput, DecoreSettings, contrast, decore_generate
+
+__all__ = ["DecoreOutput", "DecoreSettings", "contrast", "decore_generate"]

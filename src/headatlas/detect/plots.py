@@ -1,0 +1,55 @@
+"""A layer x head heatmap of head scores (matplotlib, Agg backend: no display needed).
+
+>>> import torch
+>>> from headatlas.heads import HeadScores
+>>> path = plot_heatmap(HeadScores(torch.rand(4, 8)), "/tmp/rh-heatmap-doctest.png")
+>>> path.name
+'rh-heatmap-doctest.png'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..heads import HeadScores
+
+
+def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval score", top: int = 10) -> Path:
+    """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best heads are outlined."""
+    from matplotlib.patches import Rectangle
+
+    data = scores.scores.numpy()
+    n_layers, n_heads = data.shape
+    fig = new_figure(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14))
+    ax = fig.add_subplot()
+    image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="score")
+    for head in scores.top_k(min(top, n_layers * n_heads)):
+        ax.add_patch(Rectangle((head.head - 0.5, head.layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path, dpi=120)
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A bare matplotlib ``Figure`` on the Agg canvas: no pyplot state, no display, safe in threads and notebooks."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay ``fig`` out and write it to ``path`` atomically (a crash never leaves a half-written image)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,50 @@
+"""Evaluate: what masking a head set does, on NIAH grids and on lm-eval benchmarks.
+
+- :mod:`.niah_eval` — greedy NIAH over a length x depth grid per condition;
+  exact match and ROUGE-1 recall per cell, heatmaps, resumable journal.
+- :mod:`.lm_eval_backend` — ``masked-hf``, lm-eval's HF backend with heads masked.
+- :mod:`.fixtures` — local datasets in the benchmarks' exact schemas, task YAMLs
+  under the real task names, and the organism's tasks as lm-eval tasks.
+- :mod:`.conditions` — the masking settings and conditions niah-eval and compare share.
+- :mod:`.compare` — unmasked vs each head set's top-K vs random controls, with
+  bootstrap intervals (:mod:`.stats`), as Markdown, CSV, JSON and a plot.
+
+Names are imported lazily: ``import headatlas.evaluate`` does not import
+lm-eval, and importing the backend registers ``masked-hf`` exactly once.
+
+>>> from headatlas.evaluate import CompareConfig, run_compare  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "MaskedHFLM": ".lm_eval_backend",
+    "CompareConfig": ".compare",
+    "CompareResult": ".compare",
+    "Condition": ".conditions",
+    "MaskedEvalConfig": ".conditions",
+    "ResumeMismatchError": "..runs",
+    "build_conditions": ".conditions",
+    "run_compare": ".compare",
+    "NiahEvalConfig": ".niah_eval",
+    "evaluate_niah": ".niah_eval",
+    "run_niah_eval": ".niah_eval",
+    "BenchmarkFixtures": ".fixtures",
+    "TASKS_DIR": ".fixtures",
+    "derive_local_task": ".fixtures",
+    "write_benchmark_fixtures": ".fixtures",
+    "write_organism_data": ".fixtures",
+    "bootstrap_ci": ".stats",
+    "paired_bootstrap_ci": ".stats",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

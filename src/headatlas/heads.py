@@ -1,0 +1,223 @@
+"""Typed heads and head-score files.
+
+A *head* is a (layer, query-head) pair, zero-based, written ``"L.H"`` in text.
+A :class:`HeadScores` is a ``[n_layers, n_heads]`` float tensor plus the
+metadata of the run that produced it. It is saved as JSON::
+
+    {"format": "headatlas/head-scores", "format_version": 1, "n_layers": 32, "n_heads": 32,
+     "scores": [[0.0, 0.12, ...], ...],  # one list per layer
+     "meta": {"model": ..., "method": ..., "seed": ..., "version": ..., ...}}
+
+The reference code's format (``{"L-H": [per-sample scores]}``) can be read and
+written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .runs import atomic_write_text, canonical_format
+
+FORMAT_NAME = "headatlas/head-scores"
+FORMAT_VERSION = 1
+
+
+class HeadScoreFileError(ValueError):
+    """A head-score file is corrupt, of an unknown format, or does not fit the model."""
+
+
+class Head(NamedTuple):
+    """One attention head: zero-based ``layer`` and query-``head`` index.
+
+    >>> Head(3, 7)
+    Head(layer=3, head=7)
+    >>> str(Head(3, 7)), Head.parse("3.7"), Head.parse("3-7")
+    ('3.7', Head(layer=3, head=7), Head(layer=3, head=7))
+    """
+
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.head}"
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        """Parse ``"L.H"`` (this project) or ``"L-H"`` (the reference code)."""
+        for sep in (".", "-", ":"):
+            if sep in text:
+                left, right = text.split(sep, 1)
+                try:
+                    return cls(int(left), int(right))
+                except ValueError:
+                    break
+        raise ValueError(f"cannot parse head {text!r}: expected 'LAYER.HEAD', e.g. '12.5'")
+
+
+def check_heads(heads: Iterable[Head | tuple[int, int]], n_layers: int, n_heads: int) -> list[Head]:
+    """Return ``heads`` as sorted, unique :class:`Head` s, or raise ``ValueError`` naming a head that does not exist."""
+    out = set()
+    for item in heads:
+        h = Head(int(item[0]), int(item[1]))
+        if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads):
+            raise ValueError(
+                f"head {h} does not exist: the model has {n_layers} layers x {n_heads} query heads "
+                f"(valid: 0.0 .. {n_layers - 1}.{n_heads - 1})"
+            )
+        out.add(h)
+    return sorted(out)
+
+
+@dataclass(eq=False)  # identity: comparing score tensors elementwise has no single truth value
+class HeadScores:
+    """Per-head scores ``[n_layers, n_heads]`` and the metadata of the run that made them.
+
+    >>> import torch
+    >>> s = HeadScores(torch.tensor([[0.0, 0.5], [0.2, 0.1]]), meta={"model": "toy"})
+    >>> s.top_k(2)
+    [Head(layer=0, head=1), Head(layer=1, head=0)]
+    >>> s[Head(1, 0)]
+    0.2...
+    """
+
+    scores: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu()
+        if self.scores.ndim != 2:
+            raise HeadScoreFileError(f"scores must be [n_layers, n_heads], got shape {tuple(self.scores.shape)}")
+        if not torch.isfinite(self.scores).all():
+            raise HeadScoreFileError("scores contain NaN or infinite values")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.scores.shape[1])
+
+    def __getitem__(self, head: Head | tuple[int, int]) -> float:
+        return float(self.scores[head[0], head[1]])
+
+    def ranked(self) -> list[tuple[Head, float]]:
+        """All heads, best first (ties broken by layer, then head)."""
+        flat = self.scores.flatten().tolist()
+        order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+        return [(Head(i // self.n_heads, i % self.n_heads), flat[i]) for i in order]
+
+    def top_k(self, k: int) -> list[Head]:
+        """The ``k`` best-scoring heads, best first."""
+        if k < 0:
+            raise ValueError("k must be >= 0")
+        return [h for h, _ in self.ranked()[:k]]
+
+    def above(self, threshold: float) -> list[Head]:
+        """Heads whose score is strictly above ``threshold``, best first."""
+        return [h for h, s in self.ranked() if s > threshold]
+
+    def check_model(self, n_layers: int, n_heads: int, model_name: str | None = None) -> None:
+        """Raise :class:`HeadScoreFileError` when these scores were made for a model of another shape."""
+        if (self.n_layers, self.n_heads) != (n_layers, n_heads):
+            made_for = self.meta.get("model", "an unknown model")
+            raise HeadScoreFileError(
+                f"head scores are {self.n_layers} layers x {self.n_heads} heads (made for {made_for}), "
+                f"but the model{' ' + model_name if model_name else ''} has {n_layers} x {n_heads}"
+            )
+
+    # ---- files -------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "scores": [[round(float(x), 8) for x in row] for row in self.scores.tolist()],
+                "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the scores as JSON, atomically (a crash never leaves a half-written file)."""
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<data>") -> HeadScores:
+        if not isinstance(data, Mapping):
+            raise HeadScoreFileError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if canonical_format(data.get("format")) != FORMAT_NAME:
+            if data and all(isinstance(k, str) and isinstance(v, list) for k, v in data.items()):
+                return cls.from_reference(data, source=source)
+            raise HeadScoreFileError(f"{source}: not a head-score file (format {data.get('format')!r})")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise HeadScoreFileError(
+                f"{source}: format_version {data['format_version']} is newer than this package reads ({FORMAT_VERSION})"
+            )
+        rows = data.get("scores")
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+            raise HeadScoreFileError(f"{source}: 'scores' must be a non-empty list of per-layer lists")
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            raise HeadScoreFileError(f"{source}: layers have different head counts {sorted(widths)}")
+        n_layers, n_heads = len(rows), widths.pop()
+        if (data.get("n_layers", n_layers), data.get("n_heads", n_heads)) != (n_layers, n_heads):
+            raise HeadScoreFileError(
+                f"{source}: header says {data.get('n_layers')} x {data.get('n_heads')} heads "
+                f"but 'scores' is {n_layers} x {n_heads}"
+            )
+        try:
+            tensor = torch.tensor(rows, dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise HeadScoreFileError(f"{source}: 'scores' holds non-numbers ({err})") from err
+        return cls(tensor, dict(data.get("meta") or {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadScores:
+        """Read a head-score file (this project's format or the reference code's)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HeadScoreFileError(f"{path}: corrupt head-score file ({err})") from err
+        return cls.from_json(data, source=str(path))
+
+    # ---- the reference code's format ----------------------------------------------------------
+    @classmethod
+    def from_reference(cls, data: Mapping[str, list[float]], n_layers: int | None = None, n_heads: int | None = None,
+                       source: str = "<reference>") -> HeadScores:
+        """Read ``{"L-H": [per-sample scores]}``; a head's score is the mean of its list (0 when empty)."""
+        parsed: dict[Head, float] = {}
+        for key, values in data.items():
+            try:
+                head = Head.parse(key)
+            except ValueError as err:
+                raise HeadScoreFileError(f"{source}: {err}") from err
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+                raise HeadScoreFileError(f"{source}: head {key} must map to a list of numbers")
+            parsed[head] = sum(values) / len(values) if values else 0.0
+        if not parsed:
+            raise HeadScoreFileError(f"{source}: no heads")
+        n_layers = n_layers or max(h.layer for h in parsed) + 1
+        n_heads = n_heads or max(h.head for h in parsed) + 1
+        scores = torch.zeros(n_layers, n_heads)
+        for head, value in parsed.items():
+            if head.layer >= n_layers or head.head >= n_heads:
+                raise HeadScoreFileError(f"{source}: head {head} outside {n_layers} x {n_heads}")
+            scores[head.layer, head.head] = value
+        return cls(scores, {"imported_from": "reference-format", "source": source})
+
+    def to_reference(self, per_sample: Mapping[Head, list[float]] | None = None) -> dict[str, list[float]]:
+        """Write ``{"L-H": [scores]}``; without per-sample scores each list holds the head's mean score."""
+        out: dict[str, list[float]] = {}
+        for layer in range(self.n_layers):
+            for head in range(self.n_heads):
+                h = Head(layer, head)
+                out[f"{layer}-{head}"] = list(per_sample[h]) if per_sample and h in per_sample else [self[h]]
+        return out
+
+
+def heads_to_strings(heads: Iterable[Head]) -> list[str]:
+    """``[Head(1, 2)] -> ["1.2"]`` (for JSON metadata)."""
+    return [str(Head(*h)) for h in heads]
+

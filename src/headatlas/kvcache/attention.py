@@ -1,0 +1,111 @@
+"""Attention over a :class:`HeadSplitCache`: full KV heads and streaming KV heads computed separately.
+
+The function registered here (``rh_kvsplit_<backend>``) gets the full heads' keys from the cache and the
+streaming heads' through the attention kwargs. It splits the query heads by the KV head they read (GQA),
+calls the wrapped backend once per group — the streaming group with a mask letting query ``q`` see key
+``k`` only if ``k <= q`` and (``k < sink`` or ``k > q - window``) — and puts the outputs back in head order.
+The masking engine's wrapper sits outside it (either nesting order works); attention *capture* over
+streaming heads is not supported and raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from transformers.modeling_utils import PreTrainedModel
+
+from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, base_function, register_over, wrapper_name
+from .cache import ATTN_PREFIX, PENDING_KEY, HeadSplitLayer, StreamBlock
+
+
+def _query_heads(kv_heads: torch.Tensor, groups: int) -> torch.Tensor:
+    """Query heads reading ``kv_heads`` (repeat_kv order)."""
+    return (kv_heads[:, None] * groups + torch.arange(groups, device=kv_heads.device)).flatten()
+
+
+def stream_mask(
+    block: StreamBlock, q_len: int, sink: int, window: int, attention_mask: torch.Tensor | None, as_float: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The streaming heads' mask ``(B or 1, 1, Lq, S')`` for the block's keys; ``None`` when it equals the causal mask.
+
+    Columns come from the model's own mask (padding, causality) at the kept
+    positions, intersected with the sink/window rule.
+    """
+    kpos = block.positions  # (S',)
+    last_query = block.query_start + q_len - 1
+    if kpos.numel() == last_query + 1 and last_query - window < sink:  # nothing evicted, nothing out of window
+        return attention_mask
+    qpos = block.query_start + torch.arange(q_len, device=kpos.device)  # (Lq,)
+    allowed = (kpos[None, :] <= qpos[:, None]) & ((kpos[None, :] < sink) | (kpos[None, :] > qpos[:, None] - window))
+    if attention_mask is not None and attention_mask.ndim == 4:
+        cols = attention_mask.index_select(-1, kpos.to(attention_mask.device))  # (B, 1, Lq, S')
+        if cols.dtype == torch.bool:
+            cols = cols & allowed
+            return torch.where(cols, 0.0, torch.finfo(dtype).min).to(dtype) if as_float else cols
+        return cols.masked_fill(~allowed, torch.finfo(cols.dtype).min)
+    allowed = allowed[None, None]
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype) if as_float else allowed
+
+
+def _make_split_attention(base: str) -> Callable[..., Any]:
+    def rh_kvsplit_attention(
+        module: torch.nn.Module,
+        query: torch.Tensor,  # (B, H, Lq, D)
+        key: torch.Tensor,  # (B, n_full, Lk, D): the full KV heads only
+        value: torch.Tensor,  # (B, n_full, Lk, D)
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        layer: HeadSplitLayer | None = kwargs.pop(PENDING_KEY, None)
+        fn = base_function(base, module)
+        if layer is None or len(layer.stream) == 0:  # no split cache, or nothing streams
+            return fn(module, query, key, value, attention_mask, **kwargs)
+        if getattr(module, RECORDER_ATTR, None) is not None:
+            raise NotImplementedError("capturing attention over a cache with streaming KV heads is not supported")
+        block = layer.take_pending()
+        bsz, n_heads, q_len, _ = query.shape
+        groups = n_heads // layer.n_kv_heads
+        out = query.new_empty(bsz, q_len, n_heads, value.shape[-1])  # (B, Lq, H, Dv)
+        if len(layer.full):
+            q_full = _query_heads(layer.full, groups)
+            out[:, :, q_full] = fn(module, query[:, q_full], key, value, attention_mask, **kwargs)[0]
+        q_stream = _query_heads(layer.stream, groups)
+        as_float = base == "eager" or (attention_mask is not None and attention_mask.dtype != torch.bool)
+        mask = stream_mask(block, q_len, layer.sink, layer.window, attention_mask, as_float, query.dtype)
+        out[:, :, q_stream] = fn(module, query[:, q_stream], block.keys, block.values, mask, **kwargs)[0]
+        return out, None
+
+    rh_kvsplit_attention.__name__ = f"rh_kvsplit_attention_{base}"
+    return rh_kvsplit_attention
+
+
+def split_attention_name(base: str) -> str:
+    """Register (once) and return the AttentionInterface name of the split attention over ``base``."""
+    return register_over(ATTN_PREFIX, base, _make_split_attention)
+
+
+@contextmanager
+def compressed_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Route ``model``'s attention through the split attention for the duration; restored on exit.
+
+    Outside a :class:`HeadSplitCache` the split attention is the wrapped
+    backend unchanged. Nests with :func:`headatlas.masked_heads` in
+    either order (the masking wrapper stays outermost).
+    """
+    previous = model.config._attn_implementation or "eager"
+    if previous.removeprefix(WRAPPER_PREFIX).startswith(ATTN_PREFIX):  # already inside one
+        yield
+        return
+    if previous.startswith(WRAPPER_PREFIX):  # the masking/capture engine is installed: stay inside it
+        name = wrapper_name(split_attention_name(previous.removeprefix(WRAPPER_PREFIX)))
+    else:
+        name = split_attention_name(previous)
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)

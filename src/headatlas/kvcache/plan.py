@@ -1,0 +1,95 @@
+"""Which KV heads keep the whole cache: from a head set, by aggregated score, or at random.
+
+A KV head ``(layer, g)`` serves the query heads ``g * r .. g * r + r - 1``, ``r = n_heads / n_kv_heads``
+(GQA). A head *set* maps to KV heads by the ``any`` rule (kept whole when any of its query heads is in the
+set); a *budget* keeps the ``budget`` KV heads with the best ``max`` (default) or ``mean`` score of their
+query heads, as RetMask's and DuoAttention's KV-head comparisons do (``../shared/docs/peers.md``).
+
+>>> import torch
+>>> from headatlas.heads import Head, HeadScores
+>>> kv_heads_of([Head(1, 5)], n_heads=8, n_kv_heads=2)
+[KVHead(layer=1, kv_head=1)]
+>>> s = HeadScores(torch.tensor([[0.9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.3, 0.3]]))
+>>> top_kv_heads(s, n_kv_heads=2, budget=1, aggregate="max"), top_kv_heads(s, n_kv_heads=2, budget=1, aggregate="mean")
+([KVHead(layer=0, kv_head=0)], [KVHead(layer=0, kv_head=0)])
+>>> full_per_layer([KVHead(1, 1)], n_layers=2)
+[[], [1]]
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+
+from ..heads import Head, HeadScores
+
+Aggregate = Literal["max", "mean"]
+AGGREGATES: tuple[str, ...] = ("max", "mean")
+
+
+class KVHead(NamedTuple):
+    """One KV head: zero-based ``layer`` and ``kv_head`` index."""
+
+    layer: int
+    kv_head: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}.kv{self.kv_head}"
+
+
+def kv_heads_of(heads: Iterable[Head | tuple[int, int]], n_heads: int, n_kv_heads: int) -> list[KVHead]:
+    """The ``any`` rule: the KV heads holding at least one of ``heads`` (sorted, unique)."""
+    if n_heads % n_kv_heads:
+        raise ValueError(f"{n_heads} query heads do not split into {n_kv_heads} KV groups")
+    per = n_heads // n_kv_heads
+    return sorted({KVHead(int(h[0]), int(h[1]) // per) for h in heads})
+
+
+def kv_scores(scores: HeadScores, n_kv_heads: int, aggregate: Aggregate = "max") -> torch.Tensor:
+    """Per-KV-head score ``[n_layers, n_kv_heads]``: the max or mean of its query heads' scores."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
+    grouped = scores.scores.reshape(scores.n_layers, n_kv_heads, -1)  # (L, n_kv, r)
+    return grouped.amax(-1) if aggregate == "max" else grouped.mean(-1)
+
+
+def top_kv_heads(scores: HeadScores, n_kv_heads: int, budget: int, aggregate: Aggregate = "max",
+                 per_layer: bool = False) -> list[KVHead]:
+    """The ``budget`` best KV heads by aggregated score, best first (ties: layer, then KV head);
+    with ``per_layer`` the ``budget`` best of every layer, sorted (DuoAttention-style per-layer budgets)."""
+    agg = kv_scores(scores, n_kv_heads, aggregate)  # (L, n_kv)
+    if per_layer:
+        return sorted(KVHead(layer, g) for layer in range(scores.n_layers)
+                      for g in sorted(range(n_kv_heads), key=lambda g: (-float(agg[layer, g]), g))[:budget])
+    flat = agg.flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    return [KVHead(i // n_kv_heads, i % n_kv_heads) for i in order[:budget]]
+
+
+def random_kv_heads(n_layers: int, n_kv_heads: int, budget: int, seed: int, exclude: Iterable[KVHead] = (),
+                    per_layer: bool = False) -> list[KVHead]:
+    """``budget`` KV heads drawn with ``seed`` (in every layer, with ``per_layer``), never one of ``exclude``."""
+    banned = {KVHead(*k) for k in exclude}
+    rng = random.Random(seed)
+    every = [[KVHead(layer, g) for g in range(n_kv_heads)] for layer in range(n_layers)]
+    out: list[KVHead] = []
+    for group in every if per_layer else [[k for layer in every for k in layer]]:
+        pool = [k for k in group if k not in banned]
+        if budget > len(pool):
+            raise ValueError(f"cannot draw {budget} random KV heads: only {len(pool)} lie outside the excluded ones"
+                             + (f" in layer {group[0].layer}" if per_layer else ""))
+        out += rng.sample(pool, budget)
+    return sorted(out)
+
+
+def full_per_layer(kv_heads: Sequence[KVHead], n_layers: int) -> list[list[int]]:
+    """KV heads kept whole, as one list per layer (the form :class:`HeadSplitCache` takes)."""
+    out: list[list[int]] = [[] for _ in range(n_layers)]
+    for k in kv_heads:
+        if not 0 <= k.layer < n_layers:
+            raise ValueError(f"KV head {k} is outside the model's {n_layers} layers")
+        out[k.layer].append(k.kv_head)
+    return [sorted(set(x)) for x in out]

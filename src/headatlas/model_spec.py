@@ -1,0 +1,254 @@
+"""Loading a causal LM and reading everything the toolkit needs from it.
+
+Layer, head and KV-head counts, the head dimension, each layer's attention
+and output-projection modules, the context window, EOS tokens and the chat
+template are read from ``model.config``, the modules and the tokenizer —
+never from the model's name.
+
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+...                   num_attention_heads=4, num_key_value_heads=2)
+>>> spec = ModelSpec.from_model(LlamaForCausalLM(cfg))
+>>> spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim
+(2, 4, 2, 8)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+# the name a layer's attention module gives its output projection, per family
+OUTPUT_PROJECTION_NAMES = ("o_proj", "c_proj", "dense", "out_proj")
+SUPPORTED_FAMILIES = (
+    "Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Gemma, Gemma 2, Gemma 3 (text), Phi-3, "
+    "GPT-2, GPT-NeoX, OLMo, OLMo 2, Granite, StableLM, Cohere and other decoder-only models whose attention "
+    "goes through transformers' AttentionInterface"
+)
+BUILTIN_MODELS = ("organism",)
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture cannot be observed or masked head by head."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name is neither a built-in name, a checkpoint directory, nor a model on the Hub."""
+
+
+def _path_like(name: str) -> bool:
+    """True for names that can only be a directory (a Hub id is ``name`` or ``namespace/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def model_not_found(name: str) -> ModelNotFoundError:
+    """The one-line refusal for a model name that names nothing: what was looked for, where, and the fix."""
+    fix = f"check the name, or give a checkpoint directory or a built-in model ({', '.join(BUILTIN_MODELS)})"
+    if _path_like(name):
+        return ModelNotFoundError(f"model {name!r}: no such directory; {fix}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = "locally (offline: HF_HUB_OFFLINE is set)" if offline else "locally or on the Hugging Face Hub"
+    return ModelNotFoundError(f"model {name!r} not found {where}; {fix}")
+
+
+@dataclass
+class ModelSpec:
+    """What the toolkit knows about a loaded model, read from its config and modules."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_positions: int | None
+    attention_modules: list[nn.Module] = field(repr=False)
+    output_projections: list[nn.Module] = field(repr=False)
+    model_type: str = ""
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    @classmethod
+    def from_model(cls, model: PreTrainedModel) -> ModelSpec:
+        """Introspect ``model``; raise :class:`UnsupportedModelError` with the supported families otherwise."""
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        model_type = getattr(config, "model_type", type(model).__name__)
+        if getattr(config, "is_encoder_decoder", False):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} ({model_type}) is an encoder-decoder model; retrieval heads are defined "
+                f"for decoder-only causal LMs. Supported: {SUPPORTED_FAMILIES}."
+            )
+        layers: dict[int, tuple[nn.Module, nn.Module]] = {}
+        for name, module in model.named_modules():
+            layer_idx = getattr(module, "layer_idx", None)
+            if layer_idx is None or not type(module).__name__.endswith("Attention"):
+                continue
+            if getattr(module, "is_cross_attention", False) or "cross" in name.lower():
+                continue
+            proj = next((getattr(module, n) for n in OUTPUT_PROJECTION_NAMES if hasattr(module, n)), None)
+            if proj is None or not hasattr(proj, "weight"):
+                continue
+            if layer_idx in layers:
+                raise UnsupportedModelError(f"two attention modules claim layer {layer_idx} ({name})")
+            layers[int(layer_idx)] = (module, proj)
+        if not layers or not getattr(model, "_supports_attention_backend", False):
+            raise UnsupportedModelError(
+                f"cannot find per-head attention in {type(model).__name__} (model_type {model_type!r}): its "
+                f"attention does not go through transformers' AttentionInterface or its modules are unknown. "
+                f"Supported: {SUPPORTED_FAMILIES}."
+            )
+        if sorted(layers) != list(range(len(layers))):
+            raise UnsupportedModelError(f"attention layers are not numbered 0..n-1: {sorted(layers)}")
+        n_heads = int(config.num_attention_heads)
+        n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+        modules = [layers[i][0] for i in range(len(layers))]
+        projections = [layers[i][1] for i in range(len(layers))]
+        width = _projection_input_width(projections[0])
+        if width != n_heads * head_dim:
+            raise UnsupportedModelError(
+                f"the output projection takes {width} features, not heads x head_dim = {n_heads} x {head_dim}"
+            )
+        max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return cls(len(layers), n_heads, n_kv, head_dim, int(max_pos) if max_pos else None, modules, projections,
+                   str(model_type))
+
+    def describe(self) -> dict[str, Any]:
+        names = ("model_type", "n_layers", "n_heads", "n_kv_heads", "head_dim", "max_positions")
+        return {k: getattr(self, k) for k in names}
+
+
+def _projection_input_width(proj: nn.Module) -> int:
+    """Input features of an ``nn.Linear`` or GPT-2's ``Conv1D`` (weight is [in, out] there)."""
+    if isinstance(proj, nn.Linear):
+        return proj.in_features
+    if type(proj).__name__ == "Conv1D":
+        return int(proj.weight.shape[0])
+    return int(getattr(proj, "in_features", proj.weight.shape[-1]))
+
+
+def projection_weight_in_dim(proj: nn.Module) -> int:
+    """The weight dimension that indexes input features (1 for Linear, 0 for GPT-2 Conv1D)."""
+    return 0 if type(proj).__name__ == "Conv1D" else 1
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map built-in names (``organism``, see :mod:`headatlas.builtins`) to their checkpoints; others pass through."""
+    from .builtins import get_builtin
+
+    builtin = get_builtin(name_or_path)
+    if builtin is None:
+        return name_or_path
+    path = builtin.checkpoint()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in {name_or_path} checkpoint is not shipped in this installation ({path}); "
+            f"train one (e.g. `headatlas {name_or_path} train --out DIR`) and pass `--model DIR`"
+        )
+    return str(path)
+
+
+def load_model(
+    name_or_path: str, dtype: str | torch.dtype = "auto", device: str | None = None,
+    attn_implementation: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None, **load_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
+    """Load a causal LM and its tokenizer, and introspect it.
+
+    ``name_or_path``: a hub id, a local directory or a built-in name (``"organism"``). ``dtype``: ``"auto"``
+    (bf16 on a GPU that supports it, else float32), a name such as ``"bfloat16"``, or a torch dtype.
+    ``device`` defaults to CUDA when available. ``attn_implementation``: the backend the toolkit wraps
+    (``"sdpa"`` by default; Gemma 2's soft-capping needs ``"eager"``). ``device_map`` (``"auto"`` or an
+    accelerate placement) splits a large model over GPUs, CPU and disk; ``load_kwargs`` go to ``from_pretrained``.
+
+    >>> model, tokenizer, spec = load_model("organism")  # doctest: +SKIP
+    """
+    path = resolve_model_path(name_or_path)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        on_gpu = str(device).startswith("cuda")
+        dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
+    if _path_like(path) and not Path(path).exists():
+        raise model_not_found(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:  # hub errors (RepositoryNotFoundError, LocalEntryNotFoundError, ...) arrive as OSError
+        if Path(path).exists():
+            raise
+        raise model_not_found(name_or_path) from err
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision, "trust_remote_code": trust_remote_code,
+                              **load_kwargs}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise UnsupportedModelError(f"{name_or_path} is not a causal LM ({err}). Supported: {SUPPORTED_FAMILIES}.") from err
+        raise
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    spec = ModelSpec.from_model(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, spec
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """All end-of-sequence ids: the generation config's (which may list several) and the tokenizer's."""
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        for i in [source] if isinstance(source, int) else list(source):
+            if i not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def weights_fingerprint(model: nn.Module, n: int = 64) -> str:
+    """A short content hash of a model's weights: every parameter's name, shape and first/last ``n`` values.
+
+    Two checkpoints at one path (retrained, a moved hub revision) differ, so resumable runs refuse to mix
+    them. Cheap (no file reads) and independent of file times, devices and load order.
+
+    >>> import torch.nn as nn
+    >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    >>> weights_fingerprint(a) == weights_fingerprint(a), weights_fingerprint(a) == weights_fingerprint(b)
+    (True, False)
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            h.update(f"{name}:{tuple(p.shape)}:".encode())
+            if p.device.type == "meta":  # offloaded (accelerate device_map): no values here; name and shape only
+                continue
+            flat = p.detach().reshape(-1)
+            h.update(torch.cat([flat[:n], flat[-n:]]).to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_identity(model: PreTrainedModel) -> dict[str, Any]:
+    """Name, revision and weights fingerprint of a loaded model, for artifacts and resume checks."""
+    from .builtins import builtin_name
+
+    return {"model": builtin_name(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+            "revision": getattr(model.config, "_commit_hash", None), "architecture": type(model).__name__,
+            "weights": weights_fingerprint(model)}

@@ -1,0 +1,34 @@
+"""RetMask (Ma & Okazaki 2026): DPO towards the model's own outputs and away from its retrieval-heads-ablated outputs.
+
+The pipeline, in three calls (see ``docs/retmask.md``)::
+
+    from headatlas import HeadSelection, load_model
+    from headatlas.retmask import PairConfig, RetMaskTrainConfig, generate_pairs, load_prompts, train_retmask
+
+    model, tokenizer, spec = load_model("organism")
+    heads = HeadSelection(scores="runs/detect/head_scores.json").resolve(spec.n_layers, spec.n_heads)  # top 5 %
+    generate_pairs(model, tokenizer, heads, load_prompts("prompts.jsonl"), PairConfig(), "pairs.jsonl")
+    train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))
+
+``pairs`` needs only the core dependencies; ``train`` needs the ``train``
+extra (TRL, PEFT, datasets), imported when it is used.
+"""
+
+from .evaluate import RetMaskEvalConfig, evaluate_models, format_table, load_for_eval
+from .pairs import ChatTemplateError, PairConfig, PairStats, generate_pairs, load_prompts
+from .train import RetMaskTrainConfig, TrainResult, train_retmask
+
+__all__ = [
+    "ChatTemplateError",
+    "PairConfig",
+    "PairStats",
+    "RetMaskEvalConfig",
+    "RetMaskTrainConfig",
+    "TrainResult",
+    "evaluate_models",
+    "format_table",
+    "generate_pairs",
+    "load_for_eval",
+    "load_prompts",
+    "train_retmask",
+]

@@ -1,1 +1,0 @@
-"""Typer command functions; :mod:`retrieval_heads.cli` mounts them on the ``retrieval-heads`` app."""
