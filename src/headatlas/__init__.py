@@ -13,27 +13,26 @@ The engine, in three calls::
 
 __version__ = "0.1.0"
 
-from .capture import AttentionRecorder, CapturedAttention, capture_attention
-from .heads import Head, HeadScoreFileError, HeadScores
-from .masking import head_output_means, masked_heads, save_ablated_model, zero_heads_in_weights
-from .model_spec import ModelSpec, UnsupportedModelError, load_model
-from .selection import HeadSelection, concentration, random_heads
+from .lazy import lazy_exports
 
-__all__ = [
-    "AttentionRecorder",
-    "CapturedAttention",
-    "Head",
-    "HeadScoreFileError",
-    "HeadScores",
-    "HeadSelection",
-    "ModelSpec",
-    "UnsupportedModelError",
-    "capture_attention",
-    "concentration",
-    "head_output_means",
-    "load_model",
-    "masked_heads",
-    "random_heads",
-    "save_ablated_model",
-    "zero_heads_in_weights",
-]
+_EXPORTS = {
+    "AttentionRecorder": ".capture",
+    "CapturedAttention": ".capture",
+    "Head": ".heads",
+    "HeadScoreFileError": ".heads",
+    "HeadScores": ".heads",
+    "HeadSelection": ".selection",
+    "ModelSpec": ".model_spec",
+    "UnsupportedModelError": ".model_spec",
+    "capture_attention": ".capture",
+    "concentration": ".selection",
+    "head_output_means": ".masking",
+    "load_model": ".model_spec",
+    "masked_heads": ".masking",
+    "random_heads": ".selection",
+    "save_ablated_model": ".masking",
+    "zero_heads_in_weights": ".masking",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

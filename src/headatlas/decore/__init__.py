@@ -5,6 +5,14 @@ the built-in model lives in :mod:`headatlas.organism.conflict` and is
 reached through the command layer (``headatlas decore --task conflict``).
 """
 
-from .decoding import DecoreOutput, DecoreSettings, contrast, decore_generate
+from ..lazy import lazy_exports
 
-__all__ = ["DecoreOutput", "DecoreSettings", "contrast", "decore_generate"]
+_EXPORTS = {
+    "DecoreOutput": ".decoding",
+    "DecoreSettings": ".decoding",
+    "contrast": ".decoding",
+    "decore_generate": ".decoding",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

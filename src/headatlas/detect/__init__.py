@@ -4,27 +4,30 @@ The entry point is :func:`detect` (an example in its docstring); see ``docs/dete
 score, the two modes and the files a run writes.
 """
 
-from ..generation import StopTokens
-from .config import DetectConfig
-from .events import copy_event_mask, copy_events, mean_head_scores, prompt_scores
-from .greedy import greedy_batch
-from .inputs import PromptError, PromptItem, prompt_item
-from .plots import plot_heatmap
-from .runner import (
-    DetectionError,
-    IncompleteRunError,
-    NoRetrievalError,
-    ResumeMismatchError,
-    detect,
-    merge_shards,
-    resolve_shard,
-    scores_from_samples,
-)
-from .teacher import teacher_batch
+from ..lazy import lazy_exports
 
-__all__ = [
-    "DetectConfig", "DetectionError", "IncompleteRunError", "NoRetrievalError", "PromptError", "PromptItem",
-    "ResumeMismatchError", "StopTokens", "copy_event_mask", "copy_events", "detect", "greedy_batch",
-    "mean_head_scores", "merge_shards", "plot_heatmap", "prompt_item", "prompt_scores", "resolve_shard",
-    "scores_from_samples", "teacher_batch",
-]
+_EXPORTS = {
+    "DetectConfig": ".config",
+    "DetectionError": ".runner",
+    "IncompleteRunError": ".runner",
+    "NoRetrievalError": ".runner",
+    "PromptError": ".inputs",
+    "PromptItem": ".inputs",
+    "ResumeMismatchError": ".runner",
+    "StopTokens": "..generation",
+    "copy_event_mask": ".events",
+    "copy_events": ".events",
+    "detect": ".runner",
+    "greedy_batch": ".greedy",
+    "mean_head_scores": ".events",
+    "merge_shards": ".runner",
+    "plot_heatmap": ".plots",
+    "prompt_item": ".inputs",
+    "prompt_scores": ".events",
+    "resolve_shard": ".runner",
+    "scores_from_samples": ".runner",
+    "teacher_batch": ".teacher",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

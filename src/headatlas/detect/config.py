@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import GridConfig, like, setting
+
 MODES = ("greedy", "teacher")
 KINDS = ("retrieval", "transition")
 ALIGNMENTS = ("lexicon", "span", "counterfactual")
@@ -52,7 +54,7 @@ class DetectConfig:
         default="greedy",
         metadata={"help": "greedy: score the model's own greedy answer; teacher: one forward over prompt + answer."},
     )
-    max_new_tokens: int = field(default=50, metadata={"help": "Greedy mode: most tokens decoded per prompt."})
+    max_new_tokens: int = field(default=50, metadata={"min": 1, "help": "Greedy mode: most tokens decoded per prompt."})
     rouge_threshold: float = field(
         default=0.5,
         metadata={
@@ -73,22 +75,22 @@ class DetectConfig:
     )
     batch_size: int | str = field(
         default="auto",
-        metadata={
+        metadata={"resume": True,
             "help": "Prompts per forward, or auto: as many as the GPU's free memory holds (1 on CPU); the run "
             "records the number used. Results do not depend on it."
         },
     )
     share_prefix: bool = field(
         default=True,
-        metadata={
+        metadata={"resume": True,
             "help": "Run the token prefix that prompts of one haystack share once per group and only the rest "
             "per prompt (same scores; models with plain full-attention caches)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed set before the run (decoding is greedy; recorded)."})
-    table_rows: int = field(default=20, metadata={"help": "Rows of the top-heads table printed at the end (0: none)."})
-    heatmap: bool = field(default=True, metadata={"help": "Write heatmap.png (layer x head)."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA."})
+    table_rows: int = field(default=20, metadata={"resume": True, "min": 0, "help": "Rows of the top-heads table printed at the end (0: none)."})
+    heatmap: bool = field(default=True, metadata={"resume": True, "help": "Write heatmap.png (layer x head)."})
+    progress: bool = field(default=True, metadata={"resume": True, "help": "Show a progress bar with ETA."})
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -114,3 +116,16 @@ class DetectConfig:
         keys += ("alignment", "lexicon") if self.kind == "transition" else ()
         keys += ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
         return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(kw_only=True)
+class DetectGrid(GridConfig):
+    """The prompts of a detection run: the grid, and the languages of a retrieval or transition run."""
+
+    lengths: str | None = like(GridConfig, "lengths", None, help="Context lengths: 'start:stop:count' or "
+                               "'256,512' (default: 8 lengths up to 0.9 x the model's window, at most 8000).")
+    depths: str = like(GridConfig, "depths", "10")
+    per_cell: int = like(GridConfig, "per_cell", 3)
+    lang: str = setting("en", "Language of the haystack and needles.")
+    source_lang: str | None = setting(None, "Transition: language of the needle (and haystack).")
+    target_lang: str | None = setting(None, "Transition: language the answer is asked in.")

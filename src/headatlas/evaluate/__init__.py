@@ -17,19 +17,18 @@ lm-eval, and importing the backend registers ``masked-hf`` exactly once.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "MaskedHFLM": ".lm_eval_backend",
-    "CompareConfig": ".compare",
+    "CompareConfig": ".config",
     "CompareResult": ".compare",
     "Condition": ".conditions",
-    "MaskedEvalConfig": ".conditions",
+    "MaskedEvalConfig": ".config",
     "ResumeMismatchError": "..runs",
     "build_conditions": ".conditions",
     "run_compare": ".compare",
-    "NiahEvalConfig": ".niah_eval",
+    "NiahEvalConfig": ".config",
     "evaluate_niah": ".niah_eval",
     "run_niah_eval": ".niah_eval",
     "BenchmarkFixtures": ".fixtures",
@@ -37,14 +36,10 @@ _EXPORTS = {
     "derive_local_task": ".fixtures",
     "write_benchmark_fixtures": ".fixtures",
     "write_organism_data": ".fixtures",
-    "bootstrap_ci": ".stats",
-    "paired_bootstrap_ci": ".stats",
+    "bootstrap_ci": "..stats",
+    "paired_bootstrap_ci": "..stats",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,12 +10,21 @@
 See docs/kv-compression.md.
 """
 
-from .attention import compressed_attention
-from .cache import HeadSplitCache, HeadSplitLayer, expected_bytes
-from .plan import KVHead, full_per_layer, kv_heads_of, kv_scores, random_kv_heads, top_kv_heads
-from .press import RetrievalHeadsPress
+from ..lazy import lazy_exports
 
-__all__ = [
-    "HeadSplitCache", "HeadSplitLayer", "KVHead", "RetrievalHeadsPress", "compressed_attention", "expected_bytes",
-    "full_per_layer", "kv_heads_of", "kv_scores", "random_kv_heads", "top_kv_heads",
-]
+_EXPORTS = {
+    "HeadSplitCache": ".cache",
+    "HeadSplitLayer": ".cache",
+    "KVHead": ".plan",
+    "RetrievalHeadsPress": ".press",
+    "compressed_attention": ".attention",
+    "expected_bytes": ".cache",
+    "full_per_layer": ".plan",
+    "kv_heads_of": ".plan",
+    "kv_scores": ".plan",
+    "random_kv_heads": ".plan",
+    "top_kv_heads": ".plan",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

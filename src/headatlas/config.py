@@ -1,0 +1,174 @@
+"""Settings declared once: a field's help, default, bounds and role in a run, read by the CLI and by runs.
+
+A setting is a dataclass field made with :func:`setting`; its metadata carries
+
+- ``help``: the option's help (a field without help is Python-only, never an option);
+- ``flags``: the option's names (default ``--field-name``; ``--x/--no-x`` for a switch);
+- ``min`` / ``max``: bounds the command line enforces (``min_open``: strictly above ``min``);
+- ``parse``: turns the typed text into the field's value (``repeat``: the option repeats);
+- ``resume``: True when a rerun may change it (a batch size, a device): not part of the run's identity.
+
+:func:`run_identity` is the identity of a run (every setting without ``resume``, less the output folder).
+The pieces several commands share (model, head sets, grid, run, decoding) are below; a command's config
+inherits the pieces it needs. This module imports nothing heavy: the CLI builds its options from it.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(kw_only=True)
+... class Toy(RunConfig):
+...     k: int = setting(3, "How many.", min=1)
+...     batch_size: int = setting(1, "Per step.", resume=True)
+>>> run_identity(Toy(out="x", k=2))
+{'seed': 0, 'k': 2}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MASK_MODES: tuple[str, ...] = ("zero", "mean", "uniform")
+"""How a masked head's output is replaced: zeros, its mean output, or uniform attention."""
+
+ANSWER_TOKENS = 16
+"""Most tokens generated per short answer (kv-compress, DeCoRe)."""
+
+SCORE_THRESHOLD = 0.1
+"""The retrieval score above which a head counts as a retrieval head (Wu et al.)."""
+
+_NOT_GIVEN: Any = dataclasses.MISSING
+_NOT_IDENTITY = ("out", "overwrite")
+
+
+def setting(default: Any = _NOT_GIVEN, help: str | None = None, *, factory: Callable[[], Any] | None = None,  # noqa: A002
+            flags: tuple[str, ...] = (), min: float | None = None, max: float | None = None,  # noqa: A002
+            min_open: bool = False, parse: Callable[[Any], Any] | None = None, repeat: bool = False,
+            resume: bool = False, **metadata: Any) -> Any:
+    """A dataclass field with the metadata described in the module docstring."""
+    meta = {"help": help, "flags": flags, "min": min, "max": max, "min_open": min_open, "parse": parse,
+            "repeat": repeat, "resume": resume, **metadata}
+    meta = {k: v for k, v in meta.items() if v not in (None, (), False)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=_NOT_GIVEN if default is ... else default, metadata=meta)
+
+
+def like(config: type, name: str, default: Any = _NOT_GIVEN, **changes: Any) -> Any:
+    """The field ``name`` of ``config`` again, with another default (a command whose default differs)."""
+    base = next(f for f in dataclasses.fields(config) if f.name == name)
+    meta = {**base.metadata, **changes}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=_NOT_GIVEN if default is ... else default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line name of a setting (its first flag)."""
+    return (f.metadata.get("flags") or (f"--{f.name.replace('_', '-')}",))[0].split("/")[0]
+
+
+def check_bounds(config: type, values: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the option, the value and what is accepted, for the first numeric setting
+    in ``values`` outside its field's bounds or not a finite number."""
+    for f in dataclasses.fields(config):
+        value = values.get(f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        low, high, open_low = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("min_open")
+        accepted = " and ".join(([f"{'>' if open_low else '>='} {low}"] if low is not None else [])
+                                + ([f"<= {high}"] if high is not None else [])) or "a finite number"
+        if (not math.isfinite(value) or (low is not None and (value < low or (open_low and value == low)))
+                or (high is not None and value > high)):
+            raise ValueError(f"{flag_of(f)} {value}: must be {accepted}")
+
+
+def run_identity(config: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings that define a run: every field not marked ``resume`` (and not ``out``/``overwrite``)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if not f.metadata.get("resume") and f.name not in _NOT_IDENTITY + skip}
+
+
+def resumable(config: Any) -> dict[str, Any]:
+    """The settings a rerun may change (recorded, not compared)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("resume")}
+
+
+def parse_head_sets(values: list[str] | Mapping[str, str]) -> dict[str, str]:
+    """``[NAME=]FILE`` items -> ``{name: file}``; an unnamed file is ``heads`` (``heads2``, ... for more)."""
+    if isinstance(values, Mapping):
+        return dict(values)
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = next(f"heads{i if i > 1 else ''}" for i in range(1, len(values) + 2)
+                              if f"heads{i if i > 1 else ''}" not in out), value
+        if not name or not path:
+            raise ValueError(f"--heads must be [NAME=]FILE, got {value!r}")
+        if name in out:
+            raise ValueError(f"--heads: {name!r} given twice")
+        out[name] = path
+    return out
+
+
+def split_list(text: str | list[Any] | tuple[Any, ...], kind: Callable[[str], Any] = str) -> list[Any]:
+    """``"a,b"`` -> ``[kind("a"), kind("b")]`` (a list is returned as a list of ``kind``)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [kind(x.strip()) if isinstance(x, str) else x for x in items if not isinstance(x, str) or x.strip()]
+
+
+# ---- the shared pieces -------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which model, and how it is loaded (every command that loads a model)."""
+
+    model: str = setting(..., "Hub id, local checkpoint, or a built-in name (organism).", flags=("--model", "-m"))
+    device: str | None = setting(None, "cuda, cuda:1, cpu ... (default: CUDA when available).", resume=True)
+    device_map: str | None = setting(None, "auto: split a model larger than one GPU over the GPUs and CPU "
+                                     "(accelerate); replaces --device.", resume=True)
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
+    attn_implementation: str | None = setting(None, "Attention backend: sdpa (default), eager, flash_attention_2.")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Where a run is written, whether an earlier run there with other settings is discarded, its seed."""
+
+    out: str = setting(..., "Output directory (a rerun of the same command resumes).")
+    overwrite: bool = setting(False, "Discard an earlier run in --out made with other settings (else refused).")
+    seed: int = setting(0, "Seed (recorded in the outputs).")
+
+
+@dataclass(kw_only=True)
+class HeadSetConfig:
+    """Which heads a run masks or keeps: head sets, how many of each, random controls."""
+
+    heads: dict[str, str] = setting(help="A head set [NAME=]head_scores.json (repeat for several).", factory=dict,
+                                    parse=parse_head_sets, repeat=True)
+    top_k: int | None = setting(None, "Heads used per set, and per random control (default: 5 % of the "
+                                "model's heads).", min=1)
+    random_seeds: int = setting(0, "Random controls (seeds 0..n-1), drawn outside every set.", min=0)
+
+
+@dataclass(kw_only=True)
+class GridConfig:
+    """The needle-in-a-haystack grid and where its prompts come from."""
+
+    lengths: str = setting("256,512,1024", "Context lengths: 'start:stop:count' or '256,512'.")
+    depths: str = setting("5", "Needle depths: a count (ends included) or '0,0.5,1'.")
+    per_cell: int = setting(2, "Built-in model: prompts per length x depth cell.", min=1)
+    haystack: str | None = setting(None, "A built-in language, folder, file, dataset:NAME[:CONFIG] or organism "
+                                   "(default: organism for the built-in model, else the needles' language).")
+    needles: str | None = setting(None, "Needles JSONL (default: the built-in ones).")
+    chat_template: bool = setting(False, "Wrap prompts in the tokenizer's chat template.")
+
+
+@dataclass(kw_only=True)
+class DecodingConfig:
+    """How answers are generated."""
+
+    max_new_tokens: int = setting(50, "Most tokens generated per answer.", min=1)
+    batch_size: int | str = setting("auto", "Prompts per forward, or auto: as many as the GPU's free memory "
+                                    "holds (1 on CPU). Results do not depend on it.", resume=True)

@@ -1,0 +1,47 @@
+"""The settings of ``headatlas languages`` (light: the command line builds its options from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import GridConfig, RunConfig, like, setting, split_list
+from ..detect.config import ALIGNMENTS, MODES, DetectConfig
+from ..niah.haystack import BUILTIN_LANGS
+
+
+def _transitions(text: str | list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not isinstance(text, str):
+        return list(text)
+    pairs = []
+    for item in split_list(text):
+        src, sep, tgt = item.partition(":")
+        if not sep or not src or not tgt:
+            raise ValueError(f"--transitions: {item!r} must be SOURCE:TARGET, e.g. en:de")
+        pairs.append((src, tgt))
+    return pairs
+
+
+@dataclass(kw_only=True)
+class LanguagesConfig(GridConfig):
+    """Per-language detection runs, their sharing, and retrieval-transition runs."""
+
+    out: str = like(RunConfig, "out", ...)
+    seed: int = like(RunConfig, "seed", 0)
+    langs: list[str] = setting(help="Comma-separated languages.", factory=lambda: ["en", "de", "zh", "sw"],
+                               parse=split_list)
+    transitions: list[tuple[str, str]] = setting(help="SOURCE:TARGET pairs for retrieval-transition heads, e.g. "
+                                                 "en:de,en:zh.", factory=list, parse=_transitions)
+    top_k: int = setting(20, "K of the top-K sets compared across languages.", min=1)
+    mode: str = like(DetectConfig, "mode", "teacher")
+    alignment: str = like(DetectConfig, "alignment", "lexicon")
+    batch_size: int = setting(4, "Prompts per forward (results do not depend on it).", min=1, resume=True)
+    lengths: str = like(GridConfig, "lengths", "128,256,512,1024")
+
+    def __post_init__(self) -> None:
+        used = list(self.langs) + [lang for pair in self.transitions for lang in pair]
+        unknown = sorted({lang for lang in used if lang not in BUILTIN_LANGS})
+        if unknown and self.haystack is None:
+            raise ValueError(f"unknown language {', '.join(unknown)}; choose from {', '.join(BUILTIN_LANGS)} "
+                             "(or give --haystack)")
+        if self.mode not in MODES or self.alignment not in ALIGNMENTS:
+            raise ValueError(f"mode must be one of {MODES}, alignment one of {ALIGNMENTS}")
