@@ -13,26 +13,15 @@ The engine, in three calls::
 
 __version__ = "0.1.0"
 
-from .lazy import lazy_exports
+from .lazy import exports, lazy_exports
 
-_EXPORTS = {
-    "AttentionRecorder": ".capture",
-    "CapturedAttention": ".capture",
-    "Head": ".heads",
-    "HeadScoreFileError": ".heads",
-    "HeadScores": ".heads",
-    "HeadSelection": ".selection",
-    "ModelSpec": ".model_spec",
-    "UnsupportedModelError": ".model_spec",
-    "capture_attention": ".capture",
-    "concentration": ".selection",
-    "head_output_means": ".masking",
-    "load_model": ".model_spec",
-    "masked_heads": ".masking",
-    "random_heads": ".selection",
-    "save_ablated_model": ".masking",
-    "zero_heads_in_weights": ".masking",
-}
+_EXPORTS = exports({
+    ".capture": "AttentionRecorder CapturedAttention capture_attention",
+    ".heads": "Head HeadScoreFileError HeadScores",
+    ".selection": "HeadSelection concentration random_heads",
+    ".model_spec": "ModelSpec UnsupportedModelError load_model",
+    ".masking": "head_output_means masked_heads save_ablated_model zero_heads_in_weights",
+})
 
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,9 @@ A setting is a dataclass field made with :func:`setting`; its metadata carries
 - ``flags``: the option's names (default ``--field-name``; ``--x/--no-x`` for a switch);
 - ``min`` / ``max``: bounds the command line enforces (``min_open``: strictly above ``min``);
 - ``parse``: turns the typed text into the field's value (``repeat``: the option repeats);
-- ``resume``: True when a rerun may change it (a batch size, a device): not part of the run's identity.
+- ``resume``: True when a rerun may change it (a batch size, a device): not part of the run's identity;
+- ``kind``: what the value names (``device``, ``dtype``, ``out``, ``model``, ``lang``, ``heads``), whose checks
+  refuse a wrong one before anything runs (the CLI's refusal tests are generated from it).
 
 :func:`run_identity` is the identity of a run (every setting without ``resume``, less the output folder).
 The pieces several commands share (model, head sets, grid, run, decoding) are below; a command's config
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MASK_MODES: tuple[str, ...] = ("zero", "mean", "uniform")
@@ -119,41 +123,117 @@ def split_list(text: str | list[Any] | tuple[Any, ...], kind: Callable[[str], An
     return [kind(x.strip()) if isinstance(x, str) else x for x in items if not isinstance(x, str) or x.strip()]
 
 
+# ---- checks of the values a user types (run when a command builds its config, before any model loads) --
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device(flag: str, device: str | None) -> None:
+    """Refuse a device torch does not know, or one this machine does not have."""
+    if device is None or (flag == "--device-map" and device in DEVICE_MAPS):
+        return
+    import torch
+
+    accepted = "cpu, cuda, cuda:N" + (f", or {' | '.join(DEVICE_MAPS)}" if flag == "--device-map" else "")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {device}: not a device; use {accepted}") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"{flag} {device}: this machine has no such device; use cpu or a device it has")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {device}: MPS is not available here; use cpu")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{flag} {device}: not a device headatlas runs on; use {accepted}")
+
+
+def check_out(out: str | None) -> None:
+    """Refuse an output folder that is an existing file, or a place that cannot be written."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder (new or holding an earlier run)")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} cannot be written; give a folder you can write to")
+
+
+def check_lang(flag: str, langs: list[str] | tuple[str, ...]) -> None:
+    """Refuse a language with no built-in haystack and needles (before any language runs)."""
+    from .niah.haystack import BUILTIN_LANGS
+
+    unknown = [lang for lang in langs if lang not in BUILTIN_LANGS]
+    if unknown:
+        raise ValueError(f"{flag} {','.join(unknown)}: no built-in haystack and needles in that language; "
+                         f"choose from {', '.join(BUILTIN_LANGS)} (or give --haystack and --needles)")
+
+
 # ---- the shared pieces -------------------------------------------------------------------------------
+class Settings:
+    """The base of every piece: each piece's ``__post_init__`` checks its own fields, then the next piece's."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
 @dataclass(kw_only=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """Which model, and how it is loaded (every command that loads a model)."""
 
-    model: str = setting(..., "Hub id, local checkpoint, or a built-in name (organism).", flags=("--model", "-m"))
-    device: str | None = setting(None, "cuda, cuda:1, cpu ... (default: CUDA when available).", resume=True)
+    model: str = setting(..., "Hub id, local checkpoint, or a built-in name (organism).", flags=("--model", "-m"),
+                         kind="model")
+    device: str | None = setting(None, "cuda, cuda:1, cpu ... (default: CUDA when available).", resume=True,
+                                 kind="device")
     device_map: str | None = setting(None, "auto: split a model larger than one GPU over the GPUs and CPU "
-                                     "(accelerate); replaces --device.", resume=True)
-    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
+                                     "(accelerate); replaces --device.", resume=True, kind="device")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.", kind="dtype")
     attn_implementation: str | None = setting(None, "Attention backend: sdpa (default), eager, flash_attention_2.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype}: unknown; use {' | '.join(DTYPES)}")
+        check_device("--device", self.device)
+        check_device("--device-map", self.device_map)
+        folder = Path(self.model).expanduser()
+        if folder.is_dir() and not any((folder / f).is_file() for f in ("config.json", "adapter_config.json")):
+            raise ValueError(f"--model {self.model}: the folder holds no model (no config.json); give a checkpoint "
+                             "folder, a Hub id or a built-in name")
 
 
 @dataclass(kw_only=True)
-class RunConfig:
+class OutConfig(Settings):
+    """Where a run is written."""
+
+    out: str = setting(..., "Output directory (a rerun of the same command resumes).", kind="out")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_out(self.out)
+
+
+@dataclass(kw_only=True)
+class RunConfig(OutConfig):
     """Where a run is written, whether an earlier run there with other settings is discarded, its seed."""
 
-    out: str = setting(..., "Output directory (a rerun of the same command resumes).")
     overwrite: bool = setting(False, "Discard an earlier run in --out made with other settings (else refused).")
     seed: int = setting(0, "Seed (recorded in the outputs).")
 
 
 @dataclass(kw_only=True)
-class HeadSetConfig:
+class HeadSetConfig(Settings):
     """Which heads a run masks or keeps: head sets, how many of each, random controls."""
 
     heads: dict[str, str] = setting(help="A head set [NAME=]head_scores.json (repeat for several).", factory=dict,
-                                    parse=parse_head_sets, repeat=True)
+                                    parse=parse_head_sets, repeat=True, kind="heads")
     top_k: int | None = setting(None, "Heads used per set, and per random control (default: 5 % of the "
                                 "model's heads).", min=1)
     random_seeds: int = setting(0, "Random controls (seeds 0..n-1), drawn outside every set.", min=0)
 
 
 @dataclass(kw_only=True)
-class GridConfig:
+class GridConfig(Settings):
     """The needle-in-a-haystack grid and where its prompts come from."""
 
     lengths: str = setting("256,512,1024", "Context lengths: 'start:stop:count' or '256,512'.")
@@ -166,7 +246,7 @@ class GridConfig:
 
 
 @dataclass(kw_only=True)
-class DecodingConfig:
+class DecodingConfig(Settings):
     """How answers are generated."""
 
     max_new_tokens: int = setting(50, "Most tokens generated per answer.", min=1)

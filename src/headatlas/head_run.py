@@ -37,7 +37,8 @@ def one_head_set(value: str | list[str]) -> str:
 class HeadRunConfig(ModelConfig, RunConfig):
     """Settings every run over a model's head scores shares; all recorded, :func:`run_identity` compared."""
 
-    heads: str = setting(..., "[NAME=]head_scores.json of the model (from `detect`).", parse=one_head_set)
+    heads: str = setting(..., "[NAME=]head_scores.json of the model (from `detect`).", parse=one_head_set,
+                         kind="heads")
     top_k: int | None = like(HeadSetConfig, "top_k", None, help="Retrieval heads used: the top-K of --heads "
                              "(default: 5 % of heads).")
     random_seeds: int = like(HeadSetConfig, "random_seeds", 3, help="Random controls (drawn outside the chosen "

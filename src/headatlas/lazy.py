@@ -7,6 +7,11 @@ from importlib import import_module
 from typing import Any
 
 
+def exports(by_module: Mapping[str, str]) -> dict[str, str]:
+    """``{".capture": "Head HeadScores"}`` -> ``{"Head": ".capture", "HeadScores": ".capture"}``."""
+    return {name: module for module, names in by_module.items() for name in names.split()}
+
+
 def lazy_exports(package: str, table: Mapping[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` that imports ``name`` from ``table[name]`` (a module relative to ``package``)."""
 

@@ -45,13 +45,12 @@ def _items(task: str | None, prompts: Path | None, model: str, n: int, lengths: 
             raise typer.BadParameter(f"--task must be one of {TASKS}")
         from ..builtins import builtin_for
         from ..model_spec import resolve_model_path
-        from ..organism.conflict import conflict_prompts
-        from ..organism.tasks import organism_generator
 
-        if builtin_for(model) is None:
-            raise typer.BadParameter("--task conflict needs the built-in model (or a checkpoint trained like it)")
-        gen = organism_generator(resolve_model_path(model))
-        return [it.to_json() for it in conflict_prompts(n, seed, lengths, generator=gen)]
+        builtin = builtin_for(model)
+        if builtin is None or builtin.conflict is None:
+            raise typer.BadParameter("--task conflict needs a built-in model with a conflict task (or a checkpoint "
+                                     "trained like one)")
+        return builtin.conflict(resolve_model_path(model), n, seed, lengths)
     items = []
     for i, line in enumerate(prompts.read_text(encoding="utf-8").splitlines()):
         if not line.strip():

@@ -18,26 +18,21 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..config import ModelConfig
+from ..config import ModelConfig, OutConfig
 from ..detect.config import DetectConfig, DetectGrid
 from .errors import refuse
 from .options import from_config
 
 
-@from_config(model=ModelConfig, grid=DetectGrid, config=DetectConfig)
-def detect_command(
-    model: ModelConfig,
-    grid: DetectGrid,
-    config: DetectConfig,
-    out: Path = typer.Option(..., "--out", help="Output directory (resumed when it holds the same run)."),
-) -> None:
+@from_config(model=ModelConfig, grid=DetectGrid, config=DetectConfig, run=OutConfig)
+def detect_command(model: ModelConfig, grid: DetectGrid, config: DetectConfig, run: OutConfig) -> None:
     """Detect retrieval heads: the retrieval score of every head over a needle-in-a-haystack grid."""
     from ..detect import DetectionError, NoRetrievalError, PromptError, detect
     from ..model_spec import load_model
     from ..niah import parse_depths, parse_lengths
     from ..prompt_sources import PromptRequest, build_prompts
 
-    console = Console(stderr=True, soft_wrap=True)
+    console, out = Console(stderr=True, soft_wrap=True), Path(run.out)
     try:
         request = PromptRequest(
             lengths=parse_lengths(grid.lengths) if grid.lengths else None, depths=parse_depths(grid.depths),
@@ -60,7 +55,8 @@ def detect_command(
         prompts = build_prompts(model.model, tokenizer, spec.max_positions, request)
         console.print(f"[bold]{model.model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {config.kind} score on "
                       f"{len(prompts)} prompts ({len(request.lengths)} lengths x {len(request.depths)} depths)")
-        scores = detect(loaded, tokenizer, prompts, config, out, console=console)
+        scores = detect(loaded, tokenizer, prompts, config, out, console=console,
+                        results=Console(soft_wrap=True))  # the table to stdout, progress to stderr
     except NoRetrievalError:
         console.print("[bold red]detect failed: no prompt passed the retrieval filter (see above)[/]")
         raise typer.Exit(1) from None

@@ -5,7 +5,7 @@ Examples::
     headatlas niah-eval --model organism --heads rh=runs/rh/head_scores.json --top-k 6 \\
         --random-seeds 3 --lengths 128,256,512 --depths 5 --out runs/niah-masked
     headatlas niah-eval --model Qwen/Qwen2.5-7B-Instruct --heads rth=runs/rth/head_scores.json \\
-        --needle-lang en --target-lang de --chat-template --lengths 1000:8000:8 --out runs/qwen-niah
+        --lang en --target-lang de --chat-template --lengths 1000:8000:8 --out runs/qwen-niah
 
 Rerunning the same command resumes from ``journal.jsonl``; see docs/evaluation.md.
 """

@@ -24,7 +24,7 @@ from typing import Any, Union
 
 import typer
 
-from ..config import check_bounds
+from ..config import check_bounds, flag_of
 from .errors import refuse
 
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
@@ -86,6 +86,10 @@ def config_options(*configs: type) -> dict[str, tuple[inspect.Parameter, datacla
     return out
 
 
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def build_config(config: type, values: typing.Mapping[str, Any]) -> Any:
     """``config`` from option values (each parsed by its field's ``parse``), bounds checked first."""
     check_bounds(config, values)
@@ -94,7 +98,11 @@ def build_config(config: type, values: typing.Mapping[str, Any]) -> Any:
         if f.name not in values:
             continue
         value, parse = values[f.name], f.metadata.get("parse")
-        given[f.name] = parse(value) if parse is not None and value is not None else value
+        try:
+            given[f.name] = parse(value) if parse is not None and value is not None else value
+        except ValueError as err:  # name the option and the value unless the parser did
+            flag = flag_of(f)
+            raise ValueError(str(err) if str(err).startswith(flag) else f"{flag} {_shown(value)}: {err}") from None
     return config(**given)
 
 

@@ -5,14 +5,11 @@ the built-in model lives in :mod:`headatlas.organism.conflict` and is
 reached through the command layer (``headatlas decore --task conflict``).
 """
 
-from ..lazy import lazy_exports
+from ..lazy import exports, lazy_exports
 
-_EXPORTS = {
-    "DecoreOutput": ".decoding",
-    "DecoreSettings": ".decoding",
-    "contrast": ".decoding",
-    "decore_generate": ".decoding",
-}
+_EXPORTS = exports({
+    ".decoding": "DecoreOutput DecoreSettings contrast decore_generate",
+})
 
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

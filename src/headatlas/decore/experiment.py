@@ -39,6 +39,7 @@ class DecoreRunConfig(HeadRunConfig):
     masked_prefill: bool = setting(False, "Prefill the masked stream masked too (DeCoRe: unmasked).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in ("uniform", "zero"):
             raise ValueError("--mode must be uniform or zero")
         if not all(math.isfinite(a) for a in self.alphas):

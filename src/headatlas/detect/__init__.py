@@ -4,30 +4,19 @@ The entry point is :func:`detect` (an example in its docstring); see ``docs/dete
 score, the two modes and the files a run writes.
 """
 
-from ..lazy import lazy_exports
+from ..lazy import exports, lazy_exports
 
-_EXPORTS = {
-    "DetectConfig": ".config",
-    "DetectionError": ".runner",
-    "IncompleteRunError": ".runner",
-    "NoRetrievalError": ".runner",
-    "PromptError": ".inputs",
-    "PromptItem": ".inputs",
-    "ResumeMismatchError": ".runner",
-    "StopTokens": "..generation",
-    "copy_event_mask": ".events",
-    "copy_events": ".events",
-    "detect": ".runner",
-    "greedy_batch": ".greedy",
-    "mean_head_scores": ".events",
-    "merge_shards": ".runner",
-    "plot_heatmap": ".plots",
-    "prompt_item": ".inputs",
-    "prompt_scores": ".events",
-    "resolve_shard": ".runner",
-    "scores_from_samples": ".runner",
-    "teacher_batch": ".teacher",
-}
+_EXPORTS = exports({
+    ".config": "DetectConfig",
+    ".runner": "DetectionError IncompleteRunError NoRetrievalError ResumeMismatchError detect merge_shards "
+    "resolve_shard scores_from_samples",
+    ".inputs": "PromptError PromptItem prompt_item",
+    "..generation": "StopTokens",
+    ".events": "copy_event_mask copy_events mean_head_scores prompt_scores",
+    ".greedy": "greedy_batch",
+    ".plots": "plot_heatmap",
+    ".teacher": "teacher_batch",
+})
 
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

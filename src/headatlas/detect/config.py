@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import GridConfig, like, setting
+from ..config import GridConfig, check_lang, like, setting
 
 MODES = ("greedy", "teacher")
 KINDS = ("retrieval", "transition")
@@ -24,7 +24,7 @@ ALIGNMENTS = ("lexicon", "span", "counterfactual")
 class DetectConfig:
     """How retrieval heads are detected.
 
-    Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold``, ``dedup``,
+    Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold`` (greedy), ``accuracy_threshold`` (teacher), ``dedup``,
     ``stop_on_newline``. Running: ``batch_size``, ``share_prefix``, ``seed``, ``progress``.
     Output: ``table_rows``, ``heatmap``. The scoring fields and the seed
     form the run's fingerprint: resuming with different values raises.
@@ -57,10 +57,11 @@ class DetectConfig:
     max_new_tokens: int = field(default=50, metadata={"min": 1, "help": "Greedy mode: most tokens decoded per prompt."})
     rouge_threshold: float = field(
         default=0.5,
-        metadata={
-            "help": "A prompt counts when its ROUGE-1 recall (greedy) or answer token accuracy (teacher) is "
-            "strictly above this (the paper: 0.5)."
-        },
+        metadata={"help": "Greedy mode: a prompt counts when its ROUGE-1 recall is strictly above this (the paper: 0.5)."},
+    )
+    accuracy_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Teacher mode: a prompt counts when its answer token accuracy is strictly above this."},
     )
     dedup: bool = field(
         default=False,
@@ -101,8 +102,9 @@ class DetectConfig:
             raise ValueError(f"mode must be 'greedy' or 'teacher', got {self.mode!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0.0 <= self.rouge_threshold < 1.0:
-            raise ValueError(f"rouge_threshold must be in [0, 1) (a prompt counts when strictly above), got {self.rouge_threshold}")
+        for name in ("rouge_threshold", "accuracy_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (a prompt counts when strictly above), got {getattr(self, name)}")
         if isinstance(self.batch_size, str) and self.batch_size.isdigit():
             self.batch_size = int(self.batch_size)
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
@@ -112,9 +114,9 @@ class DetectConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change results (batch size, progress and output options do not)."""
-        keys = ("kind", "mode", "rouge_threshold", "dedup", "seed")
+        keys = ("kind", "mode", "dedup", "seed")
         keys += ("alignment", "lexicon") if self.kind == "transition" else ()
-        keys += ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
+        keys += ("rouge_threshold", "max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ("accuracy_threshold",)
         return {k: getattr(self, k) for k in keys}
 
 
@@ -126,6 +128,13 @@ class DetectGrid(GridConfig):
                                "'256,512' (default: 8 lengths up to 0.9 x the model's window, at most 8000).")
     depths: str = like(GridConfig, "depths", "10")
     per_cell: int = like(GridConfig, "per_cell", 3)
-    lang: str = setting("en", "Language of the haystack and needles.")
-    source_lang: str | None = setting(None, "Transition: language of the needle (and haystack).")
-    target_lang: str | None = setting(None, "Transition: language the answer is asked in.")
+    lang: str = setting("en", "Language of the haystack and needles.", kind="lang")
+    source_lang: str | None = setting(None, "Transition: language of the needle (and haystack).", kind="lang")
+    target_lang: str | None = setting(None, "Transition: language the answer is asked in.", kind="lang")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.haystack is None and self.needles is None:
+            check_lang("--lang", [self.lang])
+            check_lang("--source-lang", [self.source_lang] if self.source_lang else [])
+            check_lang("--target-lang", [self.target_lang] if self.target_lang else [])

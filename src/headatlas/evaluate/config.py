@@ -20,6 +20,7 @@ from ..config import (
     HeadSetConfig,
     ModelConfig,
     RunConfig,
+    check_lang,
     like,
     setting,
 )
@@ -33,7 +34,7 @@ def check_head_sets(head_sets: Mapping[str, str | Path]) -> None:
         if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
             raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"head set {name!r}: no file {path}")
+            raise FileNotFoundError(f"--heads {name}={path}: no such file")
 
 
 @dataclass(kw_only=True)
@@ -45,6 +46,7 @@ class MaskedEvalConfig(ModelConfig, RunConfig, HeadSetConfig):
     layer_matched: bool = setting(False, "Random controls follow each set's per-layer head counts.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
         if self.mode == "mean" and not self.means:
@@ -86,8 +88,9 @@ class NiahEvalConfig(MaskedEvalConfig, GridConfig, DecodingConfig):
     Generation: ``max_new_tokens``, ``batch_size`` and ``share_prefix`` (neither of the last two changes an answer).
     """
 
-    needle_lang: str = setting("en", "Language of the needles (and of the haystack by default).")
-    target_lang: str | None = setting(None, "Cross-lingual: ask and expect the answer in this language.")
+    needle_lang: str = setting("en", "Language of the needles (and of the haystack by default).", flags=("--lang",),
+                          kind="lang")
+    target_lang: str | None = setting(None, "Cross-lingual: ask and expect the answer in this language.", kind="lang")
     batch_size: int = like(DecodingConfig, "batch_size", 1, help="Prompts per forward (answers do not depend on it).",
                            min=1)
     share_prefix: bool = setting(True, "Run the tokens that prompts of one haystack share once per group (same "
@@ -97,6 +100,9 @@ class NiahEvalConfig(MaskedEvalConfig, GridConfig, DecodingConfig):
         from ..niah.prompts import parse_depths, parse_lengths
 
         super().__post_init__()
+        if self.haystack is None and self.needles is None:  # before any prompt is built
+            check_lang("--lang", [self.needle_lang])
+            check_lang("--target-lang", [self.target_lang] if self.target_lang else [])
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
         parse_lengths(self.lengths)  # fail early on a bad grid

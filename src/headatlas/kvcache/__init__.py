@@ -10,21 +10,14 @@
 See docs/kv-compression.md.
 """
 
-from ..lazy import lazy_exports
+from ..lazy import exports, lazy_exports
 
-_EXPORTS = {
-    "HeadSplitCache": ".cache",
-    "HeadSplitLayer": ".cache",
-    "KVHead": ".plan",
-    "RetrievalHeadsPress": ".press",
-    "compressed_attention": ".attention",
-    "expected_bytes": ".cache",
-    "full_per_layer": ".plan",
-    "kv_heads_of": ".plan",
-    "kv_scores": ".plan",
-    "random_kv_heads": ".plan",
-    "top_kv_heads": ".plan",
-}
+_EXPORTS = exports({
+    ".cache": "HeadSplitCache HeadSplitLayer expected_bytes",
+    ".plan": "KVHead full_per_layer kv_heads_of kv_scores random_kv_heads top_kv_heads",
+    ".press": "RetrievalHeadsPress",
+    ".attention": "compressed_attention",
+})
 
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

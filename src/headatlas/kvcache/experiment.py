@@ -48,6 +48,7 @@ class KVCompressConfig(HeadRunConfig):
     prefill_chunk: int = setting(256, "Prompt tokens per prefill forward.", min=1, resume=True)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from .plan import AGGREGATES
 
         if self.aggregate not in AGGREGATES:

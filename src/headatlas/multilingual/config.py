@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import GridConfig, RunConfig, like, setting, split_list
+from ..config import GridConfig, OutConfig, RunConfig, check_lang, like, setting, split_list
 from ..detect.config import ALIGNMENTS, MODES, DetectConfig
-from ..niah.haystack import BUILTIN_LANGS
 
 
 def _transitions(text: str | list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -22,15 +21,14 @@ def _transitions(text: str | list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 @dataclass(kw_only=True)
-class LanguagesConfig(GridConfig):
+class LanguagesConfig(OutConfig, GridConfig):
     """Per-language detection runs, their sharing, and retrieval-transition runs."""
 
-    out: str = like(RunConfig, "out", ...)
     seed: int = like(RunConfig, "seed", 0)
     langs: list[str] = setting(help="Comma-separated languages.", factory=lambda: ["en", "de", "zh", "sw"],
-                               parse=split_list)
+                               parse=split_list, kind="lang")
     transitions: list[tuple[str, str]] = setting(help="SOURCE:TARGET pairs for retrieval-transition heads, e.g. "
-                                                 "en:de,en:zh.", factory=list, parse=_transitions)
+                                                 "en:de,en:zh.", factory=list, parse=_transitions, kind="lang")
     top_k: int = setting(20, "K of the top-K sets compared across languages.", min=1)
     mode: str = like(DetectConfig, "mode", "teacher")
     alignment: str = like(DetectConfig, "alignment", "lexicon")
@@ -38,10 +36,9 @@ class LanguagesConfig(GridConfig):
     lengths: str = like(GridConfig, "lengths", "128,256,512,1024")
 
     def __post_init__(self) -> None:
-        used = list(self.langs) + [lang for pair in self.transitions for lang in pair]
-        unknown = sorted({lang for lang in used if lang not in BUILTIN_LANGS})
-        if unknown and self.haystack is None:
-            raise ValueError(f"unknown language {', '.join(unknown)}; choose from {', '.join(BUILTIN_LANGS)} "
-                             "(or give --haystack)")
+        super().__post_init__()
+        if self.haystack is None:  # every language checked before the first one runs
+            check_lang("--langs", self.langs)
+            check_lang("--transitions", [lang for pair in self.transitions for lang in pair])
         if self.mode not in MODES or self.alignment not in ALIGNMENTS:
             raise ValueError(f"mode must be one of {MODES}, alignment one of {ALIGNMENTS}")

@@ -14,22 +14,13 @@ The pipeline, in three calls (see ``docs/retmask.md``)::
 extra (TRL, PEFT, datasets), imported when it is used.
 """
 
-from ..lazy import lazy_exports
+from ..lazy import exports, lazy_exports
 
-_EXPORTS = {
-    "ChatTemplateError": ".pairs",
-    "PairConfig": ".pairs",
-    "PairStats": ".pairs",
-    "RetMaskEvalConfig": ".evaluate",
-    "RetMaskTrainConfig": ".train",
-    "TrainResult": ".train",
-    "evaluate_models": ".evaluate",
-    "format_table": ".evaluate",
-    "generate_pairs": ".pairs",
-    "load_for_eval": ".evaluate",
-    "load_prompts": ".pairs",
-    "train_retmask": ".train",
-}
+_EXPORTS = exports({
+    ".pairs": "ChatTemplateError PairConfig PairStats generate_pairs load_prompts",
+    ".evaluate": "RetMaskEvalConfig evaluate_models format_table load_for_eval",
+    ".train": "RetMaskTrainConfig TrainResult train_retmask",
+})
 
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
