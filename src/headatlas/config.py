@@ -117,10 +117,11 @@ def parse_head_sets(values: list[str] | Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def split_list(text: str | list[Any] | tuple[Any, ...], kind: Callable[[str], Any] = str) -> list[Any]:
-    """``"a,b"`` -> ``[kind("a"), kind("b")]`` (a list is returned as a list of ``kind``)."""
+def split_list(text: str | list[Any] | tuple[Any, ...], kind: Callable[[str], Any] = str,
+               into: Callable[[list[Any]], Any] = list) -> Any:
+    """``"a,b"`` -> ``into([kind("a"), kind("b")])`` (a list or tuple is converted item by item)."""
     items = text.split(",") if isinstance(text, str) else list(text)
-    return [kind(x.strip()) if isinstance(x, str) else x for x in items if not isinstance(x, str) or x.strip()]
+    return into([kind(x.strip()) if isinstance(x, str) else x for x in items if not isinstance(x, str) or x.strip()])
 
 
 # ---- checks of the values a user types (run when a command builds its config, before any model loads) --
@@ -171,10 +172,10 @@ def check_lang(flag: str, langs: list[str] | tuple[str, ...]) -> None:
 
 # ---- the shared pieces -------------------------------------------------------------------------------
 class Settings:
-    """The base of every piece: each piece's ``__post_init__`` checks its own fields, then the next piece's."""
+    """The base of every piece: the bounds of every field, then each piece's own ``__post_init__`` checks."""
 
     def __post_init__(self) -> None:
-        pass
+        check_bounds(type(self), vars(self))
 
 
 @dataclass(kw_only=True)

@@ -103,3 +103,17 @@ def test_help_of_every_command_but_the_lazy_groups_imports_no_torch():
 
 def test_the_app_still_builds():
     assert get_command(app).name in (None, "headatlas")
+
+
+def test_ctrl_c_while_the_model_loads_prints_no_traceback(monkeypatch):
+    from typer.testing import CliRunner
+
+    import headatlas.model_spec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(headatlas.model_spec, "load_model", interrupted)
+    result = CliRunner().invoke(app, ["info", "--model", "organism"])
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert not isinstance(result.exception, KeyboardInterrupt) or result.exit_code in (1, 130)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,13 @@ RESULT_FILE = "decore.json"
 FIGURE_FILE = "decore.png"
 
 
-def _alphas(text: str | list[float]) -> list[float]:
-    return split_list(text, float)
-
-
 @dataclass(kw_only=True)
 class DecoreRunConfig(HeadRunConfig):
     """Settings of one ``decore`` run (all recorded in the result); ``source`` is set from --task/--prompts."""
 
     source: str = ""  # "task:conflict" or a prompts file
     alphas: list[float] = setting(help="Fixed contrast strength a; a comma list runs each.", factory=lambda: [1.0],
-                                  flags=("--alpha",), parse=_alphas)
+                                  flags=("--alpha",), parse=partial(split_list, kind=float))
     dynamic: bool = setting(False, "a = entropy of p_base (DeCoRe's dynamic rule) instead of --alpha.")
     normalise: bool = setting(False, "With --dynamic: divide the entropy by log |V|.")
     cap: float | None = setting(None, "With --dynamic: cap a at this value.", min=0, min_open=True)

@@ -23,6 +23,7 @@ from ..config import (
     check_lang,
     like,
     setting,
+    split_list,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
@@ -51,10 +52,6 @@ class MaskedEvalConfig(ModelConfig, RunConfig, HeadSetConfig):
             raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
         if self.mode == "mean" and not self.means:
             raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.random_seeds < 0:
-            raise ValueError(f"random_seeds must be >= 0, got {self.random_seeds}")
         if self.layer_matched and not self.heads:
             raise ValueError("layer_matched needs at least one head set to match")
         check_head_sets(self.heads)
@@ -103,14 +100,8 @@ class NiahEvalConfig(MaskedEvalConfig, GridConfig, DecodingConfig):
         if self.haystack is None and self.needles is None:  # before any prompt is built
             check_lang("--lang", [self.needle_lang])
             check_lang("--target-lang", [self.target_lang] if self.target_lang else [])
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1")
         parse_lengths(self.lengths)  # fail early on a bad grid
         parse_depths(self.depths)
-
-
-def _tasks(text: str | list[str]) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
 
 
 def _gen_kwargs(text: str | dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +134,7 @@ class CompareConfig(MaskedEvalConfig):
     Run: ``batch_size`` (lm-eval's); ``seed`` seeds lm-eval and the bootstrap; ``n_bootstrap``, ``confidence``.
     """
 
-    tasks: list[str] = setting(..., "Comma-separated lm-eval task or group names.", parse=_tasks)
+    tasks: list[str] = setting(..., "Comma-separated lm-eval task or group names.", parse=split_list)
     random_seeds: int = like(HeadSetConfig, "random_seeds", 5)
     include_path: list[str] = setting(help="Extra lm-eval task folder (repeatable), e.g. benchmark fixtures.",
                                       factory=list, repeat=True)
@@ -164,8 +155,6 @@ class CompareConfig(MaskedEvalConfig):
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks repeat: {self.tasks}")
         super().__post_init__()
-        if self.limit is not None and self.limit <= 0:
-            raise ValueError(f"limit must be positive, got {self.limit}")
         if self.limit is not None and self.limit >= 1:
             self.limit = int(self.limit)
         for task, spec in self.metrics.items():
@@ -173,5 +162,3 @@ class CompareConfig(MaskedEvalConfig):
                 raise ValueError(f"metric for {task!r} must be 'metric,filter' (e.g. 'exact_match,strict-match')")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}")
-        if self.n_bootstrap < 1:
-            raise ValueError("n_bootstrap must be >= 1")

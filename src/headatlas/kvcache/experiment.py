@@ -16,6 +16,7 @@ Answers go to ``journal.jsonl`` (a rerun resumes); the result to ``kv_compress.j
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,12 @@ RESULT_FILE = "kv_compress.json"
 FIGURE_FILE = "kv_compress.png"
 
 
-def _ints(text: str | list[int]) -> list[int]:
-    return split_list(text, int)
-
-
 @dataclass(kw_only=True)
 class KVCompressConfig(HeadRunConfig):
     """Settings of one ``kv-compress`` run (all recorded in the result)."""
 
     budgets: list[int] = setting(help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8'.",
-                                 factory=lambda: [1, 2, 4, 8], parse=_ints)
+                                 factory=lambda: [1, 2, 4, 8], parse=partial(split_list, kind=int))
     aggregate: str = setting("max", "Score of a KV head for the budgets: max | mean of its query heads.")
     per_layer: bool = setting(False, "--budgets count KV heads per layer (1 .. n_kv-1) instead of in total.")
     sink: int = setting(4, "Attention-sink tokens every streaming KV head keeps.", min=0)
