@@ -124,6 +124,15 @@ def split_list(text: str | list[Any] | tuple[Any, ...], kind: Callable[[str], An
     return into([kind(x.strip()) if isinstance(x, str) else x for x in items if not isinstance(x, str) or x.strip()])
 
 
+def batch_size(value: int | str) -> int | str:
+    """``auto`` or a whole number >= 1 (as text or a number)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value != "auto" and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"--batch-size {value}: use auto or a whole number >= 1")
+    return value
+
+
 # ---- checks of the values a user types (run when a command builds its config, before any model loads) --
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -252,4 +261,8 @@ class DecodingConfig(Settings):
 
     max_new_tokens: int = setting(50, "Most tokens generated per answer.", min=1)
     batch_size: int | str = setting("auto", "Prompts per forward, or auto: as many as the GPU's free memory "
-                                    "holds (1 on CPU). Results do not depend on it.", resume=True)
+                                    "holds (1 on CPU). Results do not depend on it.", resume=True, parse=batch_size)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.batch_size = batch_size(self.batch_size)

@@ -88,8 +88,6 @@ class NiahEvalConfig(MaskedEvalConfig, GridConfig, DecodingConfig):
     needle_lang: str = setting("en", "Language of the needles (and of the haystack by default).", flags=("--lang",),
                           kind="lang")
     target_lang: str | None = setting(None, "Cross-lingual: ask and expect the answer in this language.", kind="lang")
-    batch_size: int = like(DecodingConfig, "batch_size", 1, help="Prompts per forward (answers do not depend on it).",
-                           min=1)
     share_prefix: bool = setting(True, "Run the tokens that prompts of one haystack share once per group (same "
                                  "answers).", resume=True)
 

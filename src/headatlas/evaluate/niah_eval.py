@@ -34,7 +34,7 @@ import torch
 
 from ..config import run_identity
 from ..detect.plots import new_figure, save_figure
-from ..generation import StopTokens, generate, pad_id_of
+from ..generation import StopTokens, auto_batch_size, generate, pad_id_of
 from ..heads import heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
@@ -77,7 +77,7 @@ def _heads_key(condition: Condition) -> str:
 def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions: Sequence[Condition], out: str | Path,
                   mode: str = "zero", means: torch.Tensor | None = None, max_new_tokens: int = 50,
                   meta: dict[str, Any] | None = None, progress: bool = True, settings: dict[str, Any] | None = None,
-                  overwrite: bool = False, batch_size: int = 1, share_prefix: bool = True) -> NiahResult:
+                  overwrite: bool = False, batch_size: int | str = 1, share_prefix: bool = True) -> NiahResult:
     """Answer every prompt under every condition (resuming from ``out/journal.jsonl``) and write the results.
 
     ``prompts``: :class:`headatlas.niah.prompts.NiahPrompt` s. ``settings`` (by their user-facing
@@ -100,6 +100,8 @@ def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions
     wanted = [(c, p, (c.name, p.meta["prompt_id"], _heads_key(c))) for c in conditions for p in prompts]
     todo = [(c, p) for c, p, key in wanted if key not in done]
     stops = StopTokens.from_tokenizer(model, tokenizer) if todo else None  # resolved once per run
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, max((len(p.input_ids) for p in prompts), default=1), max_new_tokens)
     share = MIN_SHARED_PREFIX if share_prefix and can_share_prefix(model) else None
     with track("niah", len(wanted), len(wanted) - len(todo), enabled=progress) as bar:
         for cond in conditions:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import GridConfig, OutConfig, RunConfig, check_lang, like, setting, split_list
+from ..config import DecodingConfig, GridConfig, OutConfig, RunConfig, check_lang, like, setting, split_list
 from ..detect.config import ALIGNMENTS, MODES, DetectConfig
 
 
@@ -32,7 +32,7 @@ class LanguagesConfig(OutConfig, GridConfig):
     top_k: int = setting(20, "K of the top-K sets compared across languages.", min=1)
     mode: str = like(DetectConfig, "mode", "teacher")
     alignment: str = like(DetectConfig, "alignment", "lexicon")
-    batch_size: int = setting(4, "Prompts per forward (results do not depend on it).", min=1, resume=True)
+    batch_size: int | str = like(DecodingConfig, "batch_size", "auto")
     lengths: str = like(GridConfig, "lengths", "128,256,512,1024")
 
     def __post_init__(self) -> None:
