@@ -73,8 +73,9 @@ def test_options_come_from_config_fields():
 
 
 def test_every_command_that_loads_a_model_takes_a_device_map():
-    """``--device-map`` (accelerate, e.g. ``auto``) is one shared option (commands.options.ModelOptions)."""
+    """``--device``, ``--device-map`` (accelerate, e.g. ``auto``), ``--dtype``: one shared piece (config.ModelConfig)."""
     commands = dict(_commands(get_command(app)))
-    for name in ("detect", "niah-eval", "compare", "languages"):
+    for name in ("detect", "niah-eval", "compare", "languages", "kv-compress", "decore", "info"):
         opts = [o for p in commands[(name,)].params for o in getattr(p, "opts", [])]
-        assert "--device-map" in opts, name
+        wanted = {"--device", "--device-map", "--dtype"} | ({"--seed"} if name != "info" else set())
+        assert wanted <= set(opts), name
