@@ -13,27 +13,15 @@ The engine, in three calls::
 
 __version__ = "0.1.0"
 
-from .capture import AttentionRecorder, CapturedAttention, capture_attention
-from .heads import Head, HeadScoreFileError, HeadScores
-from .masking import head_output_means, masked_heads, save_ablated_model, zero_heads_in_weights
-from .model_spec import ModelSpec, UnsupportedModelError, load_model
-from .selection import HeadSelection, concentration, random_heads
+from .lazy import exports, lazy_exports
 
-__all__ = [
-    "AttentionRecorder",
-    "CapturedAttention",
-    "Head",
-    "HeadScoreFileError",
-    "HeadScores",
-    "HeadSelection",
-    "ModelSpec",
-    "UnsupportedModelError",
-    "capture_attention",
-    "concentration",
-    "head_output_means",
-    "load_model",
-    "masked_heads",
-    "random_heads",
-    "save_ablated_model",
-    "zero_heads_in_weights",
-]
+_EXPORTS = exports({
+    ".capture": "AttentionRecorder CapturedAttention capture_attention",
+    ".heads": "Head HeadScoreFileError HeadScores",
+    ".selection": "HeadSelection concentration random_heads",
+    ".model_spec": "ModelSpec UnsupportedModelError load_model",
+    ".masking": "head_output_means masked_heads save_ablated_model zero_heads_in_weights",
+})
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

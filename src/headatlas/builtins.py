@@ -42,6 +42,8 @@ class BuiltinModel:
     request)``: its prompts. ``tasks(model_path)``: its task suite (``tasks``, ``make_eval_set(task, n, seed,
     lengths=..., langs=...)``, ``exact_match_accuracy(model, tokenizer, examples, batch_size)``). ``marker``:
     a file marking another checkpoint as trained like this one (it then gets these prompts and tasks too).
+    ``conflict(model_path, n, seed, lengths)``: knowledge-conflict items for DeCoRe (``decore --task conflict``):
+    dicts ``{"id", "prompt", "context_answer", "memory_answer"}``.
     """
 
     name: str
@@ -49,6 +51,7 @@ class BuiltinModel:
     prompts: Callable[..., list[Any]] | None
     tasks: Callable[[str | None], Any] | None
     marker: str | None = None
+    conflict: Callable[..., list[dict[str, Any]]] | None = None
 
 
 _REGISTRY: dict[str, BuiltinModel] = {}
@@ -88,6 +91,14 @@ def builtin_models() -> dict[str, BuiltinModel]:
     """Every registered built-in model by name."""
     _load_plugins()
     return dict(_REGISTRY)
+
+
+def default_builtin() -> str:
+    """The name of the first registered built-in model (what a setting with no model given uses)."""
+    names = list(builtin_models())
+    if not names:
+        raise ValueError("no built-in model is installed")
+    return names[0]
 
 
 def get_builtin(name: str) -> BuiltinModel | None:

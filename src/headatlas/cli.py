@@ -5,7 +5,11 @@ Each command lives in :mod:`headatlas.commands`; this module only mounts them.
 
 from __future__ import annotations
 
+from importlib import import_module
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .commands.compare import LM_EVAL_CONTEXT, compare_command, lm_eval_command
@@ -17,10 +21,45 @@ from .commands.info import info_command
 from .commands.kv_compress import kv_compress_command
 from .commands.languages import languages_command
 from .commands.niah_eval import niah_eval_command
-from .commands.organism import organism_app
 from .commands.quiet import quiet_libraries
 from .commands.report import report_command
-from .commands.retmask import retmask_app
+
+LAZY_GROUPS = {
+    "retmask": ("headatlas.commands.retmask", "retmask_app",
+                "RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones."),
+    "organism": ("headatlas.commands.organism", "organism_app",
+                 "The built-in model: train it from scratch, measure a checkpoint."),
+}
+"""Command groups imported only when named (their modules import torch and TRL at import time)."""
+
+
+class LazyGroup(TyperGroup):
+    """The ``headatlas`` group: :data:`LAZY_GROUPS` are listed by name and help, loaded when run."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_GROUPS if n not in self.commands)]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_GROUPS and cmd_name not in self.commands:
+            module, attr, text = LAZY_GROUPS[cmd_name]
+            if self._listing:
+                return click.Command(cmd_name, help=text)
+            group = getattr(import_module(module), attr)
+            _refuse_in_one_line(group, f"{cmd_name} ")
+            group.rich_markup_mode, group._add_completion = None, False  # as every other command's
+            self.commands[cmd_name] = typer.main.get_command(group)
+            self.commands[cmd_name].name = cmd_name
+        return super().get_command(ctx, cmd_name)
+
 
 HELP_WIDTH = {"max_content_width": 100}
 """Every command's help: plain click formatting (no rich panels), wrapped to the terminal, at most 100 columns."""
@@ -32,6 +71,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings=HELP_WIDTH,
     rich_markup_mode=None,
+    cls=LazyGroup,
 )
 
 
@@ -53,8 +93,6 @@ app.command("niah-eval")(niah_eval_command)
 app.command("kv-compress")(kv_compress_command)
 app.command("decore")(decore_command)
 app.command("lm-eval", context_settings=LM_EVAL_CONTEXT)(lm_eval_command)
-app.add_typer(retmask_app, name="retmask")
-app.add_typer(organism_app, name="organism")
 
 
 @app.command("version")
@@ -65,6 +103,9 @@ def version_command() -> None:
 
 def _refuse_in_one_line(group: typer.Typer, prefix: str = "") -> None:
     """Wrap every command of ``group`` (and its sub-groups) so that input errors print one line."""
+    if getattr(group, "_one_line", False):
+        return
+    group._one_line = True  # type: ignore[attr-defined]
     for info in group.registered_commands:
         name = info.name or info.callback.__name__.replace("_", "-")
         info.callback = one_line_errors(f"{prefix}{name}", info.callback)

@@ -16,10 +16,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from .config import split_list
+
+TUPLE, INTS = partial(split_list, into=tuple), partial(split_list, kind=int, into=tuple)
 
 RETMASK_SUITES = ("multikey_long", "mono_past", "parametric")  # headroom at 1024 / past 1536 tokens; general recall
 ORGANISM_TASKS = ("organism_mono", "organism_cross", "organism_multihop", "organism_parametric", "organism_multikey")
@@ -31,22 +36,22 @@ class DemoConfig:
 
     out: str = field(default="runs/demo", metadata={"help": "Output directory (re-running resumes)."})
     model: str = field(default="organism", metadata={"help": "The built-in model, or a checkpoint trained like it."})
-    langs: tuple[str, ...] = field(default=("en", "de", "zh", "sw"), metadata={"help": "Languages of the per-language detection (the first is the source of the transition)."})
-    transition: tuple[str, str] = field(default=("en", "de"), metadata={"help": "Source and target language of the retrieval-transition detection."})
+    langs: tuple[str, ...] = field(default=("en", "de", "zh", "sw"), metadata={"parse": TUPLE, "help": "Languages of the per-language detection (the first is the source of the transition)."})
+    transition: tuple[str, str] = field(default=("en", "de"), metadata={"parse": TUPLE, "help": "Source and target language of the retrieval-transition detection."})
     detect_mode: str = field(default="greedy", metadata={"help": "Detection mode: greedy or teacher."})
-    lengths: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"help": "Context lengths of the detection grid."})
+    lengths: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"parse": INTS, "help": "Context lengths of the detection grid."})
     depths: int = field(default=5, metadata={"help": "Needle depths of the detection grid (a count, ends included)."})
     per_cell: int = field(default=2, metadata={"help": "Prompts per length x depth cell."})
     top_k: int | None = field(default=None, metadata={"help": "Heads masked per set (None: 5 % of all heads)."})
     random_seeds: int = field(default=5, metadata={"help": "Random-head controls in the comparisons."})
     compare_limit: int = field(default=30, metadata={"help": "lm-eval items per task in the comparison."})
-    niah_lengths: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"help": "Context lengths of the masked NIAH evaluation."})
+    niah_lengths: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"parse": INTS, "help": "Context lengths of the masked NIAH evaluation."})
     retmask: bool = field(default=True, metadata={"help": "Include the short RetMask run."})
     retmask_prompts: int = field(default=64, metadata={"help": "Prompts sampled for the RetMask preference pairs."})
     retmask_eval: int = field(default=40, metadata={"help": "Held-out examples per suite in the RetMask evaluation."})
     retmask_control: bool = field(default=True, metadata={"help": "Also run RetMask's random-heads control arm (same pair count and steps)."})
     seed: int = field(default=0, metadata={"help": "Seed of every step."})
-    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"), metadata={"help": "Steps to run: languages, niah, compare, retmask, report."})
+    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"), metadata={"parse": TUPLE, "help": "Steps to run: languages, niah, compare, retmask, report."})
 
     def __post_init__(self) -> None:
         unknown = set(self.steps) - {"languages", "niah", "compare", "retmask", "report"}
@@ -144,6 +149,11 @@ def _summary(console: Console, timings: dict[str, float], started: float, report
     console.print(f"[bold green]report: {report.resolve()}[/]")
 
 
-def config_from_overrides(**overrides: Any) -> DemoConfig:
-    """A :class:`DemoConfig` with the given fields replaced (None values keep the defaults)."""
-    return dataclasses.replace(DemoConfig(), **{k: v for k, v in overrides.items() if v is not None})
+QUICK = {"lengths": (256, 512), "depths": 3, "per_cell": 1, "random_seeds": 2, "compare_limit": 10,
+         "niah_lengths": (256, 512), "retmask_prompts": 16, "retmask_eval": 10, "langs": ("en", "de")}
+"""What ``--quick`` changes: smaller grids and fewer items (a ~3-minute smoke run)."""
+
+
+def config_from_overrides(base: DemoConfig | None = None, **overrides: Any) -> DemoConfig:
+    """``base`` (default: :class:`DemoConfig`) with the given fields replaced (None values keep them)."""
+    return dataclasses.replace(base or DemoConfig(), **{k: v for k, v in overrides.items() if v is not None})

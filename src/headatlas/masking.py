@@ -36,12 +36,12 @@ import torch
 from transformers import PreTrainedModel
 
 from .attention import UNIFORM_ATTR, engine_installed
+from .config import MASK_MODES
 from .heads import Head, check_heads, heads_to_strings
 from .model_spec import ModelSpec, projection_weight_in_dim
 from .runs import atomic_write_json, run_metadata
 
 MaskMode = Literal["zero", "mean", "uniform"]
-MASK_MODES: tuple[str, ...] = ("zero", "mean", "uniform")
 ABLATION_FILE = "headatlas_ablation.json"
 #: The same record as written before the rename to headatlas (still read).
 LEGACY_ABLATION_FILE = "retrieval_heads_ablation.json"

@@ -31,9 +31,6 @@ SUPPORTED_FAMILIES = (
     "GPT-2, GPT-NeoX, OLMo, OLMo 2, Granite, StableLM, Cohere and other decoder-only models whose attention "
     "goes through transformers' AttentionInterface"
 )
-BUILTIN_MODELS = ("organism",)
-
-
 class UnsupportedModelError(ValueError):
     """The model's architecture cannot be observed or masked head by head."""
 
@@ -49,7 +46,9 @@ def _path_like(name: str) -> bool:
 
 def model_not_found(name: str) -> ModelNotFoundError:
     """The one-line refusal for a model name that names nothing: what was looked for, where, and the fix."""
-    fix = f"check the name, or give a checkpoint directory or a built-in model ({', '.join(BUILTIN_MODELS)})"
+    from .builtins import builtin_models
+
+    fix = f"check the name, or give a checkpoint directory or a built-in model ({', '.join(builtin_models())})"
     if _path_like(name):
         return ModelNotFoundError(f"model {name!r}: no such directory; {fix}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")

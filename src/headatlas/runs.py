@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -336,46 +335,6 @@ def open_run(
     for cell_path in stale:
         cell_path.unlink()
     return Run(out, kind, settings, run_meta, path, journal, resumed)
-
-
-# ---- the settings and conditions of a run over one model's head scores (kv-compress, decore) --------
-@dataclass(kw_only=True)
-class HeadRunConfig:
-    """Settings every run over a model's head scores shares (``kv-compress``, ``decore``); all recorded."""
-
-    model: str
-    heads: str = field(metadata={"help": "head_scores.json of the model (from `detect`)."})
-    out: str
-    top_k: int | None = field(default=None, metadata={"help": "Retrieval heads used: the top-K of --heads (default: 5 % of heads)."})
-    random_seeds: int = field(default=3, metadata={"help": "Random controls (drawn outside the chosen heads), one per seed."})
-    seed: int = field(default=0, metadata={"help": "Seed of the prompts and the first random control."})
-    max_new_tokens: int = field(default=16, metadata={"help": "Most tokens generated per answer."})
-    device: str | None = None
-    dtype: str = "auto"
-    overwrite: bool = field(default=False, metadata={"help": "Discard answers of an earlier run in --out made with other settings."})
-
-    def open_run(self, kind: str, weights: str, **settings: Any) -> Run:
-        """:func:`open_run` on ``out`` with every setting but ``out``/``overwrite`` (plus ``settings``) and the weights' hash."""
-        mine = {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite")}
-        return open_run(self.out, kind, {**flags(mine), **settings}, fingerprints={"the model's weights": weights},
-                        overwrite=self.overwrite, hint="Rerun with --overwrite to discard it, or choose another --out.",
-                        model=self.model, seed=self.seed)
-
-    def write_result(self, kind: str, file: str, identity: Mapping[str, Any], data: Mapping[str, Any],
-                     **meta: Any) -> dict[str, Any]:
-        """``data`` stamped as ``kind``, with the model's ``identity``, every setting and ``meta``, written to ``out/file``."""
-        result = stamp(kind, {"meta": run_metadata(**identity, settings={**asdict(self), "out": None}, **meta), **data})
-        atomic_write_json(Path(self.out) / file, result)
-        return result
-
-
-@dataclass
-class HeadCondition:
-    """One condition of such a run: ``name`` (its journal key), ``kind``, and the heads it keeps or masks."""
-
-    name: str
-    kind: str
-    heads: list[Any]
 
 
 # ---- progress, resume and interrupt messages ------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import SCORE_THRESHOLD
 from .heads import Head, HeadScoreFileError, HeadScores, check_heads, heads_to_strings
 
 DEFAULT_HEAD_SHARE = 0.05  # Wu et al.'s "< 5 % of heads"; the default K of the demo, measure and RetMask
@@ -230,7 +231,7 @@ def entropy(values: Sequence[float]) -> float:
     return -sum((x / total) * math.log(x / total) for x in xs if x > 0)
 
 
-def concentration(scores: HeadScores, threshold: float = 0.1, top: int = 10) -> dict[str, float]:
+def concentration(scores: HeadScores, threshold: float = SCORE_THRESHOLD, top: int = 10) -> dict[str, float]:
     """How concentrated a score map is (RetMask links gains to this).
 
     Returns heads above ``threshold`` (count and fraction), the top-``top``

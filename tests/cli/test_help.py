@@ -13,9 +13,12 @@ PASSTHROUGH = {("lm-eval",)}  # every argument, --help included, goes to lm-eval
 
 
 def _commands(group: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every command under ``group`` (the lazily loaded groups loaded)."""
     out = [(path, group)]
-    for name, sub in getattr(group, "commands", {}).items():
-        out += _commands(sub, (*path, name))
+    if hasattr(group, "list_commands"):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            out += _commands(group.get_command(ctx, name), (*path, name))
     return out
 
 
@@ -37,7 +40,7 @@ def test_help_at_80_columns_shows_every_option_whole_with_help(path, command):
     assert "…" not in text and "``" not in text  # nothing cut, no reST markup
     assert max(len(line) for line in text.splitlines()) <= 80
     for param in command.params:
-        if not isinstance(param, click.Option) or param.hidden:
+        if param.param_type_name != "option" or param.hidden:
             continue
         assert (param.help or "").strip(), f"{' '.join(path)} {param.opts[0]} has no help"
         for name in param.opts + param.secondary_opts:
@@ -70,8 +73,9 @@ def test_options_come_from_config_fields():
 
 
 def test_every_command_that_loads_a_model_takes_a_device_map():
-    """``--device-map`` (accelerate, e.g. ``auto``) is one shared option (commands.options.ModelOptions)."""
+    """``--device``, ``--device-map`` (accelerate, e.g. ``auto``), ``--dtype``: one shared piece (config.ModelConfig)."""
     commands = dict(_commands(get_command(app)))
-    for name in ("detect", "niah-eval", "compare", "languages"):
+    for name in ("detect", "niah-eval", "compare", "languages", "kv-compress", "decore", "info"):
         opts = [o for p in commands[(name,)].params for o in getattr(p, "opts", [])]
-        assert "--device-map" in opts, name
+        wanted = {"--device", "--device-map", "--dtype"} | ({"--seed"} if name != "info" else set())
+        assert wanted <= set(opts), name

@@ -24,7 +24,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
     tokenizer = word_tokenizer()
     prompts = copy_prompts(model, tokenizer, n=n)
-    config = DetectConfig(max_new_tokens=10, rouge_threshold=0.3, batch_size=2, progress=False, table_rows=0, heatmap=False)
+    config = DetectConfig(max_new_tokens=10, rouge_threshold=0.3, accuracy_threshold=0.3, batch_size=2, progress=False, table_rows=0, heatmap=False)
     scores = detect(model, tokenizer, prompts, config, out_dir)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(__import__("os").environ["RANK"])
     Path(out_dir, f"returned.rank{rank}.json").write_text(json.dumps(scores.scores.tolist()))

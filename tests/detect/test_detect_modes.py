@@ -15,7 +15,7 @@ THRESHOLD = 0.3
 
 
 def _config(**kw) -> DetectConfig:
-    base = dict(max_new_tokens=MAX_NEW, rouge_threshold=THRESHOLD, progress=False, table_rows=0, heatmap=False)
+    base = dict(max_new_tokens=MAX_NEW, rouge_threshold=THRESHOLD, accuracy_threshold=THRESHOLD, progress=False, table_rows=0, heatmap=False)
     return DetectConfig(**{**base, **kw})
 
 

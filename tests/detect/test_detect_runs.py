@@ -28,7 +28,7 @@ WORKER = Path(__file__).with_name("shard_worker.py")
 
 
 def _config(**kw) -> DetectConfig:
-    base = dict(max_new_tokens=10, rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False, batch_size=2)
+    base = dict(max_new_tokens=10, rouge_threshold=0.3, accuracy_threshold=0.3, progress=False, table_rows=0, heatmap=False, batch_size=2)
     return DetectConfig(**{**base, **kw})
 
 

@@ -108,7 +108,7 @@ def _samples(out) -> list[dict]:
 def test_detect_scores_do_not_depend_on_sharing_or_batch_size(tiny, tmp_path, mode):
     model, tokenizer, prompts = tiny
     assert can_share_prefix(model)
-    base = dict(mode=mode, max_new_tokens=8, rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False)
+    base = dict(mode=mode, max_new_tokens=8, rouge_threshold=0.3, accuracy_threshold=0.3, progress=False, table_rows=0, heatmap=False)
     runs = {}
     for share, batch in ((False, 1), (True, 1), (True, 3)):
         out = tmp_path / f"{share}-{batch}"
@@ -124,7 +124,7 @@ def test_detect_scores_do_not_depend_on_sharing_or_batch_size(tiny, tmp_path, mo
 def test_auto_batch_size_is_one_on_cpu_and_recorded(tiny, tmp_path):
     model, tokenizer, prompts = tiny
     assert auto_batch_size(model, 4096, 50) == 1
-    cfg = DetectConfig(mode="teacher", rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False)
+    cfg = DetectConfig(mode="teacher", rouge_threshold=0.3, accuracy_threshold=0.3, progress=False, table_rows=0, heatmap=False)
     assert cfg.batch_size == "auto"
     detect(model, tokenizer, prompts[:2], cfg, tmp_path)
     run = json.loads((tmp_path / "run.json").read_text())

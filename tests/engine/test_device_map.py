@@ -55,7 +55,7 @@ def test_capture_and_masking_match_the_whole_model(split_and_whole):
 def test_detect_on_a_split_model_gives_the_same_scores(split_and_whole, tmp_path, mode):
     split, whole, tok = split_and_whole
     prompts = copy_prompts(whole, tok, n=4, seed=1)
-    cfg = DetectConfig(mode=mode, max_new_tokens=8, rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False)
+    cfg = DetectConfig(mode=mode, max_new_tokens=8, rouge_threshold=0.3, accuracy_threshold=0.3, progress=False, table_rows=0, heatmap=False)
     a = detect(split, tok, prompts, cfg, tmp_path / "split")
     b = detect(whole, tok, prompts, cfg, tmp_path / "whole")
     assert torch.equal(a.scores, b.scores) and b.scores.sum() > 0

@@ -30,7 +30,7 @@ def test_language_study_writes_every_artifact_and_resumes(tmp_path, monkeypatch)
 
     monkeypatch.setattr(study, "build_prompts", fake_prompts)
     config = DetectConfig(mode="greedy", max_new_tokens=ANSWER_LEN, progress=False, table_rows=0,
-                          rouge_threshold=0.0, alignment="span")
+                          rouge_threshold=0.0, accuracy_threshold=0.0, alignment="span")
     request = PromptRequest(lengths=[32], depths=[0.5])
     run = lambda: study.language_study(  # noqa: E731
         model, tok, "tiny", None, ["xx", "yy"], tmp_path, config, request, transitions=[("xx", "yy")], top_k=5

@@ -107,7 +107,7 @@ def test_transition_scores_do_not_depend_on_batch_size(tmp_path, mode):
     runs = []
     for bs in (1, 4):
         cfg = DetectConfig(kind="transition", alignment="span", mode=mode, max_new_tokens=ANSWER_LEN,
-                           batch_size=bs, progress=False, table_rows=0, heatmap=False, rouge_threshold=0.0)
+                           batch_size=bs, progress=False, table_rows=0, heatmap=False, rouge_threshold=0.0, accuracy_threshold=0.0)
         runs.append(detect(model, tok, prompts, cfg, tmp_path / f"{mode}{bs}").scores)
     assert torch.equal(runs[0], runs[1])
 

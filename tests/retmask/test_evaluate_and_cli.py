@@ -86,7 +86,7 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     r = runner.invoke(retmask_app, ["pairs", "--model", str(path), "--heads", str(tmp_path / "head_scores.json"),
                                     "--top-k", "1", "--prompts", str(prompts), "--out", str(tmp_path / "p.jsonl"),
                                     "--max-new-tokens", "5", "--independent-seeds", "--batch-size", "4"])
-    assert r.exit_code == 1 and "--heads (masked)" in r.output and "Traceback" not in r.output  # other heads: refused
+    assert r.exit_code == 2 and "--heads (masked)" in r.output and "Traceback" not in r.output  # other heads: refused
     assert (tmp_path / "p.jsonl").read_text() == before  # and the finished pairs are kept
 
     from headatlas.cli import app  # the whole CLI: quiet libraries unless --verbose

@@ -18,73 +18,45 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..detect.config import DetectConfig
+from ..config import ModelConfig, OutConfig
+from ..detect.config import DetectConfig, DetectGrid
 from .errors import refuse
-from .options import GridOptions, ModelOptions, option
+from .options import from_config
 
 
-def detect_command(
-    model: str = option(ModelOptions, "model", default=...),
-    out: Path = typer.Option(..., "--out", help="Output directory (resumed when it holds the same run)."),
-    kind: str = option(DetectConfig, "kind"),
-    source_lang: str | None = typer.Option(None, "--source-lang", help="Transition: language of the needle (and haystack)."),
-    target_lang: str | None = typer.Option(None, "--target-lang", help="Transition: language the answer is asked in."),
-    alignment: str = option(DetectConfig, "alignment"),
-    lexicon: str | None = option(DetectConfig, "lexicon"),
-    per_cell: int = option(GridOptions, "per_cell", default=3, min=1),
-    mode: str = option(DetectConfig, "mode"),
-    lengths: str | None = option(GridOptions, "lengths", default=None),  # None: default_lengths(window)
-    depths: str = option(GridOptions, "depths", default="10"),
-    needles: str | None = option(GridOptions, "needles"),
-    haystack: str | None = option(GridOptions, "haystack"),
-    lang: str = typer.Option("en", "--lang", help="Language of the haystack and needles."),
-    chat_template: bool = option(GridOptions, "chat_template"),
-    batch_size: str = option(DetectConfig, "batch_size"),
-    share_prefix: bool = option(DetectConfig, "share_prefix", "--share-prefix/--no-share-prefix"),
-    dedup: bool = option(DetectConfig, "dedup"),
-    max_new_tokens: int = option(DetectConfig, "max_new_tokens", min=1),
-    rouge_threshold: float = option(DetectConfig, "rouge_threshold"),
-    seed: int = option(DetectConfig, "seed"),
-    table_rows: int = option(DetectConfig, "table_rows", min=0),
-    device: str | None = option(ModelOptions, "device"),
-    device_map: str | None = option(ModelOptions, "device_map"),
-    dtype: str = option(ModelOptions, "dtype"),
-    attn_implementation: str | None = option(ModelOptions, "attn_implementation"),
-    progress: bool = option(DetectConfig, "progress", "--progress/--no-progress"),
-) -> None:
+@from_config(model=ModelConfig, grid=DetectGrid, config=DetectConfig, run=OutConfig)
+def detect_command(model: ModelConfig, grid: DetectGrid, config: DetectConfig, run: OutConfig) -> None:
     """Detect retrieval heads: the retrieval score of every head over a needle-in-a-haystack grid."""
     from ..detect import DetectionError, NoRetrievalError, PromptError, detect
     from ..model_spec import load_model
     from ..niah import parse_depths, parse_lengths
     from ..prompt_sources import PromptRequest, build_prompts
 
-    console = Console(stderr=True)
+    console, out = Console(stderr=True, soft_wrap=True), Path(run.out)
     try:
-        config = DetectConfig(
-            kind=kind, alignment=alignment, lexicon=lexicon,
-            mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
-            batch_size=batch_size, share_prefix=share_prefix, seed=seed, table_rows=table_rows, progress=progress,
-        )
         request = PromptRequest(
-            lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,
-            source_lang=source_lang, target_lang=target_lang, needles=needles, haystack=haystack,
-            chat_template=chat_template, per_cell=per_cell, seed=seed,
+            lengths=parse_lengths(grid.lengths) if grid.lengths else None, depths=parse_depths(grid.depths),
+            kind=config.kind, lang=grid.lang, source_lang=grid.source_lang, target_lang=grid.target_lang,
+            needles=grid.needles, haystack=grid.haystack, chat_template=grid.chat_template, per_cell=grid.per_cell,
+            seed=config.seed,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
 
+    device = model.device
     if device is None and "LOCAL_RANK" in os.environ:  # torchrun / accelerate launch: one GPU per rank
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{os.environ['LOCAL_RANK']}"
-    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation,
-                                         device_map=device_map)
+    loaded, tokenizer, spec = load_model(model.model, dtype=model.dtype, device=device,
+                                         attn_implementation=model.attn_implementation, device_map=model.device_map)
     try:
-        prompts = build_prompts(model, tokenizer, spec.max_positions, request)
-        console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {kind} score on "
+        prompts = build_prompts(model.model, tokenizer, spec.max_positions, request)
+        console.print(f"[bold]{model.model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {config.kind} score on "
                       f"{len(prompts)} prompts ({len(request.lengths)} lengths x {len(request.depths)} depths)")
-        scores = detect(loaded, tokenizer, prompts, config, out, console=console)
+        scores = detect(loaded, tokenizer, prompts, config, out, console=console,
+                        results=Console(soft_wrap=True))  # the table to stdout, progress to stderr
     except NoRetrievalError:
         console.print("[bold red]detect failed: no prompt passed the retrieval filter (see above)[/]")
         raise typer.Exit(1) from None

@@ -52,6 +52,8 @@ def one_line_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except typer.BadParameter as err:  # raised by the command's own checks: one line too
+            raise refuse(command, err.format_message()) from None
         except Exception as err:  # noqa: BLE001 - re-raised unless it is an input error
             if isinstance(err, refused_errors()):
                 raise refuse(command, str(err)) from None

@@ -5,19 +5,18 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .options import ModelOptions, option
+from ..config import ModelConfig
+from .options import from_config
 
 
-def info_command(
-    model: str = option(ModelOptions, "model"),
-    device: str = option(ModelOptions, "device", default="cpu"),
-    dtype: str = option(ModelOptions, "dtype"),
-) -> None:
+@from_config(model=ModelConfig)
+def info_command(model: ModelConfig) -> None:
     """Load a model and show its heads, context window, EOS tokens and chat template."""
     from ..model_spec import eos_token_ids, load_model
 
-    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device)
-    table = Table(title=f"{model}")
+    loaded, tokenizer, spec = load_model(model.model, dtype=model.dtype, device=model.device or "cpu",
+                                         device_map=model.device_map, attn_implementation=model.attn_implementation)
+    table = Table(title=f"{model.model}")
     table.add_column("property")
     table.add_column("value")
     for key, value in spec.describe().items():

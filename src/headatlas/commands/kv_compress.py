@@ -10,53 +10,22 @@ Rerunning the same command resumes from ``journal.jsonl``; see docs/kv-compressi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
-from ..runs import HeadRunConfig
+from ..kvcache.experiment import KVCompressConfig
 from .errors import refusing
-from .options import GridOptions, ModelOptions, option
+from .options import PROGRESS, from_config
 
 
-def kv_compress_command(
-    model: str = option(ModelOptions, "model", default=...),
-    device: str | None = option(ModelOptions, "device"),
-    dtype: str = option(ModelOptions, "dtype"),
-    heads: Path = option(HeadRunConfig, "heads", exists=True, dir_okay=False),
-    out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
-    top_k: int | None = option(HeadRunConfig, "top_k", min=1),
-    budgets: str = typer.Option("1,2,4,8", "--budgets", help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8'."),
-    per_layer: bool = typer.Option(False, "--per-layer", help="--budgets count KV heads per layer (1 .. n_kv-1) instead of in total."),
-    aggregate: str = typer.Option("max", "--aggregate", help="Score of a KV head for the budgets: max | mean of its query heads."),
-    sink: int = typer.Option(4, "--sink", min=0, help="Attention-sink tokens every streaming KV head keeps."),
-    window: int = typer.Option(64, "--window", min=1, help="Recent tokens every streaming KV head keeps."),
-    lengths: str = option(GridOptions, "lengths", default="1024,1536,2000"),
-    depths: str = option(GridOptions, "depths"),
-    per_cell: int = option(GridOptions, "per_cell", min=1),
-    random_seeds: int = option(HeadRunConfig, "random_seeds", min=0),
-    seed: int = option(HeadRunConfig, "seed"),
-    max_new_tokens: int = option(HeadRunConfig, "max_new_tokens", min=1),
-    prefill_chunk: int = typer.Option(256, "--prefill-chunk", min=1, help="Prompt tokens per prefill forward."),
-    overwrite: bool = option(HeadRunConfig, "overwrite"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-) -> None:
+@from_config(config=KVCompressConfig)
+def kv_compress_command(config: KVCompressConfig, progress: bool = PROGRESS) -> None:
     """Keep the KV heads holding the retrieval heads whole, stream the rest (sink + window): accuracy vs KV memory."""
-    from ..kvcache.experiment import FIGURE_FILE, RESULT_FILE, KVCompressConfig, run_kv_compress
-    from ..niah.prompts import parse_depths, parse_lengths
+    from ..kvcache.experiment import FIGURE_FILE, RESULT_FILE, run_kv_compress
 
-    with refusing():
-        config = KVCompressConfig(
-            model=model, heads=str(heads), out=str(out), top_k=top_k,
-            budgets=[int(b) for b in budgets.split(",") if b.strip()], aggregate=aggregate, per_layer=per_layer, sink=sink,
-            window=window, lengths=parse_lengths(lengths), depths=parse_depths(depths), per_cell=per_cell,
-            random_seeds=random_seeds, seed=seed, max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk,
-            device=device, dtype=dtype, overwrite=overwrite,
-        )  # fmt: skip
     with refusing("kv-compress"):
         result = run_kv_compress(config, progress=progress)
     for row in result["conditions"]:
         typer.echo(f"{row['name']:<22} acc {row['accuracy']:.3f}  KV {row['kv_bytes'] / 2**20:8.2f} MiB "
                    f"({100 * row['kv_share']:5.1f} %)")
-    Console(stderr=True).print(f"wrote {out / RESULT_FILE}, {out / FIGURE_FILE}")
+    Console(stderr=True, soft_wrap=True).print(f"wrote {config.out}/{RESULT_FILE}, {config.out}/{FIGURE_FILE}")

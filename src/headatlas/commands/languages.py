@@ -9,62 +9,39 @@ Re-running the same command resumes every unfinished detection run.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
-from ..detect.config import DetectConfig
+from ..config import ModelConfig
+from ..multilingual.config import LanguagesConfig
 from .errors import refusing
-from .options import GridOptions, ModelOptions, option
+from .options import from_config
 
 
-def _pairs(text: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        if ":" not in item:
-            raise typer.BadParameter(f"transition {item!r} must be SOURCE:TARGET, e.g. en:de")
-        src, tgt = item.split(":", 1)
-        pairs.append((src, tgt))
-    return pairs
-
-
-def languages_command(
-    model: str = option(ModelOptions, "model"),
-    langs: str = typer.Option("en,de,zh,sw", "--langs", help="Comma-separated languages."),
-    out: Path = typer.Option(..., "--out", help="Output directory (resumed when re-run)."),
-    transitions: str = typer.Option("", "--transitions", help="SOURCE:TARGET pairs for retrieval-transition heads, e.g. en:de,en:zh."),
-    mode: str = option(DetectConfig, "mode", default="teacher"),
-    lengths: str = option(GridOptions, "lengths", default="128,256,512,1024"),
-    depths: str = option(GridOptions, "depths"),
-    per_cell: int = option(GridOptions, "per_cell", min=1),
-    top_k: int = typer.Option(20, "--top-k", min=1, help="K of the top-K sets compared across languages."),
-    haystack: str | None = option(GridOptions, "haystack"),
-    alignment: str = option(DetectConfig, "alignment"),
-    batch_size: int = option(GridOptions, "batch_size", default=4, min=1),
-    chat_template: bool = option(GridOptions, "chat_template"),
-    device: str | None = option(ModelOptions, "device"),
-    device_map: str | None = option(ModelOptions, "device_map"),
-    dtype: str = option(ModelOptions, "dtype"),
-    seed: int = option(GridOptions, "seed"),
-) -> None:
+@from_config(model=ModelConfig, config=LanguagesConfig)
+def languages_command(model: ModelConfig, config: LanguagesConfig) -> None:
     """Retrieval heads per language, their overlap, and retrieval-transition heads vs retrieval heads."""
+    from pathlib import Path
+
+    from ..detect.config import DetectConfig
     from ..model_spec import load_model
     from ..multilingual.study import language_study
     from ..niah import parse_depths, parse_lengths
     from ..prompt_sources import PromptRequest
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
+    out = Path(config.out)
     with refusing():
-        config = DetectConfig(mode=mode, batch_size=batch_size, seed=seed, alignment=alignment, table_rows=10)
-        request = PromptRequest(lengths=parse_lengths(lengths), depths=parse_depths(depths), haystack=haystack,
-                                chat_template=chat_template, per_cell=per_cell, seed=seed)
-        pairs = _pairs(transitions)
-    loaded, tokenizer, spec = load_model(model, dtype=dtype, device=device, device_map=device_map)
-    lang_list = [x.strip() for x in langs.split(",") if x.strip()]
+        detect = DetectConfig(mode=config.mode, batch_size=config.batch_size, seed=config.seed,
+                              alignment=config.alignment, table_rows=10)
+        request = PromptRequest(lengths=parse_lengths(config.lengths), depths=parse_depths(config.depths),
+                                haystack=config.haystack, needles=config.needles, chat_template=config.chat_template,
+                                per_cell=config.per_cell, seed=config.seed)
+    loaded, tokenizer, spec = load_model(model.model, dtype=model.dtype, device=model.device,
+                                         device_map=model.device_map, attn_implementation=model.attn_implementation)
     with refusing("languages"):  # prompts that cannot be built (a length past the window, no chat template, ...)
-        result = language_study(loaded, tokenizer, model, spec.max_positions, lang_list, out, config, request,
-                                transitions=pairs, top_k=top_k, console=console)
-    console.print((out / "summary.md").read_text())
+        result = language_study(loaded, tokenizer, model.model, spec.max_positions, config.langs, out, detect,
+                                request, transitions=config.transitions, top_k=config.top_k, console=console)
+    typer.echo((out / "summary.md").read_text())
     if result["failed"]:
         console.print(f"[yellow]some runs found no retrieval: {sorted(result['failed'])}[/]")

@@ -1,84 +1,35 @@
-"""Config is the CLI: a command's options are made from its config dataclass's fields (the TRL way).
+"""Config is the CLI: every option of a command is generated from a field of its config dataclasses.
 
-Each setting is written once, as a dataclass field with ``metadata={"help": ...}``; :func:`option`
-turns it into a ``typer.Option`` with the field's default and help, so a command reads::
+A setting is declared once, as a field made with :func:`headatlas.config.setting` (help, default,
+bounds, parser). :func:`from_config` builds a command's options from the fields of the configs it
+takes and hands the command the configs, built and checked::
 
-    mode: str = option(DetectConfig, "mode")
+    @from_config(config=NiahEvalConfig)
+    def niah_eval_command(config: NiahEvalConfig, progress: bool = PROGRESS) -> None: ...
 
-The options several commands share are written once too, as :class:`ModelOptions`,
-:class:`MaskingOptions` and :class:`GridOptions`. :func:`config_parameters` makes the
-parameters of every field of a config, for a command that takes them all (``organism train``).
+A new option is a new field with help in the config; a new command is a function decorated with the
+configs it takes (its own parameters, such as ``progress``, stay typer parameters). A field without
+help is Python-only. A setting that fails its config's checks is refused as a usage error (exit 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Union
 
 import typer
 
-_FROM_FIELD: Any = object()
+from ..config import check_bounds, flag_of
+from .errors import refuse
 
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
 
-@dataclass
-class ModelOptions:
-    """Which model, and how it is loaded (every command that loads a model)."""
-
-    model: str = field(default="organism", metadata={"help": "Hub id, local checkpoint, or a built-in name (organism)."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu ... (default: CUDA when available)."})
-    device_map: str | None = field(default=None, metadata={
-        "help": "auto: split a model larger than one GPU over the GPUs and CPU (accelerate); replaces --device."})
-    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16."})
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention backend: sdpa (default), eager, flash_attention_2."}
-    )
-
-
-@dataclass
-class MaskingOptions:
-    """Which heads are masked and how (niah-eval, compare)."""
-
-    heads: list[str] = field(
-        default_factory=list, metadata={"help": "A head set NAME=head_scores.json (repeat for several)."}
-    )
-    top_k: int | None = field(
-        default=None, metadata={"help": "Heads masked per set, and per random control (default: 5 % of the model's heads)."}
-    )
-    mode: str = field(default="zero", metadata={"help": "zero | mean | uniform."})
-    means: str | None = field(default=None, metadata={"help": "Per-head mean outputs (.pt/.safetensors) for --mode mean."})
-    random_seeds: int = field(default=0, metadata={"help": "Random controls (seeds 0..n-1), drawn outside every set."})
-    layer_matched: bool = field(
-        default=False, metadata={"help": "Random controls follow each set's per-layer head counts."}
-    )
-
-
-@dataclass
-class GridOptions:
-    """The needle-in-a-haystack grid (detect, languages, niah-eval)."""
-
-    lengths: str = field(default="256,512,1024", metadata={"help": "Context lengths: 'start:stop:count' or '256,512'."})
-    depths: str = field(default="5", metadata={"help": "Needle depths: a count (ends included) or '0,0.5,1'."})
-    per_cell: int = field(default=2, metadata={"help": "Built-in model: prompts per length x depth cell."})
-    haystack: str | None = field(
-        default=None,
-        metadata={"help": "A built-in language, folder, file, dataset:NAME[:CONFIG] or organism (default: "
-                          "organism for the built-in model, else the needles' language)."},
-    )
-    needles: str | None = field(default=None, metadata={"help": "Needles JSONL (default: the built-in ones)."})
-    chat_template: bool = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template."})
-    batch_size: int = field(default=1, metadata={"help": "Prompts per forward (results do not depend on it)."})
-    seed: int = field(default=0, metadata={"help": "Seed (recorded in the outputs)."})
-
-
-def config_field(config: type, name: str) -> dataclasses.Field:
-    """The dataclass field ``name`` of ``config`` (a KeyError names the config when there is none)."""
-    found = next((f for f in dataclasses.fields(config) if f.name == name), None)
-    if found is None:
-        raise KeyError(f"{config.__name__} has no field {name!r}")
-    return found
+_SIMPLE = (int, float, str, bool)
 
 
 def field_default(f: dataclasses.Field) -> Any:
@@ -90,18 +41,106 @@ def field_default(f: dataclasses.Field) -> Any:
     return ...
 
 
-def option(config: type, name: str, *flags: str, default: Any = _FROM_FIELD, **kwargs: Any) -> Any:
-    """A ``typer.Option`` for field ``name`` of dataclass ``config``: its default, its help, ``--name-like-this``.
+def _cli_type(hint: Any, meta: typing.Mapping[str, Any]) -> tuple[Any, bool]:
+    """The type typer parses a field as, and whether it may be absent (None)."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (Union, types.UnionType) and type(None) in args
+    inner = [a for a in args if a is not type(None)] if optional else [hint]
+    base = inner[0] if len(inner) == 1 else str
+    if meta.get("repeat"):
+        return list[str], optional
+    if meta.get("parse") is not None or base not in _SIMPLE:
+        return str, optional
+    return base, optional
 
-    ``default`` overrides the field's (a command whose own default differs); ``flags`` the option names;
-    other keywords go to ``typer.Option`` (``min=1``, ``exists=True``...).
-    """
-    f = config_field(config, name)
-    if "help" not in f.metadata:
-        raise ValueError(f"{config.__name__}.{name} has no help metadata: add field(metadata={{'help': ...}})")
-    value = field_default(f) if default is _FROM_FIELD else default
-    names = flags or ("--" + name.replace("_", "-"),)
-    return typer.Option(value, *names, help=f.metadata["help"], **kwargs)
+
+def _cli_default(value: Any, meta: typing.Mapping[str, Any]) -> Any:
+    if meta.get("repeat"):
+        return [] if value in (None, ...) else [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) \
+            else list(value)
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return value
+
+
+def option_parameter(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    """The keyword parameter (with its ``typer.Option``) of config field ``f``."""
+    meta = f.metadata
+    kind, optional = _cli_type(hint, meta)
+    default = _cli_default(field_default(f), meta)
+    dash = f.name.replace("_", "-")
+    names = meta.get("flags") or ((f"--{dash}/--no-{dash}",) if kind is bool and default is True else (f"--{dash}",))
+    opt = typer.Option(default, *names, help=meta["help"])  # bounds: checked by build_config, one refusal path
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                             annotation=kind | None if optional or default is None else kind)
+
+
+def config_options(*configs: type) -> dict[str, tuple[inspect.Parameter, dataclasses.Field]]:
+    """Every option of ``configs`` by field name (a field several configs share is one option)."""
+    out: dict[str, tuple[inspect.Parameter, dataclasses.Field]] = {}
+    for config in configs:
+        hints = typing.get_type_hints(config)
+        for f in dataclasses.fields(config):
+            if f.metadata.get("help") and f.name not in out:
+                out[f.name] = (option_parameter(f, hints[f.name]), f)
+    return out
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def build_config(config: type, values: typing.Mapping[str, Any]) -> Any:
+    """``config`` from option values (each parsed by its field's ``parse``), bounds checked first."""
+    check_bounds(config, values)
+    given = {}
+    for f in dataclasses.fields(config):
+        if f.name not in values:
+            continue
+        value, parse = values[f.name], f.metadata.get("parse")
+        try:
+            given[f.name] = parse(value) if parse is not None and value is not None else value
+        except ValueError as err:  # name the option and the value unless the parser did
+            flag = flag_of(f)
+            raise ValueError(str(err) if str(err).startswith(flag) else f"{flag} {_shown(value)}: {err}") from None
+    return config(**given)
+
+
+def from_config(**configs: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Generate a command's options from ``configs`` (parameter name -> config class); see the module docs."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        name = func.__name__.removesuffix("_command").replace("_", "-")
+        own = [p for n, p in inspect.signature(func).parameters.items() if n not in configs]
+        generated = config_options(*configs.values())
+        for p in own:
+            generated.pop(p.name, None)  # a command's own parameter of the same name feeds the config
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            values = {**kwargs, **{field: kwargs.pop(field) for field in generated}}
+            try:
+                built = {param: build_config(config, values) for param, config in configs.items()}
+            except (ValueError, FileNotFoundError) as err:  # one line: COMMAND: --option VALUE: what is accepted
+                raise refuse(name, str(err)) from None
+            return func(**built, **kwargs)
+
+        required = sorted(generated.values(), key=lambda pf: pf[0].default.default is not ...)
+        params = [p for p, _ in required] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}  # what typer validates against
+        command.configs = configs  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def option(config: type, name: str, *flags: str, default: Any = ..., **kwargs: Any) -> Any:
+    """A ``typer.Option`` for field ``name`` of ``config`` (its default unless ``default``, its help), for a
+    command not yet generated by :func:`from_config` (``retmask``)."""
+    f = next(f for f in dataclasses.fields(config) if f.name == name)
+    value = field_default(f) if default is ... else default
+    return typer.Option(value, *(flags or ("--" + name.replace("_", "-"),)), help=f.metadata["help"], **kwargs)
 
 
 def config_parameters(config: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
@@ -114,7 +153,7 @@ def config_parameters(config: type, *, skip: tuple[str, ...] = ()) -> list[inspe
     params = []
     for f in dataclasses.fields(config):
         kind = hints[f.name]
-        if f.name in skip or kind not in (int, float, str, bool):
+        if f.name in skip or kind not in _SIMPLE:
             continue
         text = f.metadata.get("help", "")
         text = f"{text[:1].upper()}{text[1:]} [default: {field_default(f)}]"

@@ -82,16 +82,18 @@ organism_app.command("train")(train_command)
 
 @organism_app.command("measure")
 def measure_command(
-    model: str | None = typer.Option(None, "--model", help="Checkpoint directory (default: the built-in organism)."),
+    model: str = typer.Option(..., "--model", "-m", help="The built-in name (organism) or a checkpoint directory "
+                              "trained like it."),
     out: Path = typer.Option(Path("runs/organism-measure.json"), "--out", help="The report JSON to write."),
     n_per_task: int = typer.Option(160, "--n-per-task", min=1, help="Held-out examples per task."),
     n_detect: int = typer.Option(80, "--n-detect", min=1, help="Prompts of the retrieval-score detection."),
 ) -> None:
     """Accuracy per task, retrieval and transition heads, and masking effects of a checkpoint (the model card)."""
+    from ..model_spec import resolve_model_path
     from ..organism.measure import measure, summary_lines
     from ..runs import atomic_write_text
 
-    report = measure(model, n_per_task, n_detect)
+    report = measure(resolve_model_path(model), n_per_task, n_detect)
     atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     for line in summary_lines(report):
         typer.echo(line)

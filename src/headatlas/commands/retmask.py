@@ -13,17 +13,19 @@ from typing import Annotated
 
 import typer
 
+from ..config import ModelConfig
 from ..retmask.evaluate import RetMaskEvalConfig
 from ..retmask.pairs import PairConfig
 from ..retmask.train import RetMaskTrainConfig
-from .options import ModelOptions, config_field, option
+from .errors import refuse
+from .options import option
 
 retmask_app = typer.Typer(
     help="RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones.",
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help=config_field(ModelOptions, "model").metadata["help"])]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=ModelConfig.__dataclass_fields__["model"].metadata["help"])]
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="head_scores.json written by detect.", exists=True)]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads (default: 5 % of all heads).")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Mask heads scoring above T (paper: 0.1).")]
@@ -116,8 +118,7 @@ def pairs(
     try:
         stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)
     except ResumeMismatchError as err:  # the journal at --out holds other heads, settings or weights
-        typer.secho(f"retmask pairs: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+        raise refuse("retmask pairs", str(err)) from None
     typer.echo(
         f"{stats.n_pairs} pairs from {stats.n_prompts} prompts ({stats.n_resumed} resumed); "
         f"dropped {stats.n_dropped}: {json.dumps(stats.dropped)} -> {out}"

@@ -5,6 +5,11 @@ the built-in model lives in :mod:`headatlas.organism.conflict` and is
 reached through the command layer (``headatlas decore --task conflict``).
 """
 
-from .decoding import DecoreOutput, DecoreSettings, contrast, decore_generate
+from ..lazy import exports, lazy_exports
 
-__all__ = ["DecoreOutput", "DecoreSettings", "contrast", "decore_generate"]
+_EXPORTS = exports({
+    ".decoding": "DecoreOutput DecoreSettings contrast decore_generate",
+})
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

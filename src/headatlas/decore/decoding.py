@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from ..config import ANSWER_TOKENS
 from ..generation import DecodeState, StopTokens, decode_step, generate, left_pad, prefill_but_last
 from ..heads import Head, check_heads
 from ..masking import MaskMode, masked_heads
@@ -109,7 +110,7 @@ def decore_generate(
     model: PreTrainedModel, tokenizer: Any, prompts: Iterable[str | Sequence[int]],
     heads: Iterable[Head | tuple[int, int]], alpha: float = 0.5, dynamic: bool = False, *, normalise: bool = False,
     cap: float | None = None, mode: MaskMode = "uniform", masked_prefill: bool = False, sample: bool = False,
-    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 32, stop_strings: Sequence[str] = (),
+    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = ANSWER_TOKENS, stop_strings: Sequence[str] = (),
     stop_on_newline: bool = True, keep_logits: bool = False,
 ) -> list[DecoreOutput]:
     """DeCoRe answers for ``prompts`` (strings, tokenized with the tokenizer's special tokens, or token ids).

@@ -8,11 +8,15 @@ the context's value (faithful) and to the memorised one, with bootstrap 95 % int
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..runs import HeadCondition, HeadRunConfig, track
+from ..config import setting, split_list
+from ..head_run import HeadCondition, HeadRunConfig
+from ..runs import track
 
 RESULT_FILE = "decore.json"
 FIGURE_FILE = "decore.png"
@@ -20,19 +24,23 @@ FIGURE_FILE = "decore.png"
 
 @dataclass(kw_only=True)
 class DecoreRunConfig(HeadRunConfig):
-    """Settings of one ``decore`` run (all recorded in the result)."""
+    """Settings of one ``decore`` run (all recorded in the result); ``source`` is set from --task/--prompts."""
 
-    source: str  # "task:conflict" or a prompts file
-    alphas: list[float] = field(default_factory=lambda: [1.0])
-    dynamic: bool = False
-    normalise: bool = False
-    cap: float | None = None
-    mode: str = "uniform"
-    masked_prefill: bool = False
+    source: str = ""  # "task:conflict" or a prompts file
+    alphas: list[float] = setting(help="Fixed contrast strength a; a comma list runs each.", factory=lambda: [1.0],
+                                  flags=("--alpha",), parse=partial(split_list, kind=float))
+    dynamic: bool = setting(False, "a = entropy of p_base (DeCoRe's dynamic rule) instead of --alpha.")
+    normalise: bool = setting(False, "With --dynamic: divide the entropy by log |V|.")
+    cap: float | None = setting(None, "With --dynamic: cap a at this value.", min=0, min_open=True)
+    mode: str = setting("uniform", "Masking operator of the contrast stream: uniform | zero.")
+    masked_prefill: bool = setting(False, "Prefill the masked stream masked too (DeCoRe: unmasked).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in ("uniform", "zero"):
             raise ValueError("--mode must be uniform or zero")
+        if not all(math.isfinite(a) for a in self.alphas):
+            raise ValueError(f"--alpha must be finite numbers, got {self.alphas}")
 
 
 @dataclass
@@ -68,7 +76,8 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
     if not items:
         raise ValueError("no prompts to decode")
     scores = HeadScores.load(config.heads)
-    model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
+    model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device, device_map=config.device_map,
+                                        attn_implementation=config.attn_implementation)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
     conds = conditions(config, scores, spec.n_layers, spec.n_heads)
     top = next(c.heads for c in conds if c.kind == "retrieval")

@@ -4,27 +4,19 @@ The entry point is :func:`detect` (an example in its docstring); see ``docs/dete
 score, the two modes and the files a run writes.
 """
 
-from ..generation import StopTokens
-from .config import DetectConfig
-from .events import copy_event_mask, copy_events, mean_head_scores, prompt_scores
-from .greedy import greedy_batch
-from .inputs import PromptError, PromptItem, prompt_item
-from .plots import plot_heatmap
-from .runner import (
-    DetectionError,
-    IncompleteRunError,
-    NoRetrievalError,
-    ResumeMismatchError,
-    detect,
-    merge_shards,
-    resolve_shard,
-    scores_from_samples,
-)
-from .teacher import teacher_batch
+from ..lazy import exports, lazy_exports
 
-__all__ = [
-    "DetectConfig", "DetectionError", "IncompleteRunError", "NoRetrievalError", "PromptError", "PromptItem",
-    "ResumeMismatchError", "StopTokens", "copy_event_mask", "copy_events", "detect", "greedy_batch",
-    "mean_head_scores", "merge_shards", "plot_heatmap", "prompt_item", "prompt_scores", "resolve_shard",
-    "scores_from_samples", "teacher_batch",
-]
+_EXPORTS = exports({
+    ".config": "DetectConfig",
+    ".runner": "DetectionError IncompleteRunError NoRetrievalError ResumeMismatchError detect merge_shards "
+    "resolve_shard scores_from_samples",
+    ".inputs": "PromptError PromptItem prompt_item",
+    "..generation": "StopTokens",
+    ".events": "copy_event_mask copy_events mean_head_scores prompt_scores",
+    ".greedy": "greedy_batch",
+    ".plots": "plot_heatmap",
+    ".teacher": "teacher_batch",
+})
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

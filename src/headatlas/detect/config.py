@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import GridConfig, check_lang, like, setting
+
 MODES = ("greedy", "teacher")
 KINDS = ("retrieval", "transition")
 ALIGNMENTS = ("lexicon", "span", "counterfactual")
@@ -22,7 +24,7 @@ ALIGNMENTS = ("lexicon", "span", "counterfactual")
 class DetectConfig:
     """How retrieval heads are detected.
 
-    Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold``, ``dedup``,
+    Scoring: ``mode``, ``max_new_tokens``, ``rouge_threshold`` (greedy), ``accuracy_threshold`` (teacher), ``dedup``,
     ``stop_on_newline``. Running: ``batch_size``, ``share_prefix``, ``seed``, ``progress``.
     Output: ``table_rows``, ``heatmap``. The scoring fields and the seed
     form the run's fingerprint: resuming with different values raises.
@@ -52,13 +54,14 @@ class DetectConfig:
         default="greedy",
         metadata={"help": "greedy: score the model's own greedy answer; teacher: one forward over prompt + answer."},
     )
-    max_new_tokens: int = field(default=50, metadata={"help": "Greedy mode: most tokens decoded per prompt."})
+    max_new_tokens: int = field(default=50, metadata={"min": 1, "help": "Greedy mode: most tokens decoded per prompt."})
     rouge_threshold: float = field(
         default=0.5,
-        metadata={
-            "help": "A prompt counts when its ROUGE-1 recall (greedy) or answer token accuracy (teacher) is "
-            "strictly above this (the paper: 0.5)."
-        },
+        metadata={"help": "Greedy mode: a prompt counts when its ROUGE-1 recall is strictly above this (the paper: 0.5)."},
+    )
+    accuracy_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Teacher mode: a prompt counts when its answer token accuracy is strictly above this."},
     )
     dedup: bool = field(
         default=False,
@@ -73,22 +76,22 @@ class DetectConfig:
     )
     batch_size: int | str = field(
         default="auto",
-        metadata={
+        metadata={"resume": True,
             "help": "Prompts per forward, or auto: as many as the GPU's free memory holds (1 on CPU); the run "
             "records the number used. Results do not depend on it."
         },
     )
     share_prefix: bool = field(
         default=True,
-        metadata={
+        metadata={"resume": True,
             "help": "Run the token prefix that prompts of one haystack share once per group and only the rest "
             "per prompt (same scores; models with plain full-attention caches)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed set before the run (decoding is greedy; recorded)."})
-    table_rows: int = field(default=20, metadata={"help": "Rows of the top-heads table printed at the end (0: none)."})
-    heatmap: bool = field(default=True, metadata={"help": "Write heatmap.png (layer x head)."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA."})
+    table_rows: int = field(default=20, metadata={"resume": True, "min": 0, "help": "Rows of the top-heads table printed at the end (0: none)."})
+    heatmap: bool = field(default=True, metadata={"resume": True, "help": "Write heatmap.png (layer x head)."})
+    progress: bool = field(default=True, metadata={"resume": True, "help": "Show a progress bar with ETA."})
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -99,8 +102,9 @@ class DetectConfig:
             raise ValueError(f"mode must be 'greedy' or 'teacher', got {self.mode!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0.0 <= self.rouge_threshold < 1.0:
-            raise ValueError(f"rouge_threshold must be in [0, 1) (a prompt counts when strictly above), got {self.rouge_threshold}")
+        for name in ("rouge_threshold", "accuracy_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (a prompt counts when strictly above), got {getattr(self, name)}")
         if isinstance(self.batch_size, str) and self.batch_size.isdigit():
             self.batch_size = int(self.batch_size)
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
@@ -110,7 +114,27 @@ class DetectConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change results (batch size, progress and output options do not)."""
-        keys = ("kind", "mode", "rouge_threshold", "dedup", "seed")
+        keys = ("kind", "mode", "dedup", "seed")
         keys += ("alignment", "lexicon") if self.kind == "transition" else ()
-        keys += ("max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ()
+        keys += ("rouge_threshold", "max_new_tokens", "stop_on_newline") if self.mode == "greedy" else ("accuracy_threshold",)
         return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(kw_only=True)
+class DetectGrid(GridConfig):
+    """The prompts of a detection run: the grid, and the languages of a retrieval or transition run."""
+
+    lengths: str | None = like(GridConfig, "lengths", None, help="Context lengths: 'start:stop:count' or "
+                               "'256,512' (default: 8 lengths up to 0.9 x the model's window, at most 8000).")
+    depths: str = like(GridConfig, "depths", "10")
+    per_cell: int = like(GridConfig, "per_cell", 3)
+    lang: str = setting("en", "Language of the haystack and needles.", kind="lang")
+    source_lang: str | None = setting(None, "Transition: language of the needle (and haystack).", kind="lang")
+    target_lang: str | None = setting(None, "Transition: language the answer is asked in.", kind="lang")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.haystack is None and self.needles is None:
+            check_lang("--lang", [self.lang])
+            check_lang("--source-lang", [self.source_lang] if self.source_lang else [])
+            check_lang("--target-lang", [self.target_lang] if self.target_lang else [])

@@ -186,7 +186,7 @@ def _score_batch(
             response = tokenizer.decode(out_t.predictions[b, :n].tolist(), skip_special_tokens=True).strip()
             acc = float(accuracy[b])
             records.append({"response": response, "rouge": round(rouge1_recall(response, reference, ref_lang), 6),
-                            "token_accuracy": round(acc, 6), "counted": acc > config.rouge_threshold, "n_scored": n,
+                            "token_accuracy": round(acc, 6), "counted": acc > config.accuracy_threshold, "n_scored": n,
                             "denominator": n, "events": _events_dict(out_t.counts[b])})
     return [
         {"prompt_id": it.prompt_id, "length": it.length, "n_tokens": len(it.input_ids), "depth": it.depth,
@@ -225,6 +225,7 @@ def detect(
     shard: tuple[int, int] | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     console: Console | None = None,
+    results: Console | None = None,
 ) -> HeadScores | None:
     """Score every head of ``model`` on ``prompts`` and write the run's files to ``out_dir``.
 
@@ -235,7 +236,8 @@ def detect(
     with gloo under torchrun when none exists) rank 0 merges after a barrier
     and every rank returns the scores; a shard without a process group returns
     ``None`` and :func:`merge_shards` (or a rerun without ``shard``) merges.
-    ``on_sample`` is called with each finished sample record.
+    ``on_sample`` is called with each finished sample record. Progress goes to ``console``, the
+    top-heads table to ``results`` (default: ``console``).
 
     Raises :class:`NoRetrievalError` when no prompt passed the filter.
 
@@ -290,7 +292,8 @@ def detect(
                 if on_sample is not None:
                     on_sample(rec)
 
-    merge = partial(merge_shards, out, console=console, show=config.table_rows, heatmap=config.heatmap)
+    merge = partial(merge_shards, out, console=console, show=config.table_rows, heatmap=config.heatmap,
+                    results=results)
     if world == 1:
         return merge(wall_s=time.time() - started)
     dist, created = _process_group(world)
@@ -323,6 +326,7 @@ def merge_shards(
     wall_s: float | None = None,
     show: int = 20,
     heatmap: bool = True,
+    results: Console | None = None,
 ) -> HeadScores:
     """Merge the journals in ``out_dir`` into ``samples.jsonl`` and write ``head_scores.json`` and ``heatmap.png``.
 
@@ -361,7 +365,8 @@ def merge_shards(
         method=f"{kind}-score", kind=kind, alignment=cfg.get("alignment") if kind == "transition" else None,
         languages=sorted({(r["lang"], r.get("target_lang") or r["lang"]) for r in ordered}),
         model=run["model"]["model"], model_identity=run["model"], spec=run["spec"], dtype=run["dtype"],
-        mode=cfg["mode"], dedup=cfg["dedup"], rouge_threshold=cfg["rouge_threshold"],
+        mode=cfg["mode"], dedup=cfg["dedup"], rouge_threshold=cfg["rouge_threshold"] if greedy else None,
+        accuracy_threshold=None if greedy else _threshold(cfg),
         max_new_tokens=cfg["max_new_tokens"] if greedy else None,
         stop_on_newline=cfg["stop_on_newline"] if greedy else None,
         seed=cfg["seed"], lengths=run["lengths"], depths=run["depths"], needle_ids=run["needle_ids"],
@@ -376,7 +381,7 @@ def merge_shards(
 
         plot_heatmap(result, out / HEATMAP_FILE, title=f"{run['model']['model']} — {kind} score ({cfg['mode']})")
     if show:
-        console.print(top_heads_table(result, with_events, len(counted), show))
+        (results or console).print(top_heads_table(result, with_events, len(counted), show))
     return result
 
 
@@ -416,12 +421,18 @@ def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: in
     return table
 
 
+def _threshold(cfg: dict[str, Any]) -> float:
+    """A teacher run's accuracy threshold (runs recorded before it had its own name used rouge_threshold)."""
+    return cfg.get("accuracy_threshold", cfg["rouge_threshold"])
+
+
 def _fail_loudly(console: Console, records: Sequence[dict[str, Any]], run: dict[str, Any]) -> None:
     cfg = run["config"]
     rule = "ROUGE-1 recall" if cfg["mode"] == "greedy" else "answer token accuracy"
+    threshold = cfg["rouge_threshold"] if cfg["mode"] == "greedy" else _threshold(cfg)
     best = sorted(records, key=lambda r: -float(r.get("token_accuracy", r["rouge"])))[:5]
     lines = [
-        f"NO prompt passed the retrieval filter ({rule} > {cfg['rouge_threshold']}): 0 of {len(records)} counted.",
+        f"NO prompt passed the retrieval filter ({rule} > {threshold}): 0 of {len(records)} counted.",
         "The model never retrieved the needle, so no head can be scored; head_scores.json was NOT written.",
         "Check the prompts (template, --chat-template, context length vs the model's window) and the model.",
         "Best responses:",

@@ -17,34 +17,18 @@ lm-eval, and importing the backend registers ``masked-hf`` exactly once.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ..lazy import exports, lazy_exports
 
-_EXPORTS = {
-    "MaskedHFLM": ".lm_eval_backend",
-    "CompareConfig": ".compare",
-    "CompareResult": ".compare",
-    "Condition": ".conditions",
-    "MaskedEvalConfig": ".conditions",
-    "ResumeMismatchError": "..runs",
-    "build_conditions": ".conditions",
-    "run_compare": ".compare",
-    "NiahEvalConfig": ".niah_eval",
-    "evaluate_niah": ".niah_eval",
-    "run_niah_eval": ".niah_eval",
-    "BenchmarkFixtures": ".fixtures",
-    "TASKS_DIR": ".fixtures",
-    "derive_local_task": ".fixtures",
-    "write_benchmark_fixtures": ".fixtures",
-    "write_organism_data": ".fixtures",
-    "bootstrap_ci": ".stats",
-    "paired_bootstrap_ci": ".stats",
-}
+_EXPORTS = exports({
+    ".lm_eval_backend": "MaskedHFLM",
+    ".config": "CompareConfig MaskedEvalConfig NiahEvalConfig",
+    ".compare": "CompareResult run_compare",
+    ".conditions": "Condition build_conditions",
+    "..runs": "ResumeMismatchError",
+    ".niah_eval": "evaluate_niah run_niah_eval",
+    ".fixtures": "BenchmarkFixtures TASKS_DIR derive_local_task write_benchmark_fixtures write_organism_data",
+    "..stats": "bootstrap_ci paired_bootstrap_ci",
+})
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,56 +32,14 @@ from ..detect.plots import new_figure, save_figure
 from ..heads import heads_to_strings
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, package_versions, stamp, track
 from ..stats import bootstrap_ci, mean_and_spread, paired_bootstrap_ci, stable_seed
-from .conditions import Condition, MaskedEvalConfig
+from .conditions import Condition
+from .config import CompareConfig
 from .fixtures import TASKS_DIR
 
 CELLS_DIR = "cells"
 PREFERRED_METRICS = ("f1", "exact_match", "acc_norm", "acc")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CompareConfig(MaskedEvalConfig):
-    """Settings of a comparison run (shared by :func:`run_compare` and ``headatlas compare``).
-
-    Model, heads and masking: see :class:`~headatlas.evaluate.conditions.MaskedEvalConfig`
-    (here ``random_seeds`` defaults to 5).
-    Tasks: ``tasks`` (lm-eval task or group names), ``include_path`` (extra task folders; the package's own
-    ``tasks/`` is always included), ``limit``, ``num_fewshot``, ``gen_kwargs`` (as lm-eval's), ``metrics``
-    (task -> ``"metric,filter"``; default: the first of f1, exact_match, acc_norm, acc, first filter).
-    Run: ``batch_size`` (lm-eval's); ``seed`` seeds lm-eval and the bootstrap; ``n_bootstrap``, ``confidence``.
-    """
-
-    tasks: list[str] = field(metadata={"help": "Comma-separated lm-eval task or group names."})
-    random_seeds: int = field(default=5, kw_only=True)
-    include_path: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval task folder (repeatable), e.g. benchmark fixtures."})
-    limit: float | None = field(default=None, metadata={"help": "Items per task (or a fraction < 1)."})
-    num_fewshot: int | None = field(default=None, metadata={"help": "Override the tasks' few-shot count."})
-    gen_kwargs: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, str] = field(default_factory=dict)
-    batch_size: int = field(default=1, metadata={"help": "lm-eval batch size."})
-    seed: int = field(default=1234, metadata={"help": "Seed of lm-eval and of the bootstrap."})
-    n_bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples."})
-    confidence: float = 0.95
-
-    def __post_init__(self) -> None:
-        if not self.tasks:
-            raise ValueError("give at least one task")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks repeat: {self.tasks}")
-        super().__post_init__()
-        if self.limit is not None and self.limit <= 0:
-            raise ValueError(f"limit must be positive, got {self.limit}")
-        if self.limit is not None and self.limit >= 1:
-            self.limit = int(self.limit)
-        for task, spec in self.metrics.items():
-            if spec.count(",") != 1:
-                raise ValueError(f"metric for {task!r} must be 'metric,filter' (e.g. 'exact_match,strict-match')")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}")
-        if self.n_bootstrap < 1:
-            raise ValueError("n_bootstrap must be >= 1")
 
 
 # ---- lm-eval plumbing ------------------------------------------------------------------------

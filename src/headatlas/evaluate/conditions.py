@@ -1,4 +1,4 @@
-"""What niah-eval and compare share: the masking settings (:class:`MaskedEvalConfig`), the conditions
+"""What niah-eval and compare share: the conditions
 they make (:func:`build_conditions`: ``unmasked``; per head set, its top-K masked; ``random-s{seed}``:
 K random heads drawn outside *every* set's top-K, or with ``layer_matched`` one family per set,
 ``random-{NAME}-s{seed}``, with that set's heads per layer).
@@ -6,17 +6,13 @@ K random heads drawn outside *every* set's top-K, or with ``layer_matched`` one 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..heads import Head, HeadScores, heads_to_strings
-from ..masking import MASK_MODES, load_means
 from ..selection import HeadSelection, load_scores
-
-_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 @dataclass(frozen=True)
@@ -52,15 +48,6 @@ class Condition:
                 "head_set": self.head_set, "seed": self.seed}  # fmt: skip
 
 
-def check_head_sets(head_sets: Mapping[str, str | Path]) -> None:
-    """Raise unless every head set has a usable condition name and an existing score file."""
-    for name, path in head_sets.items():
-        if not _NAME.match(name) or name == "unmasked" or name.startswith("random"):
-            raise ValueError(f"head-set name {name!r}: use letters, digits, '_' or '.', not 'unmasked' or 'random...'")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"head set {name!r}: no file {path}")
-
-
 def build_conditions(
     head_sets: Mapping[str, str | Path | HeadScores],
     top_k: int | None,
@@ -90,60 +77,3 @@ def build_conditions(
                  for seed in range(random_seeds)]  # fmt: skip
     return [Condition(name, sel, tuple(sel.resolve(n_layers, n_heads)) if sel else (), head_set)
             for name, sel, head_set in plan]  # fmt: skip
-
-
-@dataclass(kw_only=True)
-class MaskedEvalConfig:
-    """The settings :class:`~.compare.CompareConfig` and :class:`~.niah_eval.NiahEvalConfig` share.
-
-    model: hub id, local checkpoint, or ``organism``; ``device``, ``device_map`` (accelerate, e.g.
-    ``auto``; replaces ``device``) and ``dtype`` load it. out: the output folder.
-    heads: head-set name -> head-score file (names: letters, digits, ``_`` and ``.``).
-    top_k: heads masked per set (and drawn per random control); None: 5 % of the model's heads.
-    mode: ``zero`` | ``mean`` | ``uniform``; ``means`` is the mean-output file for ``mean``.
-    random_seeds: number of random controls (seeds ``0 .. n-1``); 0 for none.
-    layer_matched: draw each random control with the layer distribution of a set's top-K.
-    overwrite: discard an earlier run in ``out`` made with other settings (else it is refused).
-    """
-
-    model: str
-    out: str
-    heads: dict[str, str] = field(default_factory=dict)
-    top_k: int | None = None
-    mode: str = "zero"
-    means: str | None = None
-    random_seeds: int = 0
-    layer_matched: bool = False
-    device: str | None = None
-    device_map: str | None = None
-    dtype: str = "auto"
-    overwrite: bool = field(default=False, metadata={"help": "Recompute what was made with other settings."})
-
-    def __post_init__(self) -> None:
-        if self.mode not in MASK_MODES:
-            raise ValueError(f"unknown mask mode {self.mode!r}; choose one of {MASK_MODES}")
-        if self.mode == "mean" and not self.means:
-            raise ValueError("mode 'mean' needs means (a per-head mean-output file)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.random_seeds < 0:
-            raise ValueError(f"random_seeds must be >= 0, got {self.random_seeds}")
-        if self.layer_matched and not self.heads:
-            raise ValueError("layer_matched needs at least one head set to match")
-        check_head_sets(self.heads)
-
-    def prepare(self, model: Any = None, tokenizer: Any = None) -> tuple[Any, Any, Any, list[Condition], Any]:
-        """``(model, tokenizer, spec, conditions, means)``: ``model`` as given (with its tokenizer) or loaded
-        from :attr:`model`, its :class:`~headatlas.model_spec.ModelSpec`, the conditions and the means."""
-        from ..model_spec import ModelSpec, load_model
-
-        if model is None:
-            model, tokenizer, _ = load_model(self.model, dtype=self.dtype, device=self.device,
-                                             device_map=self.device_map)  # fmt: skip
-        elif tokenizer is None:
-            raise ValueError("pass the tokenizer with the model")
-        spec = ModelSpec.from_model(model)
-        conditions = build_conditions(self.heads, self.top_k, self.random_seeds, spec.n_layers, spec.n_heads,
-                                      self.layer_matched)  # fmt: skip
-        return model, tokenizer, spec, conditions, load_means(self.means) if self.means else None
-

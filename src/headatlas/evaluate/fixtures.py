@@ -337,10 +337,10 @@ def cache_dir(override: str | Path | None = None) -> Path:
 
 def _make_eval_set(task: str, n: int, seed: int, lengths: Sequence[int] | None, langs: Sequence[str] | None):
     """The built-in organism's ``make_eval_set`` (its task suite; tests replace this with a stand-in)."""
-    from ..builtins import task_suite
+    from ..builtins import default_builtin, task_suite
 
     kwargs = {k: list(v) for k, v in (("lengths", lengths), ("langs", langs)) if v is not None}
-    return task_suite("organism").make_eval_set(task, n=n, seed=seed, **kwargs)
+    return task_suite(default_builtin()).make_eval_set(task, n=n, seed=seed, **kwargs)
 
 
 organism_eval_set: Callable[..., Sequence[Any]] = _make_eval_set

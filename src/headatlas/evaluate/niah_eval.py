@@ -26,60 +26,25 @@ import hashlib
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import run_identity
 from ..detect.plots import new_figure, save_figure
-from ..generation import StopTokens, generate, pad_id_of
+from ..generation import StopTokens, auto_batch_size, generate, pad_id_of
 from ..heads import heads_to_strings
 from ..masking import masked_heads
 from ..model_spec import ModelSpec, weights_fingerprint
 from ..prefix import MIN_SHARED_PREFIX, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import atomic_write_json, atomic_write_text, flags, open_run, run_metadata, stamp, track
-from .conditions import Condition, MaskedEvalConfig
+from .conditions import Condition
+from .config import NiahEvalConfig
 
 CELLS_FILE = "cells.json"
 METRICS = ("exact_match", "rouge1")
-
-
-@dataclass
-class NiahEvalConfig(MaskedEvalConfig):
-    """Settings of a masked NIAH run (shared by :func:`run_niah_eval` and ``headatlas niah-eval``).
-
-    Model, heads and masking: see :class:`~headatlas.evaluate.conditions.MaskedEvalConfig`.
-    Prompts: ``haystack`` (a built-in language, folder, file, ``dataset:NAME``, or ``organism``;
-    ``None``: the organism's own task prompts for the built-in model, else the built-in haystack of
-    ``needle_lang``; ``per_cell`` organism prompts per length x depth cell), ``needles`` (``None``: the
-    built-in needles of ``needle_lang``; or a JSONL file), ``target_lang`` (cross-lingual: the needle
-    stays in ``needle_lang``, the question and expected answer are in ``target_lang``), ``lengths``
-    (``"start:stop:count"`` or ``"512,1024"``), ``depths`` (a count or a list), ``chat_template``.
-    Generation: ``max_new_tokens``, ``batch_size`` and ``share_prefix`` (neither changes an answer).
-    """
-
-    haystack: str | None = None
-    needles: str | None = None
-    needle_lang: str = field(default="en", metadata={"help": "Language of the needles (and of the haystack by default)."})
-    target_lang: str | None = field(default=None, metadata={"help": "Cross-lingual: ask and expect the answer in this language."})
-    lengths: str = "256,512,1024"
-    depths: str = "5"
-    chat_template: bool = False
-    per_cell: int = 2
-    max_new_tokens: int = field(default=50, metadata={"help": "Most tokens generated per answer."})
-    batch_size: int = field(default=1, metadata={"help": "Prompts per forward (answers do not depend on it)."})
-    share_prefix: bool = field(default=True, metadata={
-        "help": "Run the tokens that prompts of one haystack share once per group (same answers)."})
-
-    def __post_init__(self) -> None:
-        from ..niah.prompts import parse_depths, parse_lengths
-
-        super().__post_init__()
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1")
-        parse_lengths(self.lengths)  # fail early on a bad grid
-        parse_depths(self.depths)
 
 
 @dataclass
@@ -112,7 +77,7 @@ def _heads_key(condition: Condition) -> str:
 def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions: Sequence[Condition], out: str | Path,
                   mode: str = "zero", means: torch.Tensor | None = None, max_new_tokens: int = 50,
                   meta: dict[str, Any] | None = None, progress: bool = True, settings: dict[str, Any] | None = None,
-                  overwrite: bool = False, batch_size: int = 1, share_prefix: bool = True) -> NiahResult:
+                  overwrite: bool = False, batch_size: int | str = 1, share_prefix: bool = True) -> NiahResult:
     """Answer every prompt under every condition (resuming from ``out/journal.jsonl``) and write the results.
 
     ``prompts``: :class:`headatlas.niah.prompts.NiahPrompt` s. ``settings`` (by their user-facing
@@ -135,6 +100,8 @@ def evaluate_niah(model: Any, tokenizer: Any, prompts: Sequence[Any], conditions
     wanted = [(c, p, (c.name, p.meta["prompt_id"], _heads_key(c))) for c in conditions for p in prompts]
     todo = [(c, p) for c, p, key in wanted if key not in done]
     stops = StopTokens.from_tokenizer(model, tokenizer) if todo else None  # resolved once per run
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, max((len(p.input_ids) for p in prompts), default=1), max_new_tokens)
     share = MIN_SHARED_PREFIX if share_prefix and can_share_prefix(model) else None
     with track("niah", len(wanted), len(wanted) - len(todo), enabled=progress) as bar:
         for cond in conditions:
@@ -249,7 +216,7 @@ def build_prompts(config: NiahEvalConfig, tokenizer: Any, max_model_length: int 
         lengths=parse_lengths(config.lengths), depths=parse_depths(config.depths),
         kind="transition" if config.target_lang else "retrieval", lang=config.needle_lang,
         source_lang=config.needle_lang if config.target_lang else None, target_lang=config.target_lang,
-        needles=config.needles, haystack=config.haystack, chat_template=config.chat_template, per_cell=config.per_cell,
+        needles=config.needles, haystack=config.haystack, chat_template=config.chat_template, per_cell=config.per_cell, seed=config.seed,
     )  # fmt: skip
     return build_source_prompts(config.model, tokenizer, max_model_length, request)
 
@@ -263,8 +230,7 @@ def run_niah_eval(config: NiahEvalConfig, model: Any = None, tokenizer: Any = No
     prompts = build_prompts(config, tokenizer, spec.max_positions)
     meta = run_metadata(model=config.model, config=asdict(config), conditions=[c.to_json() for c in conditions],
                         n_prompts=len(prompts))  # fmt: skip
-    settings = flags(asdict(config), ("model", "means", "haystack", "needles", "needle_lang", "target_lang",
-                                      "chat_template"))  # fmt: skip
+    settings = flags(run_identity(config))  # another top-k, grid or head set is another run
     return evaluate_niah(model, tokenizer, prompts, conditions, config.out, config.mode, means, config.max_new_tokens,
                          meta, progress, settings=settings, overwrite=config.overwrite, batch_size=config.batch_size,
                          share_prefix=config.share_prefix)  # fmt: skip

@@ -10,12 +10,14 @@
 See docs/kv-compression.md.
 """
 
-from .attention import compressed_attention
-from .cache import HeadSplitCache, HeadSplitLayer, expected_bytes
-from .plan import KVHead, full_per_layer, kv_heads_of, kv_scores, random_kv_heads, top_kv_heads
-from .press import RetrievalHeadsPress
+from ..lazy import exports, lazy_exports
 
-__all__ = [
-    "HeadSplitCache", "HeadSplitLayer", "KVHead", "RetrievalHeadsPress", "compressed_attention", "expected_bytes",
-    "full_per_layer", "kv_heads_of", "kv_scores", "random_kv_heads", "top_kv_heads",
-]
+_EXPORTS = exports({
+    ".cache": "HeadSplitCache HeadSplitLayer expected_bytes",
+    ".plan": "KVHead full_per_layer kv_heads_of kv_scores random_kv_heads top_kv_heads",
+    ".press": "RetrievalHeadsPress",
+    ".attention": "compressed_attention",
+})
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -16,11 +16,14 @@ Answers go to ``journal.jsonl`` (a rerun resumes); the result to ``kv_compress.j
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..runs import HeadCondition, HeadRunConfig, track
-from .plan import KVHead
+from ..config import GridConfig, like, setting, split_list
+from ..head_run import HeadCondition, HeadRunConfig
+from ..niah.prompts import parse_depths, parse_lengths
+from ..runs import track
 
 RESULT_FILE = "kv_compress.json"
 FIGURE_FILE = "kv_compress.png"
@@ -30,17 +33,19 @@ FIGURE_FILE = "kv_compress.png"
 class KVCompressConfig(HeadRunConfig):
     """Settings of one ``kv-compress`` run (all recorded in the result)."""
 
-    budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    aggregate: str = "max"
-    per_layer: bool = False  # budgets count KV heads per layer instead of in total
-    sink: int = 4
-    window: int = 64
-    lengths: list[int] = field(default_factory=lambda: [1024, 1536, 2000])
-    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    per_cell: int = 2
-    prefill_chunk: int = 256
+    budgets: list[int] = setting(help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8'.",
+                                 factory=lambda: [1, 2, 4, 8], parse=partial(split_list, kind=int))
+    aggregate: str = setting("max", "Score of a KV head for the budgets: max | mean of its query heads.")
+    per_layer: bool = setting(False, "--budgets count KV heads per layer (1 .. n_kv-1) instead of in total.")
+    sink: int = setting(4, "Attention-sink tokens every streaming KV head keeps.", min=0)
+    window: int = setting(64, "Recent tokens every streaming KV head keeps.", min=1)
+    lengths: list[int] = like(GridConfig, "lengths", [1024, 1536, 2000], parse=parse_lengths)
+    depths: list[float] = like(GridConfig, "depths", [0.0, 0.25, 0.5, 0.75, 1.0], parse=parse_depths)
+    per_cell: int = like(GridConfig, "per_cell", 2)
+    prefill_chunk: int = setting(256, "Prompt tokens per prefill forward.", min=1, resume=True)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from .plan import AGGREGATES
 
         if self.aggregate not in AGGREGATES:
@@ -59,7 +64,7 @@ class Condition(HeadCondition):
 def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
     """Every condition of the run, in run order."""
     from ..selection import HeadSelection
-    from .plan import kv_heads_of, random_kv_heads, top_kv_heads
+    from .plan import KVHead, kv_heads_of, random_kv_heads, top_kv_heads
 
     total = n_layers * n_kv
     everything = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv)]
@@ -101,7 +106,8 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     from .plan import full_per_layer
 
     scores = HeadScores.load(config.heads)
-    model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
+    model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device, device_map=config.device_map,
+                                        attn_implementation=config.attn_implementation)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
     conds = conditions(config, scores, spec.n_layers, spec.n_heads, spec.n_kv_heads)
     prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
+from ..config import SCORE_THRESHOLD
 from ..heads import Head, HeadScores, heads_to_strings
 from ..selection import layer_histogram, overlap
 
@@ -21,7 +22,7 @@ STRONG = 0.5
 
 
 def sharing_analysis(
-    scores: dict[str, HeadScores], top_k: int = 20, threshold: float = 0.1, strong: float = STRONG
+    scores: dict[str, HeadScores], top_k: int = 20, threshold: float = SCORE_THRESHOLD, strong: float = STRONG
 ) -> dict[str, Any]:
     """Jaccard/overlap of top-K sets per language pair; heads common to all; strong heads' agnosticism.
 

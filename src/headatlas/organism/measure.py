@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..config import SCORE_THRESHOLD
 from ..heads import Head, HeadScores
 from ..masking import masked_heads
 from ..selection import HeadSelection, share_of_heads
@@ -66,7 +67,7 @@ def _by(examples: Sequence[Example], ok: Sequence[bool], key) -> dict[str, float
 
 def measure(
     model_dir: str | Path | None = None, n_per_task: int = 160, n_detect: int = 80, k_frac: float = 0.05,
-    seeds: Sequence[int] = (0, 1, 2, 3, 4), threshold: float = 0.1,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4), threshold: float = SCORE_THRESHOLD,
 ) -> dict:
     """Run every measurement of the model card and return them as a JSON-able dict."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

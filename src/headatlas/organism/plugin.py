@@ -87,6 +87,15 @@ def build_prompts(model_path: str | None, tokenizer: Any, max_positions: int | N
     return prompts
 
 
+def conflict_items(model_path: str | None, n: int, seed: int, lengths: list[int]) -> list[dict[str, Any]]:
+    """The knowledge-conflict task (:mod:`.conflict`) for the checkpoint at ``model_path``, as DeCoRe items."""
+    from .conflict import conflict_prompts
+    from .tasks import organism_generator
+
+    return [it.to_json() for it in conflict_prompts(n, seed, lengths, generator=organism_generator(model_path))]
+
+
 def entry() -> BuiltinModel:
     """The registry entry of the built-in organism."""
-    return BuiltinModel(name=NAME, checkpoint=_checkpoint, prompts=build_prompts, tasks=task_suite, marker=LEXICON_FILE)
+    return BuiltinModel(name=NAME, checkpoint=_checkpoint, prompts=build_prompts, tasks=task_suite, marker=LEXICON_FILE,
+                        conflict=conflict_items)

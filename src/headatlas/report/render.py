@@ -25,12 +25,13 @@ from typing import Any
 
 from .. import __version__
 from ..builtins import builtin_name
+from ..config import SCORE_THRESHOLD
 from ..runs import canonical_format
 from ..selection import concentration, layer_histogram, share_of_heads
 from . import figures
 from .collect import CompareRow, Grid, ModelComparison, NiahResult, Report, ScoreMap
 
-THRESHOLD = 0.1  # the paper's retrieval-head threshold
+THRESHOLD = SCORE_THRESHOLD  # the paper's retrieval-head threshold
 SECTIONS = {  # id -> title, in page order
     "head-scores": "Head scores",
     "rh-vs-rth": "Retrieval vs retrieval-transition heads",
@@ -606,7 +607,7 @@ def _meta_value(key: str, value: Any) -> str:
     return fmt(value)
 
 
-SETTING_KEYS = ("method", "mode", "dtype", "lengths", "depths", "needle_ids", "n_prompts", "rouge_threshold",
+SETTING_KEYS = ("method", "mode", "dtype", "lengths", "depths", "needle_ids", "n_prompts", "rouge_threshold", "accuracy_threshold",
                 "dedup", "max_new_tokens", "condition", "masking", "heads", "top_k")
 NOT_SETTINGS = {"model", "base_model", "seed", "versions", "python", "host", "created", "command", "format",
                 "format_version", "progress", "config", "metrics", "log_history", "prompt_ids", *DURATION_KEYS}

@@ -14,21 +14,13 @@ The pipeline, in three calls (see ``docs/retmask.md``)::
 extra (TRL, PEFT, datasets), imported when it is used.
 """
 
-from .evaluate import RetMaskEvalConfig, evaluate_models, format_table, load_for_eval
-from .pairs import ChatTemplateError, PairConfig, PairStats, generate_pairs, load_prompts
-from .train import RetMaskTrainConfig, TrainResult, train_retmask
+from ..lazy import exports, lazy_exports
 
-__all__ = [
-    "ChatTemplateError",
-    "PairConfig",
-    "PairStats",
-    "RetMaskEvalConfig",
-    "RetMaskTrainConfig",
-    "TrainResult",
-    "evaluate_models",
-    "format_table",
-    "generate_pairs",
-    "load_for_eval",
-    "load_prompts",
-    "train_retmask",
-]
+_EXPORTS = exports({
+    ".pairs": "ChatTemplateError PairConfig PairStats generate_pairs load_prompts",
+    ".evaluate": "RetMaskEvalConfig evaluate_models format_table load_for_eval",
+    ".train": "RetMaskTrainConfig TrainResult train_retmask",
+})
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

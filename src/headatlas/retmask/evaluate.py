@@ -133,9 +133,10 @@ def evaluate_models(
     """
     config = config or RetMaskEvalConfig()
     if tasks is None:
-        from ..builtins import task_suite
+        from ..builtins import builtin_for, default_builtin, task_suite
 
-        tasks = task_suite("organism")
+        base = next(iter(models.values()), None)  # the base model's tasks, when it is (trained like) a built-in
+        tasks = task_suite(base if isinstance(base, str | Path) and builtin_for(base) else default_builtin())
     if not models:
         raise ValueError("no models to evaluate")
     unknown = sorted({m for pair in contrasts for m in pair} - set(models))

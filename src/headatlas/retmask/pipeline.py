@@ -14,12 +14,13 @@ import dataclasses
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from ..builtins import default_builtin
 from ..heads import HeadScores
 from ..runs import Run, atomic_write_jsonl, open_run, read_jsonl
 from ..selection import HeadSelection
@@ -34,7 +35,7 @@ class RetMaskPipelineConfig:
 
     heads: str
     out: str
-    model: str = "organism"
+    model: str = field(default_factory=default_builtin)
     top_k: int | None = None  # None: 5 % of all heads
     n_prompts: int = 192
     lengths: tuple[int, ...] = (512, 1024)
