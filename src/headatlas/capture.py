@@ -15,6 +15,9 @@ counting left padding). ``rows="last"`` takes the last query row of every
 forward — the row that predicts the next token, one per decode step.
 ``recorder.set_rows(positions)`` selects explicit rows ``(B, R)`` for the next
 forward (e.g. the answer-predicting rows of a teacher-forced pass).
+
+Layers without softmax heads (linear attention, SSM, convolution: ``spec.layer_kinds``) keep their
+place in the stacked records with index ``-1`` and weight ``NaN``: no key is ever attended there.
 """
 
 from __future__ import annotations
@@ -45,13 +48,19 @@ class CapturedAttention:
 class AttentionRecorder:
     """Collects, per layer and forward call, the ``keys_per_row`` most attended keys of the selected query rows."""
 
-    def __init__(self, n_layers: int, keys_per_row: int = 1, rows: str = "last", layers: list[int] | None = None):
+    def __init__(self, n_layers: int, keys_per_row: int = 1, rows: str = "last", layers: list[int] | None = None,
+                 silent: list[int] | None = None):
         if rows not in ("last", "explicit"):
             raise ValueError("rows must be 'last' or 'explicit'")
         self.n_layers = n_layers
         self.keys_per_row = keys_per_row
         self.rows = rows
         self.layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
+        # layers with no softmax heads: never observed, stacked as index -1 / weight NaN
+        self.silent = sorted(set(silent or ()) & set(self.layers))
+        if self.silent == self.layers:
+            raise ValueError(f"layers {self.layers} have no softmax heads: there is nothing to capture")
+        self._first = next(layer for layer in self.layers if layer not in self.silent)
         self._explicit: torch.Tensor | None = None
         self.indices: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.weights: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
@@ -101,7 +110,7 @@ class AttentionRecorder:
             return
         self.indices[layer].append(record[0])
         self.weights[layer].append(record[1])
-        if layer == self.layers[0]:
+        if layer == self._first:
             self.positions.append(record[2])
 
     def flush(self) -> None:
@@ -111,10 +120,12 @@ class AttentionRecorder:
         if not self._pending:
             return
         for layer in self.layers:
+            if layer in self.silent:
+                continue
             indices, weights, positions = self._pending[layer]
             self.indices[layer].append(indices.clone())
             self.weights[layer].append(weights.clone())
-            if layer == self.layers[0]:
+            if layer == self._first:
                 self.positions.append(positions.clone())
 
     def stacked(self) -> CapturedAttention:
@@ -122,8 +133,14 @@ class AttentionRecorder:
         if not self.positions:
             raise RuntimeError("nothing was captured: run a forward inside capture_attention()")
         device = self.positions[0].device  # layers split over devices (device_map) meet on the first one
-        indices = torch.stack([torch.stack(self.indices[layer]).to(device) for layer in self.layers], dim=1)
-        weights = torch.stack([torch.stack(self.weights[layer]).to(device) for layer in self.layers], dim=1)
+        shown_i = torch.stack(self.indices[self._first]).to(device)
+        shown_w = torch.stack(self.weights[self._first]).to(device)
+        idx = {layer: torch.stack(self.indices[layer]).to(device) if layer not in self.silent
+               else torch.full_like(shown_i, -1) for layer in self.layers}
+        wts = {layer: torch.stack(self.weights[layer]).to(device) if layer not in self.silent
+               else torch.full_like(shown_w, float("nan")) for layer in self.layers}
+        indices = torch.stack([idx[layer] for layer in self.layers], dim=1)
+        weights = torch.stack([wts[layer] for layer in self.layers], dim=1)
         return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
 
 
@@ -133,15 +150,22 @@ def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str =
     """Record the ``keys_per_row`` most attended key positions (and their weights) of selected query rows, per head.
 
     The model's outputs are exactly those of its own attention backend; the
-    extra cost is one ``rows x context`` score matrix per layer.
+    extra cost is one ``rows x context`` score matrix per layer. Weights are the
+    model's softmax including attention sinks (GPT-OSS), so a row sums to less than 1 there.
     """
     spec = spec or ModelSpec.from_model(model)
-    recorder = AttentionRecorder(spec.n_layers, keys_per_row=keys_per_row, rows=rows, layers=layers)
+    if layers is not None:
+        for layer in layers:
+            spec.check_softmax_layer(layer)
+    silent = [i for i in range(spec.n_layers) if spec.attention_modules[i] is None]
+    recorder = AttentionRecorder(spec.n_layers, keys_per_row=keys_per_row, rows=rows, layers=layers, silent=silent)
     attached = []
     with engine_installed(model):
         try:
             for layer in recorder.layers:
                 module = spec.attention_modules[layer]
+                if module is None:
+                    continue
                 if getattr(module, RECORDER_ATTR, None) is not None:
                     raise RuntimeError(f"layer {layer} is already being captured (nested capture_attention?)")
                 setattr(module, RECORDER_ATTR, SimpleNamespace(observe=partial(recorder.observe_layer, layer)))
