@@ -243,7 +243,7 @@ def concentration(scores: HeadScores, threshold: float = 0.1, top: int = 10) -> 
     share of the total score, the Gini coefficient, and the entropy (nats and
     normalised to [0, 1]).
     """
-    flat = scores.scores.flatten().clamp(min=0).tolist()
+    flat = [x for x in scores.scores.flatten().clamp(min=0).tolist() if x == x]  # NaN: no softmax heads there
     total, ranked, n, ent = sum(flat), sorted(flat, reverse=True), len(flat), entropy(flat)
     n_above = sum(1 for x in flat if x > threshold)
     return {

@@ -107,3 +107,14 @@ def test_info_command_prints_layer_kinds_and_support(tmp_path):
     result = CliRunner().invoke(app, ["info", "--model", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "linear" in result.output and "kv-compress" in result.output and "no softmax heads" in result.output
+
+
+def test_report_greys_layers_without_softmax_heads(tmp_path):
+    from headatlas.report.collect import collect_runs
+    from headatlas.report.render import render_report
+
+    scores = torch.tensor([[float("nan")] * 4, [0.9, 0.1, 0.0, 0.3], [float("nan")] * 4, [0.5, 0.2, 0.8, 0.05]])
+    HeadScores(scores, {"model": "hybrid", "method": "retrieval-score"}).save(tmp_path / "run" / "head_scores.json")
+    page = render_report(collect_runs([tmp_path / "run"]))
+    assert "layers [0, 2] (grey) have no softmax heads" in page and "the 1 best outlined" in page  # 5 % of 8 heads
+    assert "NaN," not in page and "NaN]" not in page  # the embedded data holds null (valid JSON), never NaN
