@@ -107,3 +107,15 @@ def niah_tokenizer() -> Any:
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", bos_token="<s>", eos_token="</s>",
                                    unk_token="[UNK]")
+
+
+def id_tokenizer() -> Any:
+    """A word-level tokenizer naming every id of the tiny models: ``[PAD]``, ``<s>``, ``</s>``, ``w3`` .. ``w298``,
+    and a newline (id 299), so any generated id decodes (detection's copy prompts, ``tests/detect``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB - 1)}, "\n": VOCAB - 1}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", bos_token="<s>", eos_token="</s>")

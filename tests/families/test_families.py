@@ -140,12 +140,13 @@ def checkpoint(family, tmp_path):
 
 def test_detect_runs_and_scores_softmax_layers_only(family, tmp_path):
     from headatlas.detect import DetectConfig, NoRetrievalError, detect
-    from tests.detect.detect_helpers import copy_prompts, word_tokenizer
+    from tests.detect.detect_helpers import copy_prompts
+    from tests.families.registry import id_tokenizer
 
     model = make_family_model(family)
     spec = ModelSpec.from_model(model)
-    tok = word_tokenizer()
-    prompts = copy_prompts(model, tok, n=2, answer_len=4)
+    tok = id_tokenizer()
+    prompts = copy_prompts(model, tok, n=3, answer_len=4)
     config = DetectConfig(max_new_tokens=5, rouge_threshold=0.3, progress=False, table_rows=0, heatmap=False,
                           batch_size=2, mode="teacher")
     try:
@@ -153,7 +154,7 @@ def test_detect_runs_and_scores_softmax_layers_only(family, tmp_path):
     except NoRetrievalError:  # a random model may copy nothing: the run still wrote its samples
         scores = None
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 and all("events" in s for s in samples)
+    assert len(samples) == 3 and all("events" in s for s in samples)
     if scores is not None:
         saved = HeadScores.load(tmp_path / "head_scores.json")
         assert saved.scores.shape == (spec.n_layers, spec.n_heads)
