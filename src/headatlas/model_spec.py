@@ -125,21 +125,27 @@ class ModelSpec:
             layer_idx = getattr(module, "layer_idx", None)
             if layer_idx is None or not type(module).__name__.endswith("Attention"):
                 continue
-            if getattr(module, "is_cross_attention", False) or "cross" in name.lower():
-                continue
+            if getattr(module, "is_cross_attention", False) or any(k in name.lower() for k in ("cross", "encoder_attn")):
+                continue  # cross-attention (e.g. a seq2seq decoder's encoder_attn) has no causal heads
             proj = next((getattr(module, n) for n in OUTPUT_PROJECTION_NAMES if hasattr(module, n)), None)
             if proj is None or not hasattr(proj, "weight"):
                 continue
             if layer_idx in layers:
                 raise UnsupportedModelError(f"two attention modules claim layer {layer_idx} ({name})")
             layers[int(layer_idx)] = (module, proj)
+        cache_types = _cache_layer_types(config)
+        if not layers and cache_types and all(_CACHE_TYPE_KINDS.get(t, ("", False))[0] == "linear" for t in cache_types):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} (model_type {model_type!r}) has no softmax-attention layer (layer types: "
+                f"{sorted(set(cache_types))}): retrieval heads are softmax-attention heads. Supported: "
+                f"{SUPPORTED_FAMILIES}."
+            )
         if not layers or not all(_uses_attention_interface(model, m) for m, _ in layers.values()):
             raise UnsupportedModelError(
                 f"cannot find per-head attention in {type(model).__name__} (model_type {model_type!r}): its "
                 f"attention does not go through transformers' AttentionInterface or its modules are unknown. "
                 f"Supported: {SUPPORTED_FAMILIES}."
             )
-        cache_types = _cache_layer_types(config)
         n_layers = len(cache_types) if cache_types else max(layers) + 1
         if max(layers) >= n_layers:
             raise UnsupportedModelError(f"attention layers {sorted(layers)} do not fit the model's {n_layers} layers")
