@@ -118,3 +118,22 @@ def test_report_greys_layers_without_softmax_heads(tmp_path):
     page = render_report(collect_runs([tmp_path / "run"]))
     assert "layers [0, 2] (grey) have no softmax heads" in page and "the 1 best outlined" in page  # 5 % of 8 heads
     assert "NaN," not in page and "NaN]" not in page  # the embedded data holds null (valid JSON), never NaN
+
+
+@pytest.mark.parametrize("full", [[], [0], [1]])
+def test_split_kv_attention_gives_each_head_group_its_own_sinks(full):
+    """GPT-OSS through the head-split cache with a window longer than the prompt (nothing evicted): the logits are
+    the model's own, which holds only if every group of query heads gets its own sink logits."""
+    from headatlas.kvcache import HeadSplitCache, compressed_attention
+
+    model = make_family_model("gpt_oss")
+    spec = ModelSpec.from_model(model)
+    with torch.no_grad():
+        for m in spec.attention_modules:
+            m.sinks.copy_(torch.tensor([3.0, -2.0, 0.5, 1.5]))  # distinct per head: a wrong slice shows
+        ids = torch.randint(3, 290, (1, 12), generator=torch.Generator().manual_seed(4))
+        plain = model(ids).logits
+        cache = HeadSplitCache([full] * spec.n_layers, spec.n_kv_heads, sink=1, window=64)
+        with compressed_attention(model):
+            split = model(ids, past_key_values=cache).logits
+    torch.testing.assert_close(split, plain, atol=1e-5, rtol=1e-4)
