@@ -134,6 +134,10 @@ class ModelSpec:
                 raise UnsupportedModelError(f"two attention modules claim layer {layer_idx} ({name})")
             layers[int(layer_idx)] = (module, proj)
         cache_types = _cache_layer_types(config)
+        for i in list(layers):  # a layer the config calls linear whose module computes no softmax (MiniMax's
+            kind = _CACHE_TYPE_KINDS.get(cache_types[i] if i < len(cache_types) else "", ("", False))[0]
+            if kind == "linear" and not _forward_calls_interface(layers[i][0]):  # lightning attention)
+                del layers[i]
         if not layers and cache_types and all(_CACHE_TYPE_KINDS.get(t, ("", False))[0] == "linear" for t in cache_types):
             raise UnsupportedModelError(
                 f"{type(model).__name__} (model_type {model_type!r}) has no softmax-attention layer (layer types: "
@@ -242,12 +246,17 @@ def _uses_attention_interface(model: PreTrainedModel, module: nn.Module) -> bool
     """
     if getattr(model, "_supports_attention_backend", False):
         return True
+    return _forward_calls_interface(module, unreadable=False)
+
+
+def _forward_calls_interface(module: nn.Module, unreadable: bool = True) -> bool:
+    """Whether ``module.forward``'s source names ``ALL_ATTENTION_FUNCTIONS`` (``unreadable`` when it has no source)."""
     import inspect
 
     try:
         source = inspect.getsource(type(module).forward)
     except (OSError, TypeError):
-        return False
+        return unreadable
     return "ALL_ATTENTION_FUNCTIONS" in source
 
 
