@@ -67,6 +67,7 @@ class AttentionRecorder:
         self.positions: list[torch.Tensor] = []
         self.buffered = False
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.block_start: int | None = None  # the cache's length before the current forward, when known
 
     def set_rows(self, positions: torch.Tensor) -> None:
         """Select absolute query positions ``(B, R)`` for the following forward calls."""
@@ -85,7 +86,11 @@ class AttentionRecorder:
                       attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
         bsz, _, q_len, _ = query.shape
         k_len = key.shape[2]
-        offset = k_len - q_len  # absolute key index of this block's first query row
+        # absolute cache index of this block's first query: the cache's length before the forward (set by
+        # capture_attention's hook); a sliding-window layer's cache holds only its last keys, so k_len - q_len
+        # is not it there. Its keys are the last k_len positions up to the block's end.
+        offset = self.block_start if self.block_start is not None else k_len - q_len
+        key_shift = max(0, offset + q_len - k_len)  # > 0 only where the layer's cache keeps its last keys only
         if self.rows == "last":
             row_index = torch.full((bsz, 1), q_len - 1, device=query.device, dtype=torch.long)
         else:
@@ -96,14 +101,14 @@ class AttentionRecorder:
                 raise ValueError(f"set_rows got batch {row_index.shape[0]}, the forward has batch {bsz}")
             if (row_index < 0).any() or (row_index >= q_len).any():
                 raise ValueError(
-                    f"selected positions must lie in this forward's query block [{offset}, {k_len}), "
+                    f"selected positions must lie in this forward's query block [{offset}, {offset + q_len}), "
                     f"got {self._explicit.min().item()}..{self._explicit.max().item()}"
                 )
         # (B, H, R, D): only the selected query rows are scored
         q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
         probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
         weights, indices = probs.topk(self.keys_per_row, dim=-1)  # (B, H, R, k)
-        record = (indices.to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
+        record = ((indices + key_shift).to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
                   row_index + offset)
         if self.buffered:  # a compiled step: overwrite one slot per layer, collected by flush()
             self._pending[layer] = record
@@ -160,6 +165,20 @@ def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str =
     silent = [i for i in range(spec.n_layers) if spec.attention_modules[i] is None]
     recorder = AttentionRecorder(spec.n_layers, keys_per_row=keys_per_row, rows=rows, layers=layers, silent=silent)
     attached = []
+    first_softmax = spec.softmax_layers[0]
+
+    def note_block_start(_module: torch.nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
+        """Before each forward: the absolute cache length (a sliding-window layer's own cache is shorter)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if torch.compiler.is_compiling():  # a compiled step keeps no Python int: per layer, as before
+            recorder.block_start = None
+            return
+        try:
+            recorder.block_start = int(cache.get_seq_length(first_softmax)) if cache is not None else 0
+        except (AttributeError, TypeError, IndexError):  # a legacy tuple cache or another object: per layer
+            recorder.block_start = None
+
+    hook = model.register_forward_pre_hook(note_block_start, with_kwargs=True)
     with engine_installed(model):
         try:
             for layer in recorder.layers:
@@ -172,5 +191,6 @@ def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str =
                 attached.append(module)
             yield recorder
         finally:
+            hook.remove()
             for module in attached:
                 setattr(module, RECORDER_ATTR, None)

@@ -137,3 +137,24 @@ def test_split_kv_attention_gives_each_head_group_its_own_sinks(full):
         with compressed_attention(model):
             split = model(ids, past_key_values=cache).logits
     torch.testing.assert_close(split, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3", "llama4_text", "gpt_oss", "qwen3_5"])
+def test_decode_steps_record_absolute_positions_in_windowed_layers(family):
+    """A sliding-window or chunked layer's cache keeps only its last keys at decode time: the recorded keys
+    and row positions are still absolute, equal to eager attention over the whole sequence at every step."""
+    model = make_family_model(family)
+    spec = ModelSpec.from_model(model)
+    ids = torch.randint(3, 290, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), capture_attention(model, spec=spec) as rec:
+        out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    got = rec.stacked()
+    assert got.positions.flatten().tolist() == list(range(15, 15 + got.indices.shape[0]))
+    base = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(out[:, :-1], output_attentions=True).attentions
+    model.set_attn_implementation(base)
+    for step in range(got.indices.shape[0]):
+        for layer, att in zip(spec.softmax_layers, eager, strict=True):
+            assert torch.equal(got.indices[step, layer, 0, :, 0, 0], att[0, :, 15 + step].argmax(-1)), (step, layer)
