@@ -121,6 +121,37 @@ def engine_installed(model: PreTrainedModel) -> Iterator[None]:
 
 
 # ---- scores of selected query rows, as the backend computes them --------------------------------
+def sink_logits(module: torch.nn.Module, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The learned attention-sink logit of every query head ``(H,)`` (GPT-OSS's ``sinks``, handed to the
+    backend as ``s_aux``), or ``None`` for a module without sinks.
+
+    A sink is one extra softmax column per head with no value: it takes a share of every row's mass and
+    returns nothing. Every mass-based quantity must count it (:func:`softmax_with_sinks`).
+    """
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = getattr(module, "sinks", None)
+    return sinks if isinstance(sinks, torch.Tensor) else None
+
+
+def softmax_log_denominator(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """``log`` of the softmax denominator of masked logits ``scores (B, H, R, Lk)``, the sink's term included:
+    ``log(sum_k exp(s_k) + exp(sink_h))``, shape ``(B, H, R, 1)``. The one place the sink enters a softmax."""
+    logits = scores.float()
+    if sinks is not None:
+        sink = sinks.to(logits.device, torch.float32).reshape(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
+        logits = torch.cat([logits, sink], dim=-1)
+    return torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention probabilities of masked logits ``(B, H, R, Lk)`` whose denominator includes the sinks: the rows
+    sum to ``1 - sink share``, as the model's own attention weights do. Without sinks: ``softmax``."""
+    if sinks is None:
+        return torch.softmax(scores.float(), dim=-1)
+    return torch.exp(scores.float() - softmax_log_denominator(scores, sinks))
+
+
 def selected_row_probs(
     module: torch.nn.Module,
     query_rows: torch.Tensor,  # (B, H, R, D): queries of the selected rows
@@ -132,9 +163,11 @@ def selected_row_probs(
 ) -> torch.Tensor:
     """Attention probabilities ``(B, H, R, Lk)`` of the selected rows, in float32.
 
-    Applies the same scaling, soft-capping, causal/sliding-window and padding
-    masks the backend applies. Keys are not repeated for GQA: queries are
-    grouped per KV head instead.
+    Applies the same scaling, soft-capping, causal/sliding-window/chunked and
+    padding masks the backend applies, and the attention sinks' share of the
+    softmax (:func:`softmax_with_sinks`). Keys are not repeated for GQA:
+    queries are grouped per KV head instead. Query and key widths may differ
+    from the value width (MLA: nope + rope parts).
     """
     bsz, n_heads, n_rows, dim = query_rows.shape
     n_kv, k_len = key.shape[1], key.shape[2]
@@ -165,4 +198,4 @@ def selected_row_probs(
         if attention_mask is not None and attention_mask.ndim == 2:
             allowed = allowed & attention_mask[:, None, None, -k_len:].bool()
         scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    return softmax_with_sinks(scores, sink_logits(module, kwargs))

@@ -15,6 +15,9 @@ counting left padding). ``rows="last"`` takes the last query row of every
 forward — the row that predicts the next token, one per decode step.
 ``recorder.set_rows(positions)`` selects explicit rows ``(B, R)`` for the next
 forward (e.g. the answer-predicting rows of a teacher-forced pass).
+
+Layers without softmax heads (linear attention, SSM, convolution: ``spec.layer_kinds``) keep their
+place in the stacked records with index ``-1`` and weight ``NaN``: no key is ever attended there.
 """
 
 from __future__ import annotations
@@ -45,19 +48,26 @@ class CapturedAttention:
 class AttentionRecorder:
     """Collects, per layer and forward call, the ``keys_per_row`` most attended keys of the selected query rows."""
 
-    def __init__(self, n_layers: int, keys_per_row: int = 1, rows: str = "last", layers: list[int] | None = None):
+    def __init__(self, n_layers: int, keys_per_row: int = 1, rows: str = "last", layers: list[int] | None = None,
+                 silent: list[int] | None = None):
         if rows not in ("last", "explicit"):
             raise ValueError("rows must be 'last' or 'explicit'")
         self.n_layers = n_layers
         self.keys_per_row = keys_per_row
         self.rows = rows
         self.layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
+        # layers with no softmax heads: never observed, stacked as index -1 / weight NaN
+        self.silent = sorted(set(silent or ()) & set(self.layers))
+        if self.silent == self.layers:
+            raise ValueError(f"layers {self.layers} have no softmax heads: there is nothing to capture")
+        self._first = next(layer for layer in self.layers if layer not in self.silent)
         self._explicit: torch.Tensor | None = None
         self.indices: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.weights: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.positions: list[torch.Tensor] = []
         self.buffered = False
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.block_start: int | None = None  # the cache's length before the current forward, when known
 
     def set_rows(self, positions: torch.Tensor) -> None:
         """Select absolute query positions ``(B, R)`` for the following forward calls."""
@@ -76,7 +86,11 @@ class AttentionRecorder:
                       attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
         bsz, _, q_len, _ = query.shape
         k_len = key.shape[2]
-        offset = k_len - q_len  # absolute key index of this block's first query row
+        # absolute cache index of this block's first query: the cache's length before the forward (set by
+        # capture_attention's hook); a sliding-window layer's cache holds only its last keys, so k_len - q_len
+        # is not it there. Its keys are the last k_len positions up to the block's end.
+        offset = self.block_start if self.block_start is not None else k_len - q_len
+        key_shift = max(0, offset + q_len - k_len)  # > 0 only where the layer's cache keeps its last keys only
         if self.rows == "last":
             row_index = torch.full((bsz, 1), q_len - 1, device=query.device, dtype=torch.long)
         else:
@@ -87,21 +101,21 @@ class AttentionRecorder:
                 raise ValueError(f"set_rows got batch {row_index.shape[0]}, the forward has batch {bsz}")
             if (row_index < 0).any() or (row_index >= q_len).any():
                 raise ValueError(
-                    f"selected positions must lie in this forward's query block [{offset}, {k_len}), "
+                    f"selected positions must lie in this forward's query block [{offset}, {offset + q_len}), "
                     f"got {self._explicit.min().item()}..{self._explicit.max().item()}"
                 )
         # (B, H, R, D): only the selected query rows are scored
         q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
         probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
         weights, indices = probs.topk(self.keys_per_row, dim=-1)  # (B, H, R, k)
-        record = (indices.to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
+        record = ((indices + key_shift).to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
                   row_index + offset)
         if self.buffered:  # a compiled step: overwrite one slot per layer, collected by flush()
             self._pending[layer] = record
             return
         self.indices[layer].append(record[0])
         self.weights[layer].append(record[1])
-        if layer == self.layers[0]:
+        if layer == self._first:
             self.positions.append(record[2])
 
     def flush(self) -> None:
@@ -111,10 +125,12 @@ class AttentionRecorder:
         if not self._pending:
             return
         for layer in self.layers:
+            if layer in self.silent:
+                continue
             indices, weights, positions = self._pending[layer]
             self.indices[layer].append(indices.clone())
             self.weights[layer].append(weights.clone())
-            if layer == self.layers[0]:
+            if layer == self._first:
                 self.positions.append(positions.clone())
 
     def stacked(self) -> CapturedAttention:
@@ -122,8 +138,14 @@ class AttentionRecorder:
         if not self.positions:
             raise RuntimeError("nothing was captured: run a forward inside capture_attention()")
         device = self.positions[0].device  # layers split over devices (device_map) meet on the first one
-        indices = torch.stack([torch.stack(self.indices[layer]).to(device) for layer in self.layers], dim=1)
-        weights = torch.stack([torch.stack(self.weights[layer]).to(device) for layer in self.layers], dim=1)
+        shown_i = torch.stack(self.indices[self._first]).to(device)
+        shown_w = torch.stack(self.weights[self._first]).to(device)
+        idx = {layer: torch.stack(self.indices[layer]).to(device) if layer not in self.silent
+               else torch.full_like(shown_i, -1) for layer in self.layers}
+        wts = {layer: torch.stack(self.weights[layer]).to(device) if layer not in self.silent
+               else torch.full_like(shown_w, float("nan")) for layer in self.layers}
+        indices = torch.stack([idx[layer] for layer in self.layers], dim=1)
+        weights = torch.stack([wts[layer] for layer in self.layers], dim=1)
         return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
 
 
@@ -133,20 +155,42 @@ def capture_attention(model: PreTrainedModel, keys_per_row: int = 1, rows: str =
     """Record the ``keys_per_row`` most attended key positions (and their weights) of selected query rows, per head.
 
     The model's outputs are exactly those of its own attention backend; the
-    extra cost is one ``rows x context`` score matrix per layer.
+    extra cost is one ``rows x context`` score matrix per layer. Weights are the
+    model's softmax including attention sinks (GPT-OSS), so a row sums to less than 1 there.
     """
     spec = spec or ModelSpec.from_model(model)
-    recorder = AttentionRecorder(spec.n_layers, keys_per_row=keys_per_row, rows=rows, layers=layers)
+    if layers is not None:
+        for layer in layers:
+            spec.check_softmax_layer(layer)
+    silent = [i for i in range(spec.n_layers) if spec.attention_modules[i] is None]
+    recorder = AttentionRecorder(spec.n_layers, keys_per_row=keys_per_row, rows=rows, layers=layers, silent=silent)
     attached = []
+    first_softmax = spec.softmax_layers[0]
+
+    def note_block_start(_module: torch.nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
+        """Before each forward: the absolute cache length (a sliding-window layer's own cache is shorter)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if torch.compiler.is_compiling():  # a compiled step keeps no Python int: per layer, as before
+            recorder.block_start = None
+            return
+        try:
+            recorder.block_start = int(cache.get_seq_length(first_softmax)) if cache is not None else 0
+        except (AttributeError, TypeError, IndexError):  # a legacy tuple cache or another object: per layer
+            recorder.block_start = None
+
+    hook = model.register_forward_pre_hook(note_block_start, with_kwargs=True)
     with engine_installed(model):
         try:
             for layer in recorder.layers:
                 module = spec.attention_modules[layer]
+                if module is None:
+                    continue
                 if getattr(module, RECORDER_ATTR, None) is not None:
                     raise RuntimeError(f"layer {layer} is already being captured (nested capture_attention?)")
                 setattr(module, RECORDER_ATTR, SimpleNamespace(observe=partial(recorder.observe_layer, layer)))
                 attached.append(module)
             yield recorder
         finally:
+            hook.remove()
             for module in attached:
                 setattr(module, RECORDER_ATTR, None)

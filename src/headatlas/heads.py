@@ -93,8 +93,12 @@ class HeadScores:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu()
         if self.scores.ndim != 2:
             raise HeadScoreFileError(f"scores must be [n_layers, n_heads], got shape {tuple(self.scores.shape)}")
-        if not torch.isfinite(self.scores).all():
-            raise HeadScoreFileError("scores contain NaN or infinite values")
+        finite = torch.isfinite(self.scores)
+        # a layer without softmax heads (linear attention, SSM, convolution) is a row of NaN: never scored
+        unscored_layer = self.scores.isnan().all(dim=1, keepdim=True) if self.scores.numel() else finite
+        if not (finite | unscored_layer).all():
+            raise HeadScoreFileError("scores contain NaN or infinite values (NaN only fills a whole layer without "
+                                     "softmax heads)")
 
     @property
     def n_layers(self) -> int:
@@ -110,7 +114,7 @@ class HeadScores:
     def ranked(self) -> list[tuple[Head, float]]:
         """All heads, best first (ties broken by layer, then head)."""
         flat = self.scores.flatten().tolist()
-        order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+        order = sorted((i for i in range(len(flat)) if flat[i] == flat[i]), key=lambda i: (-flat[i], i))  # NaN: none
         return [(Head(i // self.n_heads, i % self.n_heads), flat[i]) for i in order]
 
     def top_k(self, k: int) -> list[Head]:
@@ -135,7 +139,7 @@ class HeadScores:
     # ---- files -------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_layers": self.n_layers,
-                "n_heads": self.n_heads, "scores": [[round(float(x), 8) for x in row] for row in self.scores.tolist()],
+                "n_heads": self.n_heads, "scores": [[round(float(x), 8) if x == x else None for x in row] for row in self.scores.tolist()],
                 "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
@@ -167,7 +171,7 @@ class HeadScores:
                 f"but 'scores' is {n_layers} x {n_heads}"
             )
         try:
-            tensor = torch.tensor(rows, dtype=torch.float32)
+            tensor = torch.tensor([[float("nan") if x is None else x for x in r] for r in rows], dtype=torch.float32)
         except (TypeError, ValueError) as err:
             raise HeadScoreFileError(f"{source}: 'scores' holds non-numbers ({err})") from err
         return cls(tensor, dict(data.get("meta") or {}))

@@ -4,6 +4,7 @@ Three operators (``../shared/docs/science.md``):
 
 - ``zero``: the head's slice of the output projection's input is set to 0
   (a forward pre-hook on ``o_proj``/``c_proj``/``dense``) — "remove the head";
+  the slice is ``spec.head_dim`` wide, the value width (MLA: ``v_head_dim``);
 - ``mean``: that slice is replaced by a supplied mean vector (see
   :func:`head_output_means`);
 - ``uniform``: the head's query is set to 0, so it attends uniformly over the
@@ -69,6 +70,8 @@ def masked_heads(model: PreTrainedModel, heads: Iterable[Head | tuple[int, int]]
         raise ValueError(f"unknown mask mode {mode!r}; choose one of {MASK_MODES}")
     spec = spec or ModelSpec.from_model(model)
     heads = check_heads(heads, spec.n_layers, spec.n_heads)
+    for layer in sorted({h.layer for h in heads}):
+        spec.check_softmax_layer(layer)  # a linear-attention/SSM layer has no head to mask
     if mode == "mean":
         if means is None:
             raise ValueError("mode='mean' needs means of shape [n_layers, n_heads, head_dim] (see head_output_means)")
@@ -139,7 +142,8 @@ def head_output_means(
 
         return hook
 
-    handles = [p.register_forward_pre_hook(make_hook(i)) for i, p in enumerate(spec.output_projections)]
+    handles = [p.register_forward_pre_hook(make_hook(i)) for i, p in enumerate(spec.output_projections)
+               if p is not None]  # layers without softmax heads keep mean 0
     try:
         device = next(model.parameters()).device
         for batch in batches:
@@ -167,6 +171,8 @@ def zero_heads_in_weights(
     """
     spec = spec or ModelSpec.from_model(model)
     heads = check_heads(heads, spec.n_layers, spec.n_heads)
+    for layer in sorted({h.layer for h in heads}):
+        spec.check_softmax_layer(layer)
     saved: list[tuple[torch.Tensor, torch.Tensor, int, slice]] = []
     with torch.no_grad():
         for h in heads:

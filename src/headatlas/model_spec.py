@@ -27,10 +27,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 # the name a layer's attention module gives its output projection, per family
 OUTPUT_PROJECTION_NAMES = ("o_proj", "c_proj", "dense", "out_proj")
 SUPPORTED_FAMILIES = (
-    "Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Gemma, Gemma 2, Gemma 3 (text), Phi-3, "
-    "GPT-2, GPT-NeoX, OLMo, OLMo 2, Granite, StableLM, Cohere and other decoder-only models whose attention "
-    "goes through transformers' AttentionInterface"
+    "Llama, Llama 4 (text), Mistral, Mixtral, Qwen2, Qwen3, Qwen3-MoE, Qwen3.5, Qwen3-Next, Gemma 2, Gemma 3 (text), "
+    "GPT-OSS, DeepSeek-V3 (MLA), OLMo 3, Phi-3, GPT-2, GPT-NeoX, Granite-MoE-Hybrid, Falcon-H1, Jamba, LFM2 "
+    "(docs/models.md) and other decoder-only models whose attention goes through transformers' AttentionInterface"
 )
+#: What a layer is, for the toolkit: softmax attention over the whole cache (``full``), over a sliding window
+#: (``sliding``) or a chunk (``chunked``), multi-head latent attention whose cache is one shared latent per
+#: token (``latent``), or a layer without softmax heads (``linear``: linear attention, SSM or convolution).
+LAYER_KINDS = ("full", "sliding", "chunked", "latent", "linear")
+SOFTMAX_KINDS = ("full", "sliding", "chunked", "latent")
+# transformers' cache layer types (``cache_utils.get_layer_types_and_kwargs``) -> (kind, keeps recurrent state)
+_CACHE_TYPE_KINDS = {
+    "full_attention": ("full", False), "sliding_attention": ("sliding", False), "chunked_attention": ("chunked", False),
+    "conv": ("linear", True), "linear_attention": ("linear", True), "hybrid": ("full", True),
+    "hybrid_sliding": ("sliding", True),
+}
+
+
 class UnsupportedModelError(ValueError):
     """The model's architecture cannot be observed or masked head by head."""
 
@@ -63,15 +76,40 @@ class ModelSpec:
     n_layers: int
     n_heads: int
     n_kv_heads: int
-    head_dim: int
+    head_dim: int  # the width of one head's slice of the output projection's input (MLA: ``v_head_dim``)
     max_positions: int | None
-    attention_modules: list[nn.Module] = field(repr=False)
-    output_projections: list[nn.Module] = field(repr=False)
+    attention_modules: list[nn.Module | None] = field(repr=False)  # None: a layer without softmax heads
+    output_projections: list[nn.Module | None] = field(repr=False)
     model_type: str = ""
+    layer_kinds: list[str] = field(default_factory=list)  # one of LAYER_KINDS per layer
+    windows: list[int | None] = field(default_factory=list)  # sliding window / chunk size per layer
+    recurrent: list[bool] = field(default_factory=list)  # the layer's cache keeps a recurrent/conv state
+    qk_head_dim: int = 0  # query/key width per head (MLA: nope + rope); head_dim elsewhere
+    sinks: bool = False  # the attention modules have learned sink logits (``sinks``, passed as ``s_aux``)
+
+    def __post_init__(self) -> None:
+        n = self.n_layers
+        self.layer_kinds = self.layer_kinds or ["full"] * n
+        self.windows = self.windows or [None] * n
+        self.recurrent = self.recurrent or [False] * n
+        self.qk_head_dim = self.qk_head_dim or self.head_dim
+
+    @property
+    def softmax_layers(self) -> list[int]:
+        """The layers that have softmax-attention heads (every layer but linear-attention/SSM/conv ones)."""
+        return [i for i, kind in enumerate(self.layer_kinds) if kind in SOFTMAX_KINDS]
 
     @property
     def n_total_heads(self) -> int:
-        return self.n_layers * self.n_heads
+        """Softmax-attention heads in the model (what "5 % of heads" counts; linear layers have none)."""
+        return len(self.softmax_layers) * self.n_heads
+
+    def check_softmax_layer(self, layer: int) -> None:
+        """Raise ``ValueError`` (one line) when ``layer`` has no softmax heads."""
+        if self.layer_kinds[layer] not in SOFTMAX_KINDS:
+            raise ValueError(f"layer {layer} of this {self.model_type} model is a {self.layer_kinds[layer]} layer "
+                             f"(linear attention, SSM or convolution): it has no softmax heads to observe or mask; "
+                             f"softmax layers: {self.softmax_layers}")
 
     @classmethod
     def from_model(cls, model: PreTrainedModel) -> ModelSpec:
@@ -88,39 +126,173 @@ class ModelSpec:
             layer_idx = getattr(module, "layer_idx", None)
             if layer_idx is None or not type(module).__name__.endswith("Attention"):
                 continue
-            if getattr(module, "is_cross_attention", False) or "cross" in name.lower():
-                continue
+            if getattr(module, "is_cross_attention", False) or any(k in name.lower() for k in ("cross", "encoder_attn")):
+                continue  # cross-attention (e.g. a seq2seq decoder's encoder_attn) has no causal heads
             proj = next((getattr(module, n) for n in OUTPUT_PROJECTION_NAMES if hasattr(module, n)), None)
             if proj is None or not hasattr(proj, "weight"):
                 continue
             if layer_idx in layers:
                 raise UnsupportedModelError(f"two attention modules claim layer {layer_idx} ({name})")
             layers[int(layer_idx)] = (module, proj)
-        if not layers or not getattr(model, "_supports_attention_backend", False):
+        cache_types = _cache_layer_types(config)
+        for i in list(layers):  # a layer the config calls linear whose module computes no softmax (MiniMax's
+            kind = _CACHE_TYPE_KINDS.get(cache_types[i] if i < len(cache_types) else "", ("", False))[0]
+            if kind == "linear" and not _forward_calls_interface(layers[i][0]):  # lightning attention)
+                del layers[i]
+        if not layers and cache_types and all(_CACHE_TYPE_KINDS.get(t, ("", False))[0] == "linear" for t in cache_types):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} (model_type {model_type!r}) has no softmax-attention layer (layer types: "
+                f"{sorted(set(cache_types))}): retrieval heads are softmax-attention heads. Supported: "
+                f"{SUPPORTED_FAMILIES}."
+            )
+        if not layers or not all(_uses_attention_interface(model, m) for m, _ in layers.values()):
             raise UnsupportedModelError(
                 f"cannot find per-head attention in {type(model).__name__} (model_type {model_type!r}): its "
                 f"attention does not go through transformers' AttentionInterface or its modules are unknown. "
                 f"Supported: {SUPPORTED_FAMILIES}."
             )
-        if sorted(layers) != list(range(len(layers))):
-            raise UnsupportedModelError(f"attention layers are not numbered 0..n-1: {sorted(layers)}")
+        n_layers = len(cache_types) if cache_types else max(layers) + 1
+        if max(layers) >= n_layers:
+            raise UnsupportedModelError(f"attention layers {sorted(layers)} do not fit the model's {n_layers} layers")
         n_heads = int(config.num_attention_heads)
         n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
-        modules = [layers[i][0] for i in range(len(layers))]
-        projections = [layers[i][1] for i in range(len(layers))]
-        width = _projection_input_width(projections[0])
-        if width != n_heads * head_dim:
-            raise UnsupportedModelError(
-                f"the output projection takes {width} features, not heads x head_dim = {n_heads} x {head_dim}"
-            )
+        modules: list[nn.Module | None] = [layers[i][0] if i in layers else None for i in range(n_layers)]
+        projections: list[nn.Module | None] = [layers[i][1] if i in layers else None for i in range(n_layers)]
+        first = next(m for m in modules if m is not None)
+        width = _projection_input_width(layers[min(layers)][1])
+        head_dim = _value_head_dim(config, n_heads, width)
+        latent = getattr(first, "kv_lora_rank", None) is not None or getattr(config, "kv_lora_rank", None) is not None
+        kinds, windows, recurrent = [], [], []
+        for i in range(n_layers):
+            kind, state = _CACHE_TYPE_KINDS.get(cache_types[i] if cache_types else "full_attention", ("full", False))
+            window = _layer_window(config, i, kind)
+            if modules[i] is None:
+                kind, window = "linear", None
+            elif kind == "linear":  # the config says linear but the layer has softmax attention: trust the module
+                kind = "full"
+            elif latent and kind == "full":
+                kind = "latent"
+            kinds.append(kind)
+            windows.append(window)
+            recurrent.append(state)
+        qk_dim = int(getattr(first, "qk_head_dim", None) or getattr(config, "head_dim", None) or head_dim)
         max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        return cls(len(layers), n_heads, n_kv, head_dim, int(max_pos) if max_pos else None, modules, projections,
-                   str(model_type))
+        return cls(n_layers, n_heads, n_kv, head_dim, int(max_pos) if max_pos else None, modules, projections,
+                   str(model_type), kinds, windows, recurrent, qk_dim,
+                   any(isinstance(getattr(m, "sinks", None), torch.Tensor) for m in modules if m is not None))
 
     def describe(self) -> dict[str, Any]:
         names = ("model_type", "n_layers", "n_heads", "n_kv_heads", "head_dim", "max_positions")
-        return {k: getattr(self, k) for k in names}
+        out: dict[str, Any] = {k: getattr(self, k) for k in names}
+        if self.qk_head_dim != self.head_dim:
+            out["qk_head_dim"] = self.qk_head_dim
+        out["layer_kinds"] = list(self.layer_kinds)
+        if any(self.windows):
+            out["windows"] = list(self.windows)
+        if any(self.recurrent):
+            out["recurrent_layers"] = [i for i, r in enumerate(self.recurrent) if r]
+        if self.sinks:
+            out["attention_sinks"] = True
+        return out
+
+
+def layer_rows(spec: ModelSpec) -> list[dict[str, Any]]:
+    """One row per layer for ``headatlas info``: index, kind, window, softmax heads, recurrent state."""
+    return [{"layer": i, "kind": kind, "window": spec.windows[i],
+             "softmax heads": spec.n_heads if kind != "linear" else 0, "recurrent state": spec.recurrent[i]}
+            for i, kind in enumerate(spec.layer_kinds)]
+
+
+def command_support(spec: ModelSpec) -> dict[str, str]:
+    """What each command does on this model, in words (``headatlas info``): ``yes ...`` or ``refused: reason``."""
+    softmax, linear = spec.softmax_layers, [i for i, k in enumerate(spec.layer_kinds) if k == "linear"]
+    heads = f"{spec.n_total_heads} softmax heads in layers {_ranges(softmax)}"
+    skipped = f"; layers {_ranges(linear)} have no softmax heads (not scored, never selected)" if linear else ""
+    sinks = "; masses include the attention sinks" if spec.sinks else ""
+    out = {
+        "detect / capture": f"yes: {heads}{skipped}{sinks}",
+        "mask (niah-eval, compare, retmask, decore)": f"yes: zero/mean/uniform on the {spec.head_dim}-wide "
+                                                      f"output slice of each of the {heads}",
+    }
+    from .kvcache.plan import compressible_layers
+
+    try:
+        full = compressible_layers(spec)
+    except UnsupportedModelError as err:
+        out["kv-compress"] = "refused: " + str(err).removeprefix("kv-compress: ")
+    else:
+        kept = [i for i in softmax if i not in full]
+        out["kv-compress"] = f"yes: compresses the full-length layers {_ranges(full)}" + (
+            f"; sliding/chunked layers {_ranges(kept)} are kept whole" if kept else "") + (
+            f"; layers {_ranges(linear)} keep their recurrent state" if linear else "")
+    return out
+
+
+def _ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    parts: list[str] = []
+    for i in layers:
+        if parts and i == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{i}"
+        else:
+            parts.append(str(i))
+    return ", ".join(parts) or "none"
+
+
+def _uses_attention_interface(model: PreTrainedModel, module: nn.Module) -> bool:
+    """True when ``module``'s forward calls the backend transformers' AttentionInterface names.
+
+    The class flag ``_supports_attention_backend`` says so for most models; hybrid models (Qwen3.5, Jamba,
+    Falcon-H1) leave it unset although their softmax layers do, so the forward's source is read instead.
+    """
+    if getattr(model, "_supports_attention_backend", False):
+        return True
+    return _forward_calls_interface(module, unreadable=False)
+
+
+def _forward_calls_interface(module: nn.Module, unreadable: bool = True) -> bool:
+    """Whether ``module.forward``'s source names ``ALL_ATTENTION_FUNCTIONS`` (``unreadable`` when it has no source)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return unreadable
+    return "ALL_ATTENTION_FUNCTIONS" in source
+
+
+def _cache_layer_types(config: Any) -> list[str]:
+    """What each layer caches, as transformers' own DynamicCache reads it from the config
+    (``full_attention``, ``sliding_attention``, ``chunked_attention``, ``linear_attention``, ``conv``, ``hybrid`` ...)."""
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        return list(get_layer_types_and_kwargs(config)[0])
+    except Exception:  # noqa: BLE001 - an older transformers or an unusual config: every layer counts as full
+        n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        return ["full_attention"] * int(n) if n else []
+
+
+def _layer_window(config: Any, layer: int, kind: str) -> int | None:
+    if kind == "sliding":
+        return getattr(config, "sliding_window", None)
+    if kind == "chunked":
+        return getattr(config, "attention_chunk_size", None)
+    return None
+
+
+def _value_head_dim(config: Any, n_heads: int, width: int) -> int:
+    """One head's width in the output projection's input: ``v_head_dim`` (MLA), ``head_dim`` or hidden / heads."""
+    hidden = getattr(config, "hidden_size", None)
+    candidates = [getattr(config, "v_head_dim", None), getattr(config, "head_dim", None),
+                  hidden // n_heads if hidden else None]
+    for dim in candidates:
+        if dim and width == n_heads * int(dim):
+            return int(dim)
+    raise UnsupportedModelError(
+        f"the output projection takes {width} features, which is not heads x head width for any head width the "
+        f"config names ({n_heads} heads; v_head_dim/head_dim/hidden_size/heads = {candidates})"
+    )
 
 
 def _projection_input_width(proj: nn.Module) -> int:

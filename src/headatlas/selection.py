@@ -132,7 +132,8 @@ class HeadSelection:
     def _pick(self, scores: HeadScores) -> list[Head]:
         if self.threshold is not None:
             return scores.above(self.threshold)
-        return scores.top_k(self.top_k or share_of_heads(scores.n_layers * scores.n_heads))
+        # "5 % of heads" counts softmax heads only: a layer without them is a NaN row of the scores
+        return scores.top_k(self.top_k or share_of_heads(int(scores.scores.isfinite().sum())))
 
     def resolve(self, n_layers: int, n_heads: int) -> list[Head]:
         """The heads, sorted; raises when a head or a score file does not fit an ``n_layers x n_heads`` model."""
@@ -141,9 +142,14 @@ class HeadSelection:
         own = self._pick(load_scores(self.scores, n_layers, n_heads)) if self.scores is not None else None
         if self.random_seed is None:
             return sorted(own)  # type: ignore[arg-type]
-        sets = ([own] if own is not None else []) + [self._pick(load_scores(s, n_layers, n_heads)) for s in self.exclude]
+        loaded = [load_scores(s, n_layers, n_heads) for s in ((self.scores,) if self.scores is not None else ())
+                  + self.exclude]
+        sets = ([own] if own is not None else []) + [self._pick(s) for s in loaded[1 if own is not None else 0:]]
         k = len(own) if own is not None else self.top_k or share_of_heads(n_layers * n_heads)
-        return random_heads(n_layers, n_heads, k, self.random_seed, exclude={h for s in sets for h in s},
+        # never draw a head of a layer without softmax heads (a NaN row in any of the score files)
+        unscored = {Head(int(i), h) for s in loaded for i in s.scores.isnan().all(dim=1).nonzero().flatten().tolist()
+                    for h in range(n_heads)}
+        return random_heads(n_layers, n_heads, k, self.random_seed, exclude={h for s in sets for h in s} | unscored,
                             layer_matched_to=sets[0] if self.layer_matched else None)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -238,7 +244,7 @@ def concentration(scores: HeadScores, threshold: float = SCORE_THRESHOLD, top: i
     share of the total score, the Gini coefficient, and the entropy (nats and
     normalised to [0, 1]).
     """
-    flat = scores.scores.flatten().clamp(min=0).tolist()
+    flat = [x for x in scores.scores.flatten().clamp(min=0).tolist() if x == x]  # NaN: no softmax heads there
     total, ranked, n, ent = sum(flat), sorted(flat, reverse=True), len(flat), entropy(flat)
     n_above = sum(1 for x in flat if x > threshold)
     return {

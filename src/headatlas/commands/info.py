@@ -11,8 +11,8 @@ from .options import from_config
 
 @from_config(model=ModelConfig)
 def info_command(model: ModelConfig) -> None:
-    """Load a model and show its heads, context window, EOS tokens and chat template."""
-    from ..model_spec import eos_token_ids, load_model
+    """Load a model and show its heads, layer kinds, what each command supports on it, EOS tokens and chat template."""
+    from ..model_spec import command_support, eos_token_ids, layer_rows, load_model
 
     loaded, tokenizer, spec = load_model(model.model, dtype=model.dtype, device=model.device or "cpu",
                                          device_map=model.device_map, attn_implementation=model.attn_implementation)
@@ -25,4 +25,16 @@ def info_command(model: ModelConfig) -> None:
     table.add_row("attention backend", loaded.config._attn_implementation)
     table.add_row("eos token ids", str(eos_token_ids(loaded, tokenizer)))
     table.add_row("chat template", "yes" if getattr(tokenizer, "chat_template", None) else "no")
-    Console().print(table)
+    layers = Table(title="layers")
+    rows = layer_rows(spec)
+    for column in rows[0]:
+        layers.add_column(column)
+    for row in rows:
+        layers.add_row(*(str(v) for v in row.values()))
+    support = Table(title="commands")
+    support.add_column("command")
+    support.add_column("on this model")
+    for command, what in command_support(spec).items():
+        support.add_row(command, what)
+    console = Console()
+    console.print(table, layers, support)

@@ -18,13 +18,16 @@ from ..heads import HeadScores
 
 def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval score", top: int = 10) -> Path:
     """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best heads are outlined."""
+    import matplotlib
+    import numpy as np
     from matplotlib.patches import Rectangle
 
-    data = scores.scores.numpy()
+    data = np.ma.masked_invalid(scores.scores.numpy())  # NaN: a layer without softmax heads, shown grey
     n_layers, n_heads = data.shape
     fig = new_figure(min(3 + 0.25 * n_heads, 16), min(2 + 0.25 * n_layers, 14))
     ax = fig.add_subplot()
-    image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+    image = ax.imshow(data, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest")
     fig.colorbar(image, ax=ax, label="score")
     for head in scores.top_k(min(top, n_layers * n_heads)):
         ax.add_patch(Rectangle((head.head - 0.5, head.layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))

@@ -355,6 +355,9 @@ def merge_shards(
         path.unlink()
 
     scores, with_events = scores_from_samples(ordered, run["spec"]["n_layers"], run["spec"]["n_heads"])
+    for layer, kind in enumerate(run["spec"].get("layer_kinds", [])):
+        if kind == "linear":  # no softmax heads (linear attention, SSM, convolution): no score, greyed in heatmaps
+            scores[layer] = float("nan")
     counted = [r for r in ordered if r["counted"]]
     if not counted:
         _fail_loudly(console, ordered, run)

@@ -51,6 +51,30 @@ def stream_mask(
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype) if as_float else allowed
 
 
+class _SinkSubset(torch.nn.Module):
+    """``module`` seen by a backend called on a subset of its query heads: its per-head attention sinks
+    (GPT-OSS ``sinks``) are sliced to those heads; every other attribute is the module's."""
+
+    def __init__(self, module: torch.nn.Module, sinks: torch.Tensor) -> None:
+        super().__init__()
+        object.__setattr__(self, "_inner", module)
+        object.__setattr__(self, "sinks", sinks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_inner"), name)
+
+
+def _for_heads(module: torch.nn.Module, kwargs: dict[str, Any], heads: torch.Tensor
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The module and kwargs to call the backend with for query ``heads`` only (sinks sliced; else unchanged)."""
+    sinks = getattr(module, "sinks", None)
+    if isinstance(kwargs.get("s_aux"), torch.Tensor):
+        kwargs = {**kwargs, "s_aux": kwargs["s_aux"][heads.to(kwargs["s_aux"].device)]}
+    if isinstance(sinks, torch.Tensor):
+        return _SinkSubset(module, sinks[heads.to(sinks.device)]), kwargs
+    return module, kwargs
+
+
 def _make_split_attention(base: str) -> Callable[..., Any]:
     def rh_kvsplit_attention(
         module: torch.nn.Module,
@@ -72,11 +96,13 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
         out = query.new_empty(bsz, q_len, n_heads, value.shape[-1])  # (B, Lq, H, Dv)
         if len(layer.full):
             q_full = _query_heads(layer.full, groups)
-            out[:, :, q_full] = fn(module, query[:, q_full], key, value, attention_mask, **kwargs)[0]
+            sub, kw = _for_heads(module, kwargs, q_full)
+            out[:, :, q_full] = fn(sub, query[:, q_full], key, value, attention_mask, **kw)[0]
         q_stream = _query_heads(layer.stream, groups)
         as_float = base == "eager" or (attention_mask is not None and attention_mask.dtype != torch.bool)
         mask = stream_mask(block, q_len, layer.sink, layer.window, attention_mask, as_float, query.dtype)
-        out[:, :, q_stream] = fn(module, query[:, q_stream], block.keys, block.values, mask, **kwargs)[0]
+        sub, kw = _for_heads(module, kwargs, q_stream)
+        out[:, :, q_stream] = fn(sub, query[:, q_stream], block.keys, block.values, mask, **kw)[0]
         return out, None
 
     rh_kvsplit_attention.__name__ = f"rh_kvsplit_attention_{base}"

@@ -61,31 +61,33 @@ class Condition(HeadCondition):
     query_heads: list[Any] = field(default_factory=list)
 
 
-def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int) -> list[Condition]:
-    """Every condition of the run, in run order."""
+def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: int, n_kv: int,
+               layers: list[int] | None = None) -> list[Condition]:
+    """Every condition of the run, in run order; ``layers``: the compressible layers (default: all,
+    :func:`~headatlas.kvcache.plan.compressible_layers`); KV heads of other layers are always kept whole."""
     from ..selection import HeadSelection
     from .plan import KVHead, kv_heads_of, random_kv_heads, top_kv_heads
 
-    total = n_layers * n_kv
-    everything = [KVHead(layer, g) for layer in range(n_layers) for g in range(n_kv)]
+    layers = list(range(n_layers)) if layers is None else layers
+    total = len(layers) * n_kv
+    everything = [KVHead(layer, g) for layer in layers for g in range(n_kv)]
     top = HeadSelection(scores=scores, top_k=config.top_k).resolve(n_layers, n_heads)
-    retrieval = kv_heads_of(top, n_heads, n_kv)
+    retrieval = [k for k in kv_heads_of(top, n_heads, n_kv) if k.layer in layers]
     out = [Condition("full", "full", everything, total), Condition("windowed", "windowed", [], 0),
            Condition("retrieval", "retrieval", retrieval, len(retrieval), query_heads=top)]
     seeds = [config.seed + i for i in range(config.random_seeds)]
-    out += [Condition(f"random-retrieval-s{s}", "random-retrieval", random_kv_heads(n_layers, n_kv, len(retrieval), s,
-                                                                                  retrieval), len(retrieval), s)
-            for s in seeds]
+    out += [Condition(f"random-retrieval-s{s}", "random-retrieval", random_kv_heads(
+        n_layers, n_kv, len(retrieval), s, retrieval, layers=layers), len(retrieval), s) for s in seeds]
     pl, size = ("pl", n_kv) if config.per_layer else ("", total)  # a per-layer budget counts in every layer
     for b in sorted(set(config.budgets)):
         if not 0 < b < size:
             continue
-        chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer)  # type: ignore[arg-type]
-        kept = b * n_layers if config.per_layer else b
+        chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer, layers)  # type: ignore[arg-type]
+        kept = b * len(layers) if config.per_layer else b
         out.append(Condition(f"top-{b}{pl}", "top", chosen, kept))
         if size - b >= b:
-            out += [Condition(f"random-top-{b}{pl}-s{s}", "random-top",
-                              random_kv_heads(n_layers, n_kv, b, s, chosen, config.per_layer), kept, s) for s in seeds]
+            out += [Condition(f"random-top-{b}{pl}-s{s}", "random-top", random_kv_heads(
+                n_layers, n_kv, b, s, chosen, config.per_layer, layers), kept, s) for s in seeds]
     return out
 
 
@@ -102,14 +104,16 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     from ..model_spec import load_model, model_identity
     from ..prompt_sources import PromptRequest, build_prompts
     from .attention import compressed_attention
-    from .cache import HeadSplitCache
-    from .plan import full_per_layer
+    from .hybrid import make_split_cache
+    from .plan import compressible_layers, full_per_layer
 
     scores = HeadScores.load(config.heads)
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device, device_map=config.device_map,
                                         attn_implementation=config.attn_implementation)
     scores.check_model(spec.n_layers, spec.n_heads, config.model)
-    conds = conditions(config, scores, spec.n_layers, spec.n_heads, spec.n_kv_heads)
+    layers = compressible_layers(spec)  # refuses MLA and recurrent-state models in one line, before any write
+    whole = {i: spec.n_kv_heads for i in range(spec.n_layers) if i not in layers}  # sliding/chunked: kept as is
+    conds = conditions(config, scores, spec.n_layers, spec.n_heads, spec.n_kv_heads, layers)
     prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
         lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed))
     identity = model_identity(model)
@@ -120,11 +124,11 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     wanted = {(c.name, p.meta["prompt_id"]) for c in conds for p in prompts}
     with track("kv-compress", len(wanted), len(wanted & set(done)), enabled=progress) as bar:
         for cond in conds:
-            full = full_per_layer(cond.heads, spec.n_layers)
+            full = full_per_layer(cond.heads, spec.n_layers, whole)
             for p in prompts:
                 pid = p.meta["prompt_id"]
                 if (cond.name, pid) not in done:
-                    cache = HeadSplitCache(full, spec.n_kv_heads, config.sink, config.window)
+                    cache = make_split_cache(spec, model.config, full, config.sink, config.window)
                     with compressed_attention(model):  # chunked prefill: the prompt is read with the compressed cache
                         o = generate(model, [p.input_ids], config.max_new_tokens, stops, cache=cache,
                                      prefill_chunk=config.prefill_chunk)
@@ -138,7 +142,8 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
                     bar.advance()
     top = next(c for c in conds if c.kind == "retrieval").query_heads
     result = config.write_result("kv-compress", RESULT_FILE, identity, summarize(conds, prompts, done),
-                                 top_heads=heads_to_strings(top))
+                                 top_heads=heads_to_strings(top), compressed_layers=layers,
+                                 kept_whole_layers={str(i): spec.layer_kinds[i] for i in whole})
     plot_curve(result, Path(config.out) / FIGURE_FILE)
     return result
 

@@ -14,6 +14,15 @@ query heads, as RetMask's and DuoAttention's KV-head comparisons do (``../shared
 ([KVHead(layer=0, kv_head=0)], [KVHead(layer=0, kv_head=0)])
 >>> full_per_layer([KVHead(1, 1)], n_layers=2)
 [[], [1]]
+>>> full_per_layer([KVHead(1, 1)], n_layers=2, whole={0: 2})  # layer 0 is not compressible: both KV heads kept
+[[0, 1], [1]]
+
+Only layers whose cache is full-length per-head KV are compressed (:func:`compressible_layers`): a
+sliding-window or chunked layer's cache is already bounded by its window and is kept as the model keeps it;
+a hybrid model's linear-attention/SSM/conv layers keep the model's own recurrent-state cache layers
+(:mod:`.hybrid`). An MLA model caches one shared latent per token (no KV head to keep or drop), and a model
+whose layers hold SSM state and attention KV in one cache layer (Falcon-H1) cannot be split: both are
+refused in one line (docs/decisions.md, rows 37-38).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from ..heads import Head, HeadScores
+from ..model_spec import ModelSpec, UnsupportedModelError
 
 Aggregate = Literal["max", "mean"]
 AGGREGATES: tuple[str, ...] = ("max", "mean")
@@ -57,24 +67,28 @@ def kv_scores(scores: HeadScores, n_kv_heads: int, aggregate: Aggregate = "max")
 
 
 def top_kv_heads(scores: HeadScores, n_kv_heads: int, budget: int, aggregate: Aggregate = "max",
-                 per_layer: bool = False) -> list[KVHead]:
+                 per_layer: bool = False, layers: Sequence[int] | None = None) -> list[KVHead]:
     """The ``budget`` best KV heads by aggregated score, best first (ties: layer, then KV head);
-    with ``per_layer`` the ``budget`` best of every layer, sorted (DuoAttention-style per-layer budgets)."""
+    with ``per_layer`` the ``budget`` best of every layer, sorted (DuoAttention-style per-layer budgets).
+    ``layers``: the compressible layers to choose from (default: every layer)."""
     agg = kv_scores(scores, n_kv_heads, aggregate)  # (L, n_kv)
+    among = list(range(scores.n_layers)) if layers is None else sorted(layers)
     if per_layer:
-        return sorted(KVHead(layer, g) for layer in range(scores.n_layers)
+        return sorted(KVHead(layer, g) for layer in among
                       for g in sorted(range(n_kv_heads), key=lambda g: (-float(agg[layer, g]), g))[:budget])
     flat = agg.flatten().tolist()
-    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    order = sorted((i for i in range(len(flat)) if i // n_kv_heads in among), key=lambda i: (-flat[i], i))
     return [KVHead(i // n_kv_heads, i % n_kv_heads) for i in order[:budget]]
 
 
 def random_kv_heads(n_layers: int, n_kv_heads: int, budget: int, seed: int, exclude: Iterable[KVHead] = (),
-                    per_layer: bool = False) -> list[KVHead]:
-    """``budget`` KV heads drawn with ``seed`` (in every layer, with ``per_layer``), never one of ``exclude``."""
+                    per_layer: bool = False, layers: Sequence[int] | None = None) -> list[KVHead]:
+    """``budget`` KV heads drawn with ``seed`` (in every layer, with ``per_layer``), never one of ``exclude``;
+    ``layers``: the compressible layers to draw from (default: every layer)."""
     banned = {KVHead(*k) for k in exclude}
     rng = random.Random(seed)
-    every = [[KVHead(layer, g) for g in range(n_kv_heads)] for layer in range(n_layers)]
+    among = range(n_layers) if layers is None else sorted(layers)
+    every = [[KVHead(layer, g) for g in range(n_kv_heads)] for layer in among]
     out: list[KVHead] = []
     for group in every if per_layer else [[k for layer in every for k in layer]]:
         pool = [k for k in group if k not in banned]
@@ -85,11 +99,61 @@ def random_kv_heads(n_layers: int, n_kv_heads: int, budget: int, seed: int, excl
     return sorted(out)
 
 
-def full_per_layer(kv_heads: Sequence[KVHead], n_layers: int) -> list[list[int]]:
-    """KV heads kept whole, as one list per layer (the form :class:`HeadSplitCache` takes)."""
+def full_per_layer(kv_heads: Sequence[KVHead], n_layers: int, whole: dict[int, int] | None = None) -> list[list[int]]:
+    """KV heads kept whole, as one list per layer (the form :class:`HeadSplitCache` takes); ``whole`` maps a layer
+    that is not compressed (sliding window, chunked) to its KV-head count: all of them are kept."""
     out: list[list[int]] = [[] for _ in range(n_layers)]
     for k in kv_heads:
         if not 0 <= k.layer < n_layers:
             raise ValueError(f"KV head {k} is outside the model's {n_layers} layers")
         out[k.layer].append(k.kv_head)
+    for layer, n_kv in (whole or {}).items():
+        out[layer] = list(range(n_kv))
     return [sorted(set(x)) for x in out]
+
+
+def compressible_layers(spec: ModelSpec) -> list[int]:
+    """The layers whose cache is full-length per-head KV, the only ones kv-compress compresses.
+
+    Sliding-window and chunked layers are kept whole (their cache is bounded by the window already); linear
+    layers keep their recurrent state. Raises :class:`UnsupportedModelError` (one line, the reason) for a model
+    with MLA (one shared latent per token), with layers holding attention KV and SSM state in one cache layer,
+    whose attention does not hand its kwargs to the cache, or with no full-length layer.
+    """
+    kinds = spec.layer_kinds
+    if "latent" in kinds:
+        raise UnsupportedModelError(
+            f"kv-compress: this {spec.model_type} model uses multi-head latent attention (layers "
+            f"{[i for i, k in enumerate(kinds) if k == 'latent']}): its cache is one shared latent per token, "
+            "not per-head keys and values, so there is no KV head to keep whole or stream")
+    shared = [i for i, (r, k) in enumerate(zip(spec.recurrent, kinds, strict=True)) if r and k != "linear"]
+    if shared:
+        raise UnsupportedModelError(
+            f"kv-compress: layers {shared} of this {spec.model_type} model run softmax attention and an SSM side by "
+            "side and keep both in one cache layer, which the head-split KV cache cannot split; masking and detection "
+            "work on it")
+    module = next(m for m in spec.attention_modules if m is not None)
+    if not _passes_kwargs_to_cache(module):
+        raise UnsupportedModelError(
+            f"kv-compress: {type(module).__name__} does not hand its attention kwargs to the cache's update(), the "
+            "channel through which the head-split KV cache gives the streaming heads to attention")
+    full = [i for i, k in enumerate(kinds) if k == "full"]
+    if not full:
+        raise UnsupportedModelError(
+            f"kv-compress: every softmax layer of this {spec.model_type} model attends over a bounded window "
+            f"({sorted(set(kinds))}, windows {sorted({w for w in spec.windows if w})}): its cache is already bounded, "
+            "there is no full-length KV head to compress")
+    return full
+
+
+def _passes_kwargs_to_cache(module: torch.nn.Module) -> bool:
+    """True when the attention forward calls ``cache.update(..., kwargs=...)`` (or its source cannot be read)."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return True
+    calls = re.findall(r"\.update\(([^)]*)\)", source)
+    return not calls or any("kwargs" in args for args in calls)

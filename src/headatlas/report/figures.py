@@ -62,7 +62,7 @@ def heatmap_png(
     col_name: str, value_name: str, title: str = "", diverging: bool = False, vmin: float | None = None,
     vmax: float | None = None, outline: Sequence[tuple[int, int]] = (),
 ) -> str:
-    """A heatmap (row 0 at the top) as a PNG data URI; ``None`` cells are blank; ``outline`` cells get a red box.
+    """A heatmap (row 0 at the top) as a PNG data URI; ``None`` cells are grey; ``outline`` cells get a red box.
 
     ``diverging`` centres a red-blue map on 0 (for differences).
     """
@@ -83,6 +83,9 @@ def heatmap_png(
         vmax = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
         if vmax <= vmin:
             vmax = vmin + 1.0
+    import matplotlib
+
+    cmap = matplotlib.colormaps[cmap].with_extremes(bad="0.85")  # None/NaN cells (no softmax heads) in grey
     image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                       interpolation="nearest")
     pos = ax.get_position()

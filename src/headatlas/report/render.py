@@ -254,11 +254,15 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap], languages: Sequence[
              "cell for its score; click a table header to sort.</p>"]
     for i, m in enumerate(sorted(maps, key=lambda m: _map_order(m, languages))):
         s, title = m.scores, panel_title(m)
-        k, n_outlined = min(page.heads_listed, s.n_layers * s.n_heads), share_of_heads(s.n_layers * s.n_heads)
+        n_softmax = int(s.scores.isfinite().sum())  # a layer without softmax heads is a NaN row: grey, never counted
+        k, n_outlined = min(page.heads_listed, n_softmax), share_of_heads(n_softmax)
         ranked = s.ranked()[:k]
-        heatmap = page.heatmap(s.scores.tolist(), list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
+        values = [[None if x != x else x for x in row] for row in s.scores.tolist()]
+        no_heads = [i for i, row in enumerate(values) if all(x is None for x in row)]
+        heatmap = page.heatmap(values, list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
                                "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
-                               caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined")
+                               caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined"
+                               + (f"; layers {no_heads} (grey) have no softmax heads" if no_heads else ""))
         rows = [f'<tr>{_num_td(r)}<td data-value="{h}">{h}</td>{_num_td(h.layer)}{_num_td(h.head)}{_num_td(v)}</tr>'
                 for r, (h, v) in enumerate(ranked, start=1)]
         table = _table([("rank", True), ("L.H", False), ("layer", True), ("head", True), ("score", True)], rows,
