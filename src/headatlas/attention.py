@@ -165,4 +165,21 @@ def selected_row_probs(
         if attention_mask is not None and attention_mask.ndim == 2:
             allowed = allowed & attention_mask[:, None, None, -k_len:].bool()
         scores = scores.masked_fill(~allowed, float("-inf"))
+    sinks = attention_sinks(module, kwargs)
+    if sinks is not None:
+        # a learned sink logit per head joins the softmax's denominator and takes no key (GPT-OSS)
+        sink = sinks.float().reshape(1, n_heads, 1, 1).expand(bsz, -1, n_rows, 1)
+        return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :k_len]
     return torch.softmax(scores, dim=-1)
+
+
+def attention_sinks(module: torch.nn.Module, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The per-head attention-sink logits ``(H,)`` a model adds to the softmax denominator, or None.
+
+    GPT-OSS keeps them as the module's ``sinks`` parameter and hands them to its attention function as
+    ``s_aux``; with them, the probabilities of the real keys sum to less than 1 (the rest goes to the sink).
+    """
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = getattr(module, "sinks", None)
+    return sinks if isinstance(sinks, torch.Tensor) else None

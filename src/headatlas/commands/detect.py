@@ -26,6 +26,7 @@ from .options import GridOptions, ModelOptions, option
 def detect_command(
     model: str = option(ModelOptions, "model", default=...),
     out: Path = typer.Option(..., "--out", help="Output directory (resumed when it holds the same run)."),
+    scorer: str = option(DetectConfig, "scorer"),
     kind: str = option(DetectConfig, "kind"),
     source_lang: str | None = typer.Option(None, "--source-lang", help="Transition: language of the needle (and haystack)."),
     target_lang: str | None = typer.Option(None, "--target-lang", help="Transition: language the answer is asked in."),
@@ -51,6 +52,14 @@ def detect_command(
     dtype: str = option(ModelOptions, "dtype"),
     attn_implementation: str | None = option(ModelOptions, "attn_implementation"),
     progress: bool = option(DetectConfig, "progress", "--progress/--no-progress"),
+    null_query: str = option(DetectConfig, "null_query"),
+    repeats: int = option(DetectConfig, "repeats", min=1),
+    repeat_tokens: int = option(DetectConfig, "repeat_tokens", min=0),
+    duo_steps: int = option(DetectConfig, "duo_steps", min=1),
+    duo_sink: int = option(DetectConfig, "duo_sink", min=0),
+    duo_window: int = option(DetectConfig, "duo_window", min=0),
+    duo_reg: float = option(DetectConfig, "duo_reg"),
+    duo_lr: float = option(DetectConfig, "duo_lr"),
 ) -> None:
     """Detect retrieval heads: the retrieval score of every head over a needle-in-a-haystack grid."""
     from ..detect import DetectionError, NoRetrievalError, PromptError, detect
@@ -61,12 +70,14 @@ def detect_command(
     console = Console(stderr=True)
     try:
         config = DetectConfig(
-            kind=kind, alignment=alignment, lexicon=lexicon,
+            scorer=scorer, kind=kind, alignment=alignment, lexicon=lexicon, null_query=null_query, repeats=repeats,
+            repeat_tokens=repeat_tokens, duo_steps=duo_steps, duo_sink=duo_sink, duo_window=duo_window,
+            duo_reg=duo_reg, duo_lr=duo_lr,
             mode=mode, max_new_tokens=max_new_tokens, rouge_threshold=rouge_threshold, dedup=dedup,
             batch_size=batch_size, share_prefix=share_prefix, seed=seed, table_rows=table_rows, progress=progress,
         )
         request = PromptRequest(
-            lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=kind, lang=lang,
+            lengths=parse_lengths(lengths) if lengths else None, depths=parse_depths(depths), kind=config.kind, lang=lang,
             source_lang=source_lang, target_lang=target_lang, needles=needles, haystack=haystack,
             chat_template=chat_template, per_cell=per_cell, seed=seed,
         )
@@ -82,7 +93,7 @@ def detect_command(
                                          device_map=device_map)
     try:
         prompts = build_prompts(model, tokenizer, spec.max_positions, request)
-        console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {kind} score on "
+        console.print(f"[bold]{model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {config.scorer} score on "
                       f"{len(prompts)} prompts ({len(request.lengths)} lengths x {len(request.depths)} depths)")
         scores = detect(loaded, tokenizer, prompts, config, out, console=console)
     except NoRetrievalError:

@@ -20,10 +20,11 @@ from .runner import (
     resolve_shard,
     scores_from_samples,
 )
+from .scorers import SCORERS, BatchContext, Scorer, scorer_for
 from .teacher import teacher_batch
 
 __all__ = [
-    "DetectConfig", "DetectionError", "IncompleteRunError", "NoRetrievalError", "PromptError", "PromptItem",
+    "SCORERS", "BatchContext", "DetectConfig", "Scorer", "scorer_for", "DetectionError", "IncompleteRunError", "NoRetrievalError", "PromptError", "PromptItem",
     "ResumeMismatchError", "StopTokens", "copy_event_mask", "copy_events", "detect", "greedy_batch",
     "mean_head_scores", "merge_shards", "plot_heatmap", "prompt_item", "prompt_scores", "resolve_shard",
     "scores_from_samples", "teacher_batch",
