@@ -194,6 +194,8 @@ def _task_items(config: AtlasConfig, model: Any, tokenizer: Any, conditions: Seq
     from .masking import masked_heads
 
     wanted = [t.strip() for t in config.tasks.split(",") if t.strip()]
+    if not wanted:
+        return {}
     try:
         suite = task_suite(config.model)
     except ValueError:

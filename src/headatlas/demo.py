@@ -124,8 +124,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
         from .atlas import AtlasConfig, run_atlas
 
         run_atlas(AtlasConfig(model=config.model, out=str(out / "atlas"), scorers="copy,qr,mass", random_seeds=2,
-                              lengths="256,512", depths="3", per_cell=1, niah_lengths="256,512,1024", niah_depths="3",
-                              tasks="", kv_budget=2, kv_lengths="1024", kv_depths="3", seed=config.seed),
+                              lengths="256,512", depths="3", per_cell=1, niah_lengths="256,512", niah_depths="3",
+                              tasks="", kv_budget=2, kv_lengths="1024", kv_depths="2", seed=config.seed),
                   model=model, tokenizer=tokenizer, console=console)
     if missing:
         console.print(f"[bold red]detection produced no head scores ({missing}); later steps skipped[/]")
