@@ -12,7 +12,9 @@ the positions. Each head is one rule:
 - ``("question", q, t)``: attends to token ``t`` only from rows whose token is ``q``;
 - ``"off"``: zero query and key (uniform attention).
 
-Values copy the token into the residual stream (or nothing, ``values=False``); MLPs are zero.
+Values copy the token into the residual stream, scaled by ``values[h]`` (default 1; 0: the head writes
+nothing); MLPs are zero, and the unembedding reads the token back, so a head with value scale 3 makes
+the model emit the token it attends to.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ HEAD_DIM = 32
 SHARP = 4.0  # query/key scale: a match scores 8 * 8 * 4 * 4 / sqrt(32) ~ 180
 
 
-def wired_model(rules: list, values: list[bool] | None = None) -> LlamaForCausalLM:
+def wired_model(rules: list, values: list[float] | None = None) -> LlamaForCausalLM:
     n = len(rules)
     hidden = 64
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=8, num_hidden_layers=1,
@@ -60,8 +62,9 @@ def wired_model(rules: list, values: list[bool] | None = None) -> LlamaForCausal
                 bq[rule[1]] = 8 * SHARP  # the normed one-hot has size 8: same scale as a match
             if name == "question":
                 wq[rule[2], rule[1]] = SHARP
-            if values is None or values[h]:
-                attn.v_proj.weight[rows][:VOCAB, :VOCAB] = torch.eye(VOCAB)
+            scale = 1.0 if values is None else float(values[h])
+            if scale:
+                attn.v_proj.weight[rows][:VOCAB, :VOCAB] = scale * torch.eye(VOCAB)
                 attn.o_proj.weight[:VOCAB, rows][:, :VOCAB] = torch.eye(VOCAB)
         model.lm_head.weight[:VOCAB, :VOCAB] = torch.eye(VOCAB)
     return model

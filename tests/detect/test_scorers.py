@@ -12,7 +12,7 @@ from headatlas.attention import selected_row_probs
 from headatlas.detect import DetectConfig, detect
 from headatlas.detect.mass import MassScorer, QrScorer, attention_on_keys, qr_document_score
 from headatlas.detect.razor import EchoScorer, InductionScorer
-from headatlas.detect.scorers import SCORERS, BatchContext, Scorer, scorer_for
+from headatlas.detect.scorers import SCORERS, BatchContext, CopyScorer, Scorer, scorer_for
 from headatlas.heads import HeadScores
 from headatlas.model_spec import ModelSpec
 
@@ -114,6 +114,23 @@ def test_qr_keeps_the_question_reading_head_and_calibrates_out_the_constant_one(
     values = mass.reduce([{**r, "counted": True} for r in mass.score_batch(ctx, items)], 1, 4)[0][0]
     assert values[1] > 0.6 > values[0]  # the constant head sits on the document while the answer is written
     assert qr_document_score(torch.tensor([[0.2, 0.2, 0.2]]), torch.zeros(1, 3), 3).item() == 0.0  # QRHead's edge
+
+
+def test_copy_finds_the_copying_head_and_qr_the_question_reading_one():
+    """Head 0 reads the answer token 13 from every row and writes it (the model emits it): a copy head that
+    ignores the question. Head 1 reads the needle's other token 12 from the question token and writes
+    nothing: it attends to the document without copying. Copy events and QRHead part as they should."""
+    model = wired_model([("constant", 13), ("question", 14, 12), "off", "off"], values=[3, 0, 0, 0])
+    ctx = _ctx(model)
+    prompt = _prompt([1, 2, 3, 13, 12, 4, 5, 14, 7], (3, 5), 7, (3, 4))
+    copy = CopyScorer(DetectConfig(scorer="copy", mode="teacher"))
+    items = copy.items([prompt], ToyTokenizer(), ctx.spec)
+    records = copy.score_batch(ctx, items)
+    assert records[0]["counted"] and records[0]["events"] == {"0.0": 1}  # one answer token, copied by head 0
+    assert copy.reduce(records, 1, 4)[0][0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    qr = QrScorer(DetectConfig(scorer="qr"))
+    scores = qr.reduce(qr.score_batch(ctx, qr.items([prompt], ToyTokenizer(), ctx.spec)), 1, 4)[0][0]
+    assert scores[1] > 0.2 and scores[0] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_duo_keeps_the_gate_of_the_head_that_reads_far_back(tmp_path):

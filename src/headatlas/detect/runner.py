@@ -362,7 +362,7 @@ def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_head
         for key, n in rec["events"].items():
             head = Head.parse(key)
             # the score's denominator: the answer span (retrieval) or the target answer (transition)
-            total[head.layer, head.head] += n / rec.get("denominator", rec["span_len"])
+            total[head.layer, head.head] += n / (rec["denominator"] if "denominator" in rec else rec["span_len"])
             with_events[head.layer, head.head] += 1
     return (total / max(counted, 1)).float(), with_events
 
