@@ -107,6 +107,8 @@ class AttentionRecorder:
                 )
         weights, indices, key_probs = self._score_rows(module, query, key, row_index, q_len, attention_mask, kwargs)
         if key_probs is not None:
+            if self.buffered:
+                raise RuntimeError("set_keys() records plain forwards, not buffered (compiled) decode steps")
             self.key_probs[layer].append(key_probs)
         record = (indices.to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
                   row_index + offset)
