@@ -20,6 +20,7 @@ and every JSON file is read by the ``format`` it is stamped with
 ``headatlas/rh-vs-rth``       RH vs RTH (``rh_vs_rth-*.json``)
 ``headatlas/kv-compress``     KV compression by retrieval heads (``kv_compress.json``)
 ``headatlas/decore``          DeCoRe contrastive decoding (``decore.json``)
+``headatlas/atlas``           the scorers compared (``atlas.json``, ``compare-scorers``)
 ==================================  ==============================================================
 
 The detection journal (``samples.jsonl``, the journal the detect run names)
