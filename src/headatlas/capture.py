@@ -38,11 +38,13 @@ from .model_spec import ModelSpec
 
 @dataclass
 class CapturedAttention:
-    """Stacked records: ``indices``/``weights`` ``(S, L, B, H, R, k)``, ``positions`` ``(S, B, R)``."""
+    """Stacked records: ``indices``/``weights`` ``(S, L, B, H, R, k)``, ``positions`` ``(S, B, R)``;
+    ``key_probs`` ``(S, L, B, H, R, K)`` when keys were chosen with :meth:`AttentionRecorder.set_keys`."""
 
     indices: torch.Tensor
     weights: torch.Tensor
     positions: torch.Tensor
+    key_probs: torch.Tensor | None = None
 
 
 class AttentionRecorder:
@@ -66,6 +68,9 @@ class AttentionRecorder:
         self.weights: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self.positions: list[torch.Tensor] = []
         self.buffered = False
+        self._keys: torch.Tensor | None = None
+        self.key_probs: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self.row_chunk = 256
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.block_start: int | None = None  # the cache's length before the current forward, when known
 
@@ -76,10 +81,20 @@ class AttentionRecorder:
         self.rows = "explicit"
         self._explicit = positions.long()
 
+    def set_keys(self, keys: torch.Tensor) -> None:
+        """Also record the attention of each selected row on chosen keys, ``(B, R, K)`` absolute key
+        positions (``-1``: none, recorded as 0) — span masses and per-token attention computed in the
+        same pass as the top-1 keys, from the same probabilities, without materialising attention maps
+        (rows are scored in chunks of :attr:`row_chunk`: memory ``O(chunk x context)`` per layer)."""
+        if keys.ndim != 3:
+            raise ValueError(f"keys must be (batch, rows, keys), got {tuple(keys.shape)}")
+        self._keys = keys.long()
+
     def clear(self) -> None:
         for layer in self.layers:
             self.indices[layer].clear()
             self.weights[layer].clear()
+            self.key_probs[layer].clear()
         self.positions.clear()
 
     def observe_layer(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -104,10 +119,12 @@ class AttentionRecorder:
                     f"selected positions must lie in this forward's query block [{offset}, {offset + q_len}), "
                     f"got {self._explicit.min().item()}..{self._explicit.max().item()}"
                 )
-        # (B, H, R, D): only the selected query rows are scored
-        q_rows = torch.gather(query, 2, row_index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
-        probs = selected_row_probs(module, q_rows, key, row_index, q_len, attention_mask, kwargs)
-        weights, indices = probs.topk(self.keys_per_row, dim=-1)  # (B, H, R, k)
+        weights, indices, key_probs = self._score_rows(module, query, key, row_index, q_len, attention_mask, kwargs,
+                                                       key_shift)
+        if key_probs is not None:
+            if self.buffered:
+                raise RuntimeError("set_keys() records plain forwards, not buffered (compiled) decode steps")
+            self.key_probs[layer].append(key_probs)
         record = ((indices + key_shift).to(torch.int32), weights.to(torch.float16 if weights.is_cuda else torch.float32),
                   row_index + offset)
         if self.buffered:  # a compiled step: overwrite one slot per layer, collected by flush()
@@ -117,6 +134,33 @@ class AttentionRecorder:
         self.weights[layer].append(record[1])
         if layer == self._first:
             self.positions.append(record[2])
+
+    def _score_rows(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, row_index: torch.Tensor,
+                    q_len: int, attention_mask: torch.Tensor | None, kwargs: dict[str, Any], key_shift: int = 0,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Top-k weights and indices ``(B, H, R, k)`` of the selected rows and, with :meth:`set_keys`, their
+        probabilities on the chosen keys ``(B, H, R, K)``; rows in chunks when keys are chosen. ``key_shift``:
+        the absolute position of ``key``'s first column (> 0 where a windowed layer keeps its last keys only);
+        chosen keys outside the layer's cache are recorded as 0."""
+        keys = None if self._keys is None else self._keys.to(query.device)
+        chunk = row_index.shape[1] if keys is None else max(1, self.row_chunk)
+        parts = []
+        for lo in range(0, row_index.shape[1], chunk):
+            rows = row_index[:, lo:lo + chunk]
+            # (B, H, r, D): only the selected query rows are scored
+            q_rows = torch.gather(query, 2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
+            probs = selected_row_probs(module, q_rows, key, rows, q_len, attention_mask, kwargs)
+            weights, indices = probs.topk(self.keys_per_row, dim=-1)
+            picked = None
+            if keys is not None:
+                k = keys[:, lo:lo + chunk] - key_shift  # (B, r, K), positions in this layer's cache
+                idx = k.clamp(0, key.shape[2] - 1)[:, None].expand(-1, probs.shape[1], -1, -1)
+                picked = torch.gather(probs, 3, idx).masked_fill((k < 0)[:, None], 0.0)
+            parts.append((weights, indices, picked))
+        weights = torch.cat([p[0] for p in parts], dim=2)
+        indices = torch.cat([p[1] for p in parts], dim=2)
+        key_probs = None if keys is None else torch.cat([p[2] for p in parts], dim=2).float()
+        return weights, indices, key_probs
 
     def flush(self) -> None:
         """Keep the records of the last forward made with ``buffered`` set (copied: a CUDA graph replays
@@ -146,7 +190,13 @@ class AttentionRecorder:
                else torch.full_like(shown_w, float("nan")) for layer in self.layers}
         indices = torch.stack([idx[layer] for layer in self.layers], dim=1)
         weights = torch.stack([wts[layer] for layer in self.layers], dim=1)
-        return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions))
+        key_probs = None
+        if self.key_probs[self._first]:
+            shown_p = torch.stack(self.key_probs[self._first]).to(device)
+            probs = {layer: torch.stack(self.key_probs[layer]).to(device) if layer not in self.silent
+                     else torch.full_like(shown_p, float("nan")) for layer in self.layers}
+            key_probs = torch.stack([probs[layer] for layer in self.layers], dim=1)
+        return CapturedAttention(indices.long(), weights.float(), torch.stack(self.positions), key_probs)
 
 
 @contextmanager

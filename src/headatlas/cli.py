@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .commands.compare import LM_EVAL_CONTEXT, compare_command, lm_eval_command
+from .commands.compare_scorers import compare_scorers_command
 from .commands.decore import decore_command
 from .commands.demo import demo_command
 from .commands.detect import detect_command
@@ -89,6 +90,7 @@ app.command("detect")(detect_command)
 app.command("languages")(languages_command)
 app.command("report")(report_command)
 app.command("compare")(compare_command)
+app.command("compare-scorers")(compare_scorers_command)
 app.command("niah-eval")(niah_eval_command)
 app.command("kv-compress")(kv_compress_command)
 app.command("decore")(decore_command)

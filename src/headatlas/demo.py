@@ -8,6 +8,7 @@ after an interruption continues where it stopped. Output layout::
     niah/        NIAH accuracy per length x depth, unmasked vs masked            (niah-eval)
     compare/     organism tasks x conditions with bootstrap intervals            (compare)
     retmask/     preference pairs, DPO, before/after evaluation: RetMask and its random-heads control (retmask)
+    atlas/       a reduced head atlas: copy, qr and mass scorers compared (compare-scorers)
     report.html  everything above on one self-contained page
 """
 
@@ -51,10 +52,10 @@ class DemoConfig:
     retmask_eval: int = field(default=40, metadata={"help": "Held-out examples per suite in the RetMask evaluation."})
     retmask_control: bool = field(default=True, metadata={"help": "Also run RetMask's random-heads control arm (same pair count and steps)."})
     seed: int = field(default=0, metadata={"help": "Seed of every step."})
-    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "report"), metadata={"parse": TUPLE, "help": "Steps to run: languages, niah, compare, retmask, report."})
+    steps: tuple[str, ...] = field(default=("languages", "niah", "compare", "retmask", "atlas", "report"), metadata={"parse": TUPLE, "help": "Steps to run: languages, niah, compare, retmask, atlas, report."})
 
     def __post_init__(self) -> None:
-        unknown = set(self.steps) - {"languages", "niah", "compare", "retmask", "report"}
+        unknown = set(self.steps) - {"languages", "niah", "compare", "retmask", "atlas", "report"}
         if unknown:
             raise ValueError(f"unknown demo steps {sorted(unknown)}")
         if self.transition[0] == self.transition[1]:
@@ -124,13 +125,21 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> Path:
                                   lengths=(256, 512), control_prompt_factor=2),  # two arms in the old time budget
             console=console,
         )
+    if step("atlas"):
+        from .atlas import AtlasConfig, run_atlas
+
+        run_atlas(AtlasConfig(model=config.model, out=str(out / "atlas"), scorers="copy,qr,mass", random_seeds=2,
+                              lengths="256,512", depths="3", per_cell=1, niah_lengths="256,512", niah_depths="3",
+                              tasks="", kv_budget=2, kv_lengths="1024", kv_depths="2", seed=config.seed),
+                  model=model, tokenizer=tokenizer, console=console)
     if missing:
         console.print(f"[bold red]detection produced no head scores ({missing}); later steps skipped[/]")
     report = out / "report.html"
     if step("report"):
         from .report import write_report
 
-        runs = [p for p in (out / "languages", out / "niah", out / "compare", out / "retmask") if p.exists()]
+        runs = [p for p in (out / "languages", out / "niah", out / "compare", out / "retmask", out / "atlas")
+                if p.exists()]
         report = write_report(runs, out / "report.html", heads_listed=k, title=f"headatlas demo — {config.model}")
     _summary(console, timings, started, report)
     return report

@@ -53,7 +53,7 @@ def detect_command(model: ModelConfig, grid: DetectGrid, config: DetectConfig, r
                                          attn_implementation=model.attn_implementation, device_map=model.device_map)
     try:
         prompts = build_prompts(model.model, tokenizer, spec.max_positions, request)
-        console.print(f"[bold]{model.model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {config.kind} score on "
+        console.print(f"[bold]{model.model}[/]: {spec.n_layers} layers x {spec.n_heads} heads; {config.scorer} score on "
                       f"{len(prompts)} prompts ({len(request.lengths)} lengths x {len(request.depths)} depths)")
         scores = detect(loaded, tokenizer, prompts, config, out, console=console,
                         results=Console(soft_wrap=True))  # the table to stdout, progress to stderr

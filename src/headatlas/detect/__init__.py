@@ -15,6 +15,7 @@ _EXPORTS = exports({
     ".events": "copy_event_mask copy_events mean_head_scores prompt_scores",
     ".greedy": "greedy_batch",
     ".plots": "plot_heatmap",
+    ".scorers": "SCORERS BatchContext Scorer scorer_for",
     ".teacher": "teacher_batch",
 })
 

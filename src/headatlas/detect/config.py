@@ -17,6 +17,7 @@ from ..config import GridConfig, check_lang, like, setting
 
 MODES = ("greedy", "teacher")
 KINDS = ("retrieval", "transition")
+SCORER_NAMES = ("copy", "transition", "qr", "mass", "echo", "induction", "duo")
 ALIGNMENTS = ("lexicon", "span", "counterfactual")
 
 
@@ -30,6 +31,26 @@ class DetectConfig:
     form the run's fingerprint: resuming with different values raises.
     """
 
+    scorer: str = field(
+        default="copy",
+        metadata={
+            "help": "How heads are scored (docs/atlas.md): copy (Wu et al.'s copy events), transition (retrieval-"
+            "transition heads), qr (QRHead: query-to-needle attention minus a null query's), mass (attention on "
+            "the needle while the answer is produced: HeadKV's R2), echo / induction (RazorAttention: random "
+            "tokens repeated, data-free), duo (DuoAttention: gates trained per KV head)."
+        },
+    )
+    null_query: str = field(default="N/A", metadata={"help": "qr only: the null query that replaces question and answer lead-in."})
+    repeats: int = field(default=4, metadata={"min": 1, "help": "echo/induction only: how often the random block repeats."})
+    repeat_tokens: int = field(
+        default=0,
+        metadata={"min": 0, "help": "echo/induction only: tokens per random block (0: the model's window divided by --repeats)."},
+    )
+    duo_steps: int = field(default=60, metadata={"min": 1, "help": "duo only: optimisation steps (one prompt each)."})
+    duo_sink: int = field(default=4, metadata={"min": 0, "help": "duo only: attention-sink tokens of a streaming head."})
+    duo_window: int = field(default=64, metadata={"min": 0, "help": "duo only: recent tokens of a streaming head."})
+    duo_reg: float = field(default=0.05, metadata={"min": 0.0, "help": "duo only: weight of the L1 penalty on the gates."})
+    duo_lr: float = field(default=0.05, metadata={"min": 0.0, "min_open": True, "help": "duo only: learning rate of the gates (Adam)."})
     kind: str = field(
         default="retrieval",
         metadata={
@@ -94,6 +115,20 @@ class DetectConfig:
     progress: bool = field(default=True, metadata={"resume": True, "help": "Show a progress bar with ETA."})
 
     def __post_init__(self) -> None:
+        if self.scorer not in SCORER_NAMES:
+            raise ValueError(f"scorer must be one of {SCORER_NAMES}, got {self.scorer!r}")
+        if self.kind == "transition" and self.scorer == "copy":  # kind="transition" names the transition scorer
+            self.scorer = "transition"
+        if self.scorer == "transition":
+            self.kind = "transition"
+        for name in ("repeats", "duo_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("repeat_tokens", "duo_sink", "duo_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.duo_reg < 0 or self.duo_lr <= 0:
+            raise ValueError(f"duo_reg must be >= 0 and duo_lr > 0, got {self.duo_reg}, {self.duo_lr}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.alignment not in ALIGNMENTS:

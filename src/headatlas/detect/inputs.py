@@ -38,6 +38,9 @@ class PromptItem:
     answer_token_char_offsets: tuple[tuple[int, int], ...] = ()
     # the answer tokens of the counterfactual prompt (target-language needle in place), when built
     counterfactual_answer_ids: tuple[int, ...] = ()
+    # the needle's sentence (the qr scorer's gold document) and where the question starts (0: not known)
+    needle_span: tuple[int, int] = (0, 0)
+    query_start: int = 0
 
     @property
     def span_len(self) -> int:
@@ -98,6 +101,8 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
     else:
         extra = {}
     length = meta.get("requested_context_length")
+    needle_span = tuple(int(x) for x in getattr(prompt, "needle_token_span", None) or (0, 0))
+    query_start = meta.get("query_token_start") or (meta.get("context_token_span") or (0, 0))[1]
     return PromptItem(
         prompt_id=str(pid),
         input_ids=tuple(ids),
@@ -107,5 +112,7 @@ def prompt_item(prompt: Any, kind: str = "retrieval") -> PromptItem:
         needle_id=str(getattr(needle, "id", "")),
         length=int(length if length is not None else getattr(prompt, "context_length", len(ids))),
         depth=float(getattr(prompt, "depth", 0.0)),
+        needle_span=(needle_span[0], needle_span[1]),
+        query_start=int(query_start),
         **extra,
     )

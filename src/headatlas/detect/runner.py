@@ -33,11 +33,10 @@ from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedModel
 
-from ..generation import StopTokens, auto_batch_size, pad_id_of, response_text
+from ..generation import StopTokens, auto_batch_size, pad_id_of
 from ..heads import Head, HeadScores
 from ..model_spec import ModelSpec, model_identity
-from ..niah import rouge1_recall
-from ..prefix import MIN_SHARED_PREFIX, Prefix, PrefixKeeper, can_share_prefix, plan_batches
+from ..prefix import MIN_SHARED_PREFIX, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import (
     ResumeMismatchError,  # noqa: F401 - the one refusal, re-exported by headatlas.detect
     atomic_write_jsonl,
@@ -48,9 +47,8 @@ from ..runs import (
     track,
 )
 from .config import DetectConfig
-from .greedy import greedy_batch
-from .inputs import PromptError, PromptItem, prompt_item
-from .teacher import teacher_batch
+from .inputs import PromptError, PromptItem
+from .scorers import BatchContext, Scorer, scorer_for
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -79,14 +77,15 @@ def _prompts_digest(items: Sequence[PromptItem]) -> str:
     return h.hexdigest()[:16]
 
 
-def _open_run(out: Path, model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, items: Sequence[PromptItem]):
+def _open_run(out: Path, model: PreTrainedModel, spec: ModelSpec, config: DetectConfig, items: Sequence[PromptItem],
+              scorer: Scorer):
     """Open ``out`` for this run (refusing another one, naming what differs) and record its settings."""
     identity = model_identity(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     lengths, depths = sorted({it.length for it in items}), sorted({it.depth for it in items})
     needle_ids = sorted({it.needle_id for it in items})
     settings = {
-        **flags(config.fingerprint()), "--model": identity["model"], "revision": identity["revision"],
+        **flags(scorer.fingerprint()), "--model": identity["model"], "revision": identity["revision"],
         "--dtype": dtype, "--lengths": lengths, "--depths": depths, "needles": needle_ids, "prompts": len(items),
     }
     return open_run(
@@ -143,70 +142,23 @@ def _process_group(world: int) -> tuple[Any, bool]:
 
 
 # ---- scoring one batch --------------------------------------------------------------------------------
-def _events_dict(counts: torch.Tensor) -> dict[str, int]:
-    """Sparse ``{"L.H": n}`` of a ``(L, H)`` count tensor."""
-    nz = counts.nonzero().tolist()
-    values = counts[counts != 0].tolist()
-    return {f"{layer}.{head}": int(v) for (layer, head), v in zip(nz, values, strict=True)}
-
-
-def _score_batch(
-    model: PreTrainedModel, tokenizer: Any, batch: Sequence[PromptItem], config: DetectConfig, spec: ModelSpec,
-    stops: StopTokens | None, pad_id: int, prefix: Prefix | None = None,
-) -> list[dict[str, Any]]:
-    """The journal records of one batch: the scored events of each prompt and whether it counts."""
-    seqs, spans = [it.input_ids for it in batch], [it.span for it in batch]
-    transition = config.kind == "transition"
-    scorer = None
-    if transition:
-        from .transition import make_transition_scorer
-
-        scorer = make_transition_scorer(batch, tokenizer, config.alignment, config.lexicon)
-    # what the model must write, and in which language: the needle's answer, or its translation
-    references = [(it.target_answer, it.target_lang) if transition else (it.answer, it.lang) for it in batch]
-    common = {"dedup": config.dedup, "pad_id": pad_id, "spec": spec, "scorer": scorer, "prefix": prefix}
-    records = []
-    if config.mode == "greedy":
-        assert stops is not None
-        out = greedy_batch(model, seqs, spans, config.max_new_tokens, stops, **common)
-        for b, (reference, ref_lang) in enumerate(references):
-            n = int(out.n_scored[b])
-            response = response_text(tokenizer, out.tokens[b].tolist(), n, out.stop_reason[b])
-            rouge = rouge1_recall(response, reference, ref_lang)
-            denominator = len(_continuation_ids(tokenizer, batch[b])) if transition else batch[b].span_len
-            records.append({"response": response, "rouge": round(rouge, 6), "counted": rouge > config.rouge_threshold,
-                            "n_scored": n, "stop": out.stop_reason[b], "denominator": denominator,
-                            "events": _events_dict(out.counts[b])})
-    else:
-        continuations = [_continuation_ids(tokenizer, it) for it in batch] if transition else None
-        out_t = teacher_batch(model, seqs, spans, continuations=continuations, **common)
-        accuracy = out_t.token_accuracy()
-        for b, (reference, ref_lang) in enumerate(references):
-            n = int(out_t.n_answer[b])
-            response = tokenizer.decode(out_t.predictions[b, :n].tolist(), skip_special_tokens=True).strip()
-            acc = float(accuracy[b])
-            records.append({"response": response, "rouge": round(rouge1_recall(response, reference, ref_lang), 6),
-                            "token_accuracy": round(acc, 6), "counted": acc > config.accuracy_threshold, "n_scored": n,
-                            "denominator": n, "events": _events_dict(out_t.counts[b])})
+def _score_batch(scorer: Scorer, ctx: BatchContext, batch: Sequence[PromptItem], config: DetectConfig) -> list[dict[str, Any]]:
+    """The journal records of one batch: what the scorer recorded of each unit, and what the unit was."""
+    transition = scorer.kind == "transition"
     return [
         {"prompt_id": it.prompt_id, "length": it.length, "n_tokens": len(it.input_ids), "depth": it.depth,
-         "needle_id": it.needle_id, "kind": config.kind, "lang": it.lang, "mode": config.mode, "answer": it.answer,
+         "needle_id": it.needle_id, "kind": scorer.kind, "lang": it.lang, "mode": config.mode, "answer": it.answer,
          "span_len": it.span_len,
          **({"target_answer": it.target_answer, "target_lang": it.target_lang} if transition else {}), **rec}
-        for it, rec in zip(batch, records, strict=True)
+        for it, rec in zip(batch, scorer.score_batch(ctx, batch), strict=True)
     ]
 
 
-def _continuation_ids(tokenizer: Any, item: PromptItem) -> list[int]:
-    """Tokens of the target-language answer as the model writes it after the prompt."""
-    ids = tokenizer(item.target_continuation, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise PromptError(f"prompt {item.prompt_id}: the target answer {item.target_answer!r} has no tokens")
-    return list(ids)
-
-
-def _resolved_batch_size(model: PreTrainedModel, config: DetectConfig, items: Sequence[PromptItem]) -> DetectConfig:
+def _resolved_batch_size(model: PreTrainedModel, config: DetectConfig, items: Sequence[PromptItem],
+                         scorer: Scorer) -> DetectConfig:
     """``config`` with ``batch_size="auto"`` replaced by the number the device's free memory allows."""
+    if not scorer.batchable:
+        return replace(config, batch_size=1)
     if config.batch_size != "auto":
         return config
     width = max(len(it.input_ids) + it.span_len for it in items)
@@ -226,8 +178,12 @@ def detect(
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     console: Console | None = None,
     results: Console | None = None,
+    scorer: Scorer | None = None,
 ) -> HeadScores | None:
     """Score every head of ``model`` on ``prompts`` and write the run's files to ``out_dir``.
+
+    ``scorer`` is the rule (a :class:`~headatlas.detect.scorers.Scorer`); by default the built-in one
+    ``config.scorer`` names (copy events).
 
     Resumable: rerunning with the same settings skips the prompts already in
     the journal. Sharded under ``torchrun``/``accelerate launch`` (``RANK``/
@@ -250,7 +206,9 @@ def detect(
     """
     started = time.time()
     console = console or Console(stderr=True)
-    items = [prompt_item(p, config.kind) for p in prompts]
+    spec = ModelSpec.from_model(model)
+    scorer = scorer or scorer_for(config)
+    items = scorer.items(list(prompts), tokenizer, spec)
     if not items:
         raise PromptError("no prompts to score")
     seen: set[str] = set()
@@ -258,32 +216,34 @@ def detect(
         if it.prompt_id in seen:
             raise PromptError(f"prompt_id {it.prompt_id!r} occurs twice: ids must be unique (they key the journal)")
         seen.add(it.prompt_id)
-    spec = ModelSpec.from_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = resolve_shard(shard)
-    config = _resolved_batch_size(model, config, items)
-    run = _open_run(out, model, spec, config, items)
+    config = _resolved_batch_size(model, config, items, scorer)
+    run = _open_run(out, model, spec, config, items, scorer)
 
     journal = SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl"
-    done = set(_read_samples(out))
+    previous = _read_samples(out)
+    done = set(previous)
+    scorer.resume([previous[it.prompt_id] for it in items if it.prompt_id in previous])
     todo = [it for it in items[rank::world] if it.prompt_id not in done]
     torch.manual_seed(config.seed)
-    stops = StopTokens.from_tokenizer(model, tokenizer, config.stop_on_newline) if config.mode == "greedy" and todo else None
+    stops = StopTokens.from_tokenizer(model, tokenizer, config.stop_on_newline) if scorer.greedy and todo else None
     pad_id = pad_id_of(tokenizer)
 
-    label = f"detect {config.kind} {config.mode}" + (f" (rank {rank}/{world})" if world > 1 else "")
+    label = f"detect {scorer.name}" + (f" {config.mode}" if scorer.name in ("copy", "transition") else "")
+    label += f" (rank {rank}/{world})" if world > 1 else ""
     mine = len(items[rank::world])
     with track(label, mine, mine - len(todo), enabled=config.progress and rank == 0, console=console) as bar:
-        share = MIN_SHARED_PREFIX if config.share_prefix and can_share_prefix(model) else None
+        share = MIN_SHARED_PREFIX if scorer.shares_prefix and config.share_prefix and can_share_prefix(model) else None
         prefixes = PrefixKeeper(model)
         for members, n_prefix in plan_batches([it.input_ids for it in todo], int(config.batch_size), share):
             batch = [todo[i] for i in members]
             t0 = time.perf_counter()
             # a prefix ends outside every answer span (the transition rule indexes span tokens by offset)
             n_prefix = min([n_prefix] + [it.span[0] for it in batch if it.span[0] < n_prefix < it.span[1]])
-            records = _score_batch(model, tokenizer, batch, config, spec, stops, pad_id,
-                                   prefixes.get(batch[0].input_ids[:n_prefix]))
+            ctx = BatchContext(model, tokenizer, spec, stops, pad_id, prefixes.get(batch[0].input_ids[:n_prefix]))
+            records = _score_batch(scorer, ctx, batch, config)
             per_prompt = (time.perf_counter() - t0) / len(batch)
             for rec in records:
                 rec.update(seconds=round(per_prompt, 4), rank=rank)
@@ -354,18 +314,20 @@ def merge_shards(
     for path in _sample_files(out)[1:]:
         path.unlink()
 
-    scores, with_events = scores_from_samples(ordered, run["spec"]["n_layers"], run["spec"]["n_heads"])
+    cfg = run["config"]
+    scorer = scorer_for(DetectConfig(**cfg))
+    scores, with_events = scorer.reduce(ordered, run["spec"]["n_layers"], run["spec"]["n_heads"])
     for layer, kind in enumerate(run["spec"].get("layer_kinds", [])):
         if kind == "linear":  # no softmax heads (linear attention, SSM, convolution): no score, greyed in heatmaps
             scores[layer] = float("nan")
     counted = [r for r in ordered if r["counted"]]
     if not counted:
         _fail_loudly(console, ordered, run)
-    cfg = run["config"]
-    kind = cfg.get("kind", "retrieval")
-    greedy = cfg["mode"] == "greedy"
+    kind = scorer.kind
+    greedy = scorer.greedy
     meta = run_metadata(
-        method=f"{kind}-score", kind=kind, alignment=cfg.get("alignment") if kind == "transition" else None,
+        method=scorer.method, kind=kind, scorer=scorer.name, scorer_settings=scorer.fingerprint(),
+        null_level=scorer.null_level(ordered), alignment=cfg.get("alignment") if kind == "transition" else None,
         languages=sorted({(r["lang"], r.get("target_lang") or r["lang"]) for r in ordered}),
         model=run["model"]["model"], model_identity=run["model"], spec=run["spec"], dtype=run["dtype"],
         mode=cfg["mode"], dedup=cfg["dedup"], rouge_threshold=cfg["rouge_threshold"] if greedy else None,
@@ -382,7 +344,8 @@ def merge_shards(
     if heatmap:
         from .plots import plot_heatmap
 
-        plot_heatmap(result, out / HEATMAP_FILE, title=f"{run['model']['model']} — {kind} score ({cfg['mode']})")
+        plot_heatmap(result, out / HEATMAP_FILE, title=f"{run['model']['model']} — {scorer.name} score"
+                     + (f" ({cfg['mode']})" if scorer.name in ("copy", "transition") else ""))
     if show:
         (results or console).print(top_heads_table(result, with_events, len(counted), show))
     return result
@@ -407,14 +370,15 @@ def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_head
         for key, n in rec["events"].items():
             head = Head.parse(key)
             # the score's denominator: the answer span (retrieval) or the target answer (transition)
-            total[head.layer, head.head] += n / rec.get("denominator", rec["span_len"])
+            total[head.layer, head.head] += n / (rec["denominator"] if "denominator" in rec else rec["span_len"])
             with_events[head.layer, head.head] += 1
     return (total / max(counted, 1)).float(), with_events
 
 
 def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: int, k: int = 20) -> Table:
     """A rich table of the ``k`` best heads: score and the share of counted prompts where the head copied."""
-    kind = "retrieval-transition" if scores.meta.get("kind") == "transition" else "retrieval"
+    kind = {"transition": "retrieval-transition", "retrieval": "retrieval"}.get(scores.meta.get("kind", "retrieval"))
+    kind = kind or str(scores.meta.get("scorer"))
     table = Table(title=f"Top {k} {kind} heads ({n_counted} counted prompts)")
     for column in ("rank", "head (L.H)", "score", "prompts with events"):
         table.add_column(column, justify="left" if column == "head (L.H)" else "right")

@@ -39,7 +39,10 @@ def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahP
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     answer_chars = (span.answer_start, span.answer_end)
     answer_span = token_span(offsets, *answer_chars)
+    question_char = text.rfind("Question:")
+    query_start = token_span(offsets, question_char, question_char + 1)[0] if question_char >= 0 else 0
     meta = {"prompt_id": prompt_id, "requested_context_length": example.length, "task": example.task,
+            "query_token_start": query_start,
             "answer_char_span": answer_chars,
             "answer_token_char_offsets": relative_offsets(offsets, answer_span, answer_chars),
             "expected_answer": example.answer, "expected_lang": example.lang_question,

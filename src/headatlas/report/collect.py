@@ -20,6 +20,7 @@ and every JSON file is read by the ``format`` it is stamped with
 ``headatlas/rh-vs-rth``       RH vs RTH (``rh_vs_rth-*.json``)
 ``headatlas/kv-compress``     KV compression by retrieval heads (``kv_compress.json``)
 ``headatlas/decore``          DeCoRe contrastive decoding (``decore.json``)
+``headatlas/atlas``           the scorers compared (``atlas.json``, ``compare-scorers``)
 ==================================  ==============================================================
 
 The detection journal (``samples.jsonl``, the journal the detect run names)
@@ -155,6 +156,7 @@ class Report:
     sharing: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
+    atlas: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # compare-scorers' atlas.json, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)  # JSON files with no known format: "source: why"
@@ -162,7 +164,8 @@ class Report:
     @property
     def empty(self) -> bool:
         return not any((self.score_maps, self.detect_outcomes, self.niah, self.compare, self.retmask,
-                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth, self.uses))
+                        self.pair_stats, self.training, self.dpo_curves, self.sharing, self.rh_vs_rth, self.uses,
+                        self.atlas))
 
     def add_metadata(self, source: str, meta: Any) -> None:
         """Record a run's metadata once (a compare run writes the same ``meta`` to two files)."""
@@ -441,6 +444,7 @@ READERS = {  # format -> reader(data, file name, source, report)
     format_name("decore"): _keep("uses"),
     format_name("sharing"): _keep("sharing", meta=False),
     format_name("rh-vs-rth"): _keep("rh_vs_rth"),
+    format_name("atlas"): _keep("atlas"),
 }
 
 

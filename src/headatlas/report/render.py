@@ -41,6 +41,7 @@ SECTIONS = {  # id -> title, in page order
     "compare": "Comparisons",
     "retmask": "RetMask",
     "uses": "Using retrieval heads: KV compression and DeCoRe",
+    "atlas": "Head atlas: the scorers compared",
     "metadata": "Run metadata",
 }
 DURATION_KEYS = ("wall_s", "compute_s", "duration_s", "seconds", "elapsed_s")
@@ -177,6 +178,7 @@ def render_report(report: Report, heads_listed: int = 20, title: str | None = No
         "retmask": _retmask_section(page, report.retmask, report.pair_stats, report.training)
         + _dpo_curves_section(report.dpo_curves),
         "uses": _uses_section(report.uses),
+        "atlas": _atlas_section(report.atlas),
         "metadata": _metadata_section(report.metadata),
     }
     present = {k: v for k, v in sections.items() if v}
@@ -468,6 +470,42 @@ def _uses_section(items: list[tuple[str, dict[str, Any]]]) -> str:
             headers = [("condition", False), ("faithful", True), ("95 % CI", False), ("memorised", True), ("n", True)]
         img = f'<div class="figure"><div class="static-fig"><img alt="{esc(source)}" src="{png}"></div></div>' if png else ""
         parts.append(f'<div class="source">{esc(source)}</div>{img}' + _table(headers, trs, sortable=False))
+    return "".join(parts)
+
+
+def _atlas_section(items: list[tuple[str, dict[str, Any]]]) -> str:
+    """compare-scorers: agreement matrices, then per scorer the change each causal test shows, [95 % CI]."""
+    parts = []
+    for source, d in items:
+        ag = d.get("agreement") or {}
+        names = [str(n) for n in ag.get("scorers", [])]
+        parts.append(f'<div class="source">{esc(source)}</div>')
+        for key, title in (("spearman", "Spearman over heads"), ("jaccard", f"top-{ag.get('k', 'K')} Jaccard")):
+            matrix = ag.get(key) or []
+            if len(matrix) == len(names) and names:
+                head = "".join(f"<th>{esc(n)}</th>" for n in names)
+                body = "".join(f"<tr><th>{esc(a)}</th>{''.join(_color_cell(v) for v in row)}</tr>"
+                               for a, row in zip(names, matrix, strict=False))
+                parts.append(f'<h3>{esc(title)}</h3><table class="matrix"><thead><tr><th></th>{head}</tr></thead>'
+                             f"<tbody>{body}</tbody></table>")
+        tests = [(task, rows, "unmasked") for task, rows in (d.get("masking") or {}).items()]
+        if d.get("kv"):
+            tests.append((f"KV, top-{d['kv'].get('budget')} kept", d["kv"].get("niah") or {}, "full"))
+        trs = []
+        for name in [*names, "random", "windowed"]:
+            cells = [f"<td>{esc(name)}</td>"]
+            shown = False
+            for _, rows, _ in tests:
+                r = rows.get(name) if isinstance(rows, dict) else None
+                shown = shown or bool(r)
+                cells.append(f"<td>{esc(_interval_text(r.get('ci_low'), r.get('ci_high')))} "
+                             f"({fmt(r.get('delta'), 3)})</td>" if r else "<td>—</td>")
+            if shown:
+                trs.append("<tr>" + "".join(cells) + "</tr>")
+        headers = [("heads", False)] + [(f"{t} vs {ref} ({fmt((rows.get(ref) or {}).get('score'), 2)})", False)
+                                        for t, rows, ref in tests]
+        parts.append(f"<h3>Masking top-{esc(d.get('k'))} heads / keeping top KV heads: change in exact match</h3>"
+                     + _table(headers, trs, sortable=False))
     return "".join(parts)
 
 
