@@ -144,10 +144,29 @@ def package_versions(names: Iterable[str] = ("torch", "transformers", "headatlas
     return out
 
 
+def typed_command(argv: Iterable[str] | None = None) -> list[str]:
+    """The command line as the user typed it: the program's name, never its path, then the arguments.
+
+    ``/venv/bin/headatlas detect ...`` is ``headatlas detect ...``; ``python -m pkg.mod ...`` (whose
+    ``sys.argv[0]`` is the module's file) is ``python -m pkg.mod ...``. No host name, no install path.
+
+    >>> typed_command(["/home/me/.venv/bin/headatlas", "detect", "--model", "organism"])
+    ['headatlas', 'detect', '--model', 'organism']
+    """
+    args = [str(a) for a in (sys.argv if argv is None else argv)]
+    if not args:
+        return []
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if argv is None and spec is not None and spec.name and args[0].endswith(".py"):  # python -m NAME
+        return ["python", "-m", spec.name.removesuffix(".__main__"), *args[1:]]
+    return [Path(args[0]).name, *args[1:]]
+
+
 def run_metadata(**settings: Any) -> dict[str, Any]:
-    """Metadata stamped on every artifact: the settings given, versions, host, time and command line."""
-    return {**settings, "versions": package_versions(), "python": platform.python_version(), "host": platform.node(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
+    """Metadata stamped on every artifact: the settings given, versions, time and the command as typed
+    (:func:`typed_command`); nothing that names the machine (no host name, no interpreter path)."""
+    return {**settings, "versions": package_versions(), "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": typed_command()}
 
 
 def format_name(kind: str) -> str:
@@ -353,10 +372,12 @@ class HeadRunConfig:
     device: str | None = None
     dtype: str = "auto"
     overwrite: bool = field(default=False, metadata={"help": "Discard answers of an earlier run in --out made with other settings."})
+    allow_other_model: bool = field(default=False, metadata={"help": "Use --heads made for another model of the same shape."})
 
     def open_run(self, kind: str, weights: str, **settings: Any) -> Run:
-        """:func:`open_run` on ``out`` with every setting but ``out``/``overwrite`` (plus ``settings``) and the weights' hash."""
-        mine = {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite")}
+        """:func:`open_run` on ``out`` with every setting but ``out``/``overwrite``/``allow_other_model`` (a
+        permission, not a setting: it changes no result) plus ``settings``, and the weights' hash."""
+        mine = {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite", "allow_other_model")}
         return open_run(self.out, kind, {**flags(mine), **settings}, fingerprints={"the model's weights": weights},
                         overwrite=self.overwrite, hint="Rerun with --overwrite to discard it, or choose another --out.",
                         model=self.model, seed=self.seed)

@@ -59,6 +59,7 @@ def compare_command(
     seed: int = option(CompareConfig, "seed"),
     bootstrap: int = option(CompareConfig, "n_bootstrap", "--bootstrap", min=1),
     overwrite: bool = option(CompareConfig, "overwrite"),
+    allow_other_model: bool = option(CompareConfig, "allow_other_model"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compare head sets on lm-eval tasks: unmasked vs top-K of each set vs random heads outside all sets."""
@@ -78,6 +79,7 @@ def compare_command(
             layer_matched=layer_matched, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
             gen_kwargs=gen, metrics=_pairs(metric, "--metric"), batch_size=batch_size, device=device,
             device_map=device_map, dtype=dtype, seed=seed, n_bootstrap=bootstrap, overwrite=overwrite,
+            allow_other_model=allow_other_model,
         )  # fmt: skip
     with refusing("compare", (ResumeMismatchError, KeyError, ValueError)):
         result = run_compare(config, progress=progress)

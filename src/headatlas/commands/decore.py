@@ -77,6 +77,7 @@ def decore_command(
     seed: int = option(HeadRunConfig, "seed"),
     max_new_tokens: int = option(HeadRunConfig, "max_new_tokens", min=1),
     overwrite: bool = option(HeadRunConfig, "overwrite"),
+    allow_other_model: bool = option(HeadRunConfig, "allow_other_model"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Faithful-answer rates of base decoding and DeCoRe (retrieval heads vs random heads), with 95 % intervals."""
@@ -89,6 +90,7 @@ def decore_command(
             alphas=[float(a) for a in alpha.split(",") if a.strip()], dynamic=dynamic, normalise=normalise, cap=cap,
             mode=mode, masked_prefill=masked_prefill, random_seeds=random_seeds, seed=seed,
             max_new_tokens=max_new_tokens, device=device, dtype=dtype, overwrite=overwrite,
+            allow_other_model=allow_other_model,
         )  # fmt: skip
         items = _items(task, prompts, model, n, parse_lengths(lengths), seed)
     with refusing("decore"):

@@ -27,7 +27,7 @@ def kv_compress_command(
     heads: Path = option(HeadRunConfig, "heads", exists=True, dir_okay=False),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun to resume)."),
     top_k: int | None = option(HeadRunConfig, "top_k", min=1),
-    budgets: str = typer.Option("1,2,4,8", "--budgets", help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8'."),
+    budgets: str | None = typer.Option(None, "--budgets", help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8' (default: 1, 2, 4, ... up to the KV heads holding a scored head)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="--budgets count KV heads per layer (1 .. n_kv-1) instead of in total."),
     aggregate: str = typer.Option("max", "--aggregate", help="Score of a KV head for the budgets: max | mean of its query heads."),
     sink: int = typer.Option(4, "--sink", min=0, help="Attention-sink tokens every streaming KV head keeps."),
@@ -40,6 +40,7 @@ def kv_compress_command(
     max_new_tokens: int = option(HeadRunConfig, "max_new_tokens", min=1),
     prefill_chunk: int = typer.Option(256, "--prefill-chunk", min=1, help="Prompt tokens per prefill forward."),
     overwrite: bool = option(HeadRunConfig, "overwrite"),
+    allow_other_model: bool = option(HeadRunConfig, "allow_other_model"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Keep the KV heads holding the retrieval heads whole, stream the rest (sink + window): accuracy vs KV memory."""
@@ -49,10 +50,10 @@ def kv_compress_command(
     with refusing():
         config = KVCompressConfig(
             model=model, heads=str(heads), out=str(out), top_k=top_k,
-            budgets=[int(b) for b in budgets.split(",") if b.strip()], aggregate=aggregate, per_layer=per_layer, sink=sink,
+            budgets=[int(b) for b in budgets.split(",") if b.strip()] if budgets else None, aggregate=aggregate, per_layer=per_layer, sink=sink,
             window=window, lengths=parse_lengths(lengths), depths=parse_depths(depths), per_cell=per_cell,
             random_seeds=random_seeds, seed=seed, max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk,
-            device=device, dtype=dtype, overwrite=overwrite,
+            device=device, dtype=dtype, overwrite=overwrite, allow_other_model=allow_other_model,
         )  # fmt: skip
     with refusing("kv-compress"):
         result = run_kv_compress(config, progress=progress)

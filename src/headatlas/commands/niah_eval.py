@@ -47,6 +47,7 @@ def niah_eval_command(
     device_map: str | None = option(ModelOptions, "device_map"),
     dtype: str = option(ModelOptions, "dtype"),
     overwrite: bool = option(NiahEvalConfig, "overwrite"),
+    allow_other_model: bool = option(NiahEvalConfig, "allow_other_model"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Needle-in-a-haystack exact match and ROUGE-1 per length x depth, unmasked and with head sets masked."""
@@ -61,6 +62,7 @@ def niah_eval_command(
             needles=needles, needle_lang=needle_lang, target_lang=target_lang, lengths=lengths, depths=depths,
             chat_template=chat_template, per_cell=per_cell, max_new_tokens=max_new_tokens, batch_size=batch_size,
             share_prefix=share_prefix, device=device, device_map=device_map, dtype=dtype, overwrite=overwrite,
+            allow_other_model=allow_other_model,
         )  # fmt: skip
     with refusing("niah-eval", (ResumeMismatchError, ValueError)):
         result = run_niah_eval(config, progress=progress)

@@ -74,6 +74,8 @@ class CompareConfig(MaskedEvalConfig):
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"limit must be positive, got {self.limit}")
         if self.limit is not None and self.limit >= 1:
+            if self.limit != int(self.limit):  # refused, never rounded: a count of items, or a fraction < 1
+                raise ValueError(f"limit {self.limit:g}: give a whole number of items per task, or a fraction below 1")
             self.limit = int(self.limit)
         for task, spec in self.metrics.items():
             if spec.count(",") != 1:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..heads import Head, HeadScores, heads_to_strings
 from ..masking import MASK_MODES, load_means
-from ..selection import HeadSelection, load_scores
+from ..selection import HeadSelection, HeadSelectionError, load_scores
 
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
@@ -68,16 +68,21 @@ def build_conditions(
     n_layers: int,
     n_heads: int,
     layer_matched: bool = False,
+    model: str | None = None,
+    allow_other_model: bool = False,
 ) -> list[Condition]:
     """The conditions of a comparison: unmasked, each set's top-K (``None``: 5 % of the heads), and
     random controls drawn outside the top-K of every set (:class:`HeadSelection`'s one rule).
+
+    Given the ``model``'s name, a score file made for another model is refused unless ``allow_other_model``.
 
     >>> import torch
     >>> s = HeadScores(torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.8, 0.0]]))
     >>> [c.name for c in build_conditions({"rh": s}, top_k=2, random_seeds=2, n_layers=2, n_heads=3)]
     ['unmasked', 'rh', 'random-s0', 'random-s1']
     """
-    sets = {name: load_scores(src, n_layers, n_heads) for name, src in head_sets.items()}  # checked once
+    sets = {name: load_scores(src, n_layers, n_heads, model, allow_other_model)  # checked once
+            for name, src in head_sets.items()}
     every = tuple(sets.values())
     plan: list[tuple[str, HeadSelection | None, str | None]] = [("unmasked", None, None)]
     plan += [(name, HeadSelection(scores=s, top_k=top_k), name) for name, s in sets.items()]
@@ -88,7 +93,15 @@ def build_conditions(
     else:
         plan += [(f"random-s{seed}", HeadSelection(top_k=top_k, random_seed=seed, exclude=every), None)
                  for seed in range(random_seeds)]  # fmt: skip
-    return [Condition(name, sel, tuple(sel.resolve(n_layers, n_heads)) if sel else (), head_set)
+
+    def resolve(sel: HeadSelection, head_set: str | None) -> tuple[Head, ...]:
+        try:
+            return tuple(sel.resolve(n_layers, n_heads))
+        except HeadSelectionError as err:  # the sets are loaded: name the file
+            where = f"{head_set}={head_sets[head_set]}: " if head_set and not isinstance(head_sets[head_set], HeadScores) else ""
+            raise HeadSelectionError(f"{where}{err}") from None
+
+    return [Condition(name, sel, resolve(sel, head_set) if sel else (), head_set)
             for name, sel, head_set in plan]  # fmt: skip
 
 
@@ -104,6 +117,7 @@ class MaskedEvalConfig:
     random_seeds: number of random controls (seeds ``0 .. n-1``); 0 for none.
     layer_matched: draw each random control with the layer distribution of a set's top-K.
     overwrite: discard an earlier run in ``out`` made with other settings (else it is refused).
+    allow_other_model: use score files whose metadata names another model of the same shape.
     """
 
     model: str
@@ -118,6 +132,7 @@ class MaskedEvalConfig:
     device_map: str | None = None
     dtype: str = "auto"
     overwrite: bool = field(default=False, metadata={"help": "Recompute what was made with other settings."})
+    allow_other_model: bool = field(default=False, metadata={"help": "Use --heads made for another model of the same shape."})
 
     def __post_init__(self) -> None:
         if self.mode not in MASK_MODES:
@@ -144,6 +159,6 @@ class MaskedEvalConfig:
             raise ValueError("pass the tokenizer with the model")
         spec = ModelSpec.from_model(model)
         conditions = build_conditions(self.heads, self.top_k, self.random_seeds, spec.n_layers, spec.n_heads,
-                                      self.layer_matched)  # fmt: skip
+                                      self.layer_matched, self.model, self.allow_other_model)  # fmt: skip
         return model, tokenizer, spec, conditions, load_means(self.means) if self.means else None
 

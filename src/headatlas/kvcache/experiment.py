@@ -30,7 +30,7 @@ FIGURE_FILE = "kv_compress.png"
 class KVCompressConfig(HeadRunConfig):
     """Settings of one ``kv-compress`` run (all recorded in the result)."""
 
-    budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    budgets: list[int] | None = None  # None: default_budgets (up to the KV heads that hold a scored head)
     aggregate: str = "max"
     per_layer: bool = False  # budgets count KV heads per layer instead of in total
     sink: int = 4
@@ -45,6 +45,8 @@ class KVCompressConfig(HeadRunConfig):
 
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"--aggregate must be one of {AGGREGATES}")
+        if bad := [b for b in self.budgets or () if b < 1]:
+            raise ValueError(f"--budgets {','.join(map(str, bad))}: a budget counts KV heads kept whole, at least 1")
 
 
 @dataclass
@@ -72,16 +74,37 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
                                                                                   retrieval), len(retrieval), s)
             for s in seeds]
     pl, size = ("pl", n_kv) if config.per_layer else ("", total)  # a per-layer budget counts in every layer
-    for b in sorted(set(config.budgets)):
-        if not 0 < b < size:
-            continue
-        chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer)  # type: ignore[arg-type]
+    budgets = config.budgets
+    if budgets is None:
+        from .plan import n_scored_kv_heads
+
+        budgets = default_budgets(n_kv if config.per_layer else n_scored_kv_heads(scores, n_kv, config.aggregate), size)
+    for b in sorted(set(budgets)):
+        if not 0 < b < size:  # refused, never dropped: keeping every KV head is the "full" condition
+            raise ValueError(f"--budgets {b}: a budget keeps 1 to {size - 1} KV heads whole"
+                             f"{' in every layer' if config.per_layer else ''} (the model has {size} KV heads"
+                             f"{' per layer' if config.per_layer else ''}; all of them is the full cache)")
+        try:
+            chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ValueError(f"--budgets {err}") from None
         kept = b * n_layers if config.per_layer else b
         out.append(Condition(f"top-{b}{pl}", "top", chosen, kept))
         if size - b >= b:
             out += [Condition(f"random-top-{b}{pl}-s{s}", "random-top",
                               random_kv_heads(n_layers, n_kv, b, s, chosen, config.per_layer), kept, s) for s in seeds]
     return out
+
+
+def default_budgets(n_ranked: int, size: int) -> list[int]:
+    """The budgets when none are given: 1, 2, 4, ... below ``n_ranked`` (the KV heads that hold a scored head;
+    per layer, the layer's KV heads) and ``n_ranked`` itself, every one below ``size`` (all KV heads: the full cache).
+
+    >>> default_budgets(6, 16), default_budgets(16, 16), default_budgets(4, 4)
+    ([1, 2, 4, 6], [1, 2, 4, 8, 15], [1, 2, 3])
+    """
+    top = min(n_ranked, size - 1)
+    return sorted({2**i for i in range(top.bit_length()) if 2**i < top} | ({top} if top >= 1 else set()))
 
 
 def expected_answer(prompt: Any) -> str:
@@ -96,13 +119,14 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
     from ..prompt_sources import PromptRequest, build_prompts
+    from ..selection import load_scores
     from .attention import compressed_attention
     from .cache import HeadSplitCache
     from .plan import full_per_layer
 
-    scores = HeadScores.load(config.heads)
+    HeadScores.load(config.heads)  # a corrupt file is refused before the model loads
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device)
-    scores.check_model(spec.n_layers, spec.n_heads, config.model)
+    scores = load_scores(config.heads, spec.n_layers, spec.n_heads, config.model, config.allow_other_model)
     conds = conditions(config, scores, spec.n_layers, spec.n_heads, spec.n_kv_heads)
     prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
         lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed))

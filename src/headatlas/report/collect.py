@@ -156,6 +156,7 @@ class Report:
     rh_vs_rth: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    detect_runs: list[str] = field(default_factory=list)  # sources of detect's run.json (metadata rows)
     warnings: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)  # JSON files with no known format: "source: why"
 
@@ -202,11 +203,25 @@ def collect_runs(run_dirs: list[Path]) -> Report:
                 _read_file(path, source, report)
             except Exception as err:  # noqa: BLE001 - a broken file is a warning on the page, never a crash
                 report.warnings.append(f"{source}: could not be read ({type(err).__name__}: {err})")
+    _one_row_per_run(report)
     try:
         _derive(report)
     except Exception as err:  # noqa: BLE001 - derived views are extras: say why they are missing, go on
         report.warnings.append(f"could not compare head sets ({type(err).__name__}: {err})")
     return report
+
+
+def _folder(source: str) -> str:
+    return source.replace("\\", "/").rsplit("/", 1)[0] if "/" in source.replace("\\", "/") else ""
+
+
+def _one_row_per_run(report: Report) -> None:
+    """A detection run writes its settings (``run.json``) and, at the end, its scores with the whole run's
+    metadata (``head_scores.json``): one run, one metadata row, the scores' (it also has the outcome).
+    A detection that wrote no scores keeps its ``run.json`` row."""
+    scored = {_folder(m.source) for m in report.score_maps}
+    drop = {s for s in report.detect_runs if _folder(s) in scored}
+    report.metadata = [(s, m) for s, m in report.metadata if s not in drop]
 
 
 # ---- reading one file -----------------------------------------------------------------------------------
@@ -239,6 +254,7 @@ def _is_reference_scores(data: dict[str, Any]) -> bool:
 
 
 def _add_detect_run(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.detect_runs.append(source)
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("prompt_ids", "format", "format_version",
                                                                           "fingerprints")})
 
