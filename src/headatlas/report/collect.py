@@ -467,15 +467,16 @@ def _derive(report: Report) -> None:
     for m in report.score_maps:
         by_shape[(m.scores.n_layers, m.scores.n_heads)].append(m)
     for maps in by_shape.values():
+        k = min(20, maps[0].scores.n_total)  # the analyses' K of 20, or every head of a smaller model
         per_lang = {m.lang: m.scores for m in maps if m.kind == "retrieval" and m.lang}
         if not report.sharing and len(per_lang) >= 2:
             from ..multilingual.sharing import sharing_analysis
 
-            report.sharing.append(("computed from the per-language head scores", sharing_analysis(per_lang)))
+            report.sharing.append(("computed from the per-language head scores", sharing_analysis(per_lang, top_k=k)))
         rh = next((m for m in maps if m.kind == "retrieval" and not m.lang), None) or next(
             (m for m in maps if m.kind == "retrieval"), None)
         rth = next((m for m in maps if m.kind == "transition"), None)
         if not report.rh_vs_rth and rh is not None and rth is not None:
             from ..multilingual.sharing import compare_head_sets
 
-            report.rh_vs_rth.append((f"computed from {rh.source} and {rth.source}", compare_head_sets(rh.scores, rth.scores)))
+            report.rh_vs_rth.append((f"computed from {rh.source} and {rth.source}", compare_head_sets(rh.scores, rth.scores, top_k=k)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -643,9 +644,16 @@ def _model_text(meta: dict[str, Any]) -> str:
 
 
 def _breakable(text: str) -> str:
-    """``text`` escaped, with a line-break opportunity (``<wbr>``) after each ``/``: a long path wraps between
-    its folders, never inside a name (the metadata table's cells break no word: report.css)."""
-    return esc(text).replace("/", "/<wbr>")
+    """``text`` escaped, each word kept whole (``<span class="nobr">``: a browser would otherwise break
+    ``tiny-llama`` or ``--model`` at a hyphen) with a line-break opportunity (``<wbr>``) after each ``/``:
+    a long path wraps between its folders, never inside a name."""
+    out = []
+    for token in re.split(r"(\s+)", str(text)):
+        if not token or token.isspace():
+            out.append(esc(token))
+            continue
+        out.append("<wbr>".join(f'<span class="nobr">{esc(p)}</span>' for p in re.split(r"(?<=/)", token) if p))
+    return "".join(out)
 
 
 def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
@@ -668,9 +676,9 @@ def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
         command = meta.get("command")
         command_text = " ".join(map(str, command)) if isinstance(command, list) else str(command or "—")
         setting_text = "; ".join(f"{k} {run[k]}" for k in shown if k in run) or "—"
-        rows.append(f'<tr><td class="source">{_breakable(source)}</td><td>{esc(_run_kind(source, meta))}</td>'
+        rows.append(f'<tr><td class="source">{_breakable(source)}</td><td>{_breakable(_run_kind(source, meta))}</td>'
                     f"<td>{_breakable(_model_text(meta))}</td><td>{_breakable(setting_text)}</td>"
-                    f"{_num_td(meta.get('seed'))}<td>{esc(versions_text)}</td><td>{esc(created)}</td>"
+                    f"{_num_td(meta.get('seed'))}<td>{_breakable(versions_text)}</td><td>{_breakable(created)}</td>"
                     f"<td><code>{_breakable(command_text)}</code></td></tr>")
     table = _table([("run", False), ("kind", False), ("model", False),
                     ("settings" if len(items) == 1 else "settings that differ", False), ("seed", True),
