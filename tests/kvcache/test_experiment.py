@@ -68,3 +68,34 @@ def test_budgets_are_refused_never_dropped_and_keep_only_kv_heads_with_a_score()
     assert default["top-2"].heads == [KVHead(3, 3), KVHead(1, 0)]
     with pytest.raises(ValueError, match="in every layer"):  # per layer: 1 .. n_kv - 1
         conditions(KVCompressConfig(model="m", heads="h", out="o", budgets=[4], per_layer=True), s, 4, 32, 4)
+
+
+def test_values_once_changed_silently_are_refused_in_one_line_before_anything_is_written(tmp_path):
+    """niah-eval --top-k 1000 (every head masked), kv-compress --budgets 99 (dropped), decore --alpha nan
+    (NaN in the JSON), --heads of another model: exit code 2, one line, no output folder."""
+    raw = torch.zeros(4, 32)
+    raw[3, [25, 27, 28, 29, 30, 31]], raw[1, 2] = 0.6, 0.05  # the organism's shape
+    mine = HeadScores(raw, {"model": "organism"}).save(tmp_path / "rh.json")
+    other = HeadScores(raw, {"model": "another/model"}).save(tmp_path / "other.json")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    cases = [
+        (["niah-eval", "--model", "organism", "--heads", f"rh={mine}", "--top-k", "1000", "--lengths", "256",
+          "--depths", "0.5", "--per-cell", "1"], "top_k=1000 is more than the model's 128 heads"),
+        (["niah-eval", "--model", "organism", "--heads", f"rh={mine}", "--top-k", "8", "--lengths", "256",
+          "--depths", "0.5", "--per-cell", "1"], "top_k=8: only 7 of the 128 heads score"),
+        (["niah-eval", "--model", "organism", "--heads", f"rh={other}", "--lengths", "256", "--depths", "0.5",
+          "--per-cell", "1"], "made for model another/model, not for organism"),
+        (["kv-compress", "--model", "organism", "--heads", str(mine), "--budgets", "99"], "--budgets 99"),
+        (["kv-compress", "--model", "organism", "--heads", str(mine), "--budgets", "0"], "at least 1"),
+        (["decore", "--model", "organism", "--heads", str(mine), "--task", "conflict", "--alpha", "nan"], "finite"),
+        (["decore", "--model", "organism", "--heads", str(mine), "--task", "conflict", "--alpha", "1,inf"], "finite"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, [*args, "--out", str(out)])
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)
+        assert not out.exists(), args
+    res = runner.invoke(app, ["niah-eval", "--model", "organism", "--heads", f"rh={other}", "--allow-other-model",
+                              "--top-k", "1000", "--lengths", "256", "--depths", "0.5", "--per-cell", "1",
+                              "--out", str(out)])
+    assert res.exit_code == 2 and "top_k=1000" in res.output  # the model check passed; the count is refused
