@@ -277,8 +277,8 @@ def run_atlas(config: AtlasConfig, model: Any = None, tokenizer: Any = None, pro
               "niah": judge(kv_items, ["windowed", *names], [n for n in kv_items if n.startswith("random")], "full")}
     result = {
         "config": asdict(config), "k": k, "n_heads_total": spec.n_layers * spec.n_heads, "skipped": skipped,
-        "scorers": {name: {"top_k": heads_to_strings(s.top_k(k)), "null_level": s.meta.get("null_level"),
-                           "above_null": sum(v > float(s.meta.get("null_level") or 0.0) for v in s.scores.flatten().tolist()),
+        "scorers": {name: {"top_k": heads_to_strings(s.top_k(k)), "null_level": s.null_level,
+                           "above_null": s.n_scored,
                            "scores": [[round(float(x), 6) for x in row] for row in s.scores.tolist()],
                            "method": s.meta.get("method")} for name, s in scores.items()},
         "random_sets": {c.name: heads_to_strings(c.heads) for c in conditions if c.kind == "random"},

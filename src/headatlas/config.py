@@ -240,6 +240,8 @@ class HeadSetConfig(Settings):
     top_k: int | None = setting(None, "Heads used per set, and per random control (default: 5 % of the "
                                 "model's heads).", min=1)
     random_seeds: int = setting(0, "Random controls (seeds 0..n-1), drawn outside every set.", min=0)
+    allow_other_model: bool = setting(False, "Use --heads made for another model of the same shape (a checkpoint "
+                                      "whose recorded base model made the file needs no flag).", resume=True)
 
 
 @dataclass(kw_only=True)

@@ -43,6 +43,7 @@ class HeadRunConfig(ModelConfig, RunConfig):
                              "(default: 5 % of heads).")
     random_seeds: int = like(HeadSetConfig, "random_seeds", 3, help="Random controls (drawn outside the chosen "
                              "heads), one per seed.")
+    allow_other_model: bool = like(HeadSetConfig, "allow_other_model", False)
     max_new_tokens: int = setting(ANSWER_TOKENS, "Most tokens generated per answer.", min=1)
 
     def open_run(self, kind: str, weights: str, **settings: Any) -> Any:

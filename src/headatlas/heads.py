@@ -5,8 +5,15 @@ A :class:`HeadScores` is a ``[n_layers, n_heads]`` float tensor plus the
 metadata of the run that produced it. It is saved as JSON::
 
     {"format": "headatlas/head-scores", "format_version": 1, "n_layers": 32, "n_heads": 32,
+     "null_level": 0.0,  # the scorer's own null level: a head scoring at or below it is not scored
      "scores": [[0.0, 0.12, ...], ...],  # one list per layer
      "meta": {"model": ..., "method": ..., "seed": ..., "version": ..., ...}}
+
+A head is *scored* when its score lies above the scorer's null level (0 for
+copy and transition events: a head with no event scores 0 and is no retrieval
+head). Rankings, "top" tables and selections only ever hold scored heads
+(:meth:`HeadScores.scored`, :meth:`HeadScores.top_k`); files without a
+``null_level`` (written before it existed) read as 0.
 
 The reference code's format (``{"L-H": [per-sample scores]}``) can be read and
 written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`).
@@ -15,6 +22,7 @@ written too (:meth:`HeadScores.from_reference` / :meth:`HeadScores.to_reference`
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +86,24 @@ def check_heads(heads: Iterable[Head | tuple[int, int]], n_layers: int, n_heads:
 class HeadScores:
     """Per-head scores ``[n_layers, n_heads]`` and the metadata of the run that made them.
 
+    ``null_level`` is the scorer's own null level: only heads scoring above it are *scored*
+    (0 for event counts; a continuous score declares its own).
+
     >>> import torch
     >>> s = HeadScores(torch.tensor([[0.0, 0.5], [0.2, 0.1]]), meta={"model": "toy"})
     >>> s.top_k(2)
     [Head(layer=0, head=1), Head(layer=1, head=0)]
+    >>> s.top_k(4)  # only 3 heads score above the null level 0
+    [Head(layer=0, head=1), Head(layer=1, head=0), Head(layer=1, head=1)]
+    >>> s.n_scored, HeadScores(s.scores, null_level=0.15).n_scored
+    (3, 2)
     >>> s[Head(1, 0)]
     0.2...
     """
 
     scores: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    null_level: float = 0.0
 
     def __post_init__(self) -> None:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu()
@@ -99,6 +115,10 @@ class HeadScores:
         if not (finite | unscored_layer).all():
             raise HeadScoreFileError("scores contain NaN or infinite values (NaN only fills a whole layer without "
                                      "softmax heads)")
+        if isinstance(self.null_level, bool) or not isinstance(self.null_level, (int, float)) \
+                or not math.isfinite(self.null_level):
+            raise HeadScoreFileError(f"null_level must be a finite number, got {self.null_level!r}")
+        self.null_level = float(self.null_level)
 
     @property
     def n_layers(self) -> int:
@@ -111,35 +131,66 @@ class HeadScores:
     def __getitem__(self, head: Head | tuple[int, int]) -> float:
         return float(self.scores[head[0], head[1]])
 
+    @property
+    def n_total(self) -> int:
+        """Every head of the map (``n_layers * n_heads``)."""
+        return self.n_layers * self.n_heads
+
+    @property
+    def n_scored(self) -> int:
+        """How many heads score above the null level."""
+        return sum(1 for x in self.scores.flatten().tolist() if x > self.null_level)
+
     def ranked(self) -> list[tuple[Head, float]]:
-        """All heads, best first (ties broken by layer, then head)."""
+        """All heads, best first (ties broken by layer, then head), scored or not: for "top" lists use :meth:`scored`."""
         flat = self.scores.flatten().tolist()
         order = sorted((i for i in range(len(flat)) if flat[i] == flat[i]), key=lambda i: (-flat[i], i))  # NaN: none
         return [(Head(i // self.n_heads, i % self.n_heads), flat[i]) for i in order]
 
+    def scored(self) -> list[tuple[Head, float]]:
+        """The heads scoring above the null level, best first: the only heads a "top" table or selection shows."""
+        return [(h, s) for h, s in self.ranked() if s > self.null_level]
+
     def top_k(self, k: int) -> list[Head]:
-        """The ``k`` best-scoring heads, best first."""
+        """The ``k`` best scored heads, best first; fewer when fewer than ``k`` heads score above the null level."""
         if k < 0:
             raise ValueError("k must be >= 0")
-        return [h for h, _ in self.ranked()[:k]]
+        return [h for h, _ in self.scored()[:k]]
 
     def above(self, threshold: float) -> list[Head]:
-        """Heads whose score is strictly above ``threshold``, best first."""
-        return [h for h, s in self.ranked() if s > threshold]
+        """Scored heads whose score is strictly above ``threshold``, best first."""
+        return [h for h, s in self.scored() if s > threshold]
 
-    def check_model(self, n_layers: int, n_heads: int, model_name: str | None = None) -> None:
-        """Raise :class:`HeadScoreFileError` when these scores were made for a model of another shape."""
+    def check_model(self, n_layers: int, n_heads: int, model_name: str | None = None, *,
+                    allow_other_model: bool = False) -> None:
+        """Raise :class:`HeadScoreFileError` when these scores were made for another model.
+
+        Another shape is always refused. With ``model_name`` (the model the heads will be applied to, as
+        the user names it), a file whose metadata names another model of the same shape is refused too,
+        naming both, unless ``allow_other_model``; the model's recorded base model (a RetMask or ablated
+        checkpoint, :func:`recorded_base_models`) counts as the same model. A file that names no model
+        (the reference format, scores made in memory) is not checked.
+        """
+        made_for = self.meta.get("model")
         if (self.n_layers, self.n_heads) != (n_layers, n_heads):
-            made_for = self.meta.get("model", "an unknown model")
             raise HeadScoreFileError(
-                f"head scores are {self.n_layers} layers x {self.n_heads} heads (made for {made_for}), "
+                f"head scores are {self.n_layers} layers x {self.n_heads} heads (made for {made_for or 'an unknown model'}), "
                 f"but the model{' ' + model_name if model_name else ''} has {n_layers} x {n_heads}"
+            )
+        if model_name is None or allow_other_model or not isinstance(made_for, str) or not made_for:
+            return
+        if not model_names(made_for) & (model_names(model_name) | {n for b in recorded_base_models(model_name)
+                                                                    for n in model_names(b)}):
+            raise HeadScoreFileError(
+                f"head scores were made for model {made_for}, not for {model_name}; "
+                "pass --allow-other-model (allow_other_model=True) to use them on it anyway"
             )
 
     # ---- files -------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_layers": self.n_layers,
-                "n_heads": self.n_heads, "scores": [[round(float(x), 8) if x == x else None for x in row] for row in self.scores.tolist()],
+                "n_heads": self.n_heads, "null_level": self.null_level,
+                "scores": [[round(float(x), 8) if x == x else None for x in row] for row in self.scores.tolist()],
                 "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
@@ -174,7 +225,10 @@ class HeadScores:
             tensor = torch.tensor([[float("nan") if x is None else x for x in r] for r in rows], dtype=torch.float32)
         except (TypeError, ValueError) as err:
             raise HeadScoreFileError(f"{source}: 'scores' holds non-numbers ({err})") from err
-        return cls(tensor, dict(data.get("meta") or {}))
+        null_level = data.get("null_level", 0.0)  # files written before it existed: event scores, null level 0
+        if isinstance(null_level, bool) or not isinstance(null_level, (int, float)) or not math.isfinite(null_level):
+            raise HeadScoreFileError(f"{source}: 'null_level' must be a finite number, got {null_level!r}")
+        return cls(tensor, dict(data.get("meta") or {}), float(null_level))
 
     @classmethod
     def load(cls, path: str | Path) -> HeadScores:
@@ -225,3 +279,41 @@ def heads_to_strings(heads: Iterable[Head]) -> list[str]:
     """``[Head(1, 2)] -> ["1.2"]`` (for JSON metadata)."""
     return [str(Head(*h)) for h in heads]
 
+
+
+#: Files beside a checkpoint that record the model it was made from (``base_model``): the ablated checkpoint's
+#: (:data:`headatlas.masking.ABLATION_FILE`, and its name before the rename) and RetMask training's
+#: (:data:`headatlas.retmask.train.RUN_FILE`; its merged LoRA model sits in the ``merged`` folder below it).
+BASE_MODEL_RECORDS = ("headatlas_ablation.json", "retrieval_heads_ablation.json", "retmask_run.json")
+
+
+def model_names(name_or_path: str) -> set[str]:
+    """The names one model goes by: as given, its built-in name, and its resolved directory when it is one."""
+    from .builtins import builtin_name, get_builtin
+
+    names = {name_or_path, str(builtin_name(name_or_path))}
+    builtin = get_builtin(name_or_path)
+    try:
+        path = builtin.checkpoint() if builtin is not None else Path(name_or_path)
+        if path.is_dir():
+            names |= {str(path.resolve()), str(builtin_name(str(path.resolve())))}
+    except OSError:
+        pass
+    return names
+
+
+def recorded_base_models(name_or_path: str) -> list[str]:
+    """The base models a checkpoint directory records (an ablated or RetMask-trained checkpoint); ``[]`` for others."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return []
+    found = []
+    for folder in (path, path.parent) if path.name == "merged" else (path,):
+        for name in BASE_MODEL_RECORDS:
+            try:
+                base = json.loads((folder / name).read_text(encoding="utf-8")).get("base_model")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(base, str) and base:
+                found.append(base)
+    return found

@@ -8,6 +8,7 @@ checkpoint trained like it; every other model gets NIAH grids from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,28 @@ def default_lengths(max_positions: int | None) -> list[int]:
     return parse_lengths(f"{start}:{stop}:{DEFAULT_N_LENGTHS}")
 
 
+def check_window(n_tokens: Sequence[int], max_positions: int | None, asked: Sequence[Any] = (),
+                 hint: str = "use shorter lengths (--lengths)") -> None:
+    """Refuse prompts longer than the model's window: the one check of detect, niah-eval, kv-compress and decore.
+
+    ``n_tokens``: each prompt's length in tokens; ``asked``: the lengths they were built for, named in
+    the message when given. Raises ``ValueError`` in one line; ``max_positions`` None checks nothing.
+
+    >>> check_window([100, 90], 128)
+    >>> check_window([100, 130], 128, asked=[128])
+    Traceback (most recent call last):
+    ...
+    ValueError: 1 prompts of length 128 (up to 130 tokens) exceed the model's window of 128 tokens; use shorter lengths (--lengths)
+    """
+    if not max_positions:
+        return
+    too_long = [n for n in n_tokens if n > max_positions]
+    if too_long:
+        lengths = f" of length {', '.join(map(str, sorted(set(asked))))}" if asked else ""
+        raise ValueError(f"{len(too_long)} prompts{lengths} (up to {max(too_long)} tokens) exceed the model's "
+                         f"window of {max_positions} tokens; {hint}")
+
+
 def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, req: PromptRequest) -> list[Any]:
     """NIAH prompts for ``req``: a built-in model's own prompts or a haystack x needle grid.
 
@@ -93,6 +116,8 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
     prompts = build_grid(
         tokenizer, hay, needles, req.lengths, req.depths, chat_template=req.chat_template, max_model_length=max_positions
     )
+    check_window([len(p.input_ids) for p in prompts], max_positions,  # the question and any chat template add tokens
+                 sorted({p.context_length for p in prompts if len(p.input_ids) > (max_positions or 0)}))
     if transition and not req.needles:  # built-in needles have a target-language twin: the counterfactual
         from .niah.prompts import builtin_counterfactual
 

@@ -143,10 +143,29 @@ def package_versions(names: Iterable[str] = ("torch", "transformers", "headatlas
     return out
 
 
+def typed_command(argv: Iterable[str] | None = None) -> list[str]:
+    """The command line as the user typed it: the program's name, never its path, then the arguments.
+
+    ``/venv/bin/headatlas detect ...`` is ``headatlas detect ...``; ``python -m pkg.mod ...`` (whose
+    ``sys.argv[0]`` is the module's file) is ``python -m pkg.mod ...``. No host name, no install path.
+
+    >>> typed_command(["/home/me/.venv/bin/headatlas", "detect", "--model", "organism"])
+    ['headatlas', 'detect', '--model', 'organism']
+    """
+    args = [str(a) for a in (sys.argv if argv is None else argv)]
+    if not args:
+        return []
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if argv is None and spec is not None and spec.name and args[0].endswith(".py"):  # python -m NAME
+        return ["python", "-m", spec.name.removesuffix(".__main__"), *args[1:]]
+    return [Path(args[0]).name, *args[1:]]
+
+
 def run_metadata(**settings: Any) -> dict[str, Any]:
-    """Metadata stamped on every artifact: the settings given, versions, host, time and command line."""
-    return {**settings, "versions": package_versions(), "python": platform.python_version(), "host": platform.node(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
+    """Metadata stamped on every artifact: the settings given, versions, time and the command as typed
+    (:func:`typed_command`); nothing that names the machine (no host name, no interpreter path)."""
+    return {**settings, "versions": package_versions(), "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": typed_command()}
 
 
 def format_name(kind: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,14 +65,17 @@ def random_heads(n_layers: int, n_heads: int, k: int, seed: int, exclude: Iterab
 ScoreSource = str | Path | HeadScores
 
 
-def load_scores(source: ScoreSource, n_layers: int, n_heads: int) -> HeadScores:
+def load_scores(source: ScoreSource, n_layers: int, n_heads: int, model: str | None = None,
+                allow_other_model: bool = False) -> HeadScores:
     """``source`` (a head-score file or :class:`HeadScores`) checked against an ``n_layers x n_heads`` model.
 
-    Raises :class:`HeadScoreFileError` naming the file and both shapes when they differ.
+    Raises :class:`HeadScoreFileError` naming the file and both shapes when they differ, and, given the
+    ``model``'s name, naming both models when the file was made for another one (unless
+    ``allow_other_model``: :meth:`~headatlas.heads.HeadScores.check_model`).
     """
     scores = source if isinstance(source, HeadScores) else HeadScores.load(source)
     try:
-        scores.check_model(n_layers, n_heads)
+        scores.check_model(n_layers, n_heads, model, allow_other_model=allow_other_model)
     except HeadScoreFileError as err:
         raise (err if isinstance(source, HeadScores) else HeadScoreFileError(f"{source}: {err}")) from None
     return scores
@@ -81,6 +85,14 @@ def _source_name(source: ScoreSource) -> str:
     return str(source) if not isinstance(source, HeadScores) else str(source.meta.get("source", "in memory"))
 
 
+class HeadSelectionError(ValueError):
+    """A selection that cannot be made as asked: more heads than the model has, or than the scores score."""
+
+
+class HeadSelectionWarning(UserWarning):
+    """The default K asked for more heads than score above the null level: only the scored ones are selected."""
+
+
 @dataclass(frozen=True)
 class HeadSelection:
     """Which heads to mask; :meth:`resolve` checks it against the model once and returns the heads.
@@ -88,7 +100,13 @@ class HeadSelection:
     - ``HeadSelection(heads=(Head(3, 25), Head(3, 27)))``: an explicit list (``()``: none);
     - ``HeadSelection(scores="rh/head_scores.json")``: the ``top_k`` best heads of a score file (or
       :class:`HeadScores`), or with ``threshold`` those scoring above it; K defaults to
-      :func:`share_of_heads` (5 % of the model's heads, rounded, at least 1);
+      :func:`share_of_heads` (5 % of the model's heads, rounded, at least 1). Only *scored* heads (above
+      the scorer's null level) are ever selected: a ``top_k`` above the number of scored heads (or of
+      heads) is refused with :class:`HeadSelectionError`; the default K takes the scored heads only and
+      says so (:class:`HeadSelectionWarning`); a selection with no head is refused;
+    - ``resolve(n_layers, n_heads, model=NAME)`` (the model the heads are for, named as
+      :func:`~headatlas.model_spec.load_model` takes it): a score file made for another model is refused
+      unless ``allow_other_model``;
     - with ``random_seed``, a *random control*: K heads drawn with the seed from all heads minus the
       selection (same ``top_k``/``threshold``) of ``scores`` and of every set in ``exclude`` — the one
       rule of the package. With ``scores`` K is the size of its selection; ``layer_matched`` takes as
@@ -109,6 +127,7 @@ class HeadSelection:
     random_seed: int | None = None
     exclude: tuple[ScoreSource, ...] = ()
     layer_matched: bool = False
+    allow_other_model: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -129,22 +148,49 @@ class HeadSelection:
         if self.layer_matched and self.scores is None and not self.exclude:
             raise ValueError("layer_matched needs a head set to match (scores, or a file in exclude)")
 
-    def _pick(self, scores: HeadScores) -> list[Head]:
-        if self.threshold is not None:
-            return scores.above(self.threshold)
+    def _pick(self, scores: HeadScores, source: ScoreSource) -> list[Head]:
+        where = "" if isinstance(source, HeadScores) and "source" not in source.meta else f" ({_source_name(source)})"
         # "5 % of heads" counts softmax heads only: a layer without them is a NaN row of the scores
-        return scores.top_k(self.top_k or share_of_heads(int(scores.scores.isfinite().sum())))
+        null, n, total = f"{scores.null_level:g}", scores.n_scored, int(scores.scores.isfinite().sum())
+        if self.threshold is not None:
+            picked = scores.above(self.threshold)
+            if not picked:
+                raise HeadSelectionError(f"threshold {self.threshold:g}: no head scores above it and above the "
+                                         f"scorer's null level {null}{where}")
+            return picked
+        if n == 0:
+            raise HeadSelectionError(f"no head scores above the scorer's null level {null}{where}: "
+                                     "there are no retrieval heads to select")
+        k = self.top_k
+        if k is None:
+            k = share_of_heads(total)
+            if k > n:
+                warnings.warn(f"the default K is {k} heads (5 % of {total}), but only {n} score above the scorer's "
+                              f"null level {null}{where}: selecting those {n}", HeadSelectionWarning, stacklevel=4)
+        elif k > n:
+            raise HeadSelectionError(f"top_k={k}: only {n} of the {total} heads score above the scorer's null level "
+                                     f"{null}{where}; ask for at most {n}")
+        return scores.top_k(k)
 
-    def resolve(self, n_layers: int, n_heads: int) -> list[Head]:
-        """The heads, sorted; raises when a head or a score file does not fit an ``n_layers x n_heads`` model."""
+    def resolve(self, n_layers: int, n_heads: int, model: str | None = None) -> list[Head]:
+        """The heads, sorted; raises when a head or a score file does not fit an ``n_layers x n_heads`` model
+        (or, given its name, was made for another ``model``: see :class:`HeadSelection`)."""
         if self.heads is not None:
             return check_heads(self.heads, n_layers, n_heads)
-        own = self._pick(load_scores(self.scores, n_layers, n_heads)) if self.scores is not None else None
+        if self.top_k is not None and self.top_k > n_layers * n_heads:
+            raise HeadSelectionError(f"top_k={self.top_k} is more than the model's {n_layers * n_heads} heads "
+                                     f"({n_layers} layers x {n_heads}); ask for at most {n_layers * n_heads}")
+
+        def load(source: ScoreSource) -> HeadScores:
+            return load_scores(source, n_layers, n_heads, model, self.allow_other_model)
+
+        own_scores = load(self.scores) if self.scores is not None else None
+        own = self._pick(own_scores, self.scores) if own_scores is not None else None
         if self.random_seed is None:
             return sorted(own)  # type: ignore[arg-type]
-        loaded = [load_scores(s, n_layers, n_heads) for s in ((self.scores,) if self.scores is not None else ())
-                  + self.exclude]
-        sets = ([own] if own is not None else []) + [self._pick(s) for s in loaded[1 if own is not None else 0:]]
+        others = [load(s) for s in self.exclude]
+        loaded = ([own_scores] if own_scores is not None else []) + others
+        sets = ([own] if own is not None else []) + [self._pick(s, src) for s, src in zip(others, self.exclude, strict=True)]
         k = len(own) if own is not None else self.top_k or share_of_heads(n_layers * n_heads)
         # never draw a head of a layer without softmax heads (a NaN row in any of the score files)
         unscored = {Head(int(i), h) for s in loaded for i in s.scores.isnan().all(dim=1).nonzero().flatten().tolist()
@@ -159,12 +205,13 @@ class HeadSelection:
             "heads": heads_to_strings(self.heads) if self.heads is not None else None,
             "top_k": self.top_k, "threshold": self.threshold, "random_seed": self.random_seed,
             "exclude": [_source_name(s) for s in self.exclude], "layer_matched": self.layer_matched,
+            **({"allow_other_model": True} if self.allow_other_model else {}),
         }  # fmt: skip
 
     @classmethod
     def from_args(cls, heads: Any = None, top_k: int | str | None = None, threshold: float | str | None = None,
                   random_seed: int | str | None = None, exclude: str | Sequence[ScoreSource] | None = None,
-                  layer_matched: bool | str = False) -> HeadSelection:
+                  layer_matched: bool | str = False, allow_other_model: bool | str = False) -> HeadSelection:
         """A selection from loosely typed arguments, as lm-eval's ``model_args`` give them.
 
         ``heads``: a :class:`HeadSelection`, :class:`HeadScores` or list of heads; or a string — a
@@ -185,6 +232,10 @@ class HeadSelection:
             "exclude": tuple(exclude or ()),
             "layer_matched": layer_matched if isinstance(layer_matched, bool) else layer_matched.lower() == "true",
         }
+        if isinstance(allow_other_model, str):
+            allow_other_model = allow_other_model.lower() == "true"
+        if allow_other_model:
+            args["allow_other_model"] = True
         if isinstance(heads, HeadScores):
             return cls(scores=heads, **args)
         if heads is not None and not isinstance(heads, (str, Path)):
@@ -209,10 +260,10 @@ class HeadSelection:
         """From ``key=value`` pairs split by commas: ``heads=rh.json,top_k=6``, ``heads=3.25;3.27``, ``random_seed=1``.
 
         >>> HeadSelection.parse("random_seed=1,top_k=2")
-        HeadSelection(scores=None, heads=None, top_k=2, threshold=None, random_seed=1, exclude=(), layer_matched=False)
+        HeadSelection(scores=None, heads=None, top_k=2, threshold=None, random_seed=1, exclude=(), layer_matched=False, allow_other_model=False)
         """
         parts = [[x.strip() for x in p.split("=", 1)] for p in text.split(",") if p.strip()]
-        keys = ("heads", "top_k", "threshold", "random_seed", "exclude", "layer_matched")
+        keys = ("heads", "top_k", "threshold", "random_seed", "exclude", "layer_matched", "allow_other_model")
         if any(len(p) != 2 or p[0] not in keys for p in parts):
             raise ValueError(f"head selection {text!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
         return cls.from_args(**dict(parts))

@@ -90,3 +90,42 @@ def test_sampling_is_seeded(model):
     run = lambda s: [o.tokens for o in decore_generate(model, tok, PROMPTS, RETRIEVALISH, alpha=0.5, sample=True,  # noqa: E731
                                                        seed=s, max_new_tokens=8, stop_on_newline=False)]
     assert run(3) == run(3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_alpha_or_cap_is_refused(bad, tmp_path):
+    """NaN or infinite strengths wrote empty answers and NaN into decore.json: refused, in the API and the run config."""
+    from headatlas.decore.experiment import DecoreRunConfig
+
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        DecoreSettings(alpha=bad)
+    with pytest.raises(ValueError, match="cap must be a finite number"):
+        DecoreSettings(dynamic=True, cap=bad)
+    with pytest.raises(ValueError, match="--alpha .*finite number"):
+        DecoreRunConfig(model="m", heads="h", out=str(tmp_path / "o"), source="task:conflict", alphas=[1.0, bad])
+    with pytest.raises(ValueError, match="--cap .*finite number"):
+        DecoreRunConfig(model="m", heads="h", out=str(tmp_path / "o"), source="task:conflict", dynamic=True, cap=bad)
+    assert not (tmp_path / "o").exists()
+
+
+def test_prompts_past_the_window_are_refused_as_niah_eval_refuses_them(tiny_dir, tmp_path):
+    """decore ran prompts longer than the model's window: refused by the one window check, nothing written."""
+    from headatlas.decore.experiment import DecoreRunConfig, run_decore
+    from headatlas.heads import HeadScores
+
+    scores = torch.zeros(3, 8)
+    scores[2, 1], scores[1, 0] = 0.9, 0.5
+    heads = HeadScores(scores, {"model": str(tiny_dir)}).save(tmp_path / "rh.json")
+    out = tmp_path / "out"
+    config = DecoreRunConfig(model=str(tiny_dir), heads=str(heads), out=str(out), source="x", top_k=1, random_seeds=1)
+    items = [{"id": "short", "prompt": "Answer:"}, {"id": "long", "prompt": "The answer is 42. " * 400}]
+    with pytest.raises(ValueError, match=r"1 prompts \(up to \d+ tokens\) exceed the model's window of 1024 tokens"):
+        run_decore(config, items, progress=False)
+    with pytest.raises(ValueError, match="top_k=3: only 2 of the 24 heads score"):
+        run_decore(DecoreRunConfig(model=str(tiny_dir), heads=str(heads), out=str(out), source="x", top_k=3), items[:1],
+                   progress=False)
+    other = HeadScores(scores, {"model": "some/other-model"}).save(tmp_path / "other.json")
+    with pytest.raises(ValueError, match=r"made for model some/other-model, not for .*tiny"):
+        run_decore(DecoreRunConfig(model=str(tiny_dir), heads=str(other), out=str(out), source="x"), items[:1],
+                   progress=False)
+    assert not out.exists()

@@ -166,3 +166,26 @@ def test_torchrun_two_gloo_processes_equal_single_process(setup, reference_run, 
         assert json.loads((out / f"returned.rank{rank}.json").read_text()) == merged.scores.tolist()
     assert not list(out.glob("samples.rank*.jsonl"))
     assert len(list(read_jsonl(out / "samples.jsonl"))) == len(prompts)
+
+
+def test_top_table_and_heatmap_outline_only_scored_heads(tmp_path):
+    """12 of detect's 20 "top" heads scored 0 on the built-in model; now the table and outlines stop at the last
+    head with an event, and say how many scored."""
+    from rich.console import Console
+
+    from headatlas.detect.plots import outlined_heads, plot_heatmap
+    from headatlas.detect.runner import NULL_LEVEL, top_heads_table
+    from headatlas.heads import Head
+
+    raw = torch.zeros(4, 8)
+    raw[3, 1], raw[2, 5], raw[0, 7] = 0.6, 0.25, 0.1
+    scores = HeadScores(raw, {"kind": "retrieval"}, null_level=NULL_LEVEL)
+    with_events = (raw > 0).long() * 3
+    console = Console(record=True, width=200)
+    console.print(top_heads_table(scores, with_events, 6, k=20))
+    text = console.export_text()
+    assert "Top 3 retrieval heads (3 of 32 heads score above 0; 6 counted prompts)" in " ".join(text.split())
+    rows = [line.split("│")[2].strip() for line in text.splitlines() if line.startswith("│")]
+    assert rows == ["3.1", "2.5", "0.7"] and "0.0000" not in text
+    assert outlined_heads(scores, top=10) == [Head(3, 1), Head(2, 5), Head(0, 7)]
+    assert plot_heatmap(scores, tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"

@@ -147,6 +147,6 @@ def test_duo_keeps_the_gate_of_the_head_that_reads_far_back(tmp_path):
                           heatmap=False, table_rows=0)
     scores = detect(model, ToyTokenizer(), prompts, config, tmp_path)
     assert scores[(0, 0)] > 0.9 and scores[(0, 1)] < 0.1
-    assert scores.meta["null_level"] == 0.5 and scores.meta["scorer"] == "duo"
+    assert scores.null_level == 0.5 and scores.meta["scorer"] == "duo"
     again = detect(model, ToyTokenizer(), prompts, config, tmp_path)  # resumed: every step journaled
     assert torch.equal(again.scores, HeadScores.load(tmp_path / "head_scores.json").scores)

@@ -4,6 +4,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from headatlas.runs import (
     open_run,
     read_jsonl,
     track,
+    typed_command,
 )
 
 
@@ -30,8 +32,9 @@ def test_open_run_records_resumes_refuses_before_writing_and_overwrites(tmp_path
     assert saved["format"] == "headatlas/test-run" and saved["format_version"] == 1
     assert saved["settings"] == {"--mode": "greedy", "--lengths": [128, 256]}  # a tuple equals its JSON list
     meta = saved["meta"]
-    assert meta["model"] == "m" and meta["seed"] == 3 and meta["command"] == sys.argv
-    assert {"versions", "created", "python"} <= set(meta)
+    assert meta["model"] == "m" and meta["seed"] == 3 and meta["command"] == typed_command()
+    assert "/" not in meta["command"][0] and meta["command"][len(meta["command"]) - len(sys.argv) + 1 :] == sys.argv[1:]
+    assert {"versions", "created", "python"} <= set(meta) and "host" not in meta
     run.append({"i": 0})
 
     assert open_run(out, "test", settings, fingerprints={"the model's weights": "aaaa"}).resumed
@@ -115,3 +118,19 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
     assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
+def test_run_metadata_records_the_command_as_typed_and_nothing_of_the_machine(monkeypatch):
+    """The program's name, not its path; no host name, no interpreter path anywhere in the metadata."""
+    import platform
+
+    from headatlas.runs import run_metadata
+
+    typed = ["detect", "--model", "organism", "--out", "runs/x"]
+    monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).parent / "headatlas"), *typed])
+    meta = run_metadata(model="organism", seed=0)
+    assert meta["command"] == ["headatlas", *typed]
+    text = json.dumps(meta)
+    assert "host" not in meta and sys.executable not in text and str(Path(sys.executable).parent) not in text
+    if len(platform.node()) > 3:  # a name that short could occur by chance in a version string
+        assert platform.node() not in text

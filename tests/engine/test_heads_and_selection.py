@@ -191,3 +191,101 @@ def test_missing_builtin_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="organism train"):
         resolve_model_path("organism")
     assert resolve_model_path("some/hub-id") == "some/hub-id"
+
+
+# ---- only scored heads are ever "top" heads (issue 28) -------------------------------------------------
+def test_null_level_is_recorded_and_old_files_read_as_zero(tmp_path):
+    s = HeadScores(scores_4x4().scores, {"model": "toy"}, null_level=0.1)
+    path = s.save(tmp_path / "h.json")
+    data = json.loads(path.read_text())
+    assert data["null_level"] == 0.1 and HeadScores.load(path).null_level == 0.1
+    del data["null_level"]  # written before the field existed: event scores
+    path.write_text(json.dumps(data))
+    assert HeadScores.load(path).null_level == 0.0
+    data["null_level"] = "high"
+    path.write_text(json.dumps(data))
+    with pytest.raises(HeadScoreFileError, match="null_level"):
+        HeadScores.load(path)
+
+
+def test_top_heads_are_only_scored_heads():
+    s = scores_4x4()  # 4 heads above 0, 12 at 0
+    assert s.n_scored == 4 and len(s.scored()) == 4 and all(v > 0 for _, v in s.scored())
+    assert s.top_k(10) == [Head(3, 1), Head(2, 2), Head(3, 3), Head(0, 0)]  # never a zero-score head
+    assert s.above(-1.0) == s.top_k(10)  # a threshold below the null level adds no unscored head
+    high = HeadScores(s.scores, null_level=0.3)
+    assert high.n_scored == 2 and high.top_k(10) == [Head(3, 1), Head(2, 2)] and high.above(0.0) == high.top_k(2)
+
+
+def test_a_selection_asked_for_more_heads_than_score_says_so(tmp_path):
+    from headatlas.selection import HeadSelectionError, HeadSelectionWarning
+
+    path = scores_4x4().save(tmp_path / "toy.json")
+    with pytest.raises(HeadSelectionError, match=r"top_k=5: only 4 of the 16 heads score above .* null level 0 "
+                                                 r"\(.*toy\.json\); ask for at most 4"):
+        HeadSelection(scores=path, top_k=5).resolve(4, 4)
+    with pytest.raises(HeadSelectionError, match="top_k=17 is more than the model's 16 heads"):
+        HeadSelection(scores=path, top_k=17).resolve(4, 4)
+    with pytest.raises(HeadSelectionError, match="top_k=17 is more than the model's 16 heads"):
+        HeadSelection(top_k=17, random_seed=0).resolve(4, 4)
+    assert HeadSelection(scores=path, top_k=4).resolve(4, 4) == sorted(scores_4x4().top_k(4))
+    big = torch.zeros(8, 16)  # default K: 5 % of 128 = 6, but only 2 heads score
+    big[7, 1], big[6, 3] = 0.4, 0.2
+    with pytest.warns(HeadSelectionWarning, match="default K is 6 heads .* only 2 score"):
+        assert HeadSelection(scores=HeadScores(big)).resolve(8, 16) == [Head(6, 3), Head(7, 1)]
+    with pytest.raises(HeadSelectionError, match="no head scores above the scorer's null level"):
+        HeadSelection(scores=HeadScores(torch.zeros(4, 4))).resolve(4, 4)
+    with pytest.raises(HeadSelectionError, match="threshold 0.95: no head scores above it"):
+        HeadSelection(scores=path, threshold=0.95).resolve(4, 4)
+    # a random control still draws from every head outside the set, scored or not
+    drawn = HeadSelection(scores=HeadScores(big), top_k=2, random_seed=3).resolve(8, 16)
+    assert drawn == random_heads(8, 16, 2, 3, exclude=[Head(7, 1), Head(6, 3)])
+
+
+def test_a_score_file_of_another_model_is_refused_naming_both(tmp_path):
+    from headatlas.heads import BASE_MODEL_RECORDS
+    from headatlas.masking import ABLATION_FILE, LEGACY_ABLATION_FILE
+    from headatlas.model_spec import resolve_model_path
+    from headatlas.retmask.train import RUN_FILE
+
+    assert set(BASE_MODEL_RECORDS) == {ABLATION_FILE, LEGACY_ABLATION_FILE, RUN_FILE}
+    path = HeadScores(scores_4x4().scores, {"model": "organism"}).save(tmp_path / "rh.json")
+    other = tmp_path / "other-model"
+    other.mkdir()
+    with pytest.raises(HeadScoreFileError, match=r"made for model organism, not for .*other-model.*--allow-other-model") as err:
+        HeadSelection(scores=path, top_k=2).resolve(4, 4, str(other))
+    assert "\n" not in str(err.value)
+    assert HeadSelection(scores=path, top_k=2, allow_other_model=True).resolve(4, 4, str(other)) == [Head(2, 2), Head(3, 1)]
+    for model in ("organism", resolve_model_path("organism")):  # by name or by its shipped directory
+        assert HeadSelection(scores=path, top_k=2).resolve(4, 4, model) == [Head(2, 2), Head(3, 1)]
+    assert HeadSelection(scores=path, top_k=2).resolve(4, 4) == [Head(2, 2), Head(3, 1)]  # no model named: shape only
+    # a checkpoint made from the score file's model (RetMask, an ablation) records it: allowed
+    (other / "retmask_run.json").write_text(json.dumps({"base_model": "organism"}))
+    assert HeadSelection(scores=path, top_k=2).resolve(4, 4, str(other)) == [Head(2, 2), Head(3, 1)]
+    merged = other / "merged"
+    merged.mkdir()
+    assert HeadSelection(scores=path, top_k=2).resolve(4, 4, str(merged)) == [Head(2, 2), Head(3, 1)]
+    ablated = tmp_path / "ablated"
+    ablated.mkdir()
+    (ablated / ABLATION_FILE).write_text(json.dumps({"base_model": resolve_model_path("organism")}))
+    assert HeadSelection(scores=path, top_k=2).resolve(4, 4, str(ablated)) == [Head(2, 2), Head(3, 1)]
+    assert HeadSelection.parse(f"heads={path},top_k=2,allow_other_model=true").allow_other_model
+
+
+def test_the_readme_python_example_masks_no_zero_score_head(tmp_path):
+    """The README's HeadSelection line, run on the scores of its first steps' shape (8 of 128 heads scored,
+    as `detect --lengths 128,256 --depths 3 --per-cell 1` gives on the built-in model)."""
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("heads = HeadSelection("))
+    raw = torch.zeros(4, 32)
+    raw[3, [31, 28, 25, 27, 29, 30, 19]], raw[1, 24] = torch.tensor([0.67, 0.58, 0.5, 0.5, 0.5, 0.5, 0.25]), 0.17
+    path = HeadScores(raw, {"model": "organism"}).save(tmp_path / "head_scores.json")
+    code = re.sub(r'"runs/llama-rh/head_scores.json"', repr(str(path)), line)
+    namespace = {"HeadSelection": HeadSelection, "spec": SimpleNamespace(n_layers=4, n_heads=32), "name": "organism"}
+    exec(code, namespace)  # noqa: S102 - the README's own line
+    heads = namespace["heads"]
+    assert len(heads) == share_of_heads(128) == 6 and all(raw[h.layer, h.head] > 0 for h in heads)

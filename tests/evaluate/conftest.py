@@ -69,18 +69,20 @@ def tiny_model(tiny_dir):
     return model, AutoTokenizer.from_pretrained(tiny_dir)
 
 
-def write_scores(path: Path, scores: torch.Tensor, name: str) -> Path:
-    return HeadScores(scores, {"model": "tiny", "method": name}).save(path)
+def write_scores(path: Path, scores: torch.Tensor, name: str, model: str = "tiny") -> Path:
+    return HeadScores(scores, {"model": model, "method": name}).save(path)
 
 
 @pytest.fixture(scope="session")
-def head_files(tmp_path_factory) -> dict[str, Path]:
-    """Two head-score files for the tiny model (3 layers x 8 heads) whose top-3 sets differ."""
+def head_files(tmp_path_factory, tiny_dir) -> dict[str, Path]:
+    """Two head-score files for the tiny model (3 layers x 8 heads) whose top-3 sets differ, made for it
+    (their metadata names its folder: a file made for another model is refused)."""
     d = tmp_path_factory.mktemp("heads")
     rh, rth = torch.zeros(3, 8), torch.zeros(3, 8)
     rh[2, 1], rh[2, 5], rh[1, 0], rh[0, 7] = 0.9, 0.8, 0.7, 0.1
     rth[1, 3], rth[1, 4], rth[2, 1], rth[0, 2] = 0.9, 0.8, 0.6, 0.1
-    return {"rh": write_scores(d / "rh.json", rh, "retrieval"), "rth": write_scores(d / "rth.json", rth, "rth")}
+    return {"rh": write_scores(d / "rh.json", rh, "retrieval", str(tiny_dir)),
+            "rth": write_scores(d / "rth.json", rth, "rth", str(tiny_dir))}
 
 
 @pytest.fixture(scope="session")

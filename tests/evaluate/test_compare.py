@@ -155,3 +155,22 @@ def test_config_is_validated(head_files, tmp_path):
     with pytest.raises(ValueError, match="metric,filter"):
         CompareConfig(model="m", tasks=["t"], out=str(tmp_path), metrics={"t": "acc"})
     assert CompareConfig(model="m", tasks=["t"], out=str(tmp_path), limit=5.0).limit == 5
+
+
+def test_head_counts_and_limits_are_refused_never_cut(head_files):
+    """niah-eval --top-k 1000 masked every head (cut to the model's 24); compare --limit 2.5 ran 2 items."""
+    from headatlas.evaluate.compare import CompareConfig
+    from headatlas.evaluate.conditions import build_conditions
+    from headatlas.selection import HeadSelectionError
+
+    with pytest.raises(HeadSelectionError, match="top_k=1000 is more than the model's 24 heads"):
+        build_conditions(head_files, 1000, 1, 3, 8)
+    with pytest.raises(HeadSelectionError, match=r"rh=.*rh\.json: top_k=5: only 4 of the 24 heads score"):
+        build_conditions({"rh": head_files["rh"]}, 5, 0, 3, 8)
+    assert len(build_conditions(head_files, 4, 1, 3, 8)[1].heads) == 4
+    with pytest.raises(ValueError, match="made for model .*tiny-llama.*, not for other"):
+        build_conditions(head_files, 2, 0, 3, 8, model="other")
+    assert build_conditions(head_files, 2, 0, 3, 8, model="other", allow_other_model=True)[1].heads
+    with pytest.raises(ValueError, match="limit 2.5: give a whole number"):
+        CompareConfig(model="m", tasks=["t"], out="o", limit=2.5)
+    assert CompareConfig(model="m", tasks=["t"], out="o", limit=3.0).limit == 3

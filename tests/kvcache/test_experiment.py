@@ -15,7 +15,7 @@ def test_conditions_keep_the_retrieval_kv_head_and_draw_controls_outside_it():
     scores = torch.zeros(4, 32)
     scores[3, [25, 27, 28, 29, 30, 31]] = 0.6  # the organism's six retrieval heads: KV group 3 of layer 3
     scores[1, 2] = 0.05
-    cfg = KVCompressConfig(model="m", heads="h", out="o", budgets=[2, 4], random_seeds=3)
+    cfg = KVCompressConfig(model="m", heads="h", out="o", budgets=[1, 2], random_seeds=3)
     conds = {c.name: c for c in conditions(cfg, HeadScores(scores), 4, 32, 4)}
     assert conds["retrieval"].heads == [KVHead(3, 3)]
     assert len(conds["full"].heads) == 16 and conds["windowed"].heads == []
@@ -46,3 +46,56 @@ def test_per_layer_budgets_keep_b_kv_heads_in_every_layer():
             layers = [k.layer for k in conds[name].heads]
             assert sorted(layers) == sorted(list(range(4)) * b), name
         assert not set(conds[f"random-top-{b}pl-s1"].heads) & set(conds[f"top-{b}pl"].heads)
+
+
+def test_budgets_are_refused_never_dropped_and_keep_only_kv_heads_with_a_score():
+    """A budget outside 1 .. n-1 or above the KV heads holding a scored head is refused; the default budgets
+    stop at that count (zero-score KV heads are never "top" KV heads)."""
+    import pytest
+
+    scores = torch.zeros(4, 32)
+    scores[3, [25, 27, 28, 29, 30, 31]] = 0.6  # KV head 3.kv3
+    scores[1, 2] = 0.05  # KV head 1.kv0
+    s = HeadScores(scores)
+    for budgets, message in (([16], "a budget keeps 1 to 15 KV heads whole"), ([99], "1 to 15"),
+                             ([4], "budget 4: only 2 KV heads hold a head scoring above"), ([3], "use budgets up to 2")):
+        with pytest.raises(ValueError, match=message):
+            conditions(KVCompressConfig(model="m", heads="h", out="o", budgets=budgets), s, 4, 32, 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        KVCompressConfig(model="m", heads="h", out="o", budgets=[0, 2])
+    default = {c.name: c for c in conditions(KVCompressConfig(model="m", heads="h", out="o", random_seeds=1), s, 4, 32, 4)}
+    assert [n for n in default if n.startswith("top-")] == ["top-1", "top-2"]
+    assert default["top-2"].heads == [KVHead(3, 3), KVHead(1, 0)]
+    with pytest.raises(ValueError, match="in every layer"):  # per layer: 1 .. n_kv - 1
+        conditions(KVCompressConfig(model="m", heads="h", out="o", budgets=[4], per_layer=True), s, 4, 32, 4)
+
+
+def test_values_once_changed_silently_are_refused_in_one_line_before_anything_is_written(tmp_path):
+    """niah-eval --top-k 1000 (every head masked), kv-compress --budgets 99 (dropped), decore --alpha nan
+    (NaN in the JSON), --heads of another model: exit code 2, one line, no output folder."""
+    raw = torch.zeros(4, 32)
+    raw[3, [25, 27, 28, 29, 30, 31]], raw[1, 2] = 0.6, 0.05  # the organism's shape
+    mine = HeadScores(raw, {"model": "organism"}).save(tmp_path / "rh.json")
+    other = HeadScores(raw, {"model": "another/model"}).save(tmp_path / "other.json")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    cases = [
+        (["niah-eval", "--model", "organism", "--heads", f"rh={mine}", "--top-k", "1000", "--lengths", "256",
+          "--depths", "0.5", "--per-cell", "1"], "top_k=1000 is more than the model's 128 heads"),
+        (["niah-eval", "--model", "organism", "--heads", f"rh={mine}", "--top-k", "8", "--lengths", "256",
+          "--depths", "0.5", "--per-cell", "1"], "top_k=8: only 7 of the 128 heads score"),
+        (["niah-eval", "--model", "organism", "--heads", f"rh={other}", "--lengths", "256", "--depths", "0.5",
+          "--per-cell", "1"], "made for model another/model, not for organism"),
+        (["kv-compress", "--model", "organism", "--heads", str(mine), "--budgets", "99"], "--budgets 99"),
+        (["kv-compress", "--model", "organism", "--heads", str(mine), "--budgets", "0"], "at least 1"),
+        (["decore", "--model", "organism", "--heads", str(mine), "--task", "conflict", "--alpha", "nan"], "finite"),
+        (["decore", "--model", "organism", "--heads", str(mine), "--task", "conflict", "--alpha", "1,inf"], "finite"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, [*args, "--out", str(out)])
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)
+        assert not out.exists(), args
+    res = runner.invoke(app, ["niah-eval", "--model", "organism", "--heads", f"rh={other}", "--allow-other-model",
+                              "--top-k", "1000", "--lengths", "256", "--depths", "0.5", "--per-cell", "1",
+                              "--out", str(out)])
+    assert res.exit_code == 2 and "top_k=1000" in res.output  # the model check passed; the count is refused

@@ -9,6 +9,7 @@ import pytest
 
 import headatlas.multilingual.study as study
 from headatlas.detect import DetectConfig
+from headatlas.heads import HeadScores
 from headatlas.prompt_sources import PromptRequest
 from headatlas.runs import ResumeMismatchError
 from tests.conftest import make_tiny_model
@@ -42,7 +43,9 @@ def test_language_study_writes_every_artifact_and_resumes(tmp_path, monkeypatch)
     sharing = json.loads((tmp_path / "sharing.json").read_text())
     assert sharing["languages"] == ["xx", "yy"] and "xx|yy" in sharing["pairs"]
     comp = json.loads((tmp_path / "rh_vs_rth-xx-yy.json").read_text())
-    assert comp["top_k"] == 5 and len(comp["rh_top_k"]) == 5
+    assert comp["top_k"] == 5 and len(comp["rh_top_k"]) == min(5, comp["rh_n_scored"])  # only scored heads
+    rh = HeadScores.load(tmp_path / "rh-xx" / "head_scores.json")
+    assert comp["rh_top_k"] == [str(h) for h, _ in rh.scored()[:5]] and all(rh[h] > 0 for h, _ in rh.scored())
     for png in ("sharing.png", "rh_vs_rth-xx-yy.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert "RH vs RTH (xx-yy)" in (tmp_path / "summary.md").read_text()

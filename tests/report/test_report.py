@@ -299,4 +299,40 @@ def test_metadata_is_one_row_per_run(full_page):
     headers = re.findall(r"<th(?: [^>]*)?>([^<]*)</th>", table)
     assert headers == ["run", "kind", "model", "settings that differ", "seed", "versions", "created", "command"]
     assert table.count("<tr>") == len(report.metadata) + 1
-    assert "tiny-llama" in table and "torch " in table
+    text = re.sub(r"<[^>]+>", "", table)  # each word is a span of its own (no break inside it)
+    assert "tiny-llama" in text and "torch " in text
+
+
+@pytest.mark.parametrize("null_level, expected", [(0.0, ["5.3", "4.1", "2.2"]), (0.2, ["5.3", "4.1"]), (0.95, [])])
+def test_zero_score_heads_are_never_top_heads(tmp_path, null_level, expected):
+    """The top table, the outlines and the layer chart hold only heads above the scorer's null level."""
+    scores = torch.zeros(N_LAYERS, N_HEADS)
+    scores[5, 3], scores[4, 1], scores[2, 2] = 0.9, 0.5, 0.1
+    HeadScores(scores, {"model": "m"}, null_level=null_level).save(tmp_path / "rh" / "head_scores.json")
+    page = render_report(collect_runs([tmp_path / "rh"]), heads_listed=20)
+    table = page.split('id="topk-0"')[1].split("</table>")[0]
+    assert re.findall(r'<td data-value="([0-9.]+)">', table) == expected
+    data = page_data(page)
+    outline = next(h["outline"] for h in data["heatmaps"].values() if h["rowKey"] == "layer")
+    assert outline == [[int(x) for x in h.split(".")] for h in expected[:2]]  # 5 % of 48 heads = 2, or fewer
+    chart = next(b for b in data["bars"].values() if b["title"].endswith("heads per layer"))
+    top = chart["series"][0]
+    assert top["name"] == f"top-{len(expected)}" and sum(top["values"]) == len(expected)
+    assert f"{len(expected)} scored (above {null_level:g})" in page
+
+
+def test_a_detect_run_is_one_metadata_row_and_its_cells_break_no_word(tmp_path):
+    """run.json and head_scores.json of one detection: one row (the scores', which hold the outcome);
+    paths break after a "/" only, and the table's CSS breaks no word."""
+    run = make_run(tmp_path / "run", parts=("scores",))
+    report = collect_runs([run])
+    assert [s for s, _ in report.metadata] == ["run/detect/head_scores.json"]
+    (run / "detect" / "head_scores.json").unlink()  # a detection that scored nothing keeps its run.json row
+    assert [s for s, _ in collect_runs([run]).metadata] == ["run/detect/run.json"]
+    page = render_report(report)
+    table = re.search(r'<table[^>]*id="run-metadata".*?</table>', page, re.S).group(0)
+    assert table.count("<tr>") == 2 and ('<span class="nobr">run/</span><wbr><span class="nobr">detect/</span><wbr>'
+                                       '<span class="nobr">head_scores.json</span>') in table
+    css = (Path(__file__).resolve().parents[2] / "src/headatlas/report/assets/report.css").read_text()
+    rule = re.search(r"#run-metadata td \{([^}]*)\}", css).group(1)
+    assert "overflow-wrap: normal" in rule and "word-break: normal" in rule and "anywhere" not in css

@@ -153,6 +153,25 @@ def test_metadata_section_is_compact(browser, report):
         rows = page.locator("#run-metadata tbody tr")
         assert rows.count() >= 2
         assert section.bounding_box()["height"] < 900  # the old 16-column table of every field was ~2,600 px
+        # no word is broken: cells wrap between words (and after a "/" in paths) and none overflows its column
+        cells = page.eval_on_selector_all("#run-metadata td", """cells => cells.map(td => {
+            const style = getComputedStyle(td);
+            return [style.overflowWrap, style.wordBreak, td.scrollWidth <= td.clientWidth + 1];
+        })""")
+        assert cells and all(c == ["normal", "normal", True] for c in cells), cells
+        split = page.evaluate("""() => {  // every run of non-space text lies on one line (one client rect)
+            const out = [], walker = document.createTreeWalker(document.querySelector("#run-metadata tbody"), 4);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                for (const m of node.textContent.matchAll(/\\S+/g)) {
+                    const range = document.createRange();
+                    range.setStart(node, m.index);
+                    range.setEnd(node, m.index + m[0].length);
+                    if (range.getClientRects().length > 1) out.push(m[0]);
+                }
+            }
+            return out;
+        }""")
+        assert split == [], split
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         section.screenshot(path=str(SCREENSHOTS / "report-metadata.png"))
         assert errors == []

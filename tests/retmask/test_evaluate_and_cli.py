@@ -66,7 +66,7 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     path, _, _ = tiny_checkpoint
     scores = torch.zeros(3, 8)
     scores[2, 1], scores[1, 3], scores[0, 5] = 0.9, 0.5, 0.2
-    HeadScores(scores, {"model": "tiny"}).save(tmp_path / "head_scores.json")
+    HeadScores(scores, {"model": str(path)}).save(tmp_path / "head_scores.json")  # made for this model
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1} w{i + 2} w{i + 3}"}) + "\n" for i in range(6)))
     runner = CliRunner()

@@ -23,9 +23,10 @@ def refused_errors() -> tuple[type[BaseException], ...]:
     from ..model_spec import ModelNotFoundError, UnsupportedModelError
     from ..retmask.pairs import ChatTemplateError
     from ..runs import ResumeMismatchError
+    from ..selection import HeadSelectionError
 
     return (ModelNotFoundError, UnsupportedModelError, HeadScoreFileError, PromptError, ChatTemplateError,
-            ResumeMismatchError)
+            ResumeMismatchError, HeadSelectionError)
 
 
 def refuse(command: str, message: str) -> typer.Exit:

@@ -27,6 +27,7 @@ retmask_app = typer.Typer(
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=ModelConfig.__dataclass_fields__["model"].metadata["help"])]
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="head_scores.json written by detect.", exists=True)]
+AllowOtherOpt = Annotated[bool, typer.Option("--allow-other-model", help="Use --heads made for another model of the same shape.")]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Mask the K best-scoring heads (default: 5 % of all heads).")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Mask heads scoring above T (paper: 0.1).")]
 RandomOpt = Annotated[
@@ -50,16 +51,17 @@ def _models_found(*names: str) -> Iterator[None]:
 
 
 def _load_heads(model_name: str, heads_file: Path, top_k: int | None, threshold: float | None,
-                random_control: int | None):  # noqa: ANN202
+                random_control: int | None, allow_other_model: bool = False):  # noqa: ANN202
     from ..model_spec import load_model
     from ..selection import HeadSelection
 
     try:
-        selection = HeadSelection(scores=heads_file, top_k=top_k, threshold=threshold, random_seed=random_control)
+        selection = HeadSelection(scores=heads_file, top_k=top_k, threshold=threshold, random_seed=random_control,
+                                  allow_other_model=allow_other_model)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     model, tokenizer, spec = load_model(model_name)
-    heads = selection.resolve(spec.n_layers, spec.n_heads)  # a score file of another shape: refused in one line
+    heads = selection.resolve(spec.n_layers, spec.n_heads, model_name)  # a score file of another shape or model: refused in one line
     if not heads:
         raise typer.BadParameter("the selection is empty: no head passes --threshold")
     return model, tokenizer, heads, {**selection.to_json(), "masked": [str(h) for h in heads]}
@@ -73,11 +75,12 @@ def ablate(
     top_k: TopKOpt = None,
     threshold: ThresholdOpt = None,
     random_control: RandomOpt = None,
+    allow_other_model: AllowOtherOpt = False,
 ) -> None:
     """Save a checkpoint with the selected heads zeroed in the output projection (any engine can serve it)."""
     from ..masking import save_ablated_model
 
-    loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control)
+    loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control, allow_other_model)
     save_ablated_model(loaded, chosen, out, tokenizer, extra_meta={"selection": info})
     typer.echo(f"ablated checkpoint ({len(chosen)} heads zeroed: {', '.join(map(str, chosen))}) -> {out}")
 
@@ -91,6 +94,7 @@ def pairs(
     top_k: TopKOpt = None,
     threshold: ThresholdOpt = None,
     random_control: RandomOpt = None,
+    allow_other_model: AllowOtherOpt = False,
     max_new_tokens: int = option(PairConfig, "max_new_tokens", min=1),
     temperature: float = option(PairConfig, "temperature"),
     top_p: float = option(PairConfig, "top_p"),
@@ -114,7 +118,7 @@ def pairs(
         stop=stops, same_seed_for_both=not independent_seeds, max_prompt_tokens=max_prompt_tokens, engine=engine,
     )
     records = load_prompts(prompts, limit=limit)
-    loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control)
+    loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control, allow_other_model)
     try:
         stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)
     except ResumeMismatchError as err:  # the journal at --out holds other heads, settings or weights

@@ -49,6 +49,14 @@ class DecoreSettings:
     temperature: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("alpha", "cap", "temperature"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
 
 @dataclass
 class DecoreOutput:

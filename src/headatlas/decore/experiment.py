@@ -39,8 +39,12 @@ class DecoreRunConfig(HeadRunConfig):
         super().__post_init__()
         if self.mode not in ("uniform", "zero"):
             raise ValueError("--mode must be uniform or zero")
-        if not all(math.isfinite(a) for a in self.alphas):
-            raise ValueError(f"--alpha must be finite numbers, got {self.alphas}")
+        if bad := [a for a in self.alphas if not math.isfinite(a)]:
+            raise ValueError(f"--alpha {','.join(map(str, bad))}: the contrast strength must be a finite number")
+        if not self.dynamic and not self.alphas:
+            raise ValueError("--alpha: give at least one contrast strength")
+        if self.cap is not None and not math.isfinite(self.cap):
+            raise ValueError(f"--cap {self.cap}: the cap must be a finite number")
 
 
 @dataclass
@@ -71,14 +75,18 @@ def run_decore(config: DecoreRunConfig, items: list[dict[str, Any]], progress: b
     """Run (or resume) every condition on ``items``; return the result written to ``out/decore.json``."""
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
+    from ..prompt_sources import check_window
+    from ..selection import load_scores
     from .decoding import decore_generate
 
     if not items:
         raise ValueError("no prompts to decode")
-    scores = HeadScores.load(config.heads)
+    HeadScores.load(config.heads)  # a corrupt file is refused before the model loads
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device, device_map=config.device_map,
                                         attn_implementation=config.attn_implementation)
-    scores.check_model(spec.n_layers, spec.n_heads, config.model)
+    scores = load_scores(config.heads, spec.n_layers, spec.n_heads, config.model, config.allow_other_model)
+    check_window([len(tokenizer(it["prompt"], verbose=False)["input_ids"]) for it in items], spec.max_positions,
+                 hint="use shorter prompts (--lengths, or shorter ones in --prompts)")
     conds = conditions(config, scores, spec.n_layers, spec.n_heads)
     top = next(c.heads for c in conds if c.kind == "retrieval")
     identity = model_identity(model)

@@ -42,16 +42,18 @@ class DecoreHFLM(HFLM):
         self, pretrained: Any, heads: Any = None, top_k: int | None = None, alpha: float = 1.0, dynamic: Any = False,
         normalise: Any = False, cap: float | None = None, mode: str = "uniform", threshold: float | None = None,
         random_seed: int | None = None, exclude: Any = None, layer_matched: Any = False, device: str | None = None,
-        **kwargs: Any,
+        allow_other_model: Any = False, **kwargs: Any,
     ) -> None:
+        name = pretrained if isinstance(pretrained, str) else None  # a score file of another model is refused
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
         super().__init__(pretrained=pretrained, device=device, **kwargs)
         self.spec = ModelSpec.from_model(self.model)
         self.settings = DecoreSettings(alpha=float(alpha), dynamic=_flag(dynamic), normalise=_flag(normalise),
                                        cap=None if cap in (None, "", "none") else float(cap), mode=mode)  # type: ignore[arg-type]
-        self.selection = HeadSelection.from_args(heads, top_k, threshold, random_seed, exclude, layer_matched)
-        self.heads: list[Head] = self.selection.resolve(self.spec.n_layers, self.spec.n_heads)
+        self.selection = HeadSelection.from_args(heads, top_k, threshold, random_seed, exclude, layer_matched,
+                                                 allow_other_model)
+        self.heads: list[Head] = self.selection.resolve(self.spec.n_layers, self.spec.n_heads, name)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, heads: Iterable[Head | tuple[int, int]] = (), **kwargs: Any) -> DecoreHFLM:

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..heads import HeadScores
+from ..heads import Head, HeadScores
 
 
 def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval score", top: int = 10) -> Path:
-    """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best heads are outlined."""
+    """Save ``scores`` as a heatmap PNG (rows: layers, columns: heads); the ``top`` best scored heads are outlined
+    (only heads above the scorer's null level: :func:`outlined_heads`)."""
     import matplotlib
     import numpy as np
     from matplotlib.patches import Rectangle
@@ -29,12 +30,22 @@ def plot_heatmap(scores: HeadScores, path: str | Path, title: str = "retrieval s
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     image = ax.imshow(data, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest")
     fig.colorbar(image, ax=ax, label="score")
-    for head in scores.top_k(min(top, n_layers * n_heads)):
+    for head in outlined_heads(scores, top):
         ax.add_patch(Rectangle((head.head - 0.5, head.layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path, dpi=120)
+
+
+def outlined_heads(scores: HeadScores, top: int = 10) -> list[Head]:
+    """The heads a heatmap outlines: the ``top`` best *scored* heads (fewer when fewer score above the null level).
+
+    >>> import torch
+    >>> outlined_heads(HeadScores(torch.tensor([[0.0, 0.3], [0.0, 0.0]])), top=3)
+    [Head(layer=0, head=1)]
+    """
+    return scores.top_k(top)
 
 
 def new_figure(width: float, height: float) -> Any:

@@ -54,6 +54,8 @@ RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 SCORES_FILE = "head_scores.json"
 HEATMAP_FILE = "heatmap.png"
+#: The event scores' null level: a head with no copy (or transition) event scores 0 and is no retrieval head.
+NULL_LEVEL = 0.0
 _SHARD_RE = re.compile(r"^samples\.rank(\d+)\.jsonl$")
 
 
@@ -327,7 +329,7 @@ def merge_shards(
     greedy = scorer.greedy
     meta = run_metadata(
         method=scorer.method, kind=kind, scorer=scorer.name, scorer_settings=scorer.fingerprint(),
-        null_level=scorer.null_level(ordered), alignment=cfg.get("alignment") if kind == "transition" else None,
+        alignment=cfg.get("alignment") if kind == "transition" else None,
         languages=sorted({(r["lang"], r.get("target_lang") or r["lang"]) for r in ordered}),
         model=run["model"]["model"], model_identity=run["model"], spec=run["spec"], dtype=run["dtype"],
         mode=cfg["mode"], dedup=cfg["dedup"], rouge_threshold=cfg["rouge_threshold"] if greedy else None,
@@ -339,7 +341,7 @@ def merge_shards(
         compute_s=round(sum(float(r.get("seconds", 0.0)) for r in ordered), 3),
         wall_s=round(wall_s, 3) if wall_s is not None else None,
     )
-    result = HeadScores(scores, meta)
+    result = HeadScores(scores, meta, null_level=scorer.null_level(ordered))  # the scorer's own null level
     result.save(out / SCORES_FILE)
     if heatmap:
         from .plots import plot_heatmap
@@ -376,13 +378,16 @@ def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_head
 
 
 def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: int, k: int = 20) -> Table:
-    """A rich table of the ``k`` best heads: score and the share of counted prompts where the head copied."""
+    """A rich table of the ``k`` best scored heads (above the null level; fewer when fewer score): score and the
+    share of counted prompts where the head copied."""
     kind = {"transition": "retrieval-transition", "retrieval": "retrieval"}.get(scores.meta.get("kind", "retrieval"))
     kind = kind or str(scores.meta.get("scorer"))
-    table = Table(title=f"Top {k} {kind} heads ({n_counted} counted prompts)")
+    rows = scores.scored()[:k]
+    table = Table(title=f"Top {len(rows)} {kind} heads ({scores.n_scored} of {scores.n_total} heads score above "
+                        f"{scores.null_level:g}; {n_counted} counted prompts)")
     for column in ("rank", "head (L.H)", "score", "prompts with events"):
         table.add_column(column, justify="left" if column == "head (L.H)" else "right")
-    for i, (head, value) in enumerate(scores.ranked()[:k], start=1):
+    for i, (head, value) in enumerate(rows, start=1):
         n = int(with_events[head.layer, head.head])
         table.add_row(str(i), str(head), f"{value:.4f}", f"{n}/{n_counted}")
     return table

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..heads import Head, HeadScores, heads_to_strings
-from ..selection import HeadSelection, load_scores
+from ..selection import HeadSelection, HeadSelectionError, load_scores
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,21 @@ def build_conditions(
     n_layers: int,
     n_heads: int,
     layer_matched: bool = False,
+    model: str | None = None,
+    allow_other_model: bool = False,
 ) -> list[Condition]:
     """The conditions of a comparison: unmasked, each set's top-K (``None``: 5 % of the heads), and
     random controls drawn outside the top-K of every set (:class:`HeadSelection`'s one rule).
+
+    Given the ``model``'s name, a score file made for another model is refused unless ``allow_other_model``.
 
     >>> import torch
     >>> s = HeadScores(torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.8, 0.0]]))
     >>> [c.name for c in build_conditions({"rh": s}, top_k=2, random_seeds=2, n_layers=2, n_heads=3)]
     ['unmasked', 'rh', 'random-s0', 'random-s1']
     """
-    sets = {name: load_scores(src, n_layers, n_heads) for name, src in head_sets.items()}  # checked once
+    sets = {name: load_scores(src, n_layers, n_heads, model, allow_other_model)  # checked once
+            for name, src in head_sets.items()}
     every = tuple(sets.values())
     plan: list[tuple[str, HeadSelection | None, str | None]] = [("unmasked", None, None)]
     plan += [(name, HeadSelection(scores=s, top_k=top_k), name) for name, s in sets.items()]
@@ -75,5 +80,14 @@ def build_conditions(
     else:
         plan += [(f"random-s{seed}", HeadSelection(top_k=top_k, random_seed=seed, exclude=every), None)
                  for seed in range(random_seeds)]  # fmt: skip
-    return [Condition(name, sel, tuple(sel.resolve(n_layers, n_heads)) if sel else (), head_set)
+
+    def resolve(sel: HeadSelection, head_set: str | None) -> tuple[Head, ...]:
+        try:
+            return tuple(sel.resolve(n_layers, n_heads))
+        except HeadSelectionError as err:  # the sets are loaded: name the file
+            where = f"{head_set}={head_sets[head_set]}: " if head_set and not isinstance(head_sets[head_set], HeadScores) else ""
+            raise HeadSelectionError(f"{where}{err}") from None
+
+    return [Condition(name, sel, resolve(sel, head_set) if sel else (), head_set)
             for name, sel, head_set in plan]  # fmt: skip
+

@@ -71,7 +71,7 @@ class MaskedEvalConfig(ModelConfig, RunConfig, HeadSetConfig):
             raise ValueError("pass the tokenizer with the model")
         spec = ModelSpec.from_model(model)
         conditions = build_conditions(self.heads, self.top_k, self.random_seeds, spec.n_layers, spec.n_heads,
-                                      self.layer_matched)  # fmt: skip
+                                      self.layer_matched, self.model, self.allow_other_model)  # fmt: skip
         return model, tokenizer, spec, conditions, load_means(self.means) if self.means else None
 
 
@@ -154,6 +154,8 @@ class CompareConfig(MaskedEvalConfig):
             raise ValueError(f"tasks repeat: {self.tasks}")
         super().__post_init__()
         if self.limit is not None and self.limit >= 1:
+            if self.limit != int(self.limit):  # refused, never rounded: a count of items, or a fraction < 1
+                raise ValueError(f"--limit {self.limit:g}: give a whole number of items per task, or a fraction below 1")
             self.limit = int(self.limit)
         for task, spec in self.metrics.items():
             if spec.count(",") != 1:

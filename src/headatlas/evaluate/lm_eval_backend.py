@@ -19,7 +19,9 @@ lm-eval's own CLI::
 - ``random_seed``: a random control, K heads drawn outside the selection of ``heads`` and of every
   file in ``exclude`` (``PATH1;PATH2``), ``layer_matched`` (false) to the first of them;
 - ``mode`` (``zero`` | ``mean`` | ``uniform``), ``means`` (``[n_layers, n_heads, head_dim]``, ``.pt`` or
-  ``.safetensors``, for ``mean``).
+  ``.safetensors``, for ``mean``);
+- ``allow_other_model`` (false): use a score file whose metadata names another model of the same shape
+  (refused otherwise, naming both models).
 
 >>> from headatlas import load_model, Head
 >>> model, tok, _ = load_model("organism")                                     # doctest: +SKIP
@@ -63,9 +65,11 @@ class MaskedHFLM(HFLM):
     def __init__(self, pretrained: Any, heads: Any = None, top_k: int | None = None, mode: str = "zero",
                  threshold: float | None = None, random_seed: int | None = None,
                  exclude: str | Sequence[str] | None = None, layer_matched: bool = False,
-                 means: str | Path | torch.Tensor | None = None, device: str | None = None, **kwargs: Any) -> None:
+                 means: str | Path | torch.Tensor | None = None, device: str | None = None,
+                 allow_other_model: bool | str = False, **kwargs: Any) -> None:
         if mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {mode!r}; choose one of {MASK_MODES}")
+        name = pretrained if isinstance(pretrained, str) else None  # a score file of another model is refused
         if isinstance(pretrained, str):
             pretrained = resolve_model_path(pretrained)
         super().__init__(pretrained=pretrained, device=device, **kwargs)
@@ -74,8 +78,9 @@ class MaskedHFLM(HFLM):
         self.means = load_means(means) if isinstance(means, (str, Path)) else means
         if mode == "mean" and self.means is None:
             raise ValueError("mode=mean needs means=PATH (per-head mean outputs, see headatlas.head_output_means)")
-        self.selection = HeadSelection.from_args(heads, top_k, threshold, random_seed, exclude, layer_matched)
-        self.heads = self.selection.resolve(self.spec.n_layers, self.spec.n_heads)
+        self.selection = HeadSelection.from_args(heads, top_k, threshold, random_seed, exclude, layer_matched,
+                                                 allow_other_model)
+        self.heads = self.selection.resolve(self.spec.n_layers, self.spec.n_heads, name)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, heads: Iterable[Head | tuple[int, int]] = (), mode: str = "zero",

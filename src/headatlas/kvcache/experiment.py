@@ -33,8 +33,9 @@ FIGURE_FILE = "kv_compress.png"
 class KVCompressConfig(HeadRunConfig):
     """Settings of one ``kv-compress`` run (all recorded in the result)."""
 
-    budgets: list[int] = setting(help="KV heads kept whole (in total) for the score-ranked curve, e.g. '1,2,4,8'.",
-                                 factory=lambda: [1, 2, 4, 8], parse=partial(split_list, kind=int))
+    budgets: list[int] | None = setting(None, "KV heads kept whole (in total) for the score-ranked curve, e.g. "
+                                        "'1,2,4,8' (default: 1, 2, 4, ... up to the KV heads holding a scored head).",
+                                        parse=partial(split_list, kind=int))
     aggregate: str = setting("max", "Score of a KV head for the budgets: max | mean of its query heads.")
     per_layer: bool = setting(False, "--budgets count KV heads per layer (1 .. n_kv-1) instead of in total.")
     sink: int = setting(4, "Attention-sink tokens every streaming KV head keeps.", min=0)
@@ -50,6 +51,8 @@ class KVCompressConfig(HeadRunConfig):
 
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"--aggregate must be one of {AGGREGATES}")
+        if bad := [b for b in self.budgets or () if b < 1]:
+            raise ValueError(f"--budgets {','.join(map(str, bad))}: a budget counts KV heads kept whole, at least 1")
 
 
 @dataclass
@@ -79,16 +82,37 @@ def conditions(config: KVCompressConfig, scores: Any, n_layers: int, n_heads: in
     out += [Condition(f"random-retrieval-s{s}", "random-retrieval", random_kv_heads(
         n_layers, n_kv, len(retrieval), s, retrieval, layers=layers), len(retrieval), s) for s in seeds]
     pl, size = ("pl", n_kv) if config.per_layer else ("", total)  # a per-layer budget counts in every layer
-    for b in sorted(set(config.budgets)):
-        if not 0 < b < size:
-            continue
-        chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer, layers)  # type: ignore[arg-type]
+    budgets = config.budgets
+    if budgets is None:
+        from .plan import n_scored_kv_heads
+
+        budgets = default_budgets(n_kv if config.per_layer else n_scored_kv_heads(scores, n_kv, config.aggregate), size)
+    for b in sorted(set(budgets)):
+        if not 0 < b < size:  # refused, never dropped: keeping every KV head is the "full" condition
+            raise ValueError(f"--budgets {b}: a budget keeps 1 to {size - 1} KV heads whole"
+                             f"{' in every layer' if config.per_layer else ''} (the model has {size} KV heads"
+                             f"{' per layer' if config.per_layer else ''}; all of them is the full cache)")
+        try:
+            chosen = top_kv_heads(scores, n_kv, b, config.aggregate, config.per_layer, layers)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ValueError(f"--budgets {err}") from None
         kept = b * len(layers) if config.per_layer else b
         out.append(Condition(f"top-{b}{pl}", "top", chosen, kept))
         if size - b >= b:
             out += [Condition(f"random-top-{b}{pl}-s{s}", "random-top", random_kv_heads(
                 n_layers, n_kv, b, s, chosen, config.per_layer, layers), kept, s) for s in seeds]
     return out
+
+
+def default_budgets(n_ranked: int, size: int) -> list[int]:
+    """The budgets when none are given: 1, 2, 4, ... below ``n_ranked`` (the KV heads that hold a scored head;
+    per layer, the layer's KV heads) and ``n_ranked`` itself, every one below ``size`` (all KV heads: the full cache).
+
+    >>> default_budgets(6, 16), default_budgets(16, 16), default_budgets(4, 4)
+    ([1, 2, 4, 6], [1, 2, 4, 8, 15], [1, 2, 3])
+    """
+    top = min(n_ranked, size - 1)
+    return sorted({2**i for i in range(top.bit_length()) if 2**i < top} | ({top} if top >= 1 else set()))
 
 
 def expected_answer(prompt: Any) -> str:
@@ -103,14 +127,15 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     from ..heads import HeadScores, heads_to_strings
     from ..model_spec import load_model, model_identity
     from ..prompt_sources import PromptRequest, build_prompts
+    from ..selection import load_scores
     from .attention import compressed_attention
     from .hybrid import make_split_cache
     from .plan import compressible_layers, full_per_layer
 
-    scores = HeadScores.load(config.heads)
+    HeadScores.load(config.heads)  # a corrupt file is refused before the model loads
     model, tokenizer, spec = load_model(config.model, dtype=config.dtype, device=config.device, device_map=config.device_map,
                                         attn_implementation=config.attn_implementation)
-    scores.check_model(spec.n_layers, spec.n_heads, config.model)
+    scores = load_scores(config.heads, spec.n_layers, spec.n_heads, config.model, config.allow_other_model)
     layers = compressible_layers(spec)  # refuses MLA and recurrent-state models in one line, before any write
     whole = {i: spec.n_kv_heads for i in range(spec.n_layers) if i not in layers}  # sliding/chunked: kept as is
     conds = conditions(config, scores, spec.n_layers, spec.n_heads, spec.n_kv_heads, layers)

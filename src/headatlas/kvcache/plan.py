@@ -66,12 +66,27 @@ def kv_scores(scores: HeadScores, n_kv_heads: int, aggregate: Aggregate = "max")
     return grouped.amax(-1) if aggregate == "max" else grouped.mean(-1)
 
 
+def n_scored_kv_heads(scores: HeadScores, n_kv_heads: int, aggregate: Aggregate = "max") -> int:
+    """How many KV heads have an aggregated score above the scorer's null level."""
+    return sum(1 for x in kv_scores(scores, n_kv_heads, aggregate).flatten().tolist() if x > scores.null_level)
+
+
 def top_kv_heads(scores: HeadScores, n_kv_heads: int, budget: int, aggregate: Aggregate = "max",
                  per_layer: bool = False, layers: Sequence[int] | None = None) -> list[KVHead]:
     """The ``budget`` best KV heads by aggregated score, best first (ties: layer, then KV head);
     with ``per_layer`` the ``budget`` best of every layer, sorted (DuoAttention-style per-layer budgets).
-    ``layers``: the compressible layers to choose from (default: every layer)."""
+    ``layers``: the compressible layers to choose from (default: every layer).
+
+    In total (not ``per_layer``) a budget above the number of scored KV heads (aggregated score above the
+    scorer's null level) is refused: the rest would be KV heads with no retrieval score, picked by index.
+    A per-layer budget is a memory allocation every layer takes whatever its scores (decision 32).
+    """
     agg = kv_scores(scores, n_kv_heads, aggregate)  # (L, n_kv)
+    if budget < 1:
+        raise ValueError(f"a KV-head budget must be >= 1, got {budget}")
+    if not per_layer and budget > (n := n_scored_kv_heads(scores, n_kv_heads, aggregate)):
+        raise ValueError(f"budget {budget}: only {n} KV heads hold a head scoring above the scorer's null level "
+                         f"{scores.null_level:g} ({aggregate} of their query heads); use budgets up to {n}")
     among = list(range(scores.n_layers)) if layers is None else sorted(layers)
     if per_layer:
         return sorted(KVHead(layer, g) for layer in among

@@ -21,13 +21,20 @@ from ..selection import layer_histogram, overlap
 STRONG = 0.5
 
 
+def check_top_k(top_k: int, n_total: int) -> None:
+    """Refuse a K of the compared top-K sets below 1 or above the model's heads (never cut to fit)."""
+    if not 1 <= top_k <= n_total:
+        raise ValueError(f"top_k={top_k}: the top-K sets compared hold 1 to {n_total} heads (the model's heads)")
+
+
 def sharing_analysis(
     scores: dict[str, HeadScores], top_k: int = 20, threshold: float = SCORE_THRESHOLD, strong: float = STRONG
 ) -> dict[str, Any]:
     """Jaccard/overlap of top-K sets per language pair; heads common to all; strong heads' agnosticism.
 
     - ``pairs``: for each language pair, intersection, Jaccard and overlap
-      coefficient of the top-``top_k`` sets;
+      coefficient of the top-``top_k`` sets (scored heads only, above the scorer's null level: a set is
+      smaller when fewer heads score; ``n_scored`` says how many do per language);
     - ``shared_by_all``: retrieval heads (score > ``threshold``) present in every
       language, and their share of the union;
     - ``strong``: heads scoring >= ``strong`` in any language, and for each the
@@ -39,6 +46,7 @@ def sharing_analysis(
     shapes = {(s.n_layers, s.n_heads) for s in scores.values()}
     if len(shapes) != 1:
         raise ValueError(f"head-score shapes differ across languages: {sorted(shapes)}")
+    check_top_k(top_k, next(iter(scores.values())).n_total)
     langs = list(scores)
     tops = {lang: scores[lang].top_k(top_k) for lang in langs}
     retrieval = {lang: set(scores[lang].above(threshold)) for lang in langs}
@@ -55,6 +63,7 @@ def sharing_analysis(
         "top_k": top_k,
         "threshold": threshold,
         "top_k_heads": {lang: heads_to_strings(tops[lang]) for lang in langs},
+        "n_scored": {lang: scores[lang].n_scored for lang in langs},
         "n_retrieval_heads": {lang: len(retrieval[lang]) for lang in langs},
         "pairs": pairs,
         "jaccard_matrix": [[overlap(tops[a], tops[b])["jaccard"] for b in langs] for a in langs],
@@ -75,7 +84,9 @@ def sharing_analysis(
 def compare_head_sets(
     retrieval: HeadScores, transition: HeadScores, top_k: int = 20, threshold: float = 0.1
 ) -> dict[str, Any]:
-    """RH vs RTH: overlap of top-K sets, layer distributions, counts above ``threshold``."""
+    """RH vs RTH: overlap of top-K sets (scored heads only: smaller when fewer score), layer distributions,
+    counts above ``threshold``."""
+    check_top_k(top_k, retrieval.n_total)
     rh, rth = retrieval.top_k(top_k), transition.top_k(top_k)
 
     def mean_layer(heads: list[Head]) -> float | None:
@@ -86,6 +97,8 @@ def compare_head_sets(
         "overlap": overlap(rh, rth),
         "rh_top_k": heads_to_strings(rh),
         "rth_top_k": heads_to_strings(rth),
+        "rh_n_scored": retrieval.n_scored,
+        "rth_n_scored": transition.n_scored,
         "rh_layer_histogram": layer_histogram(rh, retrieval.n_layers),
         "rth_layer_histogram": layer_histogram(rth, retrieval.n_layers),
         "rh_mean_layer": mean_layer(rh),

@@ -29,7 +29,7 @@ from ..detect.plots import new_figure, save_figure
 from ..heads import HeadScores
 from ..prompt_sources import PromptRequest, build_prompts
 from ..runs import atomic_write_text, flags, open_run
-from .sharing import compare_head_sets, sharing_analysis
+from .sharing import check_top_k, compare_head_sets, sharing_analysis
 
 
 def language_study(
@@ -52,6 +52,9 @@ def language_study(
     retrieval filter is reported (``failed``) and left out of the sharing
     analysis instead of stopping the study.
     """
+    from ..model_spec import ModelSpec
+
+    check_top_k(top_k, ModelSpec.from_model(model).n_total_heads)  # before any detection runs
     console = console or Console(stderr=True)
     out = Path(out_dir)
     grid = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("kind", "lang", "source_lang", "target_lang")}

@@ -55,6 +55,7 @@ def build_prompts(model_path: str | None, tokenizer: Any, max_positions: int | N
     Raises ``ValueError`` (one line) for ``req.needles`` and for lengths the
     examples cannot fit in; every prompt is at most its requested length.
     """
+    from ..prompt_sources import check_window
     from .prompts import organism_counterfactuals, organism_prompts
     from .tasks import organism_generator
 
@@ -79,12 +80,9 @@ def build_prompts(model_path: str | None, tokenizer: Any, max_positions: int | N
         need = max(len(p.input_ids) for p in prompts if p.meta["requested_context_length"] in short)
         raise ValueError(f"--lengths {','.join(map(str, short))}: the built-in model's prompts (needle, question and "
                          f"answer) need up to {need} tokens; use lengths of at least {need}")
-    too_long = [p for p in prompts if max_positions and len(p.input_ids) > max_positions]
-    if too_long:
-        asked = sorted({p.meta.get("requested_context_length", len(p.input_ids)) for p in too_long})
-        raise ValueError(f"{len(too_long)} prompts of length {', '.join(map(str, asked))} (up to "
-                         f"{max(len(p.input_ids) for p in too_long)} tokens) exceed the model's window of "
-                         f"{max_positions} tokens; use shorter lengths (--lengths)")
+    check_window([len(p.input_ids) for p in prompts], max_positions,
+                 [p.meta.get("requested_context_length", len(p.input_ids)) for p in prompts
+                  if max_positions and len(p.input_ids) > max_positions])
     return prompts
 
 

@@ -158,6 +158,7 @@ class Report:
     uses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # kv-compress / decore results, as written
     atlas: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # compare-scorers' atlas.json, as written
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    detect_runs: list[str] = field(default_factory=list)  # sources of detect's run.json (metadata rows)
     warnings: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)  # JSON files with no known format: "source: why"
 
@@ -205,11 +206,25 @@ def collect_runs(run_dirs: list[Path]) -> Report:
                 _read_file(path, source, report)
             except Exception as err:  # noqa: BLE001 - a broken file is a warning on the page, never a crash
                 report.warnings.append(f"{source}: could not be read ({type(err).__name__}: {err})")
+    _one_row_per_run(report)
     try:
         _derive(report)
     except Exception as err:  # noqa: BLE001 - derived views are extras: say why they are missing, go on
         report.warnings.append(f"could not compare head sets ({type(err).__name__}: {err})")
     return report
+
+
+def _folder(source: str) -> str:
+    return source.replace("\\", "/").rsplit("/", 1)[0] if "/" in source.replace("\\", "/") else ""
+
+
+def _one_row_per_run(report: Report) -> None:
+    """A detection run writes its settings (``run.json``) and, at the end, its scores with the whole run's
+    metadata (``head_scores.json``): one run, one metadata row, the scores' (it also has the outcome).
+    A detection that wrote no scores keeps its ``run.json`` row."""
+    scored = {_folder(m.source) for m in report.score_maps}
+    drop = {s for s in report.detect_runs if _folder(s) in scored}
+    report.metadata = [(s, m) for s, m in report.metadata if s not in drop]
 
 
 # ---- reading one file -----------------------------------------------------------------------------------
@@ -242,6 +257,7 @@ def _is_reference_scores(data: dict[str, Any]) -> bool:
 
 
 def _add_detect_run(data: dict[str, Any], name: str, source: str, report: Report) -> None:
+    report.detect_runs.append(source)
     report.add_metadata(source, {k: v for k, v in data.items() if k not in ("prompt_ids", "format", "format_version",
                                                                           "fingerprints")})
 
@@ -455,15 +471,16 @@ def _derive(report: Report) -> None:
     for m in report.score_maps:
         by_shape[(m.scores.n_layers, m.scores.n_heads)].append(m)
     for maps in by_shape.values():
+        k = min(20, maps[0].scores.n_total)  # the analyses' K of 20, or every head of a smaller model
         per_lang = {m.lang: m.scores for m in maps if m.kind == "retrieval" and m.lang}
         if not report.sharing and len(per_lang) >= 2:
             from ..multilingual.sharing import sharing_analysis
 
-            report.sharing.append(("computed from the per-language head scores", sharing_analysis(per_lang)))
+            report.sharing.append(("computed from the per-language head scores", sharing_analysis(per_lang, top_k=k)))
         rh = next((m for m in maps if m.kind == "retrieval" and not m.lang), None) or next(
             (m for m in maps if m.kind == "retrieval"), None)
         rth = next((m for m in maps if m.kind == "transition"), None)
         if not report.rh_vs_rth and rh is not None and rth is not None:
             from ..multilingual.sharing import compare_head_sets
 
-            report.rh_vs_rth.append((f"computed from {rh.source} and {rth.source}", compare_head_sets(rh.scores, rth.scores)))
+            report.rh_vs_rth.append((f"computed from {rh.source} and {rth.source}", compare_head_sets(rh.scores, rth.scores, top_k=k)))

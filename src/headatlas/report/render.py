@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -252,18 +253,22 @@ def _head_scores_section(page: _Page, maps: list[ScoreMap], languages: Sequence[
     outlined = sorted({share_of_heads(m.scores.n_layers * m.scores.n_heads) for m in maps})
     k_text = " or ".join(map(str, outlined))
     parts = ['<p class="note">Each cell is one head: rows are layers, columns are query heads (zero-based). '
-             f"The {k_text} best heads (5 % of the heads, the toolkit's default K) are outlined in red. Hover a "
-             "cell for its score; click a table header to sort.</p>"]
+             f"The {k_text} best heads (5 % of the heads, the toolkit's default K) are outlined in red, and the "
+             "tables and layer charts list the best heads: only heads that score above the scorer's null level "
+             "(0 for copy and transition events: a head with no event is no retrieval head), so fewer when fewer "
+             "score. Hover a cell for its score; click a table header to sort.</p>"]
     for i, m in enumerate(sorted(maps, key=lambda m: _map_order(m, languages))):
         s, title = m.scores, panel_title(m)
         n_softmax = int(s.scores.isfinite().sum())  # a layer without softmax heads is a NaN row: grey, never counted
-        k, n_outlined = min(page.heads_listed, n_softmax), share_of_heads(n_softmax)
-        ranked = s.ranked()[:k]
+        scored = s.scored()
+        ranked = scored[: page.heads_listed]
+        k, n_outlined = len(ranked), min(share_of_heads(n_softmax), len(scored))
         values = [[None if x != x else x for x in row] for row in s.scores.tolist()]
         no_heads = [i for i, row in enumerate(values) if all(x is None for x in row)]
         heatmap = page.heatmap(values, list(range(s.n_layers)), list(range(s.n_heads)), "layer", "head",
-                               "score", title, outline=[(h.layer, h.head) for h, _ in s.ranked()[:n_outlined]],
-                               caption=f"{s.n_layers} layers x {s.n_heads} heads; the {n_outlined} best outlined"
+                               "score", title, outline=[(h.layer, h.head) for h, _ in scored[:n_outlined]],
+                               caption=f"{s.n_layers} layers x {s.n_heads} heads, {len(scored)} scored "
+                                       f"(above {s.null_level:g}); the {n_outlined} best outlined"
                                + (f"; layers {no_heads} (grey) have no softmax heads" if no_heads else ""))
         rows = [f'<tr>{_num_td(r)}<td data-value="{h}">{h}</td>{_num_td(h.layer)}{_num_td(h.head)}{_num_td(v)}</tr>'
                 for r, (h, v) in enumerate(ranked, start=1)]
@@ -297,6 +302,8 @@ def _rh_vs_rth_section(page: _Page, items: list[tuple[str, dict[str, Any]]]) -> 
                  ("overlap coefficient", ov.get("overlap_coefficient")), ("RH mean layer", d.get("rh_mean_layer")),
                  ("RTH mean layer", d.get("rth_mean_layer"))]
         stats += [(key.replace("_", " "), v) for key, v in d.items() if key.startswith(("rh_above", "rth_above"))]
+        stats += [(f"{name} heads scored (the top-K holds no other)", d[key])
+                  for name, key in (("RH", "rh_n_scored"), ("RTH", "rth_n_scored")) if key in d]
         parts.append(f'<h3>Top-{esc(k)} overlap</h3><div class="source">{esc(source)}</div>'
                      f'<div class="row"><div>{_kv_table(stats)}'
                      f'<p class="note">shared: {esc(", ".join(shared) or "none")}</p></div>')
@@ -679,6 +686,19 @@ def _model_text(meta: dict[str, Any]) -> str:
     return str(builtin_name(model)) if model is not None else "—"
 
 
+def _breakable(text: str) -> str:
+    """``text`` escaped, each word kept whole (``<span class="nobr">``: a browser would otherwise break
+    ``tiny-llama`` or ``--model`` at a hyphen) with a line-break opportunity (``<wbr>``) after each ``/``:
+    a long path wraps between its folders, never inside a name."""
+    out = []
+    for token in re.split(r"(\s+)", str(text)):
+        if not token or token.isspace():
+            out.append(esc(token))
+            continue
+        out.append("<wbr>".join(f'<span class="nobr">{esc(p)}</span>' for p in re.split(r"(?<=/)", token) if p))
+    return "".join(out)
+
+
 def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
     """One row per run: what made it (model, kind, the settings in which runs differ, seed, versions, when,
     the command line); every field of every run under "all fields"."""
@@ -699,9 +719,10 @@ def _metadata_section(items: list[tuple[str, dict[str, Any]]]) -> str:
         command = meta.get("command")
         command_text = " ".join(map(str, command)) if isinstance(command, list) else str(command or "—")
         setting_text = "; ".join(f"{k} {run[k]}" for k in shown if k in run) or "—"
-        rows.append(f'<tr><td class="source">{esc(source)}</td><td>{esc(_run_kind(source, meta))}</td>'
-                    f"<td>{esc(_model_text(meta))}</td><td>{esc(setting_text)}</td>{_num_td(meta.get('seed'))}"
-                    f"<td>{esc(versions_text)}</td><td>{esc(created)}</td><td><code>{esc(command_text)}</code></td></tr>")
+        rows.append(f'<tr><td class="source">{_breakable(source)}</td><td>{_breakable(_run_kind(source, meta))}</td>'
+                    f"<td>{_breakable(_model_text(meta))}</td><td>{_breakable(setting_text)}</td>"
+                    f"{_num_td(meta.get('seed'))}<td>{_breakable(versions_text)}</td><td>{_breakable(created)}</td>"
+                    f"<td><code>{_breakable(command_text)}</code></td></tr>")
     table = _table([("run", False), ("kind", False), ("model", False),
                     ("settings" if len(items) == 1 else "settings that differ", False), ("seed", True),
                     ("versions", False), ("created", False), ("command", False)], rows, table_id="run-metadata")

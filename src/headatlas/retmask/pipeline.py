@@ -121,7 +121,7 @@ def pipeline_pairs(config: RetMaskPipelineConfig, console: Console | None = None
         selections["random_control"] = dataclasses.replace(selections["retmask"], random_seed=config.random_seed)
     arms = {}
     for arm, sel in selections.items():
-        heads = sel.resolve(spec.n_layers, spec.n_heads)
+        heads = sel.resolve(spec.n_layers, spec.n_heads, config.model)
         arms[arm] = (heads, {**sel.to_json(), "masked": [str(h) for h in heads]})
     run = open_pipeline(config, weights_fingerprint(model))  # the heads are valid: now the folder is checked
     prompts = _training_prompts(tasks.generator, config, run)
