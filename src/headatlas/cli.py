@@ -16,11 +16,11 @@ from .commands.errors import one_line_errors
 from .commands.info import info_command
 from .commands.kv_compress import kv_compress_command
 from .commands.languages import languages_command
+from .commands.lazy import lazy_group
 from .commands.niah_eval import niah_eval_command
 from .commands.organism import organism_app
 from .commands.quiet import quiet_libraries
 from .commands.report import report_command
-from .commands.retmask import retmask_app
 
 HELP_WIDTH = {"max_content_width": 100}
 """Every command's help: plain click formatting (no rich panels), wrapped to the terminal, at most 100 columns."""
@@ -53,7 +53,9 @@ app.command("niah-eval")(niah_eval_command)
 app.command("kv-compress")(kv_compress_command)
 app.command("decore")(decore_command)
 app.command("lm-eval", context_settings=LM_EVAL_CONTEXT)(lm_eval_command)
-app.add_typer(retmask_app, name="retmask")
+app.add_typer(lazy_group("headatlas.commands.retmask:retmask_app", "train", ("trl", "peft", "datasets"),
+                         help="RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones "
+                              "(needs the train extra)."), name="retmask")
 app.add_typer(organism_app, name="organism")
 
 

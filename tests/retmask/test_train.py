@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,7 +35,7 @@ def toy_pairs(n: int = 6) -> list[dict]:
 
 def fast_config(**kw) -> RetMaskTrainConfig:
     base = dict(learning_rate=2e-3, max_steps=12, per_device_train_batch_size=3, gradient_accumulation_steps=1,
-                warmup_ratio=0.0, lr_scheduler_type="constant", gradient_checkpointing=False, logging_steps=1)
+                warmup_steps=0.0, lr_scheduler_type="constant", gradient_checkpointing=False, logging_steps=1)
     return RetMaskTrainConfig(**{**base, **kw})
 
 
@@ -42,15 +43,21 @@ def losses(log_history: list[dict]) -> list[float]:
     return [h["loss"] for h in log_history if "loss" in h]
 
 
-def test_config_defaults_are_the_papers():
+def test_config_is_trls_dpo_config_with_the_papers_defaults():
+    from trl import DPOConfig
+
     c = RetMaskTrainConfig()
-    dpo = c.to_dpo_config("/tmp/unused")
-    assert (dpo.loss_type, dpo.beta, dpo.learning_rate, dpo.lr_scheduler_type, dpo.num_train_epochs) == (
-        ["sigmoid"], 0.1, 5e-7, "cosine", 2.0
+    assert isinstance(c, DPOConfig)  # every TRL field, no copy of them
+    assert (c.loss_type, c.beta, c.learning_rate, c.lr_scheduler_type, c.num_train_epochs, c.weight_decay) == (
+        ["sigmoid"], 0.1, 5e-7, "cosine", 2.0, 0.1
     )
-    assert dpo.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert c.beta == next(f.default for f in dataclasses.fields(DPOConfig) if f.name == "beta")  # TRL's default
+    assert c.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     assert c.use_lora is False  # full fine-tuning, as in the paper
-    assert RetMaskTrainConfig(dpo_overrides='{"save_strategy": "epoch"}').to_dpo_config("/tmp/x").save_strategy == "epoch"
+    assert RetMaskTrainConfig(save_strategy="epoch").save_strategy == "epoch"  # any other DPOConfig field
+    # a training's identity: the tuned fields, plus any other field set away from its default
+    assert "save_strategy" not in c.identity() and RetMaskTrainConfig(save_strategy="epoch").identity()["save_strategy"]
+    assert c.identity()["lr_scheduler_type"] == "cosine"
     with pytest.raises(ValueError):
         RetMaskTrainConfig(beta=0)
     with pytest.raises(ValueError, match="mix chat"):
@@ -114,7 +121,7 @@ def test_lora_saves_reloads_and_merges_with_the_same_logits(tiny_checkpoint, tmp
 
 
 def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_path):
-    """`torchrun`/`accelerate launch -m headatlas.retmask.train`: DDP on 2 CPU processes (gloo) trains and saves once."""
+    """`torchrun`/`accelerate launch` of `headatlas retmask train`: DDP on 2 CPU processes (gloo) trains and saves once."""
     import os
     import subprocess
     import sys
@@ -123,10 +130,10 @@ def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_pat
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(4)))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headatlas.retmask.train",
-           "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning_rate", "1e-3",
-           "--max_steps", "2", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
-           "--no_gradient_checkpointing", "--use_lora", "--dpo_overrides", '{"ddp_backend": "gloo"}']
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headatlas.cli",
+           "retmask", "train", "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning-rate", "1e-3",
+           "--max-steps", "2", "--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1",
+           "--no-gradient-checkpointing", "--use-lora"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,12 +11,23 @@ The pipeline, in three calls (see ``docs/retmask.md``)::
     train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))
 
 ``pairs`` needs only the core dependencies; ``train`` needs the ``train``
-extra (TRL, PEFT, datasets), imported when it is used.
+extra (TRL, PEFT, datasets): its names (``RetMaskTrainConfig``, a subclass of TRL's ``DPOConfig``,
+``TrainResult``, ``train_retmask``) import TRL when first used.
 """
+
+from importlib import import_module
+from typing import Any
 
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table, load_for_eval
 from .pairs import ChatTemplateError, PairConfig, PairStats, generate_pairs, load_prompts
-from .train import RetMaskTrainConfig, TrainResult, train_retmask
+
+_FROM_TRAIN = ("RetMaskTrainConfig", "TrainResult", "train_retmask")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_TRAIN:
+        return getattr(import_module(".train", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ChatTemplateError",
