@@ -65,7 +65,8 @@ def train_config(args: argparse.Namespace, seed: int) -> RetMaskTrainConfig:
     return RetMaskTrainConfig(learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.1,
                               num_train_epochs=2.0, beta=0.1, per_device_train_batch_size=args.batch_size,
                               gradient_accumulation_steps=args.grad_accum, gradient_checkpointing=False,
-                              logging_steps=args.logging_steps, seed=seed, heldout_fraction=args.heldout)
+                              logging_steps=args.logging_steps, seed=seed, heldout_fraction=args.heldout,
+                              save_strategy="steps", save_steps=args.save_steps, save_total_limit=1)  # resumable
 
 
 class Timer:
@@ -222,6 +223,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--logging-steps", type=int, default=5)
+    ap.add_argument("--save-steps", type=int, default=25, help="checkpoint every N optimiser steps (a resume "
+                    "goes on from the last)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -56,7 +56,8 @@ def test_config_is_trls_dpo_config_with_the_papers_defaults():
     assert c.use_lora is False  # full fine-tuning, as in the paper
     assert RetMaskTrainConfig(save_strategy="epoch").save_strategy == "epoch"  # any other DPOConfig field
     # a training's identity: the tuned fields, plus any other field set away from its default
-    assert "save_strategy" not in c.identity() and RetMaskTrainConfig(save_strategy="epoch").identity()["save_strategy"]
+    assert "max_grad_norm" not in c.identity() and RetMaskTrainConfig(max_grad_norm=0.5).identity()["max_grad_norm"] == 0.5
+    assert "save_steps" not in RetMaskTrainConfig(save_steps=7).identity()  # how it checkpoints is not what it trains
     assert c.identity()["lr_scheduler_type"] == "cosine"
     with pytest.raises(ValueError):
         RetMaskTrainConfig(beta=0)
@@ -221,3 +222,43 @@ def test_report_reads_and_plots_the_curves_file(tmp_path):
     assert any("no step and no held-out" in w for w in report.warnings)
     html = render_report(report)
     assert "DPO curves" in html and 'alt="DPO reward accuracy"' in html and "0.8750" in html
+
+
+def test_an_interrupted_training_goes_on_from_its_last_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    """save_strategy="steps": a training stopped after step 3 resumes at its step-2 checkpoint and runs 2 more steps."""
+    from transformers import TrainerCallback
+
+    import headatlas.retmask.train as train_module
+
+    path, _, _ = tiny_checkpoint
+    out = tmp_path / "resumable"
+    config = fast_config(max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1, heldout_fraction=0.0)
+    steps: list[int] = []
+
+    class Watch(TrainerCallback):
+        def __init__(self, stop_at: int | None) -> None:
+            self.stop_at = stop_at
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            steps.append(state.global_step)
+            if state.global_step == self.stop_at:
+                raise KeyboardInterrupt  # killed between checkpoints
+
+    real = train_module.build_trainer
+
+    def watched(stop_at):
+        def build(*a, **kw):
+            trainer = real(*a, **kw)
+            trainer.add_callback(Watch(stop_at))
+            return trainer
+        return build
+
+    monkeypatch.setattr(train_module, "build_trainer", watched(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_retmask(str(path), toy_pairs(6), out, config)
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"] and not (out / RUN_FILE).exists()
+    steps.clear()
+    monkeypatch.setattr(train_module, "build_trainer", watched(None))
+    result = train_retmask(str(path), toy_pairs(6), out, config)
+    assert steps == [3, 4]  # from the checkpoint on, not from the start
+    assert len(losses(result.log_history)) == 4 and not list(out.glob("checkpoint-*"))  # spent checkpoints removed

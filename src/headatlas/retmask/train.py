@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from copy import deepcopy
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig
 
 from ..builtins import builtin_name
@@ -51,7 +53,8 @@ TUNED_FIELDS: tuple[str, ...] = (
 )
 #: Fields that say where or how a process runs, not what it trains: not part of a training's identity.
 _NOT_IDENTITY = frozenset({"output_dir", "logging_dir", "run_name", "use_cpu", "local_rank", "ddp_backend", "report_to",
-                           "disable_tqdm", "dataloader_num_workers", "hub_token"})
+                           "disable_tqdm", "dataloader_num_workers", "hub_token", "save_strategy", "save_steps",
+                           "save_total_limit"})
 
 
 @dataclass
@@ -203,6 +206,13 @@ def with_output_dir(config: RetMaskTrainConfig, out_dir: str | Path) -> RetMaskT
     return copy
 
 
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` folder the trainer left in ``out_dir`` (None: start from the base model)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out_dir)) if Path(out_dir).is_dir() else None
+
+
 def save_merged(adapter_dir: str | Path, merged_dir: str | Path) -> Path:
     """Merge a saved LoRA adapter (reloaded from disk: works after a sharded run) into its base model; save it."""
     from peft import AutoPeftModelForCausalLM
@@ -263,9 +273,13 @@ def train_retmask(
         held_tok = list(trainer._prepare_dataset(load_pairs(held_rows), trainer.processing_class, trainer.args, "heldout"))
         before, ref_logps = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta)
     with track("retmask train", 1, enabled=False):  # Ctrl-C: says how to go on
-        output = trainer.train()
+        # an interrupted training with checkpoints (save_strategy="steps") goes on from its last one
+        output = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
     after = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta, ref_logps)[0] if held_tok else None
     trainer.save_model(str(out_dir))
+    if trainer.is_world_process_zero():
+        for done in out_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # the model is saved: its checkpoints are spent
+            shutil.rmtree(done, ignore_errors=True)
     merged_dir = None
     if config.use_lora and config.merge_lora:
         merged_dir = out_dir / MERGED_DIR
