@@ -59,7 +59,7 @@ RETRIEVAL = ("multikey_long", "mono_past", "cross_past", "multihop_past", "mono_
 
 def train_config(name: str, seed: int) -> RetMaskTrainConfig:
     lr, beta, epochs, _pairs, lora = CONFIGS[name]
-    return RetMaskTrainConfig(learning_rate=lr, beta=beta, num_train_epochs=epochs, use_lora=lora,
+    return RetMaskTrainConfig(learning_rate=lr, beta=beta, num_train_epochs=epochs, use_lora=lora, weight_decay=0.0,
                               per_device_train_batch_size=4, gradient_accumulation_steps=2,
                               gradient_checkpointing=False, logging_steps=1, seed=seed, heldout_fraction=0.2)
 

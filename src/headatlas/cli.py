@@ -6,6 +6,7 @@ Each command lives in :mod:`headatlas.commands`; this module only mounts them.
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 
 import click
 import typer
@@ -17,7 +18,7 @@ from .commands.compare_scorers import compare_scorers_command
 from .commands.decore import decore_command
 from .commands.demo import demo_command
 from .commands.detect import detect_command
-from .commands.errors import one_line_errors
+from .commands.errors import one_line_errors, refuse
 from .commands.info import info_command
 from .commands.kv_compress import kv_compress_command
 from .commands.languages import languages_command
@@ -27,11 +28,13 @@ from .commands.report import report_command
 
 LAZY_GROUPS = {
     "retmask": ("headatlas.commands.retmask", "retmask_app",
-                "RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones."),
+                "RetMask: DPO with the retrieval-heads-ablated model's responses as the rejected ones "
+                "(needs the train extra).", "train", ("trl", "peft", "datasets")),
     "organism": ("headatlas.commands.organism", "organism_app",
-                 "The built-in model: train it from scratch, measure a checkpoint."),
+                 "The built-in model: train it from scratch, measure a checkpoint.", "", ()),
 }
-"""Command groups imported only when named (their modules import torch and TRL at import time)."""
+"""Command groups imported only when named (their modules import torch and TRL at import time): module,
+attribute, help, and the extra whose packages they need (named in one line, exit 2, when missing)."""
 
 
 class LazyGroup(TyperGroup):
@@ -51,9 +54,12 @@ class LazyGroup(TyperGroup):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY_GROUPS and cmd_name not in self.commands:
-            module, attr, text = LAZY_GROUPS[cmd_name]
+            module, attr, text, extra, needs = LAZY_GROUPS[cmd_name]
             if self._listing:
                 return click.Command(cmd_name, help=text)
+            if missing := [m for m in needs if find_spec(m) is None]:
+                raise refuse(f"headatlas {cmd_name}", f"needs the {extra} extra ({', '.join(missing)} not "
+                             f"installed): pip install 'headatlas[{extra}]'")
             group = getattr(import_module(module), attr)
             _refuse_in_one_line(group, f"{cmd_name} ")
             group.rich_markup_mode, group._add_completion = None, False  # as every other command's

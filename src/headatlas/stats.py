@@ -16,8 +16,10 @@ The generator is seeded: an interval is a deterministic function of its inputs.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -79,6 +81,32 @@ def mean_and_spread(values: Sequence[float]) -> dict[str, float]:
         raise ValueError("need at least one value")
     sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
     return {"mean": float(x.mean()), "sd": sd, "min": float(x.min()), "max": float(x.max()), "n": int(x.size)}
+
+
+def minimal_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true mean change a two-sided test at level ``alpha`` finds with probability ``power``, for
+    ``n`` paired items whose per-item differences have standard deviation ``sd`` (normal approximation):
+    ``(z[1 - alpha/2] + z[power]) * sd / sqrt(n)``.
+
+    >>> round(minimal_detectable_effect(0.3, 784), 4)   # (1.96 + 0.8416) * 0.3 / 28
+    0.03
+    """
+    if n < 1 or sd < 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError("need n >= 1, sd >= 0, alpha and power in (0, 1)")
+    z = NormalDist()
+    return (z.inv_cdf(1 - alpha / 2) + z.inv_cdf(power)) * sd / math.sqrt(n)
+
+
+def items_for_effect(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Fewest paired items whose :func:`minimal_detectable_effect` is at most ``effect``.
+
+    >>> items_for_effect(0.3, 0.03)
+    785
+    """
+    if effect <= 0:
+        raise ValueError("effect must be > 0")
+    z = NormalDist()
+    return max(1, math.ceil(((z.inv_cdf(1 - alpha / 2) + z.inv_cdf(power)) * sd / effect) ** 2))
 
 
 def stable_seed(*parts: object) -> int:

@@ -83,17 +83,19 @@ def test_cli_ablate_pairs_train(tiny_checkpoint, tmp_path):
     stats = json.loads((tmp_path / "p.stats.json").read_text())
     assert stats["heads"] == ["0.5", "1.3", "2.1"] and stats["n_prompts"] == 6 and stats["n_pairs"] >= 2
     before = (tmp_path / "p.jsonl").read_text()
-    r = runner.invoke(retmask_app, ["pairs", "--model", str(path), "--heads", str(tmp_path / "head_scores.json"),
-                                    "--top-k", "1", "--prompts", str(prompts), "--out", str(tmp_path / "p.jsonl"),
-                                    "--max-new-tokens", "5", "--independent-seeds", "--batch-size", "4"])
-    assert r.exit_code == 2 and "--heads (masked)" in r.output and "Traceback" not in r.output  # other heads: refused
+    from headatlas.cli import app  # the whole CLI: quiet libraries unless --verbose, one-line refusals
+
+    r = runner.invoke(app, ["retmask", "pairs", "--model", str(path), "--heads", str(tmp_path / "head_scores.json"),
+                            "--top-k", "1", "--prompts", str(prompts), "--out", str(tmp_path / "p.jsonl"),
+                            "--max-new-tokens", "5", "--independent-seeds", "--batch-size", "4"])
+    # other heads: a refused resume, exit 2 as in every command
+    assert r.exit_code == 2 and "--heads (masked)" in r.output and "Traceback" not in r.output
     assert (tmp_path / "p.jsonl").read_text() == before  # and the finished pairs are kept
 
-    from headatlas.cli import app  # the whole CLI: quiet libraries unless --verbose
-
     r = runner.invoke(app, ["retmask", "train", "--model", str(path), "--pairs", str(tmp_path / "p.jsonl"),
-                            "--out", str(tmp_path / "trained"), "--lora", "--max-steps", "2", "--lr", "1e-3",
-                            "--batch-size", "2", "--grad-accum", "1", "--no-gradient-checkpointing"])
+                            "--out", str(tmp_path / "trained"), "--use-lora", "--max-steps", "2",
+                            "--learning-rate", "1e-3", "--per-device-train-batch-size", "2",
+                            "--gradient-accumulation-steps", "1", "--no-gradient-checkpointing"])
     assert r.exit_code == 0, r.output
     assert "{'loss'" not in r.output and "Warning" not in r.output  # no raw training dicts, no library warnings
     assert "examples/s" not in r.output and "it/s" not in r.output  # nor the libraries' tqdm bars

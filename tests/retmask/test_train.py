@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,7 +35,7 @@ def toy_pairs(n: int = 6) -> list[dict]:
 
 def fast_config(**kw) -> RetMaskTrainConfig:
     base = dict(learning_rate=2e-3, max_steps=12, per_device_train_batch_size=3, gradient_accumulation_steps=1,
-                warmup_ratio=0.0, lr_scheduler_type="constant", gradient_checkpointing=False, logging_steps=1)
+                warmup_steps=0.0, lr_scheduler_type="constant", gradient_checkpointing=False, logging_steps=1)
     return RetMaskTrainConfig(**{**base, **kw})
 
 
@@ -42,15 +43,22 @@ def losses(log_history: list[dict]) -> list[float]:
     return [h["loss"] for h in log_history if "loss" in h]
 
 
-def test_config_defaults_are_the_papers():
+def test_config_is_trls_dpo_config_with_the_papers_defaults():
+    from trl import DPOConfig
+
     c = RetMaskTrainConfig()
-    dpo = c.to_dpo_config("/tmp/unused")
-    assert (dpo.loss_type, dpo.beta, dpo.learning_rate, dpo.lr_scheduler_type, dpo.num_train_epochs) == (
-        ["sigmoid"], 0.1, 5e-7, "cosine", 2.0
+    assert isinstance(c, DPOConfig)  # every TRL field, no copy of them
+    assert (c.loss_type, c.beta, c.learning_rate, c.lr_scheduler_type, c.num_train_epochs, c.weight_decay) == (
+        ["sigmoid"], 0.1, 5e-7, "cosine", 2.0, 0.1
     )
-    assert dpo.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert c.beta == next(f.default for f in dataclasses.fields(DPOConfig) if f.name == "beta")  # TRL's default
+    assert c.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     assert c.use_lora is False  # full fine-tuning, as in the paper
-    assert RetMaskTrainConfig(dpo_overrides='{"save_strategy": "epoch"}').to_dpo_config("/tmp/x").save_strategy == "epoch"
+    assert RetMaskTrainConfig(save_strategy="epoch").save_strategy == "epoch"  # any other DPOConfig field
+    # a training's identity: the tuned fields, plus any other field set away from its default
+    assert "max_grad_norm" not in c.identity() and RetMaskTrainConfig(max_grad_norm=0.5).identity()["max_grad_norm"] == 0.5
+    assert "save_steps" not in RetMaskTrainConfig(save_steps=7).identity()  # how it checkpoints is not what it trains
+    assert c.identity()["lr_scheduler_type"] == "cosine"
     with pytest.raises(ValueError):
         RetMaskTrainConfig(beta=0)
     with pytest.raises(ValueError, match="mix chat"):
@@ -114,7 +122,7 @@ def test_lora_saves_reloads_and_merges_with_the_same_logits(tiny_checkpoint, tmp
 
 
 def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_path):
-    """`torchrun`/`accelerate launch -m headatlas.retmask.train`: DDP on 2 CPU processes (gloo) trains and saves once."""
+    """`torchrun`/`accelerate launch` of `headatlas retmask train`: DDP on 2 CPU processes (gloo) trains and saves once."""
     import os
     import subprocess
     import sys
@@ -123,10 +131,10 @@ def test_two_process_run_through_the_module_entry_point(tiny_checkpoint, tmp_pat
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(4)))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headatlas.retmask.train",
-           "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning_rate", "1e-3",
-           "--max_steps", "2", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
-           "--no_gradient_checkpointing", "--use_lora", "--dpo_overrides", '{"ddp_backend": "gloo"}']
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headatlas.cli",
+           "retmask", "train", "--model", str(path), "--pairs", str(pairs), "--out", str(out), "--learning-rate", "1e-3",
+           "--max-steps", "2", "--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1",
+           "--no-gradient-checkpointing", "--use-lora"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -214,3 +222,43 @@ def test_report_reads_and_plots_the_curves_file(tmp_path):
     assert any("no step and no held-out" in w for w in report.warnings)
     html = render_report(report)
     assert "DPO curves" in html and 'alt="DPO reward accuracy"' in html and "0.8750" in html
+
+
+def test_an_interrupted_training_goes_on_from_its_last_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    """save_strategy="steps": a training stopped after step 3 resumes at its step-2 checkpoint and runs 2 more steps."""
+    from transformers import TrainerCallback
+
+    import headatlas.retmask.train as train_module
+
+    path, _, _ = tiny_checkpoint
+    out = tmp_path / "resumable"
+    config = fast_config(max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1, heldout_fraction=0.0)
+    steps: list[int] = []
+
+    class Watch(TrainerCallback):
+        def __init__(self, stop_at: int | None) -> None:
+            self.stop_at = stop_at
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            steps.append(state.global_step)
+            if state.global_step == self.stop_at:
+                raise KeyboardInterrupt  # killed between checkpoints
+
+    real = train_module.build_trainer
+
+    def watched(stop_at):
+        def build(*a, **kw):
+            trainer = real(*a, **kw)
+            trainer.add_callback(Watch(stop_at))
+            return trainer
+        return build
+
+    monkeypatch.setattr(train_module, "build_trainer", watched(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_retmask(str(path), toy_pairs(6), out, config)
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"] and not (out / RUN_FILE).exists()
+    steps.clear()
+    monkeypatch.setattr(train_module, "build_trainer", watched(None))
+    result = train_retmask(str(path), toy_pairs(6), out, config)
+    assert steps == [3, 4]  # from the checkpoint on, not from the start
+    assert len(losses(result.log_history)) == 4 and not list(out.glob("checkpoint-*"))  # spent checkpoints removed

@@ -5,19 +5,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..config import ModelConfig
 from ..retmask.evaluate import RetMaskEvalConfig
 from ..retmask.pairs import PairConfig
-from ..retmask.train import RetMaskTrainConfig
-from .errors import refuse
+from ..retmask.train import (  # TRL: the group is mounted lazily (cli.LAZY_GROUPS)
+    TUNED_FIELDS,
+    RetMaskTrainConfig,
+)
 from .options import option
 
 retmask_app = typer.Typer(
@@ -110,7 +115,6 @@ def pairs(
 ) -> None:
     """Sample chosen (original) and rejected (heads zeroed) responses; write TRL preference pairs."""
     from ..retmask.pairs import generate_pairs, load_prompts
-    from ..runs import ResumeMismatchError
 
     stops = tuple(s.encode().decode("unicode_escape") for s in (stop or []))  # "\\n" on a shell -> newline
     config = PairConfig(
@@ -119,56 +123,48 @@ def pairs(
     )
     records = load_prompts(prompts, limit=limit)
     loaded, tokenizer, chosen, info = _load_heads(model, heads, top_k, threshold, random_control, allow_other_model)
-    try:
-        stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)
-    except ResumeMismatchError as err:  # the journal at --out holds other heads, settings or weights
-        raise refuse("retmask pairs", str(err)) from None
+    stats = generate_pairs(loaded, tokenizer, chosen, records, config, out)  # a refused resume: exit 2 (errors.py)
     typer.echo(
         f"{stats.n_pairs} pairs from {stats.n_prompts} prompts ({stats.n_resumed} resumed); "
         f"dropped {stats.n_dropped}: {json.dumps(stats.dropped)} -> {out}"
     )
 
 
-@retmask_app.command("train")
+def _train_option(name: str) -> inspect.Parameter:
+    """The ``retmask train`` option of a tuned :class:`RetMaskTrainConfig` field: its default, its help."""
+    f = RetMaskTrainConfig.__dataclass_fields__[name]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if isinstance(default, list):  # loss_type: one loss on the command line
+        default = default[0]
+    kind = int | None if default is None else type(default)
+    flag = "--" + name.replace("_", "-")
+    flags = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                             default=option(RetMaskTrainConfig, name, *flags, default=default))
+
+
 def train(
     model: ModelOpt,
     pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL from `retmask pairs`.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
-    lora: bool = option(RetMaskTrainConfig, "use_lora", "--lora/--full"),
-    lr: float = option(RetMaskTrainConfig, "learning_rate", "--lr"),
-    epochs: float = option(RetMaskTrainConfig, "num_train_epochs", "--epochs"),
-    beta: float = option(RetMaskTrainConfig, "beta"),
-    loss_type: str = option(RetMaskTrainConfig, "loss_type"),
-    batch_size: int = option(RetMaskTrainConfig, "per_device_train_batch_size", "--batch-size", min=1),
-    grad_accum: int = option(RetMaskTrainConfig, "gradient_accumulation_steps", "--grad-accum", min=1),
-    max_length: int | None = option(RetMaskTrainConfig, "max_length"),
-    max_steps: int = option(RetMaskTrainConfig, "max_steps"),
-    warmup_ratio: float = option(RetMaskTrainConfig, "warmup_ratio"),
-    seed: int = option(RetMaskTrainConfig, "seed"),
-    lora_r: int = option(RetMaskTrainConfig, "lora_r"),
-    lora_alpha: int = option(RetMaskTrainConfig, "lora_alpha"),
-    lora_targets: str = option(RetMaskTrainConfig, "lora_target_modules", "--lora-targets"),
-    merge_lora: bool = option(RetMaskTrainConfig, "merge_lora", "--merge-lora/--no-merge-lora"),
-    bf16: str = option(RetMaskTrainConfig, "bf16"),
-    gradient_checkpointing: bool = option(RetMaskTrainConfig, "gradient_checkpointing",
-                                          "--gradient-checkpointing/--no-gradient-checkpointing"),
-    dpo_overrides: str = option(RetMaskTrainConfig, "dpo_overrides", default=""),
+    **settings: Any,
 ) -> None:
     """DPO on the pairs with TRL (full or LoRA); under `accelerate launch` on as many GPUs as it gives."""
     from ..retmask.train import train_retmask
 
-    config = RetMaskTrainConfig(
-        loss_type=loss_type, beta=beta, max_length=max_length, learning_rate=lr, warmup_ratio=warmup_ratio,
-        num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, use_lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_target_modules=lora_targets, merge_lora=merge_lora, seed=seed, bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing, dpo_overrides=dpo_overrides,  # type: ignore[arg-type]
-    )
+    config = RetMaskTrainConfig(**settings)
     with _models_found(model):
         result = train_retmask(model, pairs, out, config)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     first, last = (f"{losses[0]:.4f}", f"{losses[-1]:.4f}") if losses else ("-", "-")
     typer.echo(f"trained on {result.n_pairs} pairs; DPO loss {first} -> {last}; saved to {result.out_dir}")
+
+
+_hints = typing.get_type_hints(train, include_extras=True)
+_params = [p.replace(annotation=_hints[p.name]) for p in inspect.signature(train).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+train.__signature__ = inspect.Signature([*_params, *(_train_option(n) for n in TUNED_FIELDS)])  # type: ignore[attr-defined]
+retmask_app.command("train")(train)
 
 
 @retmask_app.command("evaluate")

@@ -343,6 +343,11 @@ class CorpusGenerator:
             out.append(s)
             total += c
 
+    def passage(self, rng: random.Random, lang: str, n_tokens: int) -> str:
+        """A plain haystack passage of about ``n_tokens`` tokens in ``lang``: the text the model learned
+        to continue (its context tokens carry the language-model loss in training), with no question."""
+        return joiner(lang).join(self.filler(rng, lang, n_tokens))
+
     # --- assembling a prompt ------------------------------------------------------------------------
     def _assemble(
         self,

@@ -138,10 +138,11 @@ def masking_curve(
     """Accuracy on ``examples`` with the top-K retrieval heads masked vs K random heads outside them, per K.
 
     A dose-response curve: how many heads must go before retrieval breaks, and how far the
-    retrieval heads are ahead of random ones at each K.
+    retrieval heads are ahead of random ones at each K. A K above the number of scored heads has no
+    top-K (only scored heads are retrieval heads): it is left out and listed under ``skipped``.
     """
-    out = {"base": base, "k": {}}
-    for k in ks:
+    out = {"base": base, "k": {}, "skipped": [k for k in ks if k > scores.n_scored]}
+    for k in (k for k in ks if k <= scores.n_scored):
         top = HeadSelection(scores=scores, top_k=k)
         rh = top.resolve(scores.n_layers, scores.n_heads)
         drawn = [dataclasses.replace(top, random_seed=s).resolve(scores.n_layers, scores.n_heads) for s in seeds]

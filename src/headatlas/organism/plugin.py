@@ -41,6 +41,7 @@ def task_suite(model_path: str | None = None) -> SimpleNamespace:
     generator = tasks.organism_generator(model_path)
     return SimpleNamespace(tasks=TASKS, make_eval_set=partial(tasks.make_eval_set, generator=generator),
                            exact_match_accuracy=tasks.exact_match_accuracy, answers_correct=tasks.answers_correct,
+                           generate_answers=tasks.generate_answers,
                            generator=generator)
 
 

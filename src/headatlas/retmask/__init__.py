@@ -11,7 +11,8 @@ The pipeline, in three calls (see ``docs/retmask.md``)::
     train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))
 
 ``pairs`` needs only the core dependencies; ``train`` needs the ``train``
-extra (TRL, PEFT, datasets), imported when it is used.
+extra (TRL, PEFT, datasets): its names (``RetMaskTrainConfig``, a subclass of TRL's ``DPOConfig``,
+``TrainResult``, ``train_retmask``) import TRL when first used.
 """
 
 from ..lazy import exports, lazy_exports

@@ -26,6 +26,7 @@ from ..selection import concentration
 from ..stats import bootstrap_ci, paired_bootstrap_ci
 
 REPORT_FILE = "retmask_eval.json"
+TASK_NAMES = ("multikey", "mono", "cross", "multihop", "parametric")  # the tasks TASK@LENGTH suites may name
 JOURNAL_FILE = "retmask_eval.jsonl"  # one line per (model, suite) scored: a rerun scores only what is missing
 
 
@@ -51,7 +52,7 @@ class RetMaskEvalConfig:
     suites: tuple[str, ...] = field(
         default=("multikey_long", "mono_past", "cross_past", "multihop_past", "parametric"),
         metadata={"help": "Suites to run: multikey_long, mono_long, {multikey,mono,cross,multihop}_past, "
-                          "multikey, mono, cross, multihop, parametric."},
+                          "multikey, mono, cross, multihop, parametric, or TASK@LENGTH (e.g. multikey@256)."},
     )
     n_per_task: int = field(default=200, metadata={"help": "Held-out examples per suite."})
     seed: int = field(default=20_260_707, metadata={"help": "Seed of the held-out examples (not the training seed)."})
@@ -71,7 +72,13 @@ class RetMaskEvalConfig:
             raise ValueError(f"unknown suites {unknown}; choose from {sorted(self._catalogue())}")
 
     def _catalogue(self) -> dict[str, EvalSuite]:
+        at_length = {}  # TASK@LENGTH: one task at one context length
+        for name in self.suites:
+            task, sep, length = name.partition("@")
+            if sep and task in TASK_NAMES and length.isdigit() and int(length) > 0:
+                at_length[name] = EvalSuite(name, task, (int(length),))
         return {
+            **at_length,
             "multikey_long": EvalSuite("multikey_long", "multikey", self.long_lengths),
             "mono_long": EvalSuite("mono_long", "mono", self.long_lengths),
             **{f"{task}_past": EvalSuite(f"{task}_past", task, self.past_lengths)
@@ -108,6 +115,26 @@ def ci95(p: float, n: int) -> float:
     0.098
     """
     return 1.96 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def item_answer(tasks: Any, model: Any, tokenizer: Any, example: Any) -> tuple[float, str | None]:
+    """One item's score and, when the task suite has ``generate_answers`` (greedy answer strings), its answer
+    (correct when it equals ``example.answer``, both stripped, as the suite's exact match counts it)."""
+    if hasattr(tasks, "generate_answers"):
+        answer = tasks.generate_answers(model, tokenizer, [example], batch_size=1)[0]
+        return float(answer == example.answer.strip()), answer
+    return float(tasks.exact_match_accuracy(model, tokenizer, [example], batch_size=1)), None
+
+
+def changed_answers(base: Sequence[str | None], other: Sequence[str | None]) -> float | None:
+    """Share of items whose answer differs from the base model's (None when answers were not recorded).
+
+    >>> changed_answers(["a", "b", "c", "d"], ["a", "x", "c", "d"])
+    0.25
+    """
+    if not base or None in base or None in other or len(base) != len(other):
+        return None
+    return sum(a != b for a, b in zip(base, other, strict=True)) / len(base)
 
 
 def make_suite_examples(suite: EvalSuite, config: RetMaskEvalConfig, tasks: ModuleType) -> list[Any]:
@@ -156,12 +183,13 @@ def evaluate_models(
     done = {(r["model"], r["suite"]): r for r in (run.records() if run else [])}
     results: dict[str, dict[str, dict[str, float]]] = {}
     items: dict[str, dict[str, list[float]]] = {}
+    answers: dict[str, dict[str, list[str | None]]] = {}
     total = len(models) * len(suites)
     with track("retmask evaluate", total, sum(1 for n in models for s in suites if (n, s.name) in done)) as bar:
         for name, spec in models.items():
             model, tokenizer = load_for_eval(spec) if isinstance(spec, (str, Path)) else spec
             weights = weights_fingerprint(model) if isinstance(model, torch.nn.Module) else None
-            results[name], items[name] = {}, {}
+            results[name], items[name], answers[name] = {}, {}, {}
             for suite in suites:
                 row = done.get((name, suite.name))
                 if row is not None and row["weights"] != weights:
@@ -170,14 +198,17 @@ def evaluate_models(
                         "(retrained?); use another --out folder, or delete its retmask_eval.jsonl.")
                 if row is None:  # item by item (one example a call costs no more on CPU), for paired intervals
                     exs = examples[suite.name]
-                    per_item = [float(tasks.exact_match_accuracy(model, tokenizer, [ex], batch_size=1)) for ex in exs]
+                    scored = [item_answer(tasks, model, tokenizer, ex) for ex in exs]
+                    per_item = [score for score, _answer in scored]
                     acc = sum(per_item) / len(per_item)
                     row = {"model": name, "suite": suite.name, "weights": weights, "accuracy": acc,
-                           "ci95": ci95(acc, len(exs)), "n": len(exs), "items": per_item}
+                           "ci95": ci95(acc, len(exs)), "n": len(exs), "items": per_item,
+                           "answers": [answer for _score, answer in scored]}
                     if run is not None:
                         run.append(row)
                     bar.advance(description=f"{name} / {suite.name}")
                 items[name][suite.name] = row["items"]
+                answers[name][suite.name] = row.get("answers") or [None] * len(row["items"])
                 _mean, low, high = bootstrap_ci(row["items"], seed=config.seed)
                 results[name][suite.name] = {**{k: row[k] for k in ("accuracy", "ci95", "n")},
                                              "ci_low": low, "ci_high": high}
@@ -188,6 +219,7 @@ def evaluate_models(
         for suite_name, row in per_suite.items():
             row["delta"], row["delta_low"], row["delta_high"] = paired_bootstrap_ci(
                 items[base][suite_name], items[name][suite_name], seed=config.seed)
+            row["changed_answers"] = changed_answers(answers[base][suite_name], answers[name][suite_name])
     paired = {f"{a} - {b}": {s.name: dict(zip(("delta", "delta_low", "delta_high"), paired_bootstrap_ci(
         items[b][s.name], items[a][s.name], seed=config.seed), strict=True)) for s in suites} for a, b in contrasts}
     report = stamp("retmask-eval", run_metadata(

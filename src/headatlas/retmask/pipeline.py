@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -26,7 +26,9 @@ from ..runs import Run, atomic_write_jsonl, open_run, read_jsonl
 from ..selection import HeadSelection
 from .evaluate import RetMaskEvalConfig, evaluate_models, format_table
 from .pairs import PairConfig, generate_pairs
-from .train import RetMaskTrainConfig, train_retmask
+
+if TYPE_CHECKING:
+    from .train import RetMaskTrainConfig
 
 
 @dataclass
@@ -64,8 +66,11 @@ class RetMaskPipelineConfig:
                                  past_lengths=tuple(self.past_lengths))
 
     def train_config(self) -> RetMaskTrainConfig:
+        from .train import RetMaskTrainConfig  # TRL: the train extra
+
         return RetMaskTrainConfig(learning_rate=self.lr, num_train_epochs=self.epochs, beta=self.beta,
                                   use_lora=self.lora, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                  weight_decay=0.0,  # the demo's numbers were measured without (the paper: 0.1)
                                   gradient_checkpointing=False, logging_steps=1, seed=self.seed, merge_lora=self.lora)
 
 
@@ -133,6 +138,8 @@ def pipeline_pairs(config: RetMaskPipelineConfig, console: Console | None = None
 
 def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) RetMask; returns the evaluation report (also in ``out/retmask_eval.json``)."""
+    from .train import train_retmask  # TRL: the train extra
+
     console = console or Console(stderr=True)
     pairs = pipeline_pairs(config, console)
     out, model_path, pair_stats = pairs.out, pairs.model_path, pairs.stats
@@ -156,18 +163,22 @@ def run_retmask_pipeline(config: RetMaskPipelineConfig, console: Console | None 
 
 
 def make_arm_pairs(model: Any, tokenizer: Any, arms: dict[str, list[Any]], prompts: list[dict[str, Any]],
-                   config: RetMaskPipelineConfig, console: Console) -> dict[str, dict[str, Any]]:
+                   config: RetMaskPipelineConfig, console: Console, target: int | None = None,
+                   ) -> dict[str, dict[str, Any]]:
     """Pairs of every arm in ``config.out`` (``pairs_ARM.jsonl``); with a control, matched training files
     (``pairs_ARM.train.jsonl``: each arm's first ``n_train`` pairs in prompt order, ``n_train`` the smallest count).
+
+    Each arm samples ``config.n_prompts`` prompts at a time, in the order of ``prompts``, until it has
+    ``target`` pairs (default: the first arm stops after ``n_prompts``, the others aim at its count) or the
+    prompts run out.
     """
     out = Path(config.out)
     cfg = PairConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, stop=("\n",),
                      seed=config.seed, batch_size=8)
     stats: dict[str, dict[str, Any]] = {}
-    target = None
     for arm, heads in arms.items():
         console.print(f"retmask pairs ({arm}): masking {', '.join(map(str, heads))}")
-        n = config.n_prompts
+        n = min(config.n_prompts, len(prompts))
         while True:
             found = generate_pairs(model, tokenizer, heads, prompts[:n], cfg, out / f"pairs_{arm}.jsonl")
             if target is None or found.n_pairs >= target or n >= len(prompts):

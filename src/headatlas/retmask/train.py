@@ -1,23 +1,30 @@
 """RetMask training: standard DPO (TRL's ``DPOTrainer``) on the pairs of :mod:`headatlas.retmask.pairs`.
 
-Defaults follow the paper (sigmoid loss, beta 0.1, lr 5e-7 cosine, 2 epochs, full fine-tuning); LoRA is one
-flag. Multi-GPU is accelerate's business: ``accelerate launch -m headatlas.retmask.train --model M
---pairs pairs.jsonl --out runs/retmask`` (``--help`` lists every field of :class:`RetMaskTrainConfig`).
+The settings are TRL's ``DPOConfig`` with RetMask's defaults (:class:`RetMaskTrainConfig`, the paper's: sigmoid
+loss, beta 0.1, lr 5e-7 with warm-up and cosine decay, weight decay 0.1, 2 epochs, full fine-tuning); LoRA is
+one field. This module imports TRL: it needs the ``train`` extra. Multi-GPU is accelerate's business:
+``accelerate launch $(which headatlas) retmask train --model M --pairs pairs.jsonl --out runs/retmask``.
 
 >>> result = train_retmask("organism", "pairs.jsonl", "runs/retmask", RetMaskTrainConfig(use_lora=True))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import DPOConfig
 
 from ..builtins import builtin_name
 from ..model_spec import resolve_model_path
@@ -36,111 +43,89 @@ RUN_FILE = "retmask_run.json"
 MERGED_DIR = "merged"
 
 
-@dataclass
-class RetMaskTrainConfig:
-    """DPO settings for RetMask (paper defaults; ``warmup_ratio`` is not stated there), turned into TRL's
-    ``DPOConfig`` by :meth:`to_dpo_config`; ``dpo_overrides`` sets any other ``DPOConfig`` field.
+#: The settings a user tunes: the ``retmask train`` options (docs/retmask.md lists them). Every other field of
+#: TRL's ``DPOConfig`` keeps its value, and can be set in Python.
+TUNED_FIELDS: tuple[str, ...] = (
+    "learning_rate", "num_train_epochs", "max_steps", "beta", "loss_type", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "seed",
+    "gradient_checkpointing", "logging_steps", "heldout_fraction",
+    "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora",
+)
+#: Fields that say where or how a process runs, not what it trains: not part of a training's identity.
+_NOT_IDENTITY = frozenset({"output_dir", "logging_dir", "run_name", "use_cpu", "local_rank", "ddp_backend", "report_to",
+                           "disable_tqdm", "dataloader_num_workers", "hub_token", "save_strategy", "save_steps",
+                           "save_total_limit"})
 
-    >>> RetMaskTrainConfig().to_dpo_config("/tmp/out").beta
-    0.1
+
+@dataclass
+class RetMaskTrainConfig(DPOConfig):
+    """TRL's ``DPOConfig`` with RetMask's defaults (the paper's: sigmoid loss, beta 0.1, lr 5e-7 with warm-up
+    and cosine decay, weight decay 0.1, 2 epochs, full fine-tuning) and RetMask's own fields (LoRA, the
+    held-out share). Every ``DPOConfig``/``TrainingArguments`` field is a field here; ``retmask train``
+    exposes :data:`TUNED_FIELDS`.
+
+    >>> c = RetMaskTrainConfig()
+    >>> (c.loss_type, c.beta, c.learning_rate, c.num_train_epochs, c.weight_decay)
+    (['sigmoid'], 0.1, 5e-07, 2.0, 0.1)
     """
 
-    # DPO
-    loss_type: str = field(default="sigmoid", metadata={"help": "TRL DPO loss type (paper: sigmoid)."})
-    beta: float = field(default=0.1, metadata={"help": "DPO beta: strength of the pull to the reference (paper: 0.1)."})
-    max_length: int | None = field(
-        default=None, metadata={"help": "Max prompt+response tokens; None keeps whole long-context prompts."}
-    )
-    precompute_ref_log_probs: bool = field(
-        default=False, metadata={"help": "Compute reference log-probs once before training (frees the reference)."}
-    )
-    # optimiser
-    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7)."})
+    # TRL / transformers fields whose defaults RetMask changes
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7, for 8B models)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (paper: cosine)."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps for linear warm-up."})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Linear warm-up: steps, or a share of all steps when < 1 (ours: 0.1)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the pairs (paper: 2)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (> 0 overrides epochs)."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs per device per micro-batch."})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimiser step."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    # LoRA
+    max_length: int | None = field(
+        default=None, metadata={"help": "Max prompt+response tokens; None keeps whole long-context prompts."})
+    logging_steps: float = field(default=1, metadata={"help": "Log the DPO metrics every N optimiser steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpoints during training (the final model is "
+                                                                 "saved by train_retmask)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (None: on a GPU that has it)."})
+    # RetMask's own
     use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "'all-linear' or comma-separated module names, e.g. q_proj,o_proj."}
-    )
+        default="all-linear", metadata={"help": "'all-linear' or comma-separated module names, e.g. q_proj,o_proj."})
     merge_lora: bool = field(default=False, metadata={"help": "Also save the LoRA-merged full model in OUT/merged."})
-    # run
-    seed: int = field(default=42, metadata={"help": "Seed for data order, LoRA init and dropout."})
-    bf16: str = field(default="auto", metadata={"help": "bf16 mixed precision: auto (on a bf16 GPU), true or false."})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Trade compute for memory on long prompts."})
-    logging_steps: int = field(default=1, metadata={"help": "Log the DPO metrics every N optimiser steps."})
     heldout_fraction: float = field(
         default=0.1,
         metadata={"help": "Share of the pairs held out of training (drawn with seed); DPO metrics on them are "
-                  "recorded before and after training in training_curves.json. 0: none."},
-    )
-    # `| str | None`: HfArgumentParser then reads the flag as a string (JSON), parsed in __post_init__
-    dpo_overrides: dict[str, Any] | str | None = field(
-        default_factory=dict, metadata={"help": "Other DPOConfig / TrainingArguments fields, as a dict."}
+                          "recorded before and after training in training_curves.json. 0: none."},
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.dpo_overrides, str):  # from the command line: a JSON object
-            self.dpo_overrides = json.loads(self.dpo_overrides) if self.dpo_overrides.strip() else {}
-        self.dpo_overrides = dict(self.dpo_overrides or {})
-        if self.beta <= 0:
-            raise ValueError("beta must be > 0")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
-        if self.num_train_epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("give num_train_epochs > 0 or max_steps > 0")
-        if self.bf16 not in ("auto", "true", "false", True, False):
-            raise ValueError("bf16 must be auto, true or false")
-        if self.use_lora and self.lora_r < 1:
-            raise ValueError("lora_r must be >= 1")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError("max_length must be >= 2 or None")
-        if not 0 <= self.heldout_fraction < 1:
-            raise ValueError("heldout_fraction must be in [0, 1)")
+        for name, ok, accepted in (
+            ("beta", self.beta > 0, "> 0"), ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0 (a share of the steps when < 1)"),
+            ("num_train_epochs", self.num_train_epochs > 0 or self.max_steps > 0, "> 0, or max_steps > 0"),
+            ("lora_r", not self.use_lora or self.lora_r >= 1, ">= 1"),
+            ("max_length", self.max_length is None or self.max_length >= 2, ">= 2 or None"),
+            ("heldout_fraction", 0 <= self.heldout_fraction < 1, "in [0, 1)"),
+        ):
+            if not ok:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not accepted; it must be {accepted}")
+        if self.bf16 is None:  # TrainingArguments' own "auto" would pick bf16 on a CPU too
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()
 
-    def use_bf16(self) -> bool:
-        if self.bf16 == "auto":
-            return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        return self.bf16 in ("true", True)
-
-    def to_dpo_config(self, output_dir: str | Path):  # noqa: ANN201 - trl.DPOConfig (lazy import)
-        """TRL's ``DPOConfig`` for these settings (``dpo_overrides`` applied last)."""
-        from trl import DPOConfig
-
-        kwargs: dict[str, Any] = dict(
-            output_dir=str(output_dir),
-            loss_type=[self.loss_type],
-            beta=self.beta,
-            max_length=self.max_length,
-            precompute_ref_log_probs=self.precompute_ref_log_probs,
-            learning_rate=self.learning_rate,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_steps=self.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-            num_train_epochs=self.num_train_epochs,
-            max_steps=self.max_steps,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-            bf16=self.use_bf16(),
-            gradient_checkpointing=self.gradient_checkpointing,
-            logging_steps=self.logging_steps,
-            save_strategy="no",  # the final model is saved by train_retmask
-            report_to="none",
-            use_cpu=not torch.cuda.is_available(),
-        )
-        kwargs.update(self.dpo_overrides or {})
-        return DPOConfig(**kwargs)
+    def identity(self) -> dict[str, Any]:
+        """What defines a training: the tuned fields, plus every other field set away from its default."""
+        default = type(self)()
+        out = {name: _plain(getattr(self, name)) for name in TUNED_FIELDS}
+        for f in dataclasses.fields(self):
+            if f.name in out or f.name in _NOT_IDENTITY or not f.init:
+                continue
+            value = _plain(getattr(self, f.name))
+            if value != _plain(getattr(default, f.name)):
+                out[f.name] = value
+        return out
 
     def to_lora_config(self):  # noqa: ANN201 - peft.LoraConfig (lazy import)
         """PEFT's ``LoraConfig`` for these settings."""
@@ -151,6 +136,19 @@ class RetMaskTrainConfig:
             targets = [t.strip() for t in targets.split(",") if t.strip()]
         return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-comparable form of a config value (enums by value, other objects as text)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
 
 
 @dataclass
@@ -196,9 +194,23 @@ def build_trainer(model: str, pairs, out_dir: str | Path, config: RetMaskTrainCo
     # the policy (and, for full fine-tuning, the frozen reference) is loaded by TRL from the path, so that
     # DeepSpeed/FSDP place and shard it; TRL loads float32 weights unless model_init_kwargs say otherwise
     return DPOTrainer(
-        model=path, args=config.to_dpo_config(out_dir), train_dataset=dataset, processing_class=tokenizer,
+        model=path, args=with_output_dir(config, out_dir), train_dataset=dataset, processing_class=tokenizer,
         peft_config=config.to_lora_config() if config.use_lora else None,
     )
+
+
+def with_output_dir(config: RetMaskTrainConfig, out_dir: str | Path) -> RetMaskTrainConfig:
+    """A copy of ``config`` writing to ``out_dir`` (TRL's trainer reads ``output_dir`` from its arguments)."""
+    copy = deepcopy(config)
+    copy.output_dir = str(out_dir)
+    return copy
+
+
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` folder the trainer left in ``out_dir`` (None: start from the base model)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out_dir)) if Path(out_dir).is_dir() else None
 
 
 def save_merged(adapter_dir: str | Path, merged_dir: str | Path) -> Path:
@@ -236,7 +248,7 @@ def train_retmask(
     load_pairs(rows)  # bad pairs and a model that exists nowhere are refused before the folder is touched
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model))
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
-    run = open_run(out_dir, "retmask-train", {"base model": model, **asdict(config)}, discard=(RUN_FILE,),
+    run = open_run(out_dir, "retmask-train", {"base model": model, **config.identity()}, discard=(RUN_FILE,),
                    fingerprints={"the preference pairs": digest}, model=model, seed=config.seed,
                    hint=f"Use another --out folder, or delete {out_dir} to train again.")
     if run.resumed and (out_dir / RUN_FILE).is_file():
@@ -261,9 +273,13 @@ def train_retmask(
         held_tok = list(trainer._prepare_dataset(load_pairs(held_rows), trainer.processing_class, trainer.args, "heldout"))
         before, ref_logps = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta)
     with track("retmask train", 1, enabled=False):  # Ctrl-C: says how to go on
-        output = trainer.train()
+        # an interrupted training with checkpoints (save_strategy="steps") goes on from its last one
+        output = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
     after = heldout_metrics(trainer.model, trainer.ref_model, held_tok, config.beta, ref_logps)[0] if held_tok else None
     trainer.save_model(str(out_dir))
+    if trainer.is_world_process_zero():
+        for done in out_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # the model is saved: its checkpoints are spent
+            shutil.rmtree(done, ignore_errors=True)
     merged_dir = None
     if config.use_lora and config.merge_lora:
         merged_dir = out_dir / MERGED_DIR
@@ -271,7 +287,7 @@ def train_retmask(
         if trainer.is_world_process_zero():
             save_merged(out_dir, merged_dir)
     log_history = list(trainer.state.log_history)
-    meta = run_metadata(base_model=builtin_name(str(model)), base_path=resolve_model_path(model), seed=config.seed, config=asdict(config),
+    meta = run_metadata(base_model=builtin_name(str(model)), base_path=resolve_model_path(model), seed=config.seed, config=config.identity(),
                         n_pairs=len(train_rows), n_heldout=len(held_rows), world_size=trainer.args.world_size,
                         heldout_ids=[str(r.get("id", i)) for i, r in enumerate(held_rows)])
     curves = curves_record(train_curves(log_history), before, after, meta)
@@ -283,31 +299,9 @@ def train_retmask(
         atomic_write_json(out_dir / RUN_FILE, stamp("retmask-train", {
             **run.meta, "base_model": builtin_name(str(model)), "base_path": resolve_model_path(model),
             "pairs": str(pairs) if isinstance(pairs, (str, Path)) else "<rows>", "n_pairs": result.n_pairs,
-            "n_heldout": len(held_rows), "config": asdict(config), "metrics": result.metrics,
+            "n_heldout": len(held_rows), "config": config.identity(), "metrics": result.metrics,
             "log_history": result.log_history, "heldout": {"before": before, "after": after},
             "adapter": config.use_lora, "merged_dir": str(merged_dir) if merged_dir else None,
             "world_size": trainer.args.world_size,
         }))
     return result
-
-
-@dataclass
-class TrainPaths:
-    """The inputs and output of ``python -m headatlas.retmask.train``."""
-
-    model: str = field(metadata={"help": "Base model: path, hub id or 'organism'."})
-    pairs: str = field(metadata={"help": "Pairs JSONL written by `retmask pairs`."})
-    out: str = field(metadata={"help": "Output directory."})
-
-
-def main(argv: Sequence[str] | None = None) -> TrainResult:
-    """``python -m headatlas.retmask.train --model M --pairs P --out D [--use_lora] [--learning_rate ...]``."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((TrainPaths, RetMaskTrainConfig))
-    paths, config = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else sys.argv[1:])
-    return train_retmask(paths.model, paths.pairs, paths.out, config)
-
-
-if __name__ == "__main__":
-    main()
