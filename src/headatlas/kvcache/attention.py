@@ -6,6 +6,12 @@ calls the wrapped backend once per group — the streaming group with a mask let
 ``k`` only if ``k <= q`` and (``k < sink`` or ``k > q - window``) — and puts the outputs back in head order.
 The masking engine's wrapper sits outside it (either nesting order works); attention *capture* over
 streaming heads is not supported and raises.
+
+Memory: the streaming group never sees the whole context (its keys are at most sink + window + the
+block, its mask ``(Lq, S')``); over SDPA on a CPU (or with no mask) both groups call
+``scaled_dot_product_attention(..., enable_gqa=True)`` directly, so no group repeats its keys and values
+per query head (transformers' SDPA path copies them ``n_heads / n_kv_heads`` times when a mask is given:
+4x the kept heads' cache, per layer, at every prefill chunk). Measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -51,6 +57,28 @@ def stream_mask(
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype) if as_float else allowed
 
 
+def _sdpa_gqa(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **_: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA over grouped KV heads without copying them per query head; output ``(B, Lq, H, Dv)`` as transformers'."""
+    q_len = query.shape[2]
+    causal = attention_mask is None and q_len > 1 and bool(getattr(module, "is_causal", True))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _grouped_sdpa_fits(base: str, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether :func:`_sdpa_gqa` replaces the backend: SDPA on a CPU (GQA with a mask copies nothing there),
+    or with no mask anywhere; CUDA kernels with a mask would fall back to the math path, so they keep
+    transformers' own call, and so does a maskless block over a longer past (``is_causal`` aligns top-left)."""
+    if mask is None and query.shape[2] > 1 and key.shape[2] != query.shape[2]:
+        return False
+    return base == "sdpa" and (query.device.type == "cpu" or mask is None)
+
+
 def _make_split_attention(base: str) -> Callable[..., Any]:
     def rh_kvsplit_attention(
         module: torch.nn.Module,
@@ -72,11 +100,13 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
         out = query.new_empty(bsz, q_len, n_heads, value.shape[-1])  # (B, Lq, H, Dv)
         if len(layer.full):
             q_full = _query_heads(layer.full, groups)
-            out[:, :, q_full] = fn(module, query[:, q_full], key, value, attention_mask, **kwargs)[0]
+            call = _sdpa_gqa if _grouped_sdpa_fits(base, query, key, attention_mask) else fn
+            out[:, :, q_full] = call(module, query[:, q_full], key, value, attention_mask, **kwargs)[0]
         q_stream = _query_heads(layer.stream, groups)
         as_float = base == "eager" or (attention_mask is not None and attention_mask.dtype != torch.bool)
         mask = stream_mask(block, q_len, layer.sink, layer.window, attention_mask, as_float, query.dtype)
-        out[:, :, q_stream] = fn(module, query[:, q_stream], block.keys, block.values, mask, **kwargs)[0]
+        call = _sdpa_gqa if _grouped_sdpa_fits(base, query, block.keys, mask) else fn
+        out[:, :, q_stream] = call(module, query[:, q_stream], block.keys, block.values, mask, **kwargs)[0]
         return out, None
 
     rh_kvsplit_attention.__name__ = f"rh_kvsplit_attention_{base}"
