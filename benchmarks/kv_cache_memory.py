@@ -148,15 +148,23 @@ def shape_one(args: argparse.Namespace, variant: str, length: int) -> dict:
     from headatlas.kvcache import HeadSplitCache, compressed_attention, expected_bytes
 
     torch.set_num_threads(args.threads)
-    model = shape_model(args.shape, args.layers)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    model = shape_model(args.shape, args.layers).to(dev, getattr(torch, args.dtype))
     cfg = model.config
     n_kv = cfg.num_key_value_heads
     keep = n_kv if variant == "full" else int(variant.removeprefix("keep-"))
     full = [list(range(keep))] * cfg.num_hidden_layers
-    ids = torch.randint(3, cfg.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, cfg.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)).to(dev)
     load = os.getloadavg()[0]
-    reset = _reset_peak()
-    base = _rss_now_mib() if reset else _rss_mib()
+    if cuda:  # peak device memory instead of RSS
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        reset, base = True, torch.cuda.memory_allocated() / 2**20
+    else:
+        reset = _reset_peak()
+        base = _rss_now_mib() if reset else _rss_mib()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     if variant == "full":
         cache, ctx = DynamicCache(config=cfg), torch.no_grad()
     else:
@@ -165,21 +173,26 @@ def shape_one(args: argparse.Namespace, variant: str, length: int) -> dict:
         t0 = time.perf_counter()
         for s in range(0, length, args.chunk):
             logits = model(ids[:, s : s + args.chunk], cache=cache, use_cache=True, logits_to_keep=1).logits
+        sync()
         prefill_s = time.perf_counter() - t0
         stored = _stored(cache)
         token = logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(args.steps):
             token = model(token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)
+        sync()
         per_token_ms = 1000 * (time.perf_counter() - t0) / args.steps
-    formula = expected_bytes(full, n_kv, length, args.sink, args.window, cfg.head_dim, 4)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mib()
+    formula = expected_bytes(full, n_kv, length, args.sink, args.window, cfg.head_dim,
+                             torch.finfo(getattr(torch, args.dtype)).bits // 8)
     return {"variant": variant, "length": length, "keep": keep, "cache_bytes": stored, "formula_bytes": formula,
-            "prefill_s": prefill_s, "ms_per_token": per_token_ms, "rss_growth_mib": _rss_mib() - base,
-            "peak_reset": reset, "load1": load, "threads": args.threads, "layers": args.layers, "chunk": args.chunk}
+            "prefill_s": prefill_s, "ms_per_token": per_token_ms, "rss_growth_mib": peak - base,
+            "peak_reset": reset, "load1": load, "threads": args.threads, "layers": args.layers, "chunk": args.chunk,
+            "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": args.dtype}
 
 
 def floors(shape: str, layers: int, length: int, keep: int, sink: int, window: int, chunk: int, steps: int) -> dict:
-    """The cost a variant cannot go below, and the full cache's, on ``shape`` (float32, batch 1).
+    """The cost a variant cannot go below, and the full cache's, on ``shape`` (batch 1; ratios do not depend on the dtype).
 
     Everything but attention (projections, MLP, the last position's logits) is paid by every variant;
     attention costs ``4 x head_dim`` FLOPs per (query head, visible key) and reads each visible key and
@@ -221,12 +234,12 @@ def shape_table(args: argparse.Namespace, rows: list[dict]) -> str:
     """The markdown table of the length benchmark (medians, ratios beside floors, targets)."""
     lines = [f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, python "
              f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; shape {args.shape}, "
-             f"{args.layers} layer(s), float32, batch 1, chunk {args.chunk}, sink {args.sink}, window {args.window}, "
+             f"{args.layers} layer(s), {args.dtype} on {rows[0].get('device', 'cpu')}, batch 1, chunk {args.chunk}, sink {args.sink}, window {args.window}, "
              f"{args.steps} decode steps, {args.threads} threads",
              f"load average (1 min) at the start of each row: min {min(r['load1'] for r in rows):.1f}, median "
              f"{statistics.median(r['load1'] for r in rows):.1f}, max {max(r['load1'] for r in rows):.1f}",
              "",
-             "| tokens | cache | repeats | prefill s | ms / token | cache MiB | formula MiB | RSS growth MiB "
+             "| tokens | cache | repeats | prefill s | ms / token | cache MiB | formula MiB | peak growth MiB "
              "| prefill ratio (floor) | decode ratio (floor) | cache ratio (floor) | RSS ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     variants = ["full"] + [f"keep-{k}" for k in args.keep_counts]
@@ -306,6 +319,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="(--shape) interleaved repeats")
     p.add_argument("--max-repeats-at", default="", help="(--shape) fewer repeats at some lengths: 'LENGTH:N,...'")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="(--shape) cpu or cuda (on cuda the memory column is peak "
+                   "allocated device memory)")
+    p.add_argument("--dtype", default="float32", help="(--shape) float32 or bfloat16")
     p.add_argument("--out", default="kv_length.jsonl", help="(--shape) rows, appended; a rerun resumes")
     p.add_argument("--until", default="", help="(--shape) start no row after HH:MM UTC")
     p.add_argument("--table", action="store_true", help="(--shape) print the table of --out and stop")
