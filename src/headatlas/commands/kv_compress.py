@@ -20,6 +20,15 @@ from .errors import refusing
 from .options import GridOptions, ModelOptions, option
 
 
+def _counts(text: str) -> list[int]:
+    """``--needle-counts`` as integers; one line naming the option and value otherwise."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give needle counts as integers, e.g. 1,4,8",
+                                 param_hint="--needle-counts") from None
+
+
 def kv_compress_command(
     model: str = option(ModelOptions, "model", default=...),
     device: str | None = option(ModelOptions, "device"),
@@ -39,6 +48,7 @@ def kv_compress_command(
     seed: int = option(HeadRunConfig, "seed"),
     max_new_tokens: int = option(HeadRunConfig, "max_new_tokens", min=1),
     prefill_chunk: int = typer.Option(256, "--prefill-chunk", min=1, help="Prompt tokens per prefill forward."),
+    needle_counts: str = typer.Option("1", "--needle-counts", help="Needles a prompt, e.g. '1,4,8' (> 1: multi-key NIAH, the question asks one; built-in models)."),
     overwrite: bool = option(HeadRunConfig, "overwrite"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -52,11 +62,13 @@ def kv_compress_command(
             budgets=[int(b) for b in budgets.split(",") if b.strip()], aggregate=aggregate, per_layer=per_layer, sink=sink,
             window=window, lengths=parse_lengths(lengths), depths=parse_depths(depths), per_cell=per_cell,
             random_seeds=random_seeds, seed=seed, max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk,
-            device=device, dtype=dtype, overwrite=overwrite,
+            device=device, dtype=dtype, overwrite=overwrite, needle_counts=_counts(needle_counts),
         )  # fmt: skip
     with refusing("kv-compress"):
         result = run_kv_compress(config, progress=progress)
-    for row in result["conditions"]:
-        typer.echo(f"{row['name']:<22} acc {row['accuracy']:.3f}  KV {row['kv_bytes'] / 2**20:8.2f} MiB "
-                   f"({100 * row['kv_share']:5.1f} %)")
+    for n, summary in result.get("by_needles", {"1": result}).items():
+        for row in summary["conditions"]:
+            speed = f"  {row['tokens_per_s']:7.0f} tok/s" if row.get("tokens_per_s") else ""
+            typer.echo(f"{n:>2} needle(s) {row['name']:<22} acc {row['accuracy']:.3f}  KV {row['kv_bytes'] / 2**20:8.2f} "
+                       f"MiB ({100 * row['kv_share']:5.1f} %){speed}")
     Console(stderr=True).print(f"wrote {out / RESULT_FILE}, {out / FIGURE_FILE}")
