@@ -121,15 +121,16 @@ def _reset_peak() -> bool:
         return False
 
 
-def shape_model(shape: str, layers: int):  # noqa: ANN201 - a LlamaForCausalLM
-    """A random-initialised Llama of ``shape``'s geometry with ``layers`` layers (uniform weights, fast to build)."""
+def shape_model(shape: str, layers: int, device: str = "cpu", dtype: str = "float32"):  # noqa: ANN201 - a LlamaForCausalLM
+    """A random-initialised Llama of ``shape``'s geometry with ``layers`` layers (uniform weights, filled in place
+    on ``device``: fast to build)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(num_hidden_layers=layers, attn_implementation="sdpa", **SHAPES[shape])
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu").eval()
+    model = model.to_empty(device=device).to(getattr(torch, dtype)).eval()
     torch.manual_seed(0)
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
@@ -137,6 +138,7 @@ def shape_model(shape: str, layers: int):  # noqa: ANN201 - a LlamaForCausalLM
         else:
             param.data.uniform_(-0.5, 0.5).mul_(1 / math.sqrt(param.shape[-1]))
     model.model.rotary_emb.__init__(cfg)  # its buffers were left empty by to_empty
+    model.model.rotary_emb.to(device)
     return model
 
 
@@ -150,7 +152,7 @@ def shape_one(args: argparse.Namespace, variant: str, length: int) -> dict:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
-    model = shape_model(args.shape, args.layers).to(dev, getattr(torch, args.dtype))
+    model = shape_model(args.shape, args.layers, args.device, args.dtype)
     cfg = model.config
     n_kv = cfg.num_key_value_heads
     keep = n_kv if variant == "full" else int(variant.removeprefix("keep-"))
