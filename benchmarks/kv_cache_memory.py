@@ -274,6 +274,62 @@ def shape_table(args: argparse.Namespace, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def decode_side_by_side(args: argparse.Namespace) -> str:
+    """Decode only, every variant in this one process, interleaved: the cache pre-filled with random keys and
+    values of each length (no prefill), ``--steps`` greedy steps per repeat; ms per token, median of the
+    per-repeat ratios to ``full`` beside the bytes floor (the ratios the shared machine's load cannot skew
+    between rows)."""
+    import torch
+    from transformers import DynamicCache
+
+    from headatlas.kvcache import HeadSplitCache, compressed_attention
+
+    torch.set_num_threads(args.threads)
+    model = shape_model(args.shape, args.layers, args.device, args.dtype)
+    cfg = model.config
+    n_kv, d, n_layers = cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers
+    variants = ["full"] + [f"keep-{k}" for k in args.keep_counts]
+    lines = [f"decode only, {args.steps} steps, {args.repeats} interleaved repeats in one process, load "
+             f"{os.getloadavg()[0]:.1f} at the start", "",
+             "| tokens | cache | ms / token (median) | ratio (bytes floor; of it) |", "|---|---|---|---|"]
+    for length in [int(x) for x in args.lengths.split(",")]:
+        gen = torch.Generator().manual_seed(0)
+        kv = [(torch.randn(1, n_kv, length, d, generator=gen).to(model.device, model.dtype),
+               torch.randn(1, n_kv, length, d, generator=gen).to(model.device, model.dtype)) for _ in range(n_layers)]
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.repeats):
+            for v in variants:
+                if v == "full":
+                    cache, ctx = DynamicCache(config=cfg), torch.no_grad()
+                else:
+                    keep = int(v.removeprefix("keep-"))
+                    cache = HeadSplitCache([list(range(keep))] * n_layers, n_kv, args.sink, args.window)
+                    ctx = compressed_attention(model)
+                for i, (k, val) in enumerate(kv):
+                    cache.update(k.clone(), val.clone(), i, kwargs={})
+                    if v != "full":
+                        cache.layers[i].take_pending()  # the fill is no forward: nothing attends to it
+                token = torch.tensor([[5]], device=model.device)
+                with torch.no_grad(), ctx:
+                    for step in range(args.steps + 1):
+                        if step == 1:  # the first step warms up
+                            t0 = time.perf_counter()
+                        token = model(token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)
+                times[v].append(1000 * (time.perf_counter() - t0) / args.steps)
+                del cache
+        for v in variants:
+            med = statistics.median(times[v])
+            if v == "full":
+                lines.append(f"| {length} | full | {med:.1f} | 1 |")
+                continue
+            keep = int(v.removeprefix("keep-"))
+            ratio = statistics.median(t / f for t, f in zip(times[v], times["full"], strict=True))
+            floor = floors(args.shape, args.layers, length, keep, args.sink, args.window, args.chunk, args.steps)
+            lines.append(f"| {length} | {v} ({100 * keep / n_kv:g} % whole) | {med:.1f} | {ratio:.2f}x "
+                         f"({floor['decode_floor']:.2f}x; {ratio / floor['decode_floor']:.2f} of it) |")
+    return "\n".join(lines)
+
+
 def shape_main(args: argparse.Namespace) -> None:
     """Run (or resume) the interleaved repeats in one process per row; print the table."""
     out = Path(args.out)
@@ -327,6 +383,8 @@ def main() -> None:
     p.add_argument("--out", default="kv_length.jsonl", help="(--shape) rows, appended; a rerun resumes")
     p.add_argument("--until", default="", help="(--shape) start no row after HH:MM UTC")
     p.add_argument("--table", action="store_true", help="(--shape) print the table of --out and stop")
+    p.add_argument("--decode-side-by-side", action="store_true",
+                   help="(--shape) decode only, all variants interleaved in one process on a pre-filled cache")
     args = p.parse_args()
     if args.shape:
         for name, default in (("lengths", "1024,2000"), ("window", 64), ("steps", 32), ("chunk", 256)):
@@ -337,6 +395,8 @@ def main() -> None:
         args.max_repeats_at = dict(tuple(map(int, x.split(":"))) for x in args.max_repeats_at.split(",") if x)
         if args.one:
             print(json.dumps(shape_one(args, args.one[0], int(args.one[1]))))
+        elif args.decode_side_by_side:
+            print(decode_side_by_side(args))
         elif args.table:
             rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
             print(shape_table(args, rows))
