@@ -28,6 +28,10 @@ per compressed variant, the median of its per-repeat ratios to ``full`` beside t
 (prefill) or bytes (decode) the design cannot go below (see :func:`floors`).
 
     nice -n 10 python benchmarks/kv_cache_memory.py --shape llama-3.2-1b --repeats 5 --out runs/kvlen.jsonl
+
+``--decode-side-by-side``: decode only, every variant interleaved in one process on a cache pre-filled with
+random keys and values (ratios a shared machine's load cannot skew between rows). ``--device cuda --dtype
+bfloat16``: the same on a GPU (peak allocated device memory instead of RSS; ``gpu_check.sh`` with ``KV=1``).
 """
 
 from __future__ import annotations
