@@ -8,6 +8,9 @@
 #     fast path (static cache + compiled step, auto batch, shared prefix) against the plain dynamic path;
 # (b) benchmarks/detect_speed.py: reference / greedy / teacher / forward per length, greedy by batch size,
 #     capture vs SDPA, and the prefix-shared grid against the unshared one.
+# (c) KV=1 (off by default): benchmarks/kv_cache_memory.py --shape llama-3.2-1b on the device, full cache vs
+#     HeadSplitCache keeping 12.5/25/50 % of KV heads (KV_LENGTHS, KV_LAYERS layers, KV_REPEATS repeats,
+#     KV_TIME seconds at most: 240 by default; rows already in $OUT/kv_length.jsonl are kept).
 # Wheels carried in .whl/ are installed first (offline). Each part has its own time limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -82,5 +85,14 @@ echo "== (b) detect_speed: $SHAPE $DTYPE on $DEVICE ==" | tee "$OUT/detect_speed
 timeout 300 $PY benchmarks/detect_speed.py --device "$DEVICE" --dtype "$DTYPE" --shape "$SHAPE" \
   --lengths "$LENGTHS" --prompts 2 --batch-sizes "$BATCHES" --grid-lengths "$GRID" --grid-depths 10 \
   --out "$OUT/detect_speed.json" 2>&1 | grep -v "^W[0-9]" | tee -a "$OUT/detect_speed.txt"
+if [ "${KV:-0}" = 1 ]; then
+  echo "== (c) KV cache at length: llama-3.2-1b shape, $DTYPE on $DEVICE ==" | tee "$OUT/kv_length.txt"
+  timeout "${KV_TIME:-240}" $PY benchmarks/kv_cache_memory.py --shape llama-3.2-1b --device "$DEVICE" --dtype "$DTYPE" \
+    --layers "${KV_LAYERS:-16}" --lengths "${KV_LENGTHS:-4096,8192,16384,32768}" --repeats "${KV_REPEATS:-3}" \
+    --chunk "${KV_CHUNK:-1024}" --out "$OUT/kv_length.jsonl" 2>&1 | tee -a "$OUT/kv_length.txt"
+  $PY benchmarks/kv_cache_memory.py --shape llama-3.2-1b --device "$DEVICE" --dtype "$DTYPE" \
+    --layers "${KV_LAYERS:-16}" --chunk "${KV_CHUNK:-1024}" --out "$OUT/kv_length.jsonl" --table \
+    2>&1 | tee -a "$OUT/kv_length.txt"
+fi
 echo "== done: $OUT =="
 ls -l "$OUT"

@@ -38,6 +38,7 @@ class PromptRequest:
     chat_template: bool = False
     per_cell: int = 3
     seed: int = 0
+    n_needles: int = 1  # > 1: multi-key NIAH (that many needles, the question asks one); built-in models only
 
 
 def default_lengths(max_positions: int | None) -> list[int]:
@@ -98,6 +99,9 @@ def build_prompts(model_name: str, tokenizer: Any, max_positions: int | None, re
     if builtin is not None and builtin.prompts is not None:
         path = None if model_name == builtin.name else model_name
         return builtin.prompts(path, tokenizer, max_positions, req)
+    if req.n_needles != 1:
+        raise ValueError(f"--needle-counts {req.n_needles}: multi-needle prompts come from a built-in model's prompt "
+                         "source (e.g. --model organism); the haystack NIAH grid has one needle a prompt")
 
     from .niah import build_grid, cross_lingual_needles, load_haystack, load_needles
 

@@ -111,6 +111,22 @@ def test_streaming_heads_see_only_sink_and_window(chunk):
     assert not torch.allclose(got, full_ref, atol=1e-3)  # the window really changes the outputs
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefill_then_decode_equals_the_reference_at_every_step(attn):
+    """A chunked prefill, then one token per forward (decode): each step's logits equal the independent eager
+    computation over the whole sequence (kept heads over everything, streaming heads over sink + window)."""
+    model = tiny_llama(attn)
+    sink, window, prompt = 2, 5, 24
+    ref = _reference_logits(model, IDS, MIXED, sink, window)
+    cache = HeadSplitCache(MIXED, N_KV, sink=sink, window=window)
+    with compressed_attention(model):
+        got = [model(IDS[:, s : min(s + 8, prompt)], cache=cache, use_cache=True).logits for s in range(0, prompt, 8)]
+        got += [model(IDS[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(prompt, IDS.shape[1])]
+    got = torch.cat(got, dim=1)
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+    assert [layer.stream_keys.shape[2] for layer in cache.layers] == [sink + window] * N_LAYERS
+
+
 def test_memory_accounting_matches_the_stored_tensors():
     model = tiny_llama()
     sink, window = 2, 5
@@ -165,3 +181,30 @@ def test_the_toolkit_loop_over_a_split_cache_with_chunked_prefill_equals_its_pla
         got = generate(model, [ids], 12, StopTokens.none(64), cache=cache, prefill_chunk=chunk)
     assert torch.equal(got.tokens, ref.tokens)
     assert cache.get_seq_length() == len(ids) + 11  # the last token is never fed back
+
+
+def test_streaming_heads_never_see_nor_mask_the_whole_context(monkeypatch):
+    """The streaming group's keys and mask stay within sink + window + the block, in prefill and decode."""
+    from headatlas.kvcache import attention
+
+    seen = []
+    original = attention.stream_mask
+
+    def spy(block, q_len, *args, **kwargs):
+        mask = original(block, q_len, *args, **kwargs)
+        seen.append((block.keys.shape[2], q_len, None if mask is None else tuple(mask.shape[-2:])))
+        return mask
+
+    monkeypatch.setattr(attention, "stream_mask", spy)
+    model = tiny_llama()
+    sink, window, chunk = 2, 5, 8
+    cache = HeadSplitCache(MIXED, N_KV, sink=sink, window=window)
+    with compressed_attention(model):
+        for s in range(0, 32, chunk):
+            model(IDS[:, s : s + chunk], cache=cache, use_cache=True)
+        for t in range(32, IDS.shape[1]):
+            model(IDS[:, t : t + 1], cache=cache, use_cache=True)
+    assert len(seen) == N_LAYERS * (32 // chunk + IDS.shape[1] - 32)
+    for keys, q_len, mask in seen:
+        assert keys <= sink + window + q_len
+        assert mask is None or mask[1] == keys

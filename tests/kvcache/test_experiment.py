@@ -99,3 +99,49 @@ def test_values_once_changed_silently_are_refused_in_one_line_before_anything_is
                               "--top-k", "1000", "--lengths", "256", "--depths", "0.5", "--per-cell", "1",
                               "--out", str(out)])
     assert res.exit_code == 2 and "top_k=1000" in res.output  # the model check passed; the count is refused
+
+
+def test_multi_needle_prompts_hold_that_many_needles_and_ask_one():
+    from headatlas.model_spec import load_model
+    from headatlas.prompt_sources import PromptRequest, build_prompts
+
+    _, tok, spec = load_model("organism")
+    req = PromptRequest(lengths=[512], depths=[0.5], per_cell=2, n_needles=5)
+    prompts = build_prompts("organism", tok, spec.max_positions, req)
+    for p in prompts:
+        assert p.meta["n_needles"] == 5 and p.meta["task"] == "multikey" and p.meta["prompt_id"].endswith("|N5")
+        assert p.text.count(p.needle.text) == 1 and p.text.count("Question:") == 1  # one question, about one needle
+    single = build_prompts("organism", tok, spec.max_positions, PromptRequest(lengths=[512], depths=[0.5], per_cell=2))
+    assert [p.meta["n_needles"] for p in single] == [1, 1]
+
+
+def test_kv_compress_reports_each_needle_count_with_tokens_per_second(tmp_path):
+    from headatlas.kvcache.experiment import run_kv_compress
+
+    scores = torch.zeros(4, 32)
+    scores[3, [25, 27, 28, 29, 30, 31]] = 0.6
+    heads = HeadScores(scores).save(tmp_path / "h.json")
+    cfg = KVCompressConfig(model="organism", heads=str(heads), out=str(tmp_path / "kv"), budgets=[], random_seeds=0,
+                           lengths=[256], depths=[0.5], per_cell=1, needle_counts=[1, 3], max_new_tokens=6)
+    result = run_kv_compress(cfg, progress=False)
+    assert set(result["by_needles"]) == {"1", "3"}
+    for n, summary in result["by_needles"].items():
+        assert [r["name"] for r in summary["conditions"]] == ["full", "windowed", "retrieval"]
+        assert all(r["needles"] == int(n) and r["tokens_per_s"] > 0 for r in summary["conditions"])
+    assert result["conditions"] == result["by_needles"]["1"]["conditions"]
+
+
+def test_needle_counts_bad_input_is_one_line(tmp_path):
+    heads = HeadScores(torch.zeros(4, 32)).save(tmp_path / "h.json")
+    res = CliRunner().invoke(app, ["kv-compress", "--model", "organism", "--heads", str(heads), "--out",
+                                   str(tmp_path / "o"), "--needle-counts", "1,x"])
+    assert res.exit_code == 2 and "--needle-counts" in res.output and not (tmp_path / "o").exists()
+
+
+def test_multi_needle_prompts_outside_a_built_in_model_are_refused():
+    import pytest
+
+    from headatlas.prompt_sources import PromptRequest, build_prompts
+
+    with pytest.raises(ValueError, match="--needle-counts 3"):
+        build_prompts("some/llama", None, 4096, PromptRequest(lengths=[512], depths=[0.5], n_needles=3))

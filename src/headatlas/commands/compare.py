@@ -36,13 +36,14 @@ def compare_command(config: CompareConfig, progress: bool = PROGRESS) -> None:
 
 
 def lm_eval_command(ctx: typer.Context) -> None:
-    """Run lm-eval's own CLI with the masked-hf backend registered (all arguments are lm-eval's)."""
+    """Run lm-eval's own CLI with the masked-hf, decore-hf and kv-hf backends registered (all arguments are lm-eval's)."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
 
     from ..decore import lm_eval_backend as _decore  # noqa: F401 - registers "decore-hf"
     from ..evaluate import lm_eval_backend  # noqa: F401 - registers "masked-hf"
+    from ..kvcache import lm_eval_backend as _kv  # noqa: F401 - registers "kv-hf"
 
     sys.argv = ["headatlas lm-eval", *ctx.args]
     cli_evaluate()

@@ -25,7 +25,9 @@ def kv_compress_command(config: KVCompressConfig, progress: bool = PROGRESS) -> 
 
     with refusing("kv-compress"):
         result = run_kv_compress(config, progress=progress)
-    for row in result["conditions"]:
-        typer.echo(f"{row['name']:<22} acc {row['accuracy']:.3f}  KV {row['kv_bytes'] / 2**20:8.2f} MiB "
-                   f"({100 * row['kv_share']:5.1f} %)")
+    for n, summary in result.get("by_needles", {"1": result}).items():
+        for row in summary["conditions"]:
+            speed = f"  {row['tokens_per_s']:7.0f} tok/s" if row.get("tokens_per_s") else ""
+            typer.echo(f"{n:>2} needle(s) {row['name']:<22} acc {row['accuracy']:.3f}  KV {row['kv_bytes'] / 2**20:8.2f} "
+                       f"MiB ({100 * row['kv_share']:5.1f} %){speed}")
     Console(stderr=True, soft_wrap=True).print(f"wrote {config.out}/{RESULT_FILE}, {config.out}/{FIGURE_FILE}")

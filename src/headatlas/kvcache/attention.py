@@ -6,6 +6,12 @@ calls the wrapped backend once per group — the streaming group with a mask let
 ``k`` only if ``k <= q`` and (``k < sink`` or ``k > q - window``) — and puts the outputs back in head order.
 The masking engine's wrapper sits outside it (either nesting order works); attention *capture* over
 streaming heads is not supported and raises.
+
+Memory: the streaming group never sees the whole context (its keys are at most sink + window + the
+block, its mask ``(Lq, S')``); over SDPA on a CPU (or with no mask) both groups call
+``scaled_dot_product_attention(..., enable_gqa=True)`` directly, so no group repeats its keys and values
+per query head (transformers' SDPA path copies them ``n_heads / n_kv_heads`` times when a mask is given:
+4x the kept heads' cache, per layer, at every prefill chunk). Measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 import torch
 from transformers.modeling_utils import PreTrainedModel
 
-from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, base_function, register_over, wrapper_name
+from ..attention import RECORDER_ATTR, WRAPPER_PREFIX, base_function, register_over, sink_logits, wrapper_name
 from .cache import ATTN_PREFIX, PENDING_KEY, HeadSplitLayer, StreamBlock
 
 
@@ -75,6 +81,32 @@ def _for_heads(module: torch.nn.Module, kwargs: dict[str, Any], heads: torch.Ten
     return module, kwargs
 
 
+def _sdpa_gqa(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **_: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA over grouped KV heads without copying them per query head; output ``(B, Lq, H, Dv)`` as transformers'."""
+    q_len = query.shape[2]
+    causal = attention_mask is None and q_len > 1 and bool(getattr(module, "is_causal", True))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _grouped_sdpa_fits(base: str, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                      module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
+    """Whether :func:`_sdpa_gqa` replaces the backend: SDPA on a CPU (GQA with a mask copies nothing there),
+    or with no mask anywhere; CUDA kernels with a mask would fall back to the math path, so they keep
+    transformers' own call, and so does a maskless block over a longer past (``is_causal`` aligns top-left)
+    and a module with attention sinks (plain SDPA has no sink column)."""
+    if mask is None and query.shape[2] > 1 and key.shape[2] != query.shape[2]:
+        return False
+    if sink_logits(module, kwargs) is not None:
+        return False
+    return base == "sdpa" and (query.device.type == "cpu" or mask is None)
+
+
 def _make_split_attention(base: str) -> Callable[..., Any]:
     def rh_kvsplit_attention(
         module: torch.nn.Module,
@@ -97,12 +129,14 @@ def _make_split_attention(base: str) -> Callable[..., Any]:
         if len(layer.full):
             q_full = _query_heads(layer.full, groups)
             sub, kw = _for_heads(module, kwargs, q_full)
-            out[:, :, q_full] = fn(sub, query[:, q_full], key, value, attention_mask, **kw)[0]
+            call = _sdpa_gqa if _grouped_sdpa_fits(base, query, key, attention_mask, sub, kw) else fn
+            out[:, :, q_full] = call(sub, query[:, q_full], key, value, attention_mask, **kw)[0]
         q_stream = _query_heads(layer.stream, groups)
         as_float = base == "eager" or (attention_mask is not None and attention_mask.dtype != torch.bool)
         mask = stream_mask(block, q_len, layer.sink, layer.window, attention_mask, as_float, query.dtype)
         sub, kw = _for_heads(module, kwargs, q_stream)
-        out[:, :, q_stream] = fn(sub, query[:, q_stream], block.keys, block.values, mask, **kw)[0]
+        call = _sdpa_gqa if _grouped_sdpa_fits(base, query, block.keys, mask, sub, kw) else fn
+        out[:, :, q_stream] = call(sub, query[:, q_stream], block.keys, block.values, mask, **kw)[0]
         return out, None
 
     rh_kvsplit_attention.__name__ = f"rh_kvsplit_attention_{base}"

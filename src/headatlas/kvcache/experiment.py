@@ -10,11 +10,17 @@ Conditions (the same prompts through :func:`~headatlas.generation.generate` over
   (in total, or with ``per_layer`` in every layer: ``top-Bpl``);
 - ``random-top-B``: B KV heads drawn outside the top-B ones (one per seed; per layer with ``per_layer``).
 
+With ``needle_counts`` beyond 1, every condition also runs multi-needle prompts (RULER's multi-key NIAH:
+N needles of the same relation, the question asks one; from the built-in model's prompt source), and
+each row reports tokens per second (prompt and answer tokens over the generation's wall time) beside
+accuracy and memory.
+
 Answers go to ``journal.jsonl`` (a rerun resumes); the result to ``kv_compress.json`` and ``kv_compress.png``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,6 +50,8 @@ class KVCompressConfig(HeadRunConfig):
     depths: list[float] = like(GridConfig, "depths", [0.0, 0.25, 0.5, 0.75, 1.0], parse=parse_depths)
     per_cell: int = like(GridConfig, "per_cell", 2)
     prefill_chunk: int = setting(256, "Prompt tokens per prefill forward.", min=1, resume=True)
+    needle_counts: list[int] = setting(help="Needles a prompt, e.g. '1,4,8' (> 1: multi-key NIAH, the question asks "
+                                       "one; built-in models).", factory=lambda: [1], parse=partial(split_list, kind=int))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +61,8 @@ class KVCompressConfig(HeadRunConfig):
             raise ValueError(f"--aggregate must be one of {AGGREGATES}")
         if bad := [b for b in self.budgets or () if b < 1]:
             raise ValueError(f"--budgets {','.join(map(str, bad))}: a budget counts KV heads kept whole, at least 1")
+        if not self.needle_counts or any(n < 1 for n in self.needle_counts):
+            raise ValueError(f"--needle-counts {','.join(map(str, self.needle_counts))}: give counts >= 1, e.g. 1,4,8")
 
 
 @dataclass
@@ -115,6 +125,11 @@ def default_budgets(n_ranked: int, size: int) -> list[int]:
     return sorted({2**i for i in range(top.bit_length()) if 2**i < top} | ({top} if top >= 1 else set()))
 
 
+def n_of(prompt: Any) -> int:
+    """Needles in a prompt (the built-in prompt source records it; a haystack prompt has one)."""
+    return int((getattr(prompt, "meta", {}) or {}).get("n_needles", 1))
+
+
 def expected_answer(prompt: Any) -> str:
     """What an exact-match answer must be: the organism's expected answer, or the needle's (target) answer."""
     meta = getattr(prompt, "meta", {}) or {}
@@ -139,8 +154,11 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
     layers = compressible_layers(spec)  # refuses MLA and recurrent-state models in one line, before any write
     whole = {i: spec.n_kv_heads for i in range(spec.n_layers) if i not in layers}  # sliding/chunked: kept as is
     conds = conditions(config, scores, spec.n_layers, spec.n_heads, spec.n_kv_heads, layers)
-    prompts = build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
-        lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed))
+    prompts = []
+    for n_needles in sorted(set(config.needle_counts)):
+        prompts += build_prompts(config.model, tokenizer, spec.max_positions, PromptRequest(
+            lengths=config.lengths, depths=config.depths, per_cell=config.per_cell, seed=config.seed,
+            n_needles=n_needles))
     identity = model_identity(model)
     run = config.open_run("kv-compress", identity["weights"])
     done = {(r["condition"], r["prompt_id"]): r for r in run.records()}
@@ -154,20 +172,28 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
                 pid = p.meta["prompt_id"]
                 if (cond.name, pid) not in done:
                     cache = make_split_cache(spec, model.config, full, config.sink, config.window)
+                    start = time.perf_counter()
                     with compressed_attention(model):  # chunked prefill: the prompt is read with the compressed cache
                         o = generate(model, [p.input_ids], config.max_new_tokens, stops, cache=cache,
                                      prefill_chunk=config.prefill_chunk)
+                    seconds = time.perf_counter() - start
                     tokens = o.tokens[0, : int(o.n_tokens[0])].tolist()
                     text = tokenizer.decode(tokens, skip_special_tokens=True).split("\n", 1)[0].strip()
                     record = {"condition": cond.name, "prompt_id": pid, "length": len(p.input_ids),
-                              "answer": text, "expected": expected_answer(p), "kv_bytes": cache.peak_bytes}
+                              "answer": text, "expected": expected_answer(p), "kv_bytes": cache.peak_bytes,
+                              "needles": n_of(p), "seconds": seconds,
+                              "tokens_per_s": (len(p.input_ids) + len(tokens)) / seconds}
                     record["correct"] = float(text == record["expected"])
                     run.append(record)
                     done[(cond.name, pid)] = record
                     bar.advance()
     top = next(c for c in conds if c.kind == "retrieval").query_heads
-    result = config.write_result("kv-compress", RESULT_FILE, identity, summarize(conds, prompts, done),
-                                 top_heads=heads_to_strings(top), compressed_layers=layers,
+    counts = sorted({n_of(p) for p in prompts})
+    summary = summarize(conds, [p for p in prompts if n_of(p) == counts[0]], done)
+    if len(counts) > 1:  # per needle count, the same summary (the top level is the smallest count's)
+        summary["by_needles"] = {str(n): summarize(conds, [p for p in prompts if n_of(p) == n], done) for n in counts}
+    result = config.write_result("kv-compress", RESULT_FILE, identity, summary, top_heads=heads_to_strings(top),
+                                 compressed_layers=layers,
                                  kept_whole_layers={str(i): spec.layer_kinds[i] for i in whole})
     plot_curve(result, Path(config.out) / FIGURE_FILE)
     return result
@@ -175,6 +201,8 @@ def run_kv_compress(config: KVCompressConfig, progress: bool = True) -> dict[str
 
 def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """Per-condition accuracy (bootstrap 95 % interval), mean peak KV bytes, and the random controls averaged over seeds."""
+    import statistics
+
     from ..stats import bootstrap_ci
 
     rows = []
@@ -182,9 +210,11 @@ def summarize(conds: list[Condition], prompts: list[Any], done: dict[tuple[str, 
         recs = [done[(c.name, p.meta["prompt_id"])] for p in prompts]
         acc, low, high = bootstrap_ci([r["correct"] for r in recs])
         kv = sum(r["kv_bytes"] for r in recs) / len(recs)
+        speed = [r["tokens_per_s"] for r in recs if "tokens_per_s" in r]  # journals before 2026-12-08 lack it
         rows.append({"name": c.name, "kind": c.kind, "budget": c.budget, "seed": c.seed,
                      "kv_heads": [str(k) for k in c.heads], "accuracy": acc, "ci95": [low, high],
-                     "kv_bytes": kv, "n": len(recs)})
+                     "kv_bytes": kv, "n": len(recs), "needles": recs[0].get("needles", 1) if recs else 1,
+                     "tokens_per_s": statistics.median(speed) if speed else None})
     full = next(r for r in rows if r["kind"] == "full")
     for r in rows:
         r["kv_share"] = r["kv_bytes"] / full["kv_bytes"]

@@ -71,6 +71,9 @@ def build_prompts(model_path: str | None, tokenizer: Any, max_positions: int | N
                                    req.depths, generator=gen)
         prompts = [p for p in prompts if p.needle.lang == req.source_lang]
         prompts = organism_counterfactuals(tokenizer, prompts)  # for alignment="counterfactual"
+    elif req.n_needles > 1:  # RULER's multi-key NIAH: the asked needle among others of the same relation
+        prompts = organism_prompts(tokenizer, "multikey", n, req.seed, req.lengths, [req.lang], req.depths,
+                                   generator=gen, n_distractors=req.n_needles - 1)
     else:
         prompts = organism_prompts(tokenizer, "mono", n, req.seed, req.lengths, [req.lang], req.depths, generator=gen)
     # the generator builds prompts of *about* the length (its pieces are counted apart: up to 1 token over);

@@ -46,7 +46,8 @@ def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahP
             "answer_char_span": answer_chars,
             "answer_token_char_offsets": relative_offsets(offsets, answer_span, answer_chars),
             "expected_answer": example.answer, "expected_lang": example.lang_question,
-            "expected_continuation": " " + example.answer}
+            "expected_continuation": " " + example.answer,
+            "n_needles": len(example.needles) + len(example.distractors)}
     return NiahPrompt(input_ids=ids, text=text, context_length=len(ids), depth=example.depth, needle=needle,
                       needle_token_span=token_span(offsets, span.start, span.end), answer_token_span=answer_span,
                       answer_token_ids=ids[answer_span[0] : answer_span[1]], meta=meta)
@@ -55,21 +56,25 @@ def example_to_prompt(tokenizer: Any, example: Example, prompt_id: str) -> NiahP
 def organism_prompts(
     tokenizer: Any, task: str, n: int, seed: int = 0, lengths: Sequence[int] | None = None,
     langs: Sequence[str] | None = None, depths: Sequence[float] | None = None, generator: Any = None,
+    n_distractors: int | None = None,
 ) -> list[NiahPrompt]:
     """``n`` held-out organism examples of ``task`` (``mono``, ``cross``, ``multihop``, ``multikey``) as prompts.
 
     ``langs`` restricts the languages (for ``cross``: the ordered pairs of them).
-    Prompt ids are ``organism/{task}/{needle-lang}>{question-lang}/{i}|L{length}|D{depth}``.
+    Prompt ids are ``organism/{task}/{needle-lang}>{question-lang}/{i}|L{length}|D{depth}`` (``|N{needles}``
+    added for ``multikey`` with ``n_distractors`` given).
     """
     from .tasks import DEFAULT_DEPTHS, DEFAULT_LENGTHS, make_eval_set
 
     examples = make_eval_set(
         task, n, seed, lengths=lengths or DEFAULT_LENGTHS, langs=langs, depths=depths or DEFAULT_DEPTHS,
-        generator=generator,
+        generator=generator, n_distractors=n_distractors,
     )
     out = []
     for i, ex in enumerate(examples):
         pid = f"organism/{task}/{ex.lang_needle}>{ex.lang_question}/s{seed}n{i}|L{ex.length}|D{ex.depth:.3f}"
+        if n_distractors is not None:
+            pid += f"|N{n_distractors + 1}"
         out.append(example_to_prompt(tokenizer, ex, pid))
     return out
 

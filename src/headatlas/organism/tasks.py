@@ -51,11 +51,13 @@ def organism_generator(path: str | Path | None = None) -> CorpusGenerator:
 def make_eval_set(
     task: str, n: int, seed: int, lengths: Sequence[int] = DEFAULT_LENGTHS, langs: Sequence[str] | None = None,
     depths: Sequence[float] = DEFAULT_DEPTHS, generator: CorpusGenerator | None = None,
+    n_distractors: int | None = None,
 ) -> list[Example]:
     """``n`` held-out examples of ``task``, cycling lengths, then depths, then languages.
 
     ``langs`` defaults to all languages of the lexicon; for ``cross`` the
-    cycle runs over ordered pairs of different languages.
+    cycle runs over ordered pairs of different languages. ``n_distractors``
+    (``multikey``): needles beside the asked one (default: 2 or 3, drawn).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
@@ -70,7 +72,8 @@ def make_eval_set(
         depth = depths[(i // len(lengths)) % len(depths)]
         a, b = pairs[(i // (len(lengths) * len(depths)) + i) % len(pairs)]
         rng = random.Random(EVAL_SEED_OFFSET + 7919 * seed + i)
-        out.append(gen.example(task, rng, length, depth, a, b if task == "cross" else None, split="eval"))
+        out.append(gen.example(task, rng, length, depth, a, b if task == "cross" else None, split="eval",
+                               n_distractors=n_distractors))
     return out
 
 
