@@ -10,7 +10,7 @@ import torch
 from headatlas import ModelSpec, capture_attention
 from headatlas.attention import softmax_log_denominator, softmax_with_sinks
 from headatlas.heads import Head, HeadScoreFileError, HeadScores
-from headatlas.model_spec import command_support
+from headatlas.model_support import command_support
 from headatlas.selection import HeadSelection
 from tests.families.registry import make_family_model
 

@@ -12,7 +12,8 @@ from .options import from_config
 @from_config(model=ModelConfig)
 def info_command(model: ModelConfig) -> None:
     """Load a model and show its heads, layer kinds, what each command supports on it, EOS tokens and chat template."""
-    from ..model_spec import command_support, eos_token_ids, layer_rows, load_model
+    from ..model_spec import eos_token_ids, load_model
+    from ..model_support import command_support, layer_rows
 
     loaded, tokenizer, spec = load_model(model.model, dtype=model.dtype, device=model.device or "cpu",
                                          device_map=model.device_map, attn_implementation=model.attn_implementation)

@@ -9,13 +9,13 @@ from ..lazy import exports, lazy_exports
 _EXPORTS = exports({
     ".config": "DetectConfig",
     ".runner": "DetectionError IncompleteRunError NoRetrievalError ResumeMismatchError detect merge_shards "
-    "resolve_shard scores_from_samples",
+    "resolve_shard",
     ".inputs": "PromptError PromptItem prompt_item",
     "..generation": "StopTokens",
     ".events": "copy_event_mask copy_events mean_head_scores prompt_scores",
     ".greedy": "greedy_batch",
     ".plots": "plot_heatmap",
-    ".scorers": "SCORERS BatchContext Scorer scorer_for",
+    ".scorers": "SCORERS BatchContext Scorer mean_of_values scorer_for scores_from_samples",
     ".teacher": "teacher_batch",
 })
 

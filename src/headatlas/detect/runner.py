@@ -34,7 +34,7 @@ from rich.text import Text
 from transformers import PreTrainedModel
 
 from ..generation import StopTokens, auto_batch_size, pad_id_of
-from ..heads import Head, HeadScores
+from ..heads import HeadScores
 from ..model_spec import ModelSpec, model_identity
 from ..prefix import MIN_SHARED_PREFIX, PrefixKeeper, can_share_prefix, plan_batches
 from ..runs import (
@@ -351,30 +351,6 @@ def merge_shards(
     if show:
         (results or console).print(top_heads_table(result, with_events, len(counted), show))
     return result
-
-
-def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head scores ``(L, H)`` (mean over counted prompts of events / span length; zeros if none counted),
-    and per head the number of counted prompts with at least one event.
-
-    >>> s, n = scores_from_samples([{"counted": True, "span_len": 4, "events": {"0.1": 2}},
-    ...                             {"counted": False, "span_len": 4, "events": {"0.0": 4}}], 1, 2)
-    >>> s.tolist(), n.tolist()
-    ([[0.0, 0.5]], [[0, 1]])
-    """
-    total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    with_events = torch.zeros(n_layers, n_heads, dtype=torch.long)
-    counted = 0
-    for rec in records:
-        if not rec["counted"]:
-            continue
-        counted += 1
-        for key, n in rec["events"].items():
-            head = Head.parse(key)
-            # the score's denominator: the answer span (retrieval) or the target answer (transition)
-            total[head.layer, head.head] += n / (rec["denominator"] if "denominator" in rec else rec["span_len"])
-            with_events[head.layer, head.head] += 1
-    return (total / max(counted, 1)).float(), with_events
 
 
 def top_heads_table(scores: HeadScores, with_events: torch.Tensor, n_counted: int, k: int = 20) -> Table:

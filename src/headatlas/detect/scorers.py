@@ -105,13 +105,10 @@ def values_dict(values: torch.Tensor, digits: int = 7) -> dict[str, float]:
     return out
 
 
-def mean_of_values(records: Sequence[dict[str, Any]], n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over counted records of their per-unit ``values`` ``{"L.H": x}``; per head, units with x > 0.
-
-    >>> s, n = mean_of_values([{"counted": True, "values": {"0.1": 0.5}}, {"counted": True, "values": {}}], 1, 2)
-    >>> s.tolist(), n.tolist()
-    ([[0.0, 0.25]], [[0, 1]])
-    """
+def _mean_over_counted(records: Sequence[dict[str, Any]], n_layers: int, n_heads: int,
+                       per_unit: Callable[[dict[str, Any]], dict[str, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over counted records of ``per_unit(record)`` ``{"L.H": x}`` (zeros if none counted); per head, the
+    counted units where x > 0."""
     total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     positive = torch.zeros(n_layers, n_heads, dtype=torch.long)
     counted = 0
@@ -119,11 +116,38 @@ def mean_of_values(records: Sequence[dict[str, Any]], n_layers: int, n_heads: in
         if not rec["counted"]:
             continue
         counted += 1
-        for key, x in rec["values"].items():
+        for key, x in per_unit(rec).items():
             head = Head.parse(key)
             total[head.layer, head.head] += x
             positive[head.layer, head.head] += int(x > 0)
     return (total / max(counted, 1)).float(), positive
+
+
+def mean_of_values(records: Sequence[dict[str, Any]], n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over counted records of their per-unit ``values`` ``{"L.H": x}``; per head, units with x > 0.
+
+    >>> s, n = mean_of_values([{"counted": True, "values": {"0.1": 0.5}}, {"counted": True, "values": {}}], 1, 2)
+    >>> s.tolist(), n.tolist()
+    ([[0.0, 0.25]], [[0, 1]])
+    """
+    return _mean_over_counted(records, n_layers, n_heads, lambda rec: rec["values"])
+
+
+def scores_from_samples(records: Sequence[dict[str, Any]], n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Event scores ``(L, H)``: the mean over counted prompts of events / span length (the answer span, or
+    the target answer for transition: the record's ``denominator``), and per head the number of counted
+    prompts with at least one event.
+
+    >>> s, n = scores_from_samples([{"counted": True, "span_len": 4, "events": {"0.1": 2}},
+    ...                             {"counted": False, "span_len": 4, "events": {"0.0": 4}}], 1, 2)
+    >>> s.tolist(), n.tolist()
+    ([[0.0, 0.5]], [[0, 1]])
+    """
+    def per_prompt(rec: dict[str, Any]) -> dict[str, float]:
+        denominator = rec["denominator"] if "denominator" in rec else rec["span_len"]
+        return {key: n / denominator for key, n in rec["events"].items()}
+
+    return _mean_over_counted(records, n_layers, n_heads, per_prompt)
 
 
 class PromptScorer:
@@ -216,8 +240,6 @@ class CopyScorer(PromptScorer):
         return records
 
     def reduce(self, records: Sequence[dict[str, Any]], n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from .runner import scores_from_samples
-
         return scores_from_samples(records, n_layers, n_heads)
 
 
