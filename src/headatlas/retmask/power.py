@@ -12,7 +12,7 @@ The pieces of ``experiments/retmask_power.py`` that are decisions rather than or
   least 5 % of its answers differ from the base model's.
 
 >>> eval_items_per_suite(0.363, 0.03, n_seeds=3, n_suites=4)
-97
+96
 """
 
 from __future__ import annotations
