@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..heads import Head, check_heads
 from .corpus import TASKS
 
 COPY_TASK = "copy"  # training-only: random tokens, then the same tokens again (see batches.CopyExample)
@@ -103,6 +102,8 @@ class OrganismTrainConfig:
             if set(weights) - {*TASKS, COPY_TASK} or not any(w > 0 for w in weights.values()):
                 raise ValueError(f"task weights: known tasks {(*TASKS, COPY_TASK)}, at least one weight > 0")
         self.head_dropout_ramp = tuple(self.head_dropout_ramp)
+        from ..heads import Head, check_heads  # torch: only when a config is built, never for --help
+
         check_heads([Head.parse(key) for key in self.head_dropout_overrides], self.n_layers, self.n_heads)
         check_heads([Head.parse(key) for key in self.reinit_heads], self.n_layers, self.n_heads)
         for key, p in self.head_dropout_overrides.items():
