@@ -149,7 +149,7 @@ def typed_command(argv: Iterable[str] | None = None) -> list[str]:
     ``/venv/bin/headatlas detect ...`` is ``headatlas detect ...``; ``python -m pkg.mod ...`` (whose
     ``sys.argv[0]`` is the module's file) is ``python -m pkg.mod ...``. No host name, no install path.
 
-    >>> typed_command(["/home/me/.venv/bin/headatlas", "detect", "--model", "organism"])
+    >>> typed_command(["/opt/venv/bin/headatlas", "detect", "--model", "organism"])
     ['headatlas', 'detect', '--model', 'organism']
     """
     args = [str(a) for a in (sys.argv if argv is None else argv)]
