@@ -174,7 +174,8 @@ def test_top_table_and_heatmap_outline_only_scored_heads(tmp_path):
     from rich.console import Console
 
     from headatlas.detect.plots import outlined_heads, plot_heatmap
-    from headatlas.detect.runner import NULL_LEVEL, top_heads_table
+    from headatlas.detect.runner import top_heads_table
+    from headatlas.detect.scorers import NULL_LEVEL
     from headatlas.heads import Head
 
     raw = torch.zeros(4, 8)

@@ -54,8 +54,6 @@ RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 SCORES_FILE = "head_scores.json"
 HEATMAP_FILE = "heatmap.png"
-#: The event scores' null level: a head with no copy (or transition) event scores 0 and is no retrieval head.
-NULL_LEVEL = 0.0
 _SHARD_RE = re.compile(r"^samples\.rank(\d+)\.jsonl$")
 
 

@@ -90,6 +90,10 @@ class Scorer(Protocol):
 
 
 # ---- shared pieces ----------------------------------------------------------------------------------
+#: The event scores' null level: a head with no copy (or transition) event scores 0 and is no retrieval head.
+NULL_LEVEL = 0.0
+
+
 def events_dict(counts: torch.Tensor) -> dict[str, int]:
     """Sparse ``{"L.H": n}`` of a ``(L, H)`` count tensor."""
     nz = counts.nonzero().tolist()
@@ -174,7 +178,7 @@ class PromptScorer:
         return mean_of_values(records, n_layers, n_heads)
 
     def null_level(self, records: Sequence[dict[str, Any]]) -> float:
-        return 0.0
+        return NULL_LEVEL
 
     def resume(self, records: Sequence[dict[str, Any]]) -> None:
         return None  # stateless: every unit is scored on its own
